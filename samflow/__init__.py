@@ -1,0 +1,1 @@
+"""samflow: a distributed SAM-style data engine."""
