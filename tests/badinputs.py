@@ -200,6 +200,39 @@ def _rgba_png() -> tuple[bytes, np.ndarray, float]:
     return encode(image, "PNG"), expected, 1.0
 
 
+def _png16_rgb() -> tuple[bytes, np.ndarray, float]:
+    """16 bits per channel RGB, written by hand (Pillow cannot write it)."""
+    source = quadrants()
+    # Low bytes carry real precision; a decoder may round or keep the high byte (within 1).
+    wide = np.minimum(source.astype(np.uint32) * 257 + 100, 65535).astype(np.uint16)
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in wide)
+    header = struct.pack(">IIBBBBB", WIDTH, HEIGHT, 16, 2, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+    return data, np.round(wide / 257.0).astype(np.uint8), 1.0
+
+
+def _float_tiff() -> tuple[bytes, np.ndarray, float]:
+    gray = quadrants()[:, :, 0]
+    data = encode(Image.fromarray(gray.astype(np.float32) / 255.0), "TIFF")
+    return data, np.repeat(gray[:, :, None], 3, axis=2), 0.0
+
+
+def _multipage_tiff() -> tuple[bytes, np.ndarray, float]:
+    first = quadrants()
+    pages = [Image.fromarray(first), Image.fromarray(first[::-1].copy())]
+    return encode(pages[0], "TIFF", save_all=True, append_images=pages[1:]), first, 0.0
+
+
+def _progressive_jpeg() -> tuple[bytes, np.ndarray, float]:
+    source = quadrants()
+    return encode(Image.fromarray(source), "JPEG", quality=95, progressive=True), source, 4.0
+
+
 def _gray_jpeg() -> tuple[bytes, np.ndarray, float]:
     gray = quadrants()[:, :, 1]
     return encode(Image.fromarray(gray), "JPEG", quality=95), np.repeat(gray[:, :, None], 3, axis=2), 2.0
@@ -253,6 +286,10 @@ def odd_good_images() -> dict[str, tuple[bytes, np.ndarray, float]]:
     makers = {
         "cmyk.jpg": _cmyk_jpeg,
         "gray16.png": _png16_gray,
+        "rgb16.png": _png16_rgb,
+        "float32.tif": _float_tiff,
+        "multipage.tif": _multipage_tiff,
+        "progressive.jpg": _progressive_jpeg,
         "palette_transparent.png": _palette_png_transparent,
         "gray_alpha_la.png": _la_png,
         "rgba_gradient.png": _rgba_png,
