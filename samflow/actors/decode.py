@@ -51,6 +51,8 @@ try:  # AVIF ships in Pillow's wheels from 11.3; keep working on a build without
 except ImportError:  # pragma: no cover - depends on the Pillow build
     pass
 
+_EXIF_ORIENTATION = 0x0112
+
 _NON_IMAGE_NAMES = {"pdf": "a PDF document", "zip": "a ZIP archive", "gzip": "a gzip archive"}
 
 _TRUNCATION_HINTS = (
@@ -213,6 +215,8 @@ def _apply_orientation(im: Image.Image) -> Image.Image:
     # A broken EXIF block is metadata damage, not pixel damage: keep the pixels unrotated rather
     # than lose a decodable image.
     try:
+        if im.getexif().get(_EXIF_ORIENTATION, 1) in (0, 1):
+            return im  # upright: skip exif_transpose, which copies the whole image
         return ImageOps.exif_transpose(im) or im
     except Exception:  # noqa: BLE001 - any EXIF parser failure means "orientation unknown"
         return im
