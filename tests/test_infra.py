@@ -8,6 +8,7 @@ no secret is written into a file.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -18,6 +19,10 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
+from prefect import flow
+
+from samflow.flows import deployments
+from samflow.flows.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -303,3 +308,106 @@ def test_infra_readme_documents_every_file():
     for path in _infra_files():
         if path.name != "README.md":
             assert str(path.relative_to(INFRA)) in readme, f"{path} is not described in infra/README.md"
+
+
+# ---------------------------------------------------------------- Prefect deployments (deployments.py)
+
+@flow(name="annotate-dataset")
+def annotate_dataset(src: str, dst: str, config: dict | None = None, profile: str | None = None) -> None:
+    """Same signature as samflow.flows.annotate.annotate_dataset; deployments only need that."""
+
+
+def _schema_errors(parameters: dict[str, Any], target=annotate_dataset) -> list[Any]:
+    # What the Prefect API checks when a deployment enforces its parameter schema.
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    return validate(parameters, parameter_schema(target.fn).model_dump_for_openapi())
+
+
+def _write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_deployment_is_scheduled_by_the_config_cron(tmp_path):
+    path = _write_config(tmp_path, "schedule: '30 1 * * *'\nstages:\n  segment: {batch_size: 8}\n")
+    deployment = deployments.build_deployment(
+        "s3://b/raw", "s3://b/out", config=path, profile="tiny", timezone="Europe/Paris",
+        work_pool_name="samflow", flow=annotate_dataset,
+    )
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "30 1 * * *" and schedule.schedule.timezone == "Europe/Paris"
+    assert deployment.parameters == {
+        "src": "s3://b/raw", "dst": "s3://b/out", "profile": "tiny",
+        # only what the file set: the flow applies defaults and the profile itself
+        "config": {"schedule": "30 1 * * *", "stages": {"segment": {"batch_size": 8}}},
+    }
+    assert deployment.concurrency_limit == 1
+    assert deployment.work_pool_name == "samflow"
+    assert deployment.entrypoint.endswith(".annotate_dataset")  # module path, cwd-independent
+    assert _schema_errors(deployment.parameters) == []
+    # The config sent to the flow rebuilds the same run config.
+    assert load_config(path) == deployments.resolve_config(deployment.parameters["config"])
+
+
+def test_parameter_schema_check_catches_a_wrong_parameter():
+    assert _schema_errors({"src": "a", "dst": "b", "config": "not-a-mapping"})
+
+
+def test_deployment_without_schedule_runs_only_on_demand():
+    deployment = deployments.build_deployment("a", "b", flow=annotate_dataset)
+    assert not deployment.schedules
+    assert deployment.parameters == {"src": "a", "dst": "b", "config": None, "profile": None}
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "every night"])
+def test_bad_cron_in_config_is_refused(cron):
+    with pytest.raises(ValueError):
+        deployments.build_deployment("a", "b", config={"schedule": cron}, flow=annotate_dataset)
+
+
+def test_prefect_yaml_and_python_deployments_agree():
+    project = _load("prefect.yaml")
+    for deployment in project["deployments"]:
+        assert deployment["entrypoint"] == deployments.FLOW_ENTRYPOINT
+        assert deployment["work_pool"]["name"] == deployments.DEFAULT_WORK_POOL
+    module_path = deployments.FLOW_ENTRYPOINT.removesuffix(".py:" + deployments.FLOW_FUNCTION)
+    assert module_path.replace("/", ".") == deployments.FLOW_MODULE
+
+
+@pytest.mark.skipif(importlib.util.find_spec("samflow.flows.annotate") is None,
+                    reason="samflow.flows.annotate not merged yet")
+def test_real_annotate_flow_deploys_with_the_contract_signature():
+    deployment = deployments.build_deployment("s3://b/raw", "s3://b/out", config={"schedule": "0 2 * * *"})
+    assert deployment.entrypoint == f"{deployments.FLOW_MODULE}.{deployments.FLOW_FUNCTION}"
+    assert _schema_errors(deployment.parameters, deployments.load_annotate_flow()) == []
+    for deployment_yaml in _load("prefect.yaml")["deployments"]:
+        assert _schema_errors(deployment_yaml["parameters"], deployments.load_annotate_flow()) == []
+
+
+@pytest.mark.slow
+def test_deployment_registers_on_a_real_prefect_server():
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    deployment = deployments.build_deployment(
+        "s3://b/raw", "s3://b/out", config={"schedule": "*/15 * * * *"}, name="nightly",
+        flow=annotate_dataset,
+    )
+
+    async def read_back() -> Any:
+        async with get_client() as client:
+            return await client.read_deployment_by_name("annotate-dataset/nightly")
+
+    with prefect_test_harness(server_startup_timeout=90):
+        deployment_id = deployment.apply()
+        stored = asyncio.run(read_back())
+    assert stored.id == deployment_id
+    assert [s.schedule.cron for s in stored.schedules] == ["*/15 * * * *"]
+    assert stored.parameters == deployment.parameters
+    assert stored.concurrency_limit == 1 or stored.global_concurrency_limit.limit == 1
+    assert stored.enforce_parameter_schema is True
