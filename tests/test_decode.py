@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import bad_inputs, encode, odd_good_images, quadrants, write_bad_inputs, write_odd_good_images
+from tests.badinputs import (
+    bad_inputs,
+    encode,
+    odd_good_images,
+    quadrants,
+    write_bad_inputs,
+    write_odd_good_images,
+)
 from samflow.actors.decode import DecodeError, DecodeStage, decode_image
 from samflow.flows.config import InputConfig, StorageConfig
 from samflow.flows.storage import join, write_bytes
