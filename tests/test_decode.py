@@ -203,3 +203,38 @@ def test_stage_reads_from_s3(s3_bucket: str) -> None:
     )
     assert out["pixels"][0] == expected.tobytes()
     assert out["error_type"][1] == "truncated"
+
+
+KNOWN_ERROR_TYPES = {
+    "empty_file", "truncated", "corrupt", "not_an_image", "too_many_pixels", "unsupported_image",
+}
+
+
+def _mutate(data: bytes, case: int, rng: np.random.Generator) -> bytes:
+    damaged = bytearray(data)
+    if case % 3 == 0:  # a few random bytes overwritten
+        for _ in range(int(rng.integers(1, 8))):
+            damaged[int(rng.integers(0, len(damaged)))] = int(rng.integers(0, 256))
+        return bytes(damaged)
+    if case % 3 == 1:  # cut anywhere
+        return bytes(damaged[: int(rng.integers(1, len(damaged)))])
+    a, b = sorted(int(x) for x in rng.integers(0, len(damaged), 2))  # a block moved to the end
+    return bytes(damaged[:a] + damaged[b:] + damaged[a:b])
+
+
+def test_fuzzed_images_decode_or_fail_with_a_known_type() -> None:
+    """Hundreds of damaged variants of the odd images: nothing but DecodeError ever escapes."""
+    rng = np.random.default_rng(0)
+    seeds = [data for data, _, _ in GOOD.values()]
+    outcomes = set()
+    for case in range(900):
+        data = _mutate(seeds[case % len(seeds)], case, rng)
+        try:
+            rgb = decode_image(data, 10**7)
+        except DecodeError as err:
+            assert err.error_type in KNOWN_ERROR_TYPES and err.message, err
+            outcomes.add(err.error_type)
+        else:
+            assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+            outcomes.add("ok")
+    assert {"ok", "truncated", "corrupt"} <= outcomes  # the mutations really exercise each path
