@@ -21,8 +21,8 @@ from PIL import Image
 
 GT_DIR = "_gt"
 MAX_SIDE = 512
-MIN_VISIBLE_FRACTION = 0.3
-MIN_CONTRAST = 80.0  # RGB distance between a shape and the mean of what it is painted over  # a shape mostly hidden by later ones is dropped from the scene
+MIN_VISIBLE_FRACTION = 0.3  # a shape mostly hidden by later ones is erased from the scene
+MIN_CONTRAST = 80.0  # RGB distance between a shape and the mean of what it is painted over
 
 # (skimage.data function, file format): all of these are files inside the scikit-image wheel.
 SKIMAGE_IMAGES: tuple[tuple[str, str], ...] = (
