@@ -35,9 +35,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_bucket(s3_server: str) -> str:
-    """A fresh, empty bucket on the test server, as ``s3://name``."""
+    """A fresh bucket on the test server for each test module, as ``s3://name`` (module scope so
+    module-scoped dataset fixtures can use it; tests in one module share it, under own prefixes)."""
     import boto3
 
     name = f"test-{uuid.uuid4().hex[:16]}"
