@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -36,13 +37,21 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # No network here, and none wanted from tests.
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
 @pytest.fixture(scope="session")
-def s3_fs(s3_server):
+def quiet_s3_server(s3_server):
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_fs(quiet_s3_server):
     """An s3fs client of the test S3 server (credentials from the environment, as users have)."""
     import s3fs
 
-    return s3fs.S3FileSystem(endpoint_url=s3_server, use_listings_cache=False)
+    return s3fs.S3FileSystem(endpoint_url=quiet_s3_server, use_listings_cache=False)

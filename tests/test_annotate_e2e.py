@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import uuid
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -38,12 +40,19 @@ def _all_files(fs: s3fs.S3FileSystem, dst: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def mixed_dataset(tmp_path_factory, s3_bucket, s3_fs):
+def bucket(s3_fs):
+    name = f"s3://e2e-{uuid.uuid4().hex[:12]}"
+    s3_fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def mixed_dataset(tmp_path_factory, bucket, s3_fs):
     local = tmp_path_factory.mktemp("mixed")
     write_sample_dataset(local / "scenes", n_synthetic=3, seed=1)
     good = write_odd_good_images(local / "odd")
     bad = write_bad_inputs(local / "bad")
-    src = f"{s3_bucket}/src"
+    src = f"{bucket}/src"
     _upload(s3_fs, local, src)
     return {"src": src, "local": local, "bad": bad, "odd": good}
 
@@ -54,8 +63,8 @@ def _tiny_config(endpoint: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def first_run(mixed_dataset, s3_bucket, s3_server, ray_cluster, prefect_server):
-    dst = f"{s3_bucket}/out"
+def first_run(mixed_dataset, bucket, s3_server, ray_cluster, prefect_server):
+    dst = f"{bucket}/out"
     manifest = annotate_dataset(mixed_dataset["src"], dst, config=_tiny_config(s3_server))
     return dst, manifest
 
@@ -108,7 +117,8 @@ def test_annotations_are_valid_rle_inside_their_image(first_run, s3_fs):
         assert rle.encode(mask)["counts"] == row["segmentation"]["counts"]
         x, y, w, h = row["bbox"]
         ys, xs = np.nonzero(mask)
-        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        # SA-1B / SAM convention: x + w is the last column of the mask (inclusive), not one past.
+        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max(), ys.max()))
 
 
 def test_embeddings_are_unit_vectors_one_per_image(first_run, s3_fs):
@@ -138,7 +148,7 @@ def test_rerun_writes_nothing_and_new_items_are_processed_alone(
     assert _all_files(s3_fs, dst) == before
 
     extra = mixed_dataset["local"] / "extra"
-    write_sample_dataset(extra, n_synthetic=1, seed=99, include_skimage=False)
+    write_sample_dataset(extra, n_synthetic=1, seed=99)
     _upload(s3_fs, extra, f"{mixed_dataset['src']}/extra")
     added = annotate_dataset(mixed_dataset["src"], dst, config=_tiny_config(s3_server))
     assert added["counts"]["inputs"] == len([p for p in extra.rglob("*") if p.is_file() and "_gt" not in p.parts])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import ray
+from ray.data import ActorPoolStrategy
 
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
@@ -63,7 +64,7 @@ def _pool(stage: StageConfig) -> dict[str, Any]:
         "batch_size": stage.batch_size,
         "num_gpus": stage.num_gpus or None,
         "num_cpus": stage.num_cpus,
-        "concurrency": (low, high) if high > low else low,
+        "compute": ActorPoolStrategy(min_size=low, max_size=max(low, high)),
     }
 
 
@@ -75,7 +76,7 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         num_cpus=1,
-        concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))),
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
     )
     stages = cfg.stages
     if stages.segment.enabled:
