@@ -12,6 +12,7 @@ import posixpath
 import re
 import tempfile
 from functools import lru_cache
+from typing import IO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -156,6 +157,12 @@ def list_files(
 def read_bytes(uri: str, storage: StorageConfig) -> bytes:
     fs, path = filesystem(uri, storage)
     return fs.cat_file(path)
+
+
+def open_file(uri: str, storage: StorageConfig) -> IO[bytes]:
+    """A seekable binary file object (ranged reads on object stores) for streaming readers."""
+    fs, path = filesystem(uri, storage)
+    return fs.open(path, "rb")
 
 
 def read_head(uri: str, storage: StorageConfig, n: int = 64) -> bytes:
