@@ -193,7 +193,8 @@ def test_ray_cluster_launcher_config_passes_rays_own_validation():
     assert gpu["resources"]["GPU"] >= 1
     assert 0 <= gpu["min_workers"] < gpu["max_workers"] <= config["max_workers"]
     assert config["available_node_types"][config["head_node_type"]]["resources"]["GPU"] == 0
-    assert "--gpus all" in config["docker"]["run_options"]
+    assert "--gpus all" in config["docker"]["worker_run_options"]
+    assert "--gpus all" not in config["docker"]["run_options"]  # the head has no GPU
     assert config["docker"]["image"] == _load("k8s/raycluster.yaml")["spec"]["headGroupSpec"][
         "template"
     ]["spec"]["containers"][0]["image"]
