@@ -226,9 +226,11 @@ def test_compose_has_minio_prefect_and_a_ray_head_on_their_ports():
 
     build = services["ray-head"]["build"]
     assert (INFRA / build["context"] / build["dockerfile"]).resolve() == INFRA / "Dockerfile"
-    env = services["prefect-worker"]["environment"]
-    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
-    assert env["PREFECT_API_URL"].startswith("http://prefect-server:4200/")
+    for service in ("prefect-worker", "ray-head"):  # flows run by the worker and by Ray Jobs
+        env = services[service]["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["PREFECT_API_URL"].startswith("http://prefect-server:4200/")
+        assert env["RAY_AUTH_MODE"] == "token"
     # The GPU worker gets the laptop's GPU through a device reservation.
     (device,) = services["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
