@@ -7,7 +7,6 @@ processes of this head.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import queue
@@ -358,7 +357,6 @@ def test_ctrl_c_stops_the_job(with_token, probe_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("samflow.flows.cli") is None, reason="samflow CLI not merged yet")
 def test_real_samflow_cli_runs_from_the_uploaded_checkout(with_token):
     # The default runtime_env: this checkout as working_dir (pip off: the head shares this venv).
     out, err = io.StringIO(), io.StringIO()
