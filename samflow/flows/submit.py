@@ -195,7 +195,8 @@ def _wait_terminal(client: Any, job_id: str, timeout_s: float | None = 60.0) -> 
 
 def _first_line(message: str | None) -> str:
     # Ray appends the tail of the logs to a failed job's message; they were already streamed.
-    return (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    lines = (message or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _connect(address: str) -> Any:
