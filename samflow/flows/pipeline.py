@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,13 +50,14 @@ class PipelineStats:
 
 
 def ensure_ray(cfg: RayConfig) -> None:
-    """Connect to the configured cluster, or start a local Ray (reusing one already running)."""
+    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
     if ray.is_initialized():
         return
-    if cfg.address:
-        ray.init(address=cfg.address, runtime_env=cfg.runtime_env or None)
+    runtime_env = cfg.runtime_env or None
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.address, runtime_env=runtime_env)
     else:
-        ray.init(runtime_env=cfg.runtime_env or None, include_dashboard=False)
+        ray.init(runtime_env=runtime_env, include_dashboard=False)
 
 
 def _pool(stage: StageConfig) -> dict[str, Any]:
