@@ -148,7 +148,7 @@ def test_rerun_writes_nothing_and_new_items_are_processed_alone(
     assert _all_files(s3_fs, dst) == before
 
     extra = mixed_dataset["local"] / "extra"
-    write_sample_dataset(extra, n_synthetic=1, seed=99)
+    write_sample_dataset(extra, n_synthetic=1, seed=99, include_skimage=False)
     _upload(s3_fs, extra, f"{mixed_dataset['src']}/extra")
     added = annotate_dataset(mixed_dataset["src"], dst, config=_tiny_config(s3_server))
     assert added["counts"]["inputs"] == len([p for p in extra.rglob("*") if p.is_file() and "_gt" not in p.parts])
