@@ -155,3 +155,19 @@ def test_rerun_writes_nothing_and_new_items_are_processed_alone(
     images = _read(s3_fs, dst, "images")
     ids = images.column("item_id").to_pylist()
     assert len(ids) == len(set(ids))
+
+
+def test_export_coco_from_s3_loads_in_pycocotools(first_run, s3_server, tmp_path, s3_fs):
+    from pycocotools.coco import COCO
+
+    from samflow.flows.export import export_coco
+
+    dst, _ = first_run
+    summary = export_coco(dst, tmp_path / "coco.json", StorageConfig(endpoint_url=s3_server))
+    coco = COCO(str(tmp_path / "coco.json"))
+    annotations = _read(s3_fs, dst, "annotations")
+    assert summary["annotations"] == len(coco.getAnnIds()) == annotations.num_rows
+    by_id = {r["annotation_id"]: r for r in annotations.to_pylist()}
+    for ann in coco.loadAnns(coco.getAnnIds()[:20]):
+        ours = by_id[ann["samflow_annotation_id"]]
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), rle.decode(ours["segmentation"]))
