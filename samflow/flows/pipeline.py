@@ -24,6 +24,7 @@ from samflow.actors.embed import EmbedStage
 from samflow.actors.segment import SegmentStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.storage import StorageSource
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
 
@@ -74,7 +75,7 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     ds = ray.data.from_items(items)
     ds = ds.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"storage": cfg.storage, "input_cfg": cfg.input},
+        fn_constructor_kwargs={"source": StorageSource(cfg.storage), "input_cfg": cfg.input},
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         num_cpus=1,
