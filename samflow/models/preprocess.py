@@ -5,7 +5,7 @@ device once, grouped by shape so every resize is one `interpolate` call per dist
 image), then normalised and padded/cropped as a whole batch.
 
 Public: `Normalisation`, `to_device`, `resize_longest_pad`, `resize_shortest_center_crop`,
-`resize_square`, `scale_xy`.
+`resize_square`, `pad_square_resize`, `scale_xy`.
 """
 
 from __future__ import annotations
@@ -137,6 +137,19 @@ def resize_square(
     tensors = to_device(images, device)
     resized = _resize_grouped(tensors, [size] * len(tensors), mode=mode)
     return norm.apply(torch.stack(resized).clamp(0, 255)).to(dtype)
+
+
+def pad_square_resize(
+    images: Sequence[np.ndarray], size: int, norm: Normalisation, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """OWLv2-style: zero-pad bottom/right to a square of the longest side, resize to size x size,
+    normalise. Returns (pixels, original (H, W) sizes); model boxes normalised to the padded
+    square map back to pixels by multiplying with max(H, W)."""
+    tensors = to_device(images, device)
+    originals = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+    squares = [F.pad(t, (0, max(h, w) - w, 0, max(h, w) - h)) for t, (h, w) in zip(tensors, originals)]
+    resized = _resize_grouped(squares, [(size, size)] * len(squares))
+    return norm.apply(torch.stack(resized).clamp(0, 255)).to(dtype), originals
 
 
 def scale_xy(coords: torch.Tensor, from_sizes: Sequence[tuple[int, int]], to_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:

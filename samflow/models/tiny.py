@@ -32,14 +32,18 @@ def tiny_tokenizer():
     tokenizes offline, one token per byte (the last byte of a word carries `</w>`)."""
     from transformers import CLIPTokenizer
 
-    vocab: dict[str, int] = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab: dict[str, int] = {}
     for char in _byte_alphabet():
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
+    # specials last and highest, as in CLIP's real vocabulary (OWL-ViT pools the argmax id = eos)
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_TEXT_POSITIONS)
 
 
 TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + 2 * 256
+TINY_BOS_ID, TINY_EOS_ID = 2 * 256, 2 * 256 + 1
 TINY_TEXT_POSITIONS = 32
 
 
@@ -60,7 +64,7 @@ def _tiny_text_config() -> dict:
     return dict(
         vocab_size=TINY_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=TINY_TEXT_POSITIONS,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        bos_token_id=TINY_BOS_ID, eos_token_id=TINY_EOS_ID, pad_token_id=TINY_EOS_ID,
     )
 
 
@@ -79,3 +83,12 @@ def tiny_siglip_config():
     from transformers import SiglipConfig
 
     return SiglipConfig(text_config=_tiny_text_config(), vision_config=_tiny_vit_config())
+
+
+def tiny_owlv2_config():
+    from transformers import Owlv2Config
+
+    # the class head compares projected text queries with image features mapped to the text
+    # width, so projection_dim must equal the text hidden size (as in the real checkpoints)
+    return Owlv2Config(text_config=_tiny_text_config(), vision_config=_tiny_vit_config(image_size=32, patch_size=4),
+                       projection_dim=32)
