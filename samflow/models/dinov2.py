@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_shortest_center_crop
 from samflow.models.registry import ModelSource
 
@@ -64,10 +64,10 @@ class DinoRunner:
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> DinoRunner:
     from transformers import Dinov2Model
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_dinov2_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(Dinov2Model, tiny_dinov2_config(), device, dtype)
+        loaded = build_in_code(Dinov2Model, in_code_config("dinov2", source.kind), device, dtype)
     else:
         loaded = load_pretrained(Dinov2Model, source, device, dtype)
     return DinoRunner(loaded, source.uri, device, dtype)

@@ -12,6 +12,7 @@ from samflow.models.registry import ModelLoadError, load_model, parse_uri
 
 def test_parse_uri_kinds(tmp_path):
     assert parse_uri("tiny://sam").kind == "tiny"
+    assert parse_uri("random://clip").kind == "random" and parse_uri("random://clip").in_code
     assert parse_uri("hf://facebook/sam-vit-base").location == "facebook/sam-vit-base"
     assert parse_uri("facebook/sam-vit-base").kind == "hub"
     assert parse_uri(str(tmp_path)).kind == "local"
