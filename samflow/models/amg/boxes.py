@@ -1,0 +1,93 @@
+"""Box ops in torch: boxes of masks, IoU, greedy NMS (exact, batched on the device)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 4) int64 xyxy with inclusive max (SAM's convention); [0, 0, 0, 0]
+    for an empty mask."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, 4, dtype=torch.int64, device=masks.device)
+    rows = masks.any(dim=2)  # (N, H)
+    cols = masks.any(dim=1)  # (N, W)
+    y0, y1 = _first_last(rows, h)
+    x0, x1 = _first_last(cols, w)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1)
+    return boxes * rows.any(dim=1, keepdim=True)
+
+
+def _first_last(present: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.arange(length, device=present.device)
+    first = torch.where(present, idx, length).amin(dim=1)
+    last = torch.where(present, idx, -1).amax(dim=1)
+    return first, last
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 4) float xyxy -> (N, N) IoU, computed as torchvision's NMS does (0/0 gives NaN,
+    which never suppresses)."""
+    return box_iou(boxes, boxes)
+
+
+def nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    protected: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Greedy NMS: indices of kept boxes, by score descending (ties keep input order).
+
+    A box is dropped when its IoU with a kept, higher-ranked box is > ``iou_threshold``.
+    ``protected`` boxes are always kept (they still suppress others). Exact greedy result,
+    computed without a per-box loop: iterate ``keep = protected | no kept earlier box overlaps``
+    to its fixed point, which is reached after as many rounds as the longest suppression chain.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes = boxes[order].float()
+    earlier = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(diagonal=1)
+    overlaps = (pairwise_iou(sorted_boxes) > iou_threshold) & earlier  # [j, i]: j ranks before i
+    forced = (
+        protected[order] if protected is not None else torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    )
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    while True:
+        suppressed = (overlaps & keep[:, None]).any(dim=0)
+        new_keep = ~suppressed | forced
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return order[keep]
+
+
+def near_crop_edge(
+    boxes: torch.Tensor, crop_box: list[int], image_wh: tuple[int, int], atol: float = 20.0
+) -> torch.Tensor:
+    """(N,) bool: box (xyxy, in crop coordinates) within ``atol`` px of a crop edge that is not
+    also an edge of the image (such masks are likely cut by the crop)."""
+    x0, y0 = crop_box[0], crop_box[1]
+    offset = torch.tensor([x0, y0, x0, y0], device=boxes.device)
+    in_image = (boxes + offset).float()
+    crop = torch.tensor(crop_box, dtype=torch.float32, device=boxes.device)
+    image = torch.tensor([0, 0, image_wh[0], image_wh[1]], dtype=torch.float32, device=boxes.device)
+    at_crop = (in_image - crop).abs() <= atol
+    at_image = (in_image - image).abs() <= atol
+    return (at_crop & ~at_image).any(dim=1)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) x (M, 4) float xyxy -> (N, M) IoU (same formula as :func:`pairwise_iou`)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)

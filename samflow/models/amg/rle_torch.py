@@ -1,0 +1,103 @@
+"""COCO RLE on the device, vectorised over masks: no per-pixel or per-mask Python loop.
+
+Masks of one image are kept as *ragged run lengths*: ``runs`` (R,) int64, the COCO counts of
+every mask one after the other, and ``lengths`` (M,) int64, how many counts each mask has.
+Counts follow pycocotools: column-major order, starting with a (possibly empty) run of zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Values are below 2**31 (pixel counts) and deltas are above -2**31: 7 groups of 5 bits suffice.
+_GROUPS = 7
+
+
+def masks_to_runs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, H, W) bool -> (runs, lengths) in COCO order."""
+    m, h, w = masks.shape
+    device = masks.device
+    if m == 0 or h * w == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(m, dtype=torch.int64, device=device)
+    flat = masks.transpose(1, 2).reshape(m, h * w)
+    # A virtual 0 before the first pixel makes a leading 1 open with an empty run of zeros; a
+    # virtual pixel after the last one, always different from it, closes the final run.
+    extended = torch.cat([torch.zeros_like(flat[:, :1]), flat, ~flat[:, -1:]], dim=1)
+    change = extended[:, 1:] != extended[:, :-1]  # change[:, j]: a run starts at pixel j
+    mask_idx, starts = change.nonzero(as_tuple=True)
+    previous = torch.roll(starts, 1)
+    first_of_mask = torch.ones_like(mask_idx, dtype=torch.bool)
+    first_of_mask[1:] = mask_idx[1:] != mask_idx[:-1]
+    previous = torch.where(first_of_mask, 0, previous)
+    return starts - previous, change.sum(dim=1)
+
+
+def runs_to_masks(runs: torch.Tensor, lengths: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`masks_to_runs`: (M, H, W) bool."""
+    m = lengths.shape[0]
+    values = (_index_in_mask(lengths) % 2) == 1
+    flat = torch.repeat_interleave(values, runs, output_size=m * h * w)
+    return flat.reshape(m, w, h).transpose(1, 2)
+
+
+def areas(runs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(M,) int64 pixel count of each mask (sum of its odd runs)."""
+    ones = runs * (_index_in_mask(lengths) % 2)
+    out = torch.zeros(lengths.shape[0], dtype=torch.int64, device=runs.device)
+    return out.index_add_(0, _mask_of_run(lengths), ones)
+
+
+def select(runs: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged gather: the runs of masks ``idx`` (indices or bool), in that order."""
+    if idx.dtype == torch.bool:
+        idx = idx.nonzero(as_tuple=True)[0]
+    offsets = _offsets(lengths)
+    new_lengths = lengths[idx]
+    total = int(new_lengths.sum())
+    new_offsets = _offsets(new_lengths)
+    shift = torch.repeat_interleave(offsets[idx] - new_offsets, new_lengths, output_size=total)
+    gather = torch.arange(total, device=runs.device) + shift
+    return runs[gather], new_lengths
+
+
+def runs_to_strings(runs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+    """COCO compressed counts strings (pycocotools' ``rleToString``), computed on the device.
+
+    Each count becomes its delta to the count two back (from the 4th on), then 5-bit groups,
+    low first, with 0x20 as the "more" flag and 48 added; only the bytes move to the host.
+    """
+    if lengths.shape[0] == 0:
+        return []
+    pos = _index_in_mask(lengths)
+    before2 = torch.roll(runs, 2)
+    deltas = torch.where(pos > 2, runs - before2, runs)
+    shifts = 5 * torch.arange(_GROUPS, device=runs.device)
+    groups = (deltas[:, None] >> shifts) & 0x1F  # arithmetic shift: sign-extends negatives
+    rest = deltas[:, None] >> (shifts + 5)
+    more = torch.where((groups & 0x10) != 0, rest != -1, rest != 0)
+    n_chars = (~more).to(torch.uint8).argmax(dim=1) + 1  # the first group with no more after it
+    in_use = torch.arange(_GROUPS, device=runs.device)[None, :] < n_chars[:, None]
+    flagged = torch.arange(_GROUPS, device=runs.device)[None, :] < (n_chars[:, None] - 1)
+    chars = (groups | (flagged.to(groups.dtype) << 5)) + 48
+    data = chars[in_use].to(torch.uint8).cpu().numpy().tobytes()
+    per_mask = torch.zeros(lengths.shape[0], dtype=torch.int64, device=runs.device)
+    per_mask.index_add_(0, _mask_of_run(lengths), n_chars)
+    ends = np.cumsum(per_mask.cpu().numpy())
+    starts = ends - per_mask.cpu().numpy()
+    return [data[a:b].decode("ascii") for a, b in zip(starts.tolist(), ends.tolist())]
+
+
+def _offsets(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(lengths, 0) - lengths
+
+
+def _mask_of_run(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
+
+
+def _index_in_mask(lengths: torch.Tensor) -> torch.Tensor:
+    """For each run, its position within its own mask's counts."""
+    total = int(lengths.sum())
+    starts = torch.repeat_interleave(_offsets(lengths), lengths, output_size=total)
+    return torch.arange(total, device=lengths.device) - starts
