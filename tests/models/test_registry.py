@@ -73,3 +73,8 @@ def test_empty_batches(images):
     assert runner.embed_images([]).shape == (0, runner.dim)
     with pytest.raises(ValueError):
         runner.embed_images([np.zeros((4, 4), np.uint8)])
+
+
+def test_unreachable_hub_model_fails_with_offline_hint():
+    with pytest.raises(ModelLoadError, match="tiny://"):
+        load_model("sam", "hf://samflow-test/no-such-model")
