@@ -7,10 +7,15 @@ import torch
 
 def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) -> torch.Tensor:
     """IoU of the masks thresholded at ``mask_threshold +/- offset`` (the high one is always
-    inside the low one, so IoU = count(high) / count(low)). NaN for a mask empty at both."""
+    inside the low one, so IoU = count(high) / count(low)).
+
+    A mask empty at both thresholds scores 0 where SAM gives NaN: every threshold > 0 rejects
+    both, and records stay JSON-clean.
+    """
     high = (logits > (mask_threshold + offset)).sum(dim=(-1, -2))
     low = (logits > (mask_threshold - offset)).sum(dim=(-1, -2))
-    return high.to(torch.float32) / low.to(torch.float32)
+    score = high.to(torch.float32) / low.to(torch.float32)
+    return torch.where(low > 0, score, 0.0)
 
 
 def connected_components(masks: torch.Tensor) -> torch.Tensor:
