@@ -32,7 +32,7 @@ def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, prote
 @pytest.mark.parametrize("threshold", [0.3, 0.7])
 def test_nms_equals_greedy_loop(seed: int, threshold: float) -> None:
     rng = np.random.default_rng(seed)
-    n = 300
+    n = 150
     xy = rng.integers(0, 100, size=(n, 2))
     wh = rng.integers(0, 40, size=(n, 2))  # includes degenerate (zero-area) boxes
     boxes = np.concatenate([xy, xy + wh], axis=1)
