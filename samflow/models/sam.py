@@ -1,0 +1,118 @@
+"""SAM (transformers `SamModel`): batched image encoding, batched prompt decoding.
+
+    runner = load_model("sam", "facebook/sam-vit-huge")        # or "tiny://sam"
+    enc = runner.encode(images)                                 # list of HxWx3 uint8 RGB, any sizes
+    logits, iou = runner.decode(enc, [0, 1], points=pts)        # pts (2, N, 2) xy, original pixels
+    masks = runner.postprocess_masks(logits[0], enc, 0) > 0     # (N, K, H, W) at the original size
+
+The image encoder runs once per image; prompts for many images are decoded in one call against
+the cached embeddings. Coordinates in and masks out are in each image's original pixel frame;
+the resize/pad frame of the model (`image_size`, longest side, bottom-right padding) stays inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_longest_pad, scale_xy
+from samflow.models.registry import ModelSource
+
+
+@dataclass
+class SamEncoding:
+    embeddings: torch.Tensor  # (B, C, h, w) on the model device
+    original_sizes: list[tuple[int, int]]  # (H, W) of each input image
+    input_sizes: list[tuple[int, int]]  # (h, w) after resizing the longest side, before padding
+
+    def __len__(self) -> int:
+        return len(self.original_sizes)
+
+
+class SamRunner:
+    family = "sam"
+
+    def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype, norm: Normalisation):
+        self.model = loaded.model
+        self.uri = uri
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint_sha256 = loaded.checkpoint_sha256
+        self.num_parameters = loaded.num_parameters
+        self.image_size: int = int(self.model.config.vision_config.image_size)
+        self.norm = norm
+
+    @torch.inference_mode()
+    def encode(self, images: Sequence[np.ndarray]) -> SamEncoding:
+        if len(images) == 0:
+            raise ValueError("encode needs at least one image")
+        pixels, originals, inputs = resize_longest_pad(images, self.image_size, self.norm, self.device, self.dtype)
+        embeddings = self.model.get_image_embeddings(pixels)
+        return SamEncoding(embeddings, originals, inputs)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        enc: SamEncoding,
+        image_indices: Sequence[int],
+        *,
+        points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts (B, N, 2) points or (B, N, 4) xyxy boxes in original pixels, B = len(image_indices).
+
+        Returns (low_res_logits (B, N, K, h_lr, w_lr) float32, iou_predictions (B, N, K) float32).
+        """
+        if (points is None) == (boxes is None):
+            raise ValueError("pass exactly one of points or boxes")
+        prompts = points if points is not None else boxes
+        width = 2 if points is not None else 4
+        if prompts.dim() != 3 or prompts.shape[0] != len(image_indices) or prompts.shape[2] != width:
+            raise ValueError(f"prompts must be (B={len(image_indices)}, N, {width}); got {tuple(prompts.shape)}")
+        index = torch.as_tensor(list(image_indices), dtype=torch.long, device=enc.embeddings.device)
+        embeddings = enc.embeddings.index_select(0, index)
+        originals = [enc.original_sizes[i] for i in image_indices]
+        inputs = [enc.input_sizes[i] for i in image_indices]
+        scaled = scale_xy(prompts.to(self.device), originals, inputs)
+        if points is not None:
+            coords = scaled.unsqueeze(2)  # one positive point per mask prompt
+            labels = torch.ones(coords.shape[:3], dtype=torch.long, device=self.device)
+            out = self.model(image_embeddings=embeddings, input_points=coords, input_labels=labels,
+                             multimask_output=multimask_output)
+        else:
+            out = self.model(image_embeddings=embeddings, input_boxes=scaled, multimask_output=multimask_output)
+        return out.pred_masks.float(), out.iou_scores.float()
+
+    @torch.inference_mode()
+    def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
+        """(N, K, h_lr, w_lr) -> (N, K, H, W) float logits at the image's original size."""
+        n, k = low_res_logits.shape[:2]
+        flat = low_res_logits.float().reshape(n * k, 1, *low_res_logits.shape[2:])
+        padded = F.interpolate(flat, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        h, w = enc.input_sizes[image_index]
+        original = enc.original_sizes[image_index]
+        logits = F.interpolate(padded[..., :h, :w], original, mode="bilinear", align_corners=False)
+        return logits.reshape(n, k, *original)
+
+
+def _normalisation(loaded: LoadedModel) -> Normalisation:
+    config = read_json(loaded.directory / "preprocessor_config.json") if loaded.directory else {}
+    return Normalisation(tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD)))
+
+
+def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> SamRunner:
+    from transformers import SamModel
+
+    if source.kind == "tiny":
+        from samflow.models.tiny import tiny_sam_config
+
+        loaded = build_tiny(SamModel, tiny_sam_config(), device, dtype)
+    else:
+        loaded = load_pretrained(SamModel, source, device, dtype)
+    return SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))
