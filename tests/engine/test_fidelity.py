@@ -71,3 +71,40 @@ def test_box_prompt_path_matches_reference(seed: int) -> None:
     got = MaskGenerator(SceneOracle(), params).generate([image], boxes=[boxes], box_scores=[scores])[0]
     assert got == expected
     assert sum(r["source"] == "box" for r in got) == 3
+
+
+# -- tiny SAM (random weights, real architecture and runner) -----------------------------------
+
+SAM_CASES = [
+    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
+    dict(points_per_side=6, pred_iou_thresh=0.1, stability_score_thresh=0.2, stability_score_offset=0.02,
+         box_nms_thresh=0.99),
+    dict(points_per_side=8, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+         crop_overlap_ratio=0.5),
+    dict(points_per_side=4, crop_n_layers=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+         crop_nms_thresh=0.9, crop_overlap_ratio=0.6, min_mask_region_area=8),
+]
+
+
+def sam_with_seed(runner, seed: int):
+    """Scales the tiny model's weights by seeded noise: a different random model per seed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in runner.model.parameters():
+            p.mul_(1 + 0.5 * torch.randn(p.shape, generator=generator))
+    return runner
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("case", range(len(SAM_CASES)))
+def test_engine_matches_reference_on_tiny_sam(seed: int, case: int) -> None:
+    from samflow.models.registry import load_model
+
+    runner = sam_with_seed(load_model("sam", "tiny://sam"), seed)
+    rng = np.random.default_rng(seed)
+    h, w = [(40, 56), (64, 48), (33, 71)][seed]
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    params = same_calls(**SAM_CASES[case])
+    expected = ref.generate(runner, image, params)
+    assert MaskGenerator(runner, params).generate([image])[0] == expected
+    assert expected
