@@ -152,11 +152,20 @@ def load_config(
     overrides: list[str] | None = None,
     profile: str | None = None,
 ) -> RunConfig:
+    """Config from a YAML file, then ``profile``, then ``--set KEY=VALUE`` overrides."""
     tree: dict[str, Any] = {}
     if path:
         tree = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(tree, dict):
             raise ValueError(f"{path}: the config file must be a YAML mapping")
+    return config_from(tree, profile=profile, overrides=overrides)
+
+
+def config_from(
+    tree: dict[str, Any] | None, profile: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Config from a mapping (a flow parameter, a parsed file), then ``profile``, then overrides."""
+    tree = _deepcopy(tree or {})
     if profile:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
@@ -165,3 +174,7 @@ def load_config(
     for item in overrides or []:
         _set_path(tree, *parse_override(item))
     return RunConfig.model_validate(tree)
+
+
+def _deepcopy(tree: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(tree))

@@ -1,0 +1,75 @@
+"""Shared bench plumbing: the DESIGN.md result line, and process-tree memory sampling."""
+
+from __future__ import annotations
+
+import json
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"cpu ({psutil.cpu_count()} cores, {platform.machine()})"
+
+
+def emit(bench: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write bench/results/<bench>.json and print the one-line JSON summary last."""
+    payload = {"bench": bench, "device": device_name(), "results": results}
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"{bench}.json").write_text(json.dumps(payload, indent=1))
+    print(json.dumps(payload))
+    return payload
+
+
+def result(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
+    return {"case": case, "metric": metric, "value": round(float(value), 4), "unit": unit}
+
+
+class TreeMemory:
+    """Peak resident memory of a process and all its descendants (Ray's raylet and workers)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            time.sleep(self.interval_s)
+
+    def _sample(self) -> int:
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for proc in processes:
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total

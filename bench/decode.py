@@ -1,0 +1,113 @@
+"""Decode stage throughput on one CPU core: images/s per format, and a mixed directory (good and
+bad files) through DecodeStage, reading from local disk.
+
+    python bench/decode.py [--quick]
+
+Prints figures; the last line is the JSON summary, also written to bench/results/decode.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+
+from badinputs import write_bad_inputs  # noqa: E402
+from samflow.actors.decode import DecodeStage, decode_image  # noqa: E402
+from samflow.flows.config import InputConfig, StorageConfig  # noqa: E402
+from samflow.flows.sample_data import synthetic_scene  # noqa: E402
+
+FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90})}
+
+
+def _photo(height: int, width: int) -> np.ndarray:
+    """Photo-like content (a real photograph scaled up), so codecs do realistic work."""
+    import skimage.data
+
+    return np.asarray(Image.fromarray(skimage.data.coffee()).resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _encode(pixels: np.ndarray, fmt: str, params: dict) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def _rate(fn, min_seconds: float) -> float:
+    """Calls per second, repeating until at least ``min_seconds`` have passed."""
+    fn()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < min_seconds:
+        fn()
+        calls += 1
+    return calls / elapsed
+
+
+def bench_formats(min_seconds: float) -> list[dict]:
+    results = []
+    for height, width in ((768, 1024), (1536, 2048)):
+        pixels = _photo(height, width)
+        for kind, (fmt, params) in FORMATS.items():
+            data = _encode(pixels, fmt, params)
+            rate = _rate(lambda: decode_image(data, InputConfig().max_pixels), min_seconds)
+            case = f"decode_image {kind} {width}x{height}"
+            results.append({"case": case, "metric": "throughput", "value": round(rate, 1), "unit": "images/s"})
+            megapixels = rate * height * width / 1e6
+            results.append({"case": case, "metric": "throughput", "value": round(megapixels, 1), "unit": "Mpixel/s"})
+    return results
+
+
+def bench_stage(n_good: int, min_seconds: float) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        for i in range(n_good):
+            scene, _, _ = synthetic_scene(rng, 480, 640, n_shapes=5)
+            (root / f"scene_{i:04d}.jpg").write_bytes(_encode(scene, "JPEG", {"quality": 90}))
+        n_bad = len(write_bad_inputs(root / "bad"))
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        batch = {
+            "uri": np.array([str(p) for p in files], dtype=object),
+            "size": np.array([p.stat().st_size for p in files], dtype=np.int64),
+        }
+        stage = DecodeStage(StorageConfig(), InputConfig())
+        out = stage(batch)
+        errors = int((out["error_type"] != "").sum())
+        assert errors == n_bad, f"expected {n_bad} error rows, got {errors}"
+        rate = _rate(lambda: stage(batch), min_seconds) * len(files)
+    case = f"DecodeStage local dir: {n_good} JPEG 640x480 + {n_bad} bad files"
+    return [{"case": case, "metric": "throughput", "value": round(rate, 1), "unit": "files/s"}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short run (well under two minutes)")
+    args = parser.parse_args()
+    min_seconds = 1.0 if args.quick else 5.0
+    results = bench_formats(min_seconds) + bench_stage(40 if args.quick else 200, min_seconds)
+    for row in results:
+        print(f"{row['case']:<60} {row['value']:>10} {row['unit']}")
+    summary = {
+        "bench": "decode",
+        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 used)",
+        "results": results,
+    }
+    out = Path(__file__).resolve().parent / "results" / "decode.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The row contract between stages, and the one way a stage turns a failure into an error row.
+
+Rows flow through Ray Data as numpy batches (``batch_format="numpy"``) with these columns:
+``uri, item_id, frame_index, timestamp_s, width, height`` (the image), ``pixels`` (raw RGB bytes,
+H*W*3, C order; empty for error rows), ``error_stage, error_type, error_message`` ("" when the row
+is healthy). Model stages add their outputs (``annotations_json``, ``embedding``) and one
+``_meta_<stage>`` column (JSON: model uri, checkpoint hash, busy seconds of the batch).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+def healthy(batch: Batch) -> np.ndarray:
+    """Indices of the rows no earlier stage has failed."""
+    return np.flatnonzero(np.asarray(batch["error_type"]) == "")
+
+
+def image_at(batch: Batch, row: int) -> np.ndarray:
+    """The row's RGB image as an (H, W, 3) uint8 view of its pixel bytes."""
+    h, w = int(batch["height"][row]), int(batch["width"][row])
+    return np.frombuffer(batch["pixels"][row], dtype=np.uint8).reshape(h, w, 3)
+
+
+def mark_error(batch: Batch, row: int, stage: str, exc: BaseException) -> None:
+    """Record why ``row`` failed in ``stage``; later stages skip it and the writer files it."""
+    for column in ("error_stage", "error_type", "error_message"):
+        batch[column] = np.array(batch[column], dtype=object)  # batches may be read-only views
+    batch["error_stage"][row] = stage
+    batch["error_type"][row] = getattr(exc, "error_type", None) or _snake(type(exc).__name__)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    batch["error_message"][row] = message[:2000]
+
+
+def _snake(name: str) -> str:
+    out = "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    return out or "error"
+
+
+def object_column(values: list[Any]) -> np.ndarray:
+    """A 1-D object array (np.asarray would try to broadcast lists of lists)."""
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
+@contextmanager
+def stage_meta(batch: Batch, stage: str, info: dict[str, Any]) -> Iterator[None]:
+    """Time the stage's work on this batch and attach ``_meta_<stage>`` to every row."""
+    start = time.perf_counter()
+    yield
+    # The batch id tells apart two batches of one stage that land in the same output shard.
+    meta = dict(info, batch=uuid.uuid4().hex, busy_s=time.perf_counter() - start, rows=len(batch["uri"]))
+    batch[f"_meta_{stage}"] = object_column([json.dumps(meta)] * len(batch["uri"]))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for logs: the exception and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_split_retry(
+    rows: list[int], infer: Any, *, on_error: Any
+) -> dict[int, Any]:
+    """Run ``infer(rows) -> list[result]``; when a batch fails (CUDA OOM, one poisoned input),
+    split it in halves and retry, down to single rows. A single row that still fails goes to
+    ``on_error(row, exc)`` and gets no result. One bad row never costs the others theirs."""
+    results: dict[int, Any] = {}
+    pending = [rows] if rows else []
+    while pending:
+        chunk = pending.pop()
+        try:
+            for row, result in zip(chunk, infer(chunk), strict=True):
+                results[row] = result
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
+            _release_accelerator_memory()
+            if len(chunk) == 1:
+                on_error(chunk[0], exc)
+            else:
+                half = len(chunk) // 2
+                pending.extend([chunk[half:], chunk[:half]])
+    return results
+
+
+def _release_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

@@ -1,0 +1,49 @@
+"""Segment stage: automatic masks for every healthy image of a batch (SAM through the engine)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from samflow.actors.batch import (
+    Batch,
+    healthy,
+    image_at,
+    mark_error,
+    object_column,
+    run_split_retry,
+    stage_meta,
+)
+from samflow.models.amg import AmgParams, MaskGenerator
+from samflow.models.registry import load_model
+
+STAGE = "segment"
+
+
+class SegmentStage:
+    """Loads SAM once per actor; maps batches to ``annotations_json`` (a JSON list of SA-1B
+    records per row, "[]" for rows that failed here or earlier)."""
+
+    def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None) -> None:
+        self.sam = load_model("sam", model_uri, device=device)
+        self.generator = MaskGenerator(self.sam, AmgParams(**engine))
+        self.info = {"model": model_uri, "checkpoint_sha256": self.sam.checkpoint_sha256}
+
+    def __call__(self, batch: Batch) -> Batch:
+        with stage_meta(batch, STAGE, self.info):
+            rows = healthy(batch).tolist()
+            boxes = batch.get("proposal_boxes")
+
+            def infer(chunk: list[int]) -> list[list[dict[str, Any]]]:
+                images = [image_at(batch, r) for r in chunk]
+                prompts = None if boxes is None else [boxes[r] for r in chunk]
+                return self.generator.generate(images, boxes=prompts)
+
+            def fail(row: int, exc: BaseException) -> None:
+                mark_error(batch, row, STAGE, exc)
+
+            masks = run_split_retry(rows, infer, on_error=fail)
+            batch["annotations_json"] = object_column(
+                [json.dumps(masks.get(r, [])) for r in range(len(batch["uri"]))]
+            )
+        return batch

@@ -1,0 +1,242 @@
+"""Storage behind one kind of name, the URI: local paths, ``file://`` and ``s3://`` (via fsspec).
+
+S3 settings come from :class:`StorageConfig` (endpoint, region, anonymous access) or the standard
+``AWS_ENDPOINT_URL``; credentials only ever come from the environment / the AWS credential chain
+that botocore walks, never from samflow's config, and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from functools import lru_cache
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from samflow.flows.config import StorageConfig
+
+IMAGE_KINDS = frozenset({"jpeg", "png", "webp", "tiff", "bmp", "gif", "avif"})
+VIDEO_KINDS = frozenset({"mp4", "mov", "avi", "mkv", "webm"})
+
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """``("s3", "bucket/key")`` for ``s3://bucket/key``; ``("", path)`` for a plain path."""
+    if "://" in uri:
+        protocol, rest = uri.split("://", 1)
+        return protocol.lower(), rest
+    return "", uri
+
+
+def _s3_options(storage: StorageConfig) -> dict:
+    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+    client_kwargs = {"region_name": storage.region} if storage.region else {}
+    return {
+        "anon": storage.anon,
+        "endpoint_url": endpoint,
+        "client_kwargs": client_kwargs,
+        # A run lists after it writes (incremental runs, commits): never answer from a stale cache.
+        "use_listings_cache": False,
+    }
+
+
+def filesystem(uri: str, storage: StorageConfig) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem that holds ``uri`` and the path within it (no protocol).
+
+    Local paths come back absolute. Other fsspec protocols (``memory://``, ``gs://``, ...) work
+    with their defaults.
+    """
+    protocol, path = _split(uri)
+    if protocol in _LOCAL_PROTOCOLS:
+        return LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    if protocol in ("s3", "s3a"):
+        return fsspec.filesystem("s3", **_s3_options(storage)), path.rstrip("/")
+    fs = fsspec.filesystem(protocol)
+    return fs, fs._strip_protocol(uri)
+
+
+def _to_uri(protocol: str, path: str) -> str:
+    """A path inside a filesystem back to a full URI in the source's scheme."""
+    if protocol in _LOCAL_PROTOCOLS:
+        return path
+    if protocol == "s3a":
+        protocol = "s3"
+    return f"{protocol}://{path.lstrip('/')}"
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI, keeping its scheme: ``join("s3://b/x", "y", "z.png")``.
+
+    Parts are always relative: a leading ``/`` on a part does not reset the path.
+    """
+    protocol, path = _split(uri)
+    cleaned = [p.strip("/") for p in parts if p and p.strip("/")]
+    if protocol in _LOCAL_PROTOCOLS:
+        joined = os.path.join(path, *cleaned) if cleaned else path
+        return f"{protocol}://{joined}" if protocol else joined
+    joined = posixpath.join(path.rstrip("/"), *cleaned) if cleaned else path
+    return f"{protocol}://{joined}"
+
+
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a glob with ``**`` semantics: ``*`` and ``?`` stay within one path segment,
+    ``**`` crosses segments, and ``**/`` also matches zero directories."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _matches(rel_path: str, patterns: list[str]) -> bool:
+    """True if a pattern matches the path or one of its parent directories (as gitignore does:
+    ``**/_*`` excluding ``_gt`` excludes everything below ``_gt/``)."""
+    segments = rel_path.split("/")
+    candidates = ["/".join(segments[: n + 1]) for n in range(len(segments))]
+    return any(_glob_regex(p.strip("/")).match(c) for p in patterns for c in candidates)
+
+
+def selected(rel_path: str, include: list[str], exclude: list[str]) -> bool:
+    """Whether a path relative to the listing root passes the include and exclude globs."""
+    return _matches(rel_path, include) and not _matches(rel_path, exclude)
+
+
+def list_files(
+    src: str, storage: StorageConfig, include: list[str], exclude: list[str]
+) -> list[tuple[str, int]]:
+    """Every file under ``src`` (recursively) that passes the globs, as sorted ``(uri, size)``.
+
+    URIs are in ``src``'s scheme (``s3://bucket/key``; absolute paths for local sources). A
+    ``src`` that is a single file is returned as is: naming one file selects it.
+    """
+    protocol, _ = _split(src)
+    fs, root = filesystem(src, storage)
+    if fs.isfile(root):
+        return [(_to_uri(protocol, root), int(fs.size(root)))]
+    found = fs.find(root, detail=True)
+    if not found and not fs.exists(root):
+        raise FileNotFoundError(f"source not found: {src}")
+    prefix = root.rstrip("/") + "/"
+    files = []
+    for path, info in found.items():
+        if info.get("type") != "file" or path.endswith("/"):
+            continue  # directory markers some S3 tools write
+        rel = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        if selected(rel, include, exclude):
+            files.append((_to_uri(protocol, path), int(info.get("size") or 0)))
+    return sorted(files)
+
+
+def read_bytes(uri: str, storage: StorageConfig) -> bytes:
+    fs, path = filesystem(uri, storage)
+    return fs.cat_file(path)
+
+
+def read_head(uri: str, storage: StorageConfig, n: int = 64) -> bytes:
+    """The first ``n`` bytes (a ranged read on object stores), e.g. for :func:`sniff_kind`."""
+    fs, path = filesystem(uri, storage)
+    return fs.cat_file(path, start=0, end=n)
+
+
+def write_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
+    """Write a whole object. Local writes create parents and are atomic (temp file + rename), so
+    a killed run never leaves a half-written file under the final name; object-store PUTs
+    already are."""
+    fs, path = filesystem(uri, storage)
+    if isinstance(fs, LocalFileSystem):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+    fs.pipe_file(path, data)
+
+
+# --- file type from the bytes ------------------------------------------------------------------
+
+_BMP_DIB_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+_MOV_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def _iso_bmff_kind(head: bytes) -> str | None:
+    """MP4 / MOV / AVIF share the ISO base media layout: the ``ftyp`` brand tells them apart."""
+    box = head[4:8]
+    if box == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "heif"
+        if brand == b"qt  ":
+            return "mov"
+        return "mp4"
+    if box in _MOV_ATOMS:
+        return "mov"
+    return None
+
+
+def sniff_kind(head: bytes) -> str | None:
+    """The file type from its first bytes (pass at least 32): ``"jpeg"``, ``"png"``, ``"webp"``,
+    ``"tiff"``, ``"bmp"``, ``"gif"``, ``"avif"``, ``"heif"``, ``"mp4"``, ``"mov"``, ``"avi"``,
+    ``"mkv"``, ``"webm"``, a few common non-media kinds (``"pdf"``, ``"zip"``, ``"gzip"``) so
+    error messages can say what a file is; None when unknown. Extensions are never consulted."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"BM") and len(head) >= 18:
+        if int.from_bytes(head[14:18], "little") in _BMP_DIB_HEADER_SIZES:
+            return "bmp"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm" if b"webm" in head[:64] else "mkv"
+    kind = _iso_bmff_kind(head)
+    if kind:
+        return kind
+    if head.startswith(b"%PDF-"):
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    return None

@@ -1,0 +1,57 @@
+"""Session fixtures for the real parts: one local Ray cluster and one Prefect server per run."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster (head node only); tests that need more nodes add and remove them.
+
+    Logical CPUs exceed the machine's 2 cores so that decode, model and write pools can all be
+    scheduled at once; the work itself is small.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 6, "include_dashboard": False},
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """Prefect's ephemeral API server with a throwaway database, for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # No network here, and none wanted from tests.
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def quiet_s3_server(s3_server):
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_fs(quiet_s3_server):
+    """An s3fs client of the test S3 server (credentials from the environment, as users have)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(endpoint_url=quiet_s3_server, use_listings_cache=False)
