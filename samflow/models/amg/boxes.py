@@ -11,8 +11,9 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     n, h, w = masks.shape
     if n == 0:
         return torch.zeros(0, 4, dtype=torch.int64, device=masks.device)
-    rows = masks.any(dim=2)  # (N, H)
-    cols = masks.any(dim=1)  # (N, W)
+    as_bytes = masks.view(torch.uint8)  # amax over bytes is much faster than any() on CPU
+    rows = as_bytes.amax(dim=2).bool()  # (N, H)
+    cols = as_bytes.amax(dim=1).bool()  # (N, W)
     y0, y1 = _first_last(rows, h)
     x0, x1 = _first_last(cols, w)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
