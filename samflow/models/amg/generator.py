@@ -165,7 +165,8 @@ class MaskGenerator:
         h, w = state.hw
         cols = np.clip(np.floor(points[:, 0] + x0).astype(np.int64), 0, w - 1)
         rows = np.clip(np.floor(points[:, 1] + y0).astype(np.int64), 0, h - 1)
-        covered = state.coverage[torch.as_tensor(rows), torch.as_tensor(cols)].cpu().numpy()
+        device = state.coverage.device
+        covered = state.coverage[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)].cpu().numpy()
         return points[~covered]
 
     # -- decoding -------------------------------------------------------------------------
