@@ -165,7 +165,8 @@ class MaskGenerator:
         h, w = state.hw
         cols = np.clip(np.floor(points[:, 0] + x0).astype(np.int64), 0, w - 1)
         rows = np.clip(np.floor(points[:, 1] + y0).astype(np.int64), 0, h - 1)
-        covered = state.coverage[torch.as_tensor(rows), torch.as_tensor(cols)].cpu().numpy()
+        device = state.coverage.device
+        covered = state.coverage[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)].cpu().numpy()
         return points[~covered]
 
     # -- decoding -------------------------------------------------------------------------
@@ -173,26 +174,40 @@ class MaskGenerator:
     def _decode(
         self, enc: Any, requests: list[tuple[int, np.ndarray]], kind: str
     ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        """Decodes prompts of several encoded crops: round r takes prompts
-        [r*ppb, (r+1)*ppb) of every crop, crops share calls up to ``prompts_per_decode``
-        prompts (shorter lists are padded by repeating their last prompt, and the padding is
-        dropped). Yields (encoding index, first prompt, low-res logits, IoU)."""
+        """Decodes the prompts of several encoded crops, ``prompts_per_decode`` at most per
+        decoder call, and yields them ``points_per_batch`` at a time (the unit of
+        post-processing memory) as (encoding index, first prompt, low-res logits, IoU).
+
+        Each round takes the next ``span`` prompts of every crop that has some left, ``span``
+        a multiple of points_per_batch chosen so all crops fit one call when they can; crops
+        of a round share calls, a shorter list padded by repeating its last prompt (the
+        padding is dropped).
+        """
         ppb = self.params.points_per_batch
-        per_call = max(1, self.params.prompts_per_decode // ppb)
-        longest = max((len(p) for _, p in requests), default=0)
-        for start in range(0, longest, ppb):
-            active = [(j, p[start : start + ppb]) for j, p in requests if len(p) > start]
+        budget = self.params.prompts_per_decode
+        active_requests = [(j, p) for j, p in requests if len(p)]
+        if not active_requests:
+            return
+        span = ppb * max(1, budget // (ppb * len(active_requests)))
+        per_call = max(1, budget // span)
+        longest = max(len(p) for _, p in active_requests)
+        for start in range(0, longest, span):
+            active = [(j, p[start : start + span]) for j, p in active_requests if len(p) > start]
             for g in range(0, len(active), per_call):
                 group = active[g : g + per_call]
-                prompts = _pad_stack([p for _, p in group])
-                tensor = torch.as_tensor(prompts, dtype=torch.float32, device=self.runner.device)
-                with self._clock("decode_s"):
-                    if kind == "points":
-                        low_res, iou = self.runner.decode(enc, [j for j, _ in group], points=tensor, multimask_output=True)
-                    else:
-                        low_res, iou = self.runner.decode(enc, [j for j, _ in group], boxes=tensor, multimask_output=False)
+                low_res, iou = self._decode_call(enc, group, kind)
                 for b, (j, p) in enumerate(group):
-                    yield j, start, low_res[b, : len(p)], iou[b, : len(p)]
+                    for sub in range(0, len(p), ppb):
+                        stop = min(sub + ppb, len(p))
+                        yield j, start + sub, low_res[b, sub:stop], iou[b, sub:stop]
+
+    def _decode_call(self, enc: Any, group: list[tuple[int, np.ndarray]], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = torch.as_tensor(_pad_stack([p for _, p in group]), dtype=torch.float32, device=self.runner.device)
+        indices = [j for j, _ in group]
+        with self._clock("decode_s"):
+            if kind == "points":
+                return self.runner.decode(enc, indices, points=prompts, multimask_output=True)
+            return self.runner.decode(enc, indices, boxes=prompts, multimask_output=False)
 
     def _upsampler(self, enc: Any, index: int):
         return lambda low_res: self.runner.postprocess_masks(low_res, enc, index)

@@ -20,17 +20,20 @@ def masks_to_runs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     device = masks.device
     if m == 0 or h * w == 0:
         return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(m, dtype=torch.int64, device=device)
-    flat = masks.transpose(1, 2).reshape(m, h * w)
-    # A virtual 0 before the first pixel makes a leading 1 open with an empty run of zeros; a
-    # virtual pixel after the last one, always different from it, closes the final run.
-    extended = torch.cat([torch.zeros_like(flat[:, :1]), flat, ~flat[:, -1:]], dim=1)
-    change = extended[:, 1:] != extended[:, :-1]  # change[:, j]: a run starts at pixel j
+    n = h * w
+    flat = masks.transpose(1, 2).reshape(m, n)
+    # change[:, j]: a run starts at pixel j. Pixel 0 starts one when it is 1 (the run of zeros
+    # before it is empty); a virtual pixel n always starts one, closing the final run.
+    change = torch.empty(m, n + 1, dtype=torch.bool, device=device)
+    change[:, 0] = flat[:, 0]
+    torch.ne(flat[:, 1:], flat[:, :-1], out=change[:, 1:n])
+    change[:, n] = True
     mask_idx, starts = change.nonzero(as_tuple=True)
     previous = torch.roll(starts, 1)
     first_of_mask = torch.ones_like(mask_idx, dtype=torch.bool)
     first_of_mask[1:] = mask_idx[1:] != mask_idx[:-1]
     previous = torch.where(first_of_mask, 0, previous)
-    return starts - previous, change.sum(dim=1)
+    return starts - previous, torch.bincount(mask_idx, minlength=m)
 
 
 def runs_to_masks(runs: torch.Tensor, lengths: torch.Tensor, h: int, w: int) -> torch.Tensor:
