@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short timing windows (< 2 min on 2 CPU cores)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per case")
+    parser.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help="run only these families")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -161,6 +162,8 @@ def main() -> None:
     scheme = "random" if gpu else "tiny"
     min_steps = 2 if args.quick else 5
     for case in cases(gpu):
+        if args.only and case.family not in args.only:
+            continue
         results.extend(run_case(case, device, scheme, seconds, min_steps, peak))
     emit("models", results)
 

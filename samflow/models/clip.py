@@ -27,7 +27,7 @@ from samflow.models.preprocess import (
     resize_shortest_center_crop,
     resize_square,
 )
-from samflow.models.registry import ModelSource
+from samflow.models.registry import ModelLoadError, ModelSource
 
 
 class ClipRunner:
@@ -129,7 +129,14 @@ def _tokenizer(loaded: LoadedModel):
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(loaded.directory))
+    try:
+        return AutoTokenizer.from_pretrained(str(loaded.directory))
+    except ImportError as exc:  # e.g. SigLIP's SentencePiece tokenizer without the package
+        first_sentence = " ".join(str(exc).split()).split(". ")[0]
+        raise ModelLoadError(
+            f"the tokenizer of {loaded.directory} needs an optional package ({first_sentence}); "
+            "install it (SigLIP: pip install sentencepiece) or use a repository with tokenizer.json"
+        ) from None
 
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> ClipRunner:

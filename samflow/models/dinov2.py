@@ -39,8 +39,8 @@ class DinoRunner:
         self.norm = Normalisation(tuple(config.get("image_mean", IMAGENET_MEAN)),
                                   tuple(config.get("image_std", IMAGENET_STD)))
         default_crop = 224 if loaded.directory else int(self.model.config.image_size)
-        self.crop_size = int(config.get("crop_size", {}).get("height", default_crop))
-        self.resize_to = int(config.get("size", {}).get("shortest_edge", round(self.crop_size * RESIZE_OVER_CROP)))
+        self.crop_size = _size(config.get("crop_size"), "height", default_crop)
+        self.resize_to = _size(config.get("size"), "shortest_edge", round(self.crop_size * RESIZE_OVER_CROP))
 
     def _hidden(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         pixels = resize_shortest_center_crop(images, self.crop_size, self.norm, self.device, self.dtype,
@@ -59,6 +59,13 @@ class DinoRunner:
         hidden = self._hidden(images)
         side = self.crop_size // self.patch_size
         return hidden[:, 1 : 1 + side * side].reshape(len(images), side, side, self.dim)
+
+
+def _size(value: int | dict | None, key: str, default: int) -> int:
+    """Processor sizes are an int in older configs and a dict in newer ones."""
+    if isinstance(value, dict):
+        return int(value.get(key, default))
+    return int(value) if value is not None else default
 
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> DinoRunner:

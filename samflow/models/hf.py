@@ -29,8 +29,10 @@ from samflow.models.checkpoint import (
 from samflow.models.registry import OFFLINE_HINT, ModelLoadError, ModelSource
 
 TINY_SEED = 0
-# Files a runner needs besides weights; fetched from the Hub together with the weights.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+# Config, tokenizer and processor files a runner needs, plus safetensors weights; pickled .bin
+# weights are fetched only for repositories that have no safetensors (never both).
+_HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+_HUB_PICKLE_PATTERNS = ["*.bin", "*.pth", "*.pt"]
 
 
 @dataclass
@@ -56,19 +58,37 @@ def local_model_dir(source: ModelSource) -> Path:
 
 
 def _download_from_hub(source: ModelSource) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:  # a cached snapshot never touches the network
-        return Path(snapshot_download(source.location, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+    """`org/name` -> a snapshot directory; `org/name/path/in/repo` -> that one file."""
+    parts = source.location.split("/")
+    fetch = _snapshot if len(parts) <= 2 else _single_file
+    try:  # a cached copy never touches the network
+        return fetch(source.location, local_only=True)
     except Exception:
         pass
     try:
-        return Path(snapshot_download(source.location, allow_patterns=_HUB_PATTERNS))
+        return fetch(source.location, local_only=False)
     except Exception as exc:
         raise ModelLoadError(
             f"could not fetch {source.location!r} from the Hugging Face Hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HINT}"
         ) from None
+
+
+def _snapshot(repo_id: str, local_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=local_only))
+    if not weight_files(path):
+        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS + _HUB_PICKLE_PATTERNS,
+                                      local_files_only=local_only))
+    return path
+
+
+def _single_file(location: str, local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    org, name, filename = location.split("/", 2)
+    return Path(hf_hub_download(f"{org}/{name}", filename, local_files_only=local_only))
 
 
 def read_json(path: Path) -> dict:

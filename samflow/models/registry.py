@@ -4,7 +4,8 @@ URIs:
   tiny://<family>        small randomly initialised model built in code (seeded; tests, dry runs)
   random://<family>      the family's default published architecture, full size, random weights
                          (seeded; benchmarks and memory sizing without downloads)
-  hf://org/name, org/name  Hugging Face Hub id (local HF cache first, then the network)
+  hf://org/name, org/name  Hugging Face Hub id (local HF cache first, then the network);
+                         hf://org/name/file.pth names one file of a repository (Real-ESRGAN)
   /path, ./path, file:///path  local model directory (HF layout) or checkpoint file
   s3://...               not handled here: `flows/` copies it to a local directory first
 

@@ -78,3 +78,4 @@ def test_empty_batches(images):
 def test_unreachable_hub_model_fails_with_offline_hint():
     with pytest.raises(ModelLoadError, match="tiny://"):
         load_model("sam", "hf://samflow-test/no-such-model")
+
