@@ -96,6 +96,9 @@ class MaskGenerator:
     ) -> list[list[dict[str, Any]]]:
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "postprocess_s": 0.0}
         images = [_check_image(im) for im in images]
+        for name, per_image in (("boxes", boxes), ("box_scores", box_scores)):
+            if per_image is not None and len(per_image) != len(images):
+                raise ValueError(f"{name} has {len(per_image)} entries for {len(images)} images")
         states = [
             _ImageState(im.shape[:2], _boxes_of(boxes, i), _scores_of(box_scores, boxes, i))
             for i, im in enumerate(images)
