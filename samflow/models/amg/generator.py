@@ -104,6 +104,7 @@ class MaskGenerator:
             for i, im in enumerate(images)
         ]
         crops = self._plan_crops(states)
+        records: list[list[dict[str, Any]]] = []
         step = self.params.crops_per_encode
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
@@ -111,8 +112,16 @@ class MaskGenerator:
                 enc = self.runner.encode([_cut(images[c.image], c.box) for c in chunk])
             self._box_stage(chunk, enc, states)
             self._grid_stage(chunk, enc, states)
-        with self._clock("postprocess_s"):
-            return [self._finish(state, [c for c in crops if c.image == i]) for i, state in enumerate(states)]
+            # Images whose crops are all decoded are finished now: their masks leave the device.
+            done = len(states) if start + step >= len(crops) else crops[start + step].image
+            with self._clock("postprocess_s"):
+                for i in range(len(records), done):
+                    own = [c for c in crops if c.image == i]
+                    records.append(self._finish(states[i], own))
+                    states[i].box_set = states[i].coverage = None
+                    for c in own:
+                        c.masks = []
+        return records
 
     # -- planning -------------------------------------------------------------------------
 
