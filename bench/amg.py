@@ -2,6 +2,7 @@
 pipeline, on the same SAM model (random weights: speed does not depend on them), grid and images.
 
     python bench/amg.py [--quick] [--models tiny,vit-b,vit-h] [--images N] [--batch N]
+                        [--crop-layers N] [--threads N]
 
 CPU (default here): the tiny SAM architecture. GPU (when CUDA is there): SAM ViT-B and ViT-H
 real architectures. For each model and case it reports images/s and, per image, seconds in the
@@ -228,7 +229,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="images per case")
     parser.add_argument("--batch", type=int, default=None, help="images per engine call")
     parser.add_argument("--crop-layers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
