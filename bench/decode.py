@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,12 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from badinputs import write_bad_inputs  # noqa: E402
+from bench.common import emit, result  # noqa: E402
 from samflow.actors.decode import DecodeStage, decode_image  # noqa: E402
 from samflow.flows.config import InputConfig, StorageConfig  # noqa: E402
+from samflow.flows.storage import StorageSource  # noqa: E402
 from samflow.flows.sample_data import synthetic_scene  # noqa: E402
+from tests.badinputs import write_bad_inputs  # noqa: E402
 
 FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90})}
 
@@ -62,9 +61,8 @@ def bench_formats(min_seconds: float) -> list[dict]:
             data = _encode(pixels, fmt, params)
             rate = _rate(lambda: decode_image(data, InputConfig().max_pixels), min_seconds)
             case = f"decode_image {kind} {width}x{height}"
-            results.append({"case": case, "metric": "throughput", "value": round(rate, 1), "unit": "images/s"})
-            megapixels = rate * height * width / 1e6
-            results.append({"case": case, "metric": "throughput", "value": round(megapixels, 1), "unit": "Mpixel/s"})
+            results.append(result(case, "throughput", rate, "images/s"))
+            results.append(result(case, "throughput", rate * height * width / 1e6, "Mpixel/s"))
     return results
 
 
@@ -81,13 +79,13 @@ def bench_stage(n_good: int, min_seconds: float) -> list[dict]:
             "uri": np.array([str(p) for p in files], dtype=object),
             "size": np.array([p.stat().st_size for p in files], dtype=np.int64),
         }
-        stage = DecodeStage(StorageConfig(), InputConfig())
+        stage = DecodeStage(StorageSource(StorageConfig()), InputConfig())
         out = stage(batch)
         errors = int((out["error_type"] != "").sum())
         assert errors == n_bad, f"expected {n_bad} error rows, got {errors}"
         rate = _rate(lambda: stage(batch), min_seconds) * len(files)
     case = f"DecodeStage local dir: {n_good} JPEG 640x480 + {n_bad} bad files"
-    return [{"case": case, "metric": "throughput", "value": round(rate, 1), "unit": "files/s"}]
+    return [result(case, "throughput", rate, "files/s")]
 
 
 def main() -> None:
@@ -97,16 +95,8 @@ def main() -> None:
     min_seconds = 1.0 if args.quick else 5.0
     results = bench_formats(min_seconds) + bench_stage(40 if args.quick else 200, min_seconds)
     for row in results:
-        print(f"{row['case']:<60} {row['value']:>10} {row['unit']}")
-    summary = {
-        "bench": "decode",
-        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 used)",
-        "results": results,
-    }
-    out = Path(__file__).resolve().parent / "results" / "decode.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
+        print(f"{row['case']:<60} {row['value']:>10.1f} {row['unit']}")
+    emit("decode", results)  # one process, one core: decode is single-threaded per worker
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from samflow.actors.video import video_support
+
+FAKE_VIDEO_ERROR = "unsupported_video" if video_support() else "corrupt"
+
 # --- building blocks ---------------------------------------------------------------------------
 
 HEIGHT, WIDTH = 48, 64  # not square, so a wrong rotation changes the shape
@@ -139,8 +143,9 @@ def bad_inputs() -> dict[str, tuple[bytes, str]]:
         "random_bytes.jpg": (random_bytes, "not_an_image"),
         "document.pdf.jpg": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "not_an_image"),
         "archive.zip.png": (b"PK\x03\x04" + b"\x14\x00" * 20, "not_an_image"),
-        "clip.mp4": (_mp4_header(), "unsupported_video"),
-        "clip.mkv": (_mkv_header(), "unsupported_video"),
+        # Headers without streams: refused as videos, or as broken ones where PyAV can decode.
+        "clip.mp4": (_mp4_header(), FAKE_VIDEO_ERROR),
+        "clip.mkv": (_mkv_header(), FAKE_VIDEO_ERROR),
         "unknown_codec.tif": (_tiff_unknown_compression(), "unsupported_image"),
     }
 

@@ -9,9 +9,11 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_server):
     """A local Ray cluster (head node only); tests that need more nodes add and remove them.
 
+    Depends on ``s3_server`` so that its endpoint and credentials are in the environment the
+    Ray processes inherit (workers read S3 with the AWS chain, as on a real cluster).
     Logical CPUs exceed the machine's 2 cores so that decode, model and write pools can all be
     scheduled at once; the work itself is small.
     """

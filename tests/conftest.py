@@ -3,6 +3,7 @@ through the same s3fs/botocore code path as a production bucket."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ``AWS_ENDPOINT_URL`` for the session, and hides any real AWS config on this machine."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -35,9 +37,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_bucket(s3_server: str) -> str:
-    """A fresh, empty bucket on the test server, as ``s3://name``."""
+    """A fresh bucket on the test server for each test module, as ``s3://name`` (module scope so
+    module-scoped dataset fixtures can use it; tests in one module share it, under own prefixes)."""
     import boto3
 
     name = f"test-{uuid.uuid4().hex[:16]}"

@@ -96,3 +96,5 @@ def test_cli_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     main([str(tmp_path / "cli"), "--synthetic", "1", "--seed", "3"])
     assert "wrote" in capsys.readouterr().out
     assert len(_images(tmp_path / "cli")) == 1 + len(SKIMAGE_IMAGES)
+    main([str(tmp_path / "only_synthetic"), "--synthetic", "2", "--no-skimage"])
+    assert [p.name for p in _images(tmp_path / "only_synthetic")] == ["scene_000.png", "scene_001.jpg"]

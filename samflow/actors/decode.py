@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from PIL import (
@@ -24,8 +24,8 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from samflow.flows.config import InputConfig, StorageConfig
-from samflow.flows.storage import IMAGE_KINDS, VIDEO_KINDS, read_bytes, read_head, sniff_kind
+from samflow.actors.filetypes import IMAGE_KINDS, VIDEO_KINDS, sniff_kind
+from samflow.actors.video import VideoError, VideoPolicy, sample_frames, video_support
 from samflow.schemas.ids import item_id
 
 # Files above this size are peeked at (a ranged read of the first bytes) before being fetched
@@ -93,10 +93,8 @@ def _check_kind(kind: str | None, head: bytes) -> str:
     if kind in _OPENERS:
         return kind
     if kind in VIDEO_KINDS:
-        raise DecodeError(
-            "unsupported_video",
-            f"{kind.upper()} video: video decoding is not enabled yet, so no frames were sampled",
-        )
+        message = f"{kind.upper()} video: a still-image decoder cannot read it (videos go to DecodeStage)"
+        raise DecodeError("unsupported_video", message)
     if kind in IMAGE_KINDS or kind == "heif":
         raise DecodeError("unsupported_image", f"{kind.upper()} images are not supported by this build")
     if kind in _NON_IMAGE_NAMES:
@@ -290,41 +288,92 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             raise _classify(kind, exc, data, phase) from exc
 
 
-class DecodeStage:
-    """Ray Data ``map_batches`` callable (``batch_format="numpy"``): ``uri``, ``size`` in; one
-    row per image out with its RGB pixels, or an error row. Holds no model, so it can run as
-    tasks or as an actor pool."""
+class ByteSource(Protocol):
+    """Where the bytes come from (``samflow.flows.storage.StorageSource`` in a run)."""
 
-    def __init__(self, storage: StorageConfig, input_cfg: InputConfig, stage_name: str = "decode"):
-        self.storage = storage
+    def read(self, uri: str) -> bytes: ...
+    def read_head(self, uri: str, n: int) -> bytes: ...
+    def open(self, uri: str) -> IO[bytes]: ...
+
+
+class InputLimits(Protocol):
+    """The ``input`` config section, as far as decoding goes."""
+
+    max_pixels: int
+    max_bytes: int
+    video: VideoPolicy
+
+
+class DecodeStage:
+    """Ray Data ``map_batches`` callable (``batch_format="numpy"``): ``uri``, ``size`` in; out,
+    one row per image, one per sampled video frame (``input.video``), or an error row. Holds no
+    model, so it can run as tasks or as an actor pool.
+
+    A video whose stream breaks after some frames keeps those frames and adds one error row
+    saying where it broke, so the damage is never silent.
+    """
+
+    def __init__(self, source: ByteSource, input_cfg: InputLimits, stage_name: str = "decode"):
+        self.source = source
         self.input_cfg = input_cfg
         self.stage_name = stage_name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [self._decode_row(str(uri), int(size)) for uri, size in zip(batch["uri"], batch["size"])]
+        rows: list[dict[str, Any]] = []
+        for uri, size in zip(batch["uri"], batch["size"]):
+            rows.extend(self._rows(str(uri), int(size)))
         return _columns(rows)
 
-    def _decode_row(self, uri: str, size: int) -> dict[str, Any]:
+    def _rows(self, uri: str, size: int) -> list[dict[str, Any]]:
         try:
-            pixels = self._decode(uri, size)
-        except DecodeError as err:
-            return _error_row(uri, self.stage_name, err.error_type, err.message)
+            return self._decode(uri, size)
+        except (DecodeError, VideoError) as err:
+            return [_error_row(uri, self.stage_name, err.error_type, err.message)]
         except Exception as exc:  # noqa: BLE001 - a bad row must never fail the batch
             message = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            return _error_row(uri, self.stage_name, "internal_error", message)
-        return _image_row(uri, pixels)
+            return [_error_row(uri, self.stage_name, "internal_error", message)]
 
-    def _decode(self, uri: str, size: int) -> np.ndarray:
+    def _decode(self, uri: str, size: int) -> list[dict[str, Any]]:
         max_bytes = self.input_cfg.max_bytes
         if size > max_bytes:
             raise _too_large(size, max_bytes)
-        if size > _PEEK_ABOVE_BYTES:
-            head = self._read(uri, lambda: read_head(uri, self.storage, _HEAD_BYTES))
-            _check_kind(sniff_kind(head), head)
-        data = self._read(uri, lambda: read_bytes(uri, self.storage))
+        data = None
+        if size > _PEEK_ABOVE_BYTES:  # a large file may be a video: sniff before fetching it all
+            head = self._read(uri, lambda: self.source.read_head(uri, _HEAD_BYTES))
+        else:
+            data = self._read(uri, lambda: self.source.read(uri))
+            head = data[:_HEAD_BYTES]
+        kind = sniff_kind(head)
+        if kind in VIDEO_KINDS:
+            return self._video_rows(uri, kind, data)
+        if data is None:
+            data = self._read(uri, lambda: self.source.read(uri))
         if len(data) > max_bytes:  # the file grew since it was listed
             raise _too_large(len(data), max_bytes)
-        return decode_image(data, self.input_cfg.max_pixels)
+        return [_image_row(uri, decode_image(data, self.input_cfg.max_pixels))]
+
+    def _video_rows(self, uri: str, kind: str, data: bytes | None) -> list[dict[str, Any]]:
+        reason = video_support()
+        if reason:
+            raise DecodeError("unsupported_video", f"{kind.upper()} video: {reason}")
+        rows: list[dict[str, Any]] = []
+        try:
+            with self._open(uri, data) as source:
+                for frame in sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels):
+                    rows.append(_image_row(uri, frame.rgb, frame.index, frame.timestamp_s))
+        except VideoError as err:
+            if not rows:
+                raise
+            rows.append(_error_row(uri, self.stage_name, err.error_type, err.message))
+        return rows
+
+    def _open(self, uri: str, data: bytes | None) -> IO[bytes]:
+        if data is not None:
+            return io.BytesIO(data)
+        try:  # stream the file: FFmpeg reads only the parts it needs
+            return self.source.open(uri)
+        except FileNotFoundError:
+            raise DecodeError("not_found", "file not found (deleted after it was listed?)") from None
 
     @staticmethod
     def _read(uri: str, read: Callable[[], bytes]) -> bytes:
@@ -339,16 +388,19 @@ class DecodeStage:
 
 
 def _too_large(size: int, max_bytes: int) -> DecodeError:
-    return DecodeError("too_large", f"file is {size:,} bytes, above the limit of {max_bytes:,} (input.max_bytes)")
+    message = f"file is {size:,} bytes, above the limit of {max_bytes:,} (input.max_bytes)"
+    return DecodeError("too_large", message)
 
 
-def _image_row(uri: str, pixels: np.ndarray) -> dict[str, Any]:
+def _image_row(
+    uri: str, pixels: np.ndarray, frame_index: int = 0, timestamp_s: float = float("nan")
+) -> dict[str, Any]:
     height, width = pixels.shape[:2]
     return {
         "uri": uri,
-        "item_id": item_id(uri, 0),
-        "frame_index": 0,
-        "timestamp_s": float("nan"),
+        "item_id": item_id(uri, frame_index),
+        "frame_index": frame_index,
+        "timestamp_s": timestamp_s,
         "width": width,
         "height": height,
         "pixels": pixels.tobytes(),

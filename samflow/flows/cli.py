@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="run a samflow command as a Ray Job")
     submit.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://head:8265")
     submit.add_argument("--working-dir", help="directory shipped to the cluster")
-    submit.add_argument("--no-wait", action="store_true", help="submit and return")
+    submit.add_argument("--no-wait", action="store_true", help="submit, print the job id, return")
+    submit.add_argument("--no-pip", action="store_true",
+                        help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
     return parser
 
@@ -80,7 +82,8 @@ def _submit(args: argparse.Namespace) -> int:
     job = args.job[1:] if args.job[:1] == ["--"] else args.job
     if not job:
         raise SystemExit("samflow submit: give the samflow command to run, e.g. annotate SRC --out DST")
-    return run_submit(args.address, job, working_dir=args.working_dir, wait=not args.no_wait)
+    return run_submit(args.address, job, working_dir=args.working_dir, wait=not args.no_wait,
+                      pip=False if args.no_pip else None)
 
 
 HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}

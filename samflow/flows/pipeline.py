@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from samflow.actors.embed import EmbedStage
 from samflow.actors.segment import SegmentStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.storage import StorageSource
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
 
@@ -49,13 +51,14 @@ class PipelineStats:
 
 
 def ensure_ray(cfg: RayConfig) -> None:
-    """Connect to the configured cluster, or start a local Ray (reusing one already running)."""
+    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
     if ray.is_initialized():
         return
-    if cfg.address:
-        ray.init(address=cfg.address, runtime_env=cfg.runtime_env or None)
+    runtime_env = cfg.runtime_env or None
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.address, runtime_env=runtime_env)
     else:
-        ray.init(runtime_env=cfg.runtime_env or None, include_dashboard=False)
+        ray.init(runtime_env=runtime_env, include_dashboard=False)
 
 
 def _pool(stage: StageConfig) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     ds = ray.data.from_items(items)
     ds = ds.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"storage": cfg.storage, "input_cfg": cfg.input},
+        fn_constructor_kwargs={"source": StorageSource(cfg.storage), "input_cfg": cfg.input},
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         num_cpus=1,

@@ -21,8 +21,8 @@ from PIL import Image
 
 GT_DIR = "_gt"
 MAX_SIDE = 512
-MIN_VISIBLE_FRACTION = 0.3
-MIN_CONTRAST = 80.0  # RGB distance between a shape and the mean of what it is painted over  # a shape mostly hidden by later ones is dropped from the scene
+MIN_VISIBLE_FRACTION = 0.3  # a shape mostly hidden by later ones is erased from the scene
+MIN_CONTRAST = 80.0  # RGB distance between a shape and the mean of what it is painted over
 
 # (skimage.data function, file format): all of these are files inside the scikit-image wheel.
 SKIMAGE_IMAGES: tuple[tuple[str, str], ...] = (
@@ -202,13 +202,20 @@ def _write_skimage(dst_dir: Path, name: str, fmt: str) -> Path:
     return path
 
 
-def write_sample_dataset(dst_dir: Path, n_synthetic: int = 8, seed: int = 0) -> list[Path]:
-    """Write the sample dataset into ``dst_dir``; returns the image paths (masks not included)."""
+def write_sample_dataset(
+    dst_dir: Path, n_synthetic: int = 8, seed: int = 0, include_skimage: bool = True
+) -> list[Path]:
+    """Write the sample dataset into ``dst_dir``; returns the image paths (masks not included).
+
+    ``include_skimage=False`` writes only the synthetic scenes (e.g. to add fresh items to a
+    dataset that already holds the scikit-image pictures).
+    """
     dst_dir = Path(dst_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = [_write_synthetic(dst_dir, i, rng) for i in range(n_synthetic)]
-    paths += [_write_skimage(dst_dir, name, fmt) for name, fmt in SKIMAGE_IMAGES]
+    if include_skimage:
+        paths += [_write_skimage(dst_dir, name, fmt) for name, fmt in SKIMAGE_IMAGES]
     return paths
 
 
@@ -217,8 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dst", type=Path, help="folder to write the images into")
     parser.add_argument("--synthetic", type=int, default=8, help="number of synthetic scenes (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the scenes (default 0)")
+    parser.add_argument("--no-skimage", action="store_true", help="synthetic scenes only")
     args = parser.parse_args(argv)
-    paths = write_sample_dataset(args.dst, n_synthetic=args.synthetic, seed=args.seed)
+    paths = write_sample_dataset(
+        args.dst, n_synthetic=args.synthetic, seed=args.seed, include_skimage=not args.no_skimage
+    )
     print(f"wrote {len(paths)} images to {args.dst} (ground-truth masks under {args.dst / GT_DIR})")
 
 

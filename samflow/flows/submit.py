@@ -183,19 +183,20 @@ async def _stream_logs(client: Any, job_id: str, out: TextIO) -> None:
         out.flush()
 
 
-def _wait_terminal(client: Any, job_id: str, timeout_s: float = 60.0) -> str:
+def _wait_terminal(client: Any, job_id: str, timeout_s: float | None = 60.0) -> str:
     # The log stream closes when the job ends, but the status may lag it by a moment.
-    deadline = time.monotonic() + timeout_s
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     status = str(client.get_job_status(job_id))
-    while status not in _TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.5)
+    while status not in _TERMINAL and (deadline is None or time.monotonic() < deadline):
+        time.sleep(0.5 if deadline is not None else 5.0)
         status = str(client.get_job_status(job_id))
     return status
 
 
 def _first_line(message: str | None) -> str:
     # Ray appends the tail of the logs to a failed job's message; they were already streamed.
-    return (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    lines = (message or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _connect(address: str) -> Any:
@@ -208,17 +209,32 @@ def _connect(address: str) -> Any:
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {error}") from None
 
 
-def _follow(client: Any, job_id: str, out: TextIO, err: TextIO) -> int:
+def _stop(client: Any, job_id: str, err: TextIO) -> None:
+    print(f"\nsamflow submit: interrupted, stopping job {job_id}", file=err)
     try:
-        asyncio.run(_stream_logs(client, job_id, out))
-        status = _wait_terminal(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\nsamflow submit: interrupted, stopping job {job_id}", file=err)
         client.stop_job(job_id)
         status = _wait_terminal(client, job_id, timeout_s=30.0)
-        print(f"samflow submit: job {job_id} {status}", file=err)
+    except Exception as error:  # the job may have ended meanwhile, or the head gone away
+        status = f"not confirmed stopped ({error})"
+    print(f"samflow submit: job {job_id} {status}", file=err)
+
+
+def _follow(client: Any, job_id: str, out: TextIO, err: TextIO) -> int:
+    try:
+        try:
+            asyncio.run(_stream_logs(client, job_id, out))
+            status = _wait_terminal(client, job_id)
+        except Exception as error:
+            # A dropped log stream does not end the job: keep waiting for its outcome.
+            print(f"samflow submit: log stream lost ({error}); waiting for job {job_id}", file=err)
+            status = _wait_terminal(client, job_id, timeout_s=None)
+        info = client.get_job_info(job_id)
+    except KeyboardInterrupt:
+        _stop(client, job_id, err)
         return 130
-    info = client.get_job_info(job_id)
+    except Exception as error:
+        print(f"samflow submit: lost contact with the cluster while following job {job_id}: {error}", file=err)
+        return 1
     line = _first_line(getattr(info, "message", None))
     print(f"samflow submit: job {job_id} {status}" + (f": {line}" if line else ""), file=err)
     return 0 if status == "SUCCEEDED" else 1

@@ -5,7 +5,8 @@
 - `load_pretrained(cls, source, device, dtype)`: safe weights check (safetensors, or pickles that
   `torch.load(weights_only=True)` accepts), sha256 of the weight files, `from_pretrained` with SDPA
   attention where the architecture has it.
-- `build_tiny(cls, config, device, dtype)`: the same class from a config built in code, seeded.
+- `build_in_code(cls, config, device, dtype)`: the same class from a config written in code
+  (tiny:// and random:// models), seeded.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
 class LoadedModel:
     model: Any
     checkpoint_sha256: str | None
-    directory: Path | None  # None for tiny models
+    directory: Path | None  # None for in-code (tiny / random) models
 
     @property
     def num_parameters(self) -> int:
@@ -108,7 +109,7 @@ def load_pretrained(model_cls: Any, source: ModelSource, device: torch.device, d
     return LoadedModel(model, sha, directory)
 
 
-def build_tiny(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def build_in_code(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Instantiate `model_cls` from an in-code config with a fixed seed (same class as real)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)

@@ -106,15 +106,22 @@ def resize_longest_pad(
 
 
 def resize_shortest_center_crop(
-    images: Sequence[np.ndarray], size: int, norm: Normalisation, device: torch.device, dtype: torch.dtype
+    images: Sequence[np.ndarray],
+    size: int,
+    norm: Normalisation,
+    device: torch.device,
+    dtype: torch.dtype,
+    resize_to: int | None = None,
 ) -> torch.Tensor:
-    """CLIP-style: shortest side -> size (bicubic), centre crop size x size, normalise."""
+    """CLIP / DINOv2-style: shortest side -> resize_to (default size; bicubic), centre crop
+    size x size, normalise."""
+    shortest = resize_to or size
     tensors = to_device(images, device)
     targets = []
     for t in tensors:
         h, w = int(t.shape[1]), int(t.shape[2])
-        scale = size / min(h, w)
-        targets.append((max(size, int(round(h * scale))), max(size, int(round(w * scale)))))
+        scale = shortest / min(h, w)
+        targets.append((max(shortest, int(round(h * scale))), max(shortest, int(round(w * scale)))))
     resized = _resize_grouped(tensors, targets, mode="bicubic")
     crops = []
     for t in resized:

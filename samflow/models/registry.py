@@ -2,6 +2,8 @@
 
 URIs:
   tiny://<family>        small randomly initialised model built in code (seeded; tests, dry runs)
+  random://<family>      the family's default published architecture, full size, random weights
+                         (seeded; benchmarks and memory sizing without downloads)
   hf://org/name, org/name  Hugging Face Hub id (local HF cache first, then the network)
   /path, ./path, file:///path  local model directory (HF layout) or checkpoint file
   s3://...               not handled here: `flows/` copies it to a local directory first
@@ -14,6 +16,7 @@ it (fp16 otherwise; Real-ESRGAN always fp16 on GPU), fp32 on CPU. Every runner e
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,16 +47,22 @@ class ModelLoadError(RuntimeError):
 @dataclass(frozen=True)
 class ModelSource:
     uri: str
-    kind: Literal["tiny", "local", "hub"]
-    location: str  # tiny: family name; local: filesystem path; hub: repo id
+    kind: Literal["tiny", "random", "local", "hub"]
+    location: str  # tiny / random: family name; local: filesystem path; hub: repo id
+
+    @property
+    def in_code(self) -> bool:
+        """Built from a config written in code (tiny:// or random://), no checkpoint."""
+        return self.kind in ("tiny", "random")
 
 
 def parse_uri(uri: str) -> ModelSource:
     uri = uri.strip()
     if not uri:
         raise ModelLoadError("empty model URI")
-    if uri.startswith("tiny://"):
-        return ModelSource(uri, "tiny", uri[len("tiny://"):].strip("/"))
+    for scheme in ("tiny", "random"):
+        if uri.startswith(f"{scheme}://"):
+            return ModelSource(uri, scheme, uri[len(scheme) + 3 :].strip("/"))
     if uri.startswith("s3://") or uri.startswith("gs://"):
         raise ModelLoadError(
             f"{uri}: object-store model URIs are copied to a local cache by the pipeline; "
@@ -97,14 +106,28 @@ def load_model(
     """Load `uri` as a runner of `family`. Raises ModelLoadError with an actionable message."""
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    module = importlib.import_module(_RUNNER_MODULES[family])
+    return build_runner(module.build, family, uri, device=device, dtype=dtype)
+
+
+def build_runner(
+    builder: Callable[[str, ModelSource, torch.device, torch.dtype], Any],
+    family: str,
+    uri: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """Resolve URI, device and dtype once, call `builder`, turn any failure into ModelLoadError."""
     source = parse_uri(uri)
-    if source.kind == "tiny" and source.location != family:
-        raise ModelLoadError(f"{uri} is a tiny {source.location!r} model, not {family!r}; use tiny://{family}")
+    if source.in_code and source.location != family:
+        raise ModelLoadError(
+            f"{uri} is a {source.kind} {source.location!r} model, not {family!r}; use {source.kind}://{family}"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(family, torch_device, dtype)
-    module = importlib.import_module(_RUNNER_MODULES[family])
     try:
-        return module.build(family, source, torch_device, torch_dtype)
+        return builder(family, source, torch_device, torch_dtype)
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure becomes one user-facing error type

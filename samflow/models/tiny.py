@@ -92,3 +92,94 @@ def tiny_owlv2_config():
     # width, so projection_dim must equal the text hidden size (as in the real checkpoints)
     return Owlv2Config(text_config=_tiny_text_config(), vision_config=_tiny_vit_config(image_size=32, patch_size=4),
                        projection_dim=32)
+
+
+def _tiny_sam2_parts(hidden: int = 32) -> dict:
+    """Hiera backbone 64x64 input -> FPN levels 16x16, 8x8, 4x4 (image embedding 4x4, masks 16x16).
+    The global-attention block is not a stage's first block (those pool queries by window size)."""
+    backbone = dict(
+        model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1, image_size=[64, 64],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 2, 2, 2],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )
+    vision = dict(model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                  backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=hidden)
+    return dict(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=64, patch_size=16, mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+
+
+def tiny_sam2_config():
+    from transformers import Sam2Config
+
+    return Sam2Config(**_tiny_sam2_parts())
+
+
+def tiny_sam2_video_config():
+    from transformers import Sam2VideoConfig
+
+    # upstream fixes the memory width at 64 and splits object pointers into memory-width
+    # chunks, so the model width must be a multiple > 64 (real: 256); 128 is the smallest
+    hidden = 128
+    return Sam2VideoConfig(
+        **_tiny_sam2_parts(hidden), image_size=64, num_maskmem=3, max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[4, 4], memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64,
+    )
+
+
+def tiny_dinov2_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                        image_size=32, patch_size=8)
+
+
+# --- random://<family>: the published architectures at full size, random weights -------------
+# For benchmarks and memory sizing without downloads. Text towers keep the in-code tokenizer's
+# special-token ids so pooling finds the end-of-text token.
+
+def _reference_text_ids() -> dict:
+    return dict(bos_token_id=TINY_BOS_ID, eos_token_id=TINY_EOS_ID, pad_token_id=TINY_EOS_ID)
+
+
+def reference_config(name: str):
+    """Config of the default published model of a family (sam-vit-base, sam2.1-hiera-tiny,
+    clip-vit-base-patch32, siglip-base-patch16-224, dinov2-base, owlv2-base-patch16)."""
+    import transformers as tf
+
+    if name == "sam":
+        return tf.SamConfig()
+    if name == "sam2":
+        return tf.Sam2Config()
+    if name == "sam2_video":
+        return tf.Sam2VideoConfig()
+    if name == "clip":
+        return tf.CLIPConfig(text_config=_reference_text_ids())
+    if name == "siglip":
+        return tf.SiglipConfig(text_config=_reference_text_ids())
+    if name == "dinov2":
+        return tf.Dinov2Config()
+    if name == "owlv2":
+        return tf.Owlv2Config(text_config=_reference_text_ids(), vision_config=dict(image_size=960, patch_size=16))
+    raise ValueError(f"no reference config for {name!r}")
+
+
+_TINY = {
+    "sam": tiny_sam_config,
+    "sam2": tiny_sam2_config,
+    "sam2_video": tiny_sam2_video_config,
+    "clip": tiny_clip_config,
+    "siglip": tiny_siglip_config,
+    "dinov2": tiny_dinov2_config,
+    "owlv2": tiny_owlv2_config,
+}
+
+
+def in_code_config(name: str, kind: str):
+    """The config for an in-code model: kind "tiny" (small) or "random" (full size)."""
+    return _TINY[name]() if kind == "tiny" else reference_config(name)

@@ -74,7 +74,7 @@ def test_safetensors_preferred_over_pickle(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("family", ["sam", "clip", "siglip", "owlv2", "realesrgan"])
+@pytest.mark.parametrize("family", ["sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan"])
 def test_check_model_tiny(family):
     report = check_model(f"tiny://{family}")
     assert report["family"] == family and report["uri"] == f"tiny://{family}"
