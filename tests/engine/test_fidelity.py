@@ -76,10 +76,10 @@ def test_box_prompt_path_matches_reference(seed: int) -> None:
 # -- tiny SAM (random weights, real architecture and runner) -----------------------------------
 
 SAM_CASES = [
-    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
+    dict(points_per_side=5, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0),
     dict(points_per_side=6, pred_iou_thresh=0.1, stability_score_thresh=0.2, stability_score_offset=0.02,
          box_nms_thresh=0.99),
-    dict(points_per_side=8, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
+    dict(points_per_side=5, crop_n_layers=1, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
          crop_overlap_ratio=0.5),
     dict(points_per_side=4, crop_n_layers=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
          crop_nms_thresh=0.9, crop_overlap_ratio=0.6, min_mask_region_area=8),

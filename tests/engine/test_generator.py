@@ -118,3 +118,12 @@ def test_batched_tiny_sam_matches_one_call_per_crop() -> None:
             assert abs(a["stability_score"] - b["stability_score"]) < 1e-3
             ma, mb = rle.decode(a["segmentation"]), rle.decode(b["segmentation"])
             assert (ma & mb).sum() >= 0.98 * (ma | mb).sum()
+
+
+def test_empty_inputs_and_no_survivors() -> None:
+    gen = MaskGenerator(SceneOracle(), AmgParams(points_per_side=4))
+    assert gen.generate([]) == []
+    strict = MaskGenerator(SceneOracle(), AmgParams(points_per_side=4, pred_iou_thresh=0.99))
+    assert strict.generate(SCENES[:2]) == [[], []]
+    with pytest.raises(ValueError):
+        gen.generate(SCENES[:2], boxes=[None])

@@ -17,6 +17,7 @@ def test_point_grid(n: int) -> None:
 
 def test_layer_grids_downscale() -> None:
     assert [len(g) for g in layer_point_grids(32, 2, 2)] == [32 * 32, 16 * 16, 8 * 8]
+    assert [len(g) for g in layer_point_grids(2, 2, 4)] == [4, 0, 0]  # deep layers can run out
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (1500, 2250), (97, 53)])

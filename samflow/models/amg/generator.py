@@ -40,8 +40,10 @@ class PromptRunner(Protocol):
 
     def encode(self, images: Sequence[np.ndarray]) -> Any: ...
 
-    def decode(self, enc: Any, image_indices: Sequence[int], *, points: torch.Tensor | None = None,
-               boxes: torch.Tensor | None = None, multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(
+        self, enc: Any, image_indices: Sequence[int], *, points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None, multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: Any, image_index: int) -> torch.Tensor: ...
 
@@ -96,11 +98,15 @@ class MaskGenerator:
     ) -> list[list[dict[str, Any]]]:
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "postprocess_s": 0.0}
         images = [_check_image(im) for im in images]
+        for name, per_image in (("boxes", boxes), ("box_scores", box_scores)):
+            if per_image is not None and len(per_image) != len(images):
+                raise ValueError(f"{name} has {len(per_image)} entries for {len(images)} images")
         states = [
             _ImageState(im.shape[:2], _boxes_of(boxes, i), _scores_of(box_scores, boxes, i))
             for i, im in enumerate(images)
         ]
         crops = self._plan_crops(states)
+        records: list[list[dict[str, Any]]] = []
         step = self.params.crops_per_encode
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
@@ -108,8 +114,16 @@ class MaskGenerator:
                 enc = self.runner.encode([_cut(images[c.image], c.box) for c in chunk])
             self._box_stage(chunk, enc, states)
             self._grid_stage(chunk, enc, states)
-        with self._clock("postprocess_s"):
-            return [self._finish(state, [c for c in crops if c.image == i]) for i, state in enumerate(states)]
+            # Images whose crops are all decoded are finished now: their masks leave the device.
+            done = len(states) if start + step >= len(crops) else crops[start + step].image
+            with self._clock("postprocess_s"):
+                for i in range(len(records), done):
+                    own = [c for c in crops if c.image == i]
+                    records.append(self._finish(states[i], own))
+                    states[i].box_set = states[i].coverage = None
+                    for c in own:
+                        c.masks = []
+        return records
 
     # -- planning -------------------------------------------------------------------------
 
@@ -153,7 +167,9 @@ class MaskGenerator:
                 crop = chunk[j]
                 points = requests[j][1][start : start + iou.shape[0]]
                 crop.masks.append(
-                    point_masks(low_res, iou, points, self._upsampler(enc, j), crop.box, states[crop.image].hw, self.params)
+                    point_masks(
+                        low_res, iou, points, self._upsampler(enc, j), crop.box, states[crop.image].hw, self.params
+                    )
                 )
 
     def _crop_points(self, crop: _Crop, state: _ImageState) -> np.ndarray:
@@ -166,7 +182,8 @@ class MaskGenerator:
         cols = np.clip(np.floor(points[:, 0] + x0).astype(np.int64), 0, w - 1)
         rows = np.clip(np.floor(points[:, 1] + y0).astype(np.int64), 0, h - 1)
         device = state.coverage.device
-        covered = state.coverage[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)].cpu().numpy()
+        rows_t, cols_t = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
+        covered = state.coverage[rows_t, cols_t].cpu().numpy()
         return points[~covered]
 
     # -- decoding -------------------------------------------------------------------------
@@ -201,7 +218,9 @@ class MaskGenerator:
                         stop = min(sub + ppb, len(p))
                         yield j, start + sub, low_res[b, sub:stop], iou[b, sub:stop]
 
-    def _decode_call(self, enc: Any, group: list[tuple[int, np.ndarray]], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode_call(
+        self, enc: Any, group: list[tuple[int, np.ndarray]], kind: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         prompts = torch.as_tensor(_pad_stack([p for _, p in group]), dtype=torch.float32, device=self.runner.device)
         indices = [j for j, _ in group]
         with self._clock("decode_s"):
@@ -326,7 +345,9 @@ def _boxes_of(boxes: Sequence[np.ndarray | None] | None, i: int) -> np.ndarray |
     return b if len(b) else None
 
 
-def _scores_of(scores: Sequence[np.ndarray | None] | None, boxes: Sequence[np.ndarray | None] | None, i: int) -> np.ndarray | None:
+def _scores_of(
+    scores: Sequence[np.ndarray | None] | None, boxes: Sequence[np.ndarray | None] | None, i: int
+) -> np.ndarray | None:
     b = _boxes_of(boxes, i)
     if b is None:
         return None
