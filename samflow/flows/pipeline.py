@@ -31,6 +31,7 @@ from samflow.schemas.rows import build_tables
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 8
+LOCAL_MIN_CPUS = 6
 
 
 @dataclass
@@ -58,7 +59,10 @@ def ensure_ray(cfg: RayConfig) -> None:
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address, runtime_env=runtime_env)
     else:
-        ray.init(runtime_env=runtime_env, include_dashboard=False)
+        # Every stage holds at least one logical CPU; on a small machine they must all fit at
+        # once or the stream stalls, so a local Ray gets at least LOCAL_MIN_CPUS logical CPUs.
+        cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1)
+        ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
 
 
 def _pool(stage: StageConfig) -> dict[str, Any]:
@@ -73,13 +77,13 @@ def _pool(stage: StageConfig) -> dict[str, Any]:
 
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
     ds = ray.data.from_items(items)
+    # Decode holds no model: stateless tasks that Ray Data spreads over the CPUs the model pools
+    # leave free (an actor pool here can starve, or be scaled away, on a small machine).
     ds = ds.map_batches(
-        DecodeStage,
-        fn_constructor_kwargs={"source": StorageSource(cfg.storage), "input_cfg": cfg.input},
+        DecodeStage(StorageSource(cfg.storage), cfg.input),
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         num_cpus=1,
-        compute=ActorPoolStrategy(min_size=1, max_size=max(1, int(ray.cluster_resources().get("CPU", 1)))),
     )
     stages = cfg.stages
     if stages.segment.enabled:
