@@ -5,7 +5,7 @@ device once, grouped by shape so every resize is one `interpolate` call per dist
 image), then normalised and padded/cropped as a whole batch.
 
 Public: `Normalisation`, `to_device`, `resize_longest_pad`, `resize_shortest_center_crop`,
-`resize_square`, `scale_xy`.
+`resize_square`, `pad_square_resize`, `scale_xy`.
 """
 
 from __future__ import annotations
@@ -106,15 +106,22 @@ def resize_longest_pad(
 
 
 def resize_shortest_center_crop(
-    images: Sequence[np.ndarray], size: int, norm: Normalisation, device: torch.device, dtype: torch.dtype
+    images: Sequence[np.ndarray],
+    size: int,
+    norm: Normalisation,
+    device: torch.device,
+    dtype: torch.dtype,
+    resize_to: int | None = None,
 ) -> torch.Tensor:
-    """CLIP-style: shortest side -> size (bicubic), centre crop size x size, normalise."""
+    """CLIP / DINOv2-style: shortest side -> resize_to (default size; bicubic), centre crop
+    size x size, normalise."""
+    shortest = resize_to or size
     tensors = to_device(images, device)
     targets = []
     for t in tensors:
         h, w = int(t.shape[1]), int(t.shape[2])
-        scale = size / min(h, w)
-        targets.append((max(size, int(round(h * scale))), max(size, int(round(w * scale)))))
+        scale = shortest / min(h, w)
+        targets.append((max(shortest, int(round(h * scale))), max(shortest, int(round(w * scale)))))
     resized = _resize_grouped(tensors, targets, mode="bicubic")
     crops = []
     for t in resized:
@@ -137,6 +144,19 @@ def resize_square(
     tensors = to_device(images, device)
     resized = _resize_grouped(tensors, [size] * len(tensors), mode=mode)
     return norm.apply(torch.stack(resized).clamp(0, 255)).to(dtype)
+
+
+def pad_square_resize(
+    images: Sequence[np.ndarray], size: int, norm: Normalisation, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """OWLv2-style: zero-pad bottom/right to a square of the longest side, resize to size x size,
+    normalise. Returns (pixels, original (H, W) sizes); model boxes normalised to the padded
+    square map back to pixels by multiplying with max(H, W)."""
+    tensors = to_device(images, device)
+    originals = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+    squares = [F.pad(t, (0, max(h, w) - w, 0, max(h, w) - h)) for t, (h, w) in zip(tensors, originals)]
+    resized = _resize_grouped(squares, [(size, size)] * len(squares))
+    return norm.apply(torch.stack(resized).clamp(0, 255)).to(dtype), originals
 
 
 def scale_xy(coords: torch.Tensor, from_sizes: Sequence[tuple[int, int]], to_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:

@@ -14,6 +14,7 @@ it (fp16 otherwise; Real-ESRGAN always fp16 on GPU), fp32 on CPU. Every runner e
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -97,14 +98,26 @@ def load_model(
     """Load `uri` as a runner of `family`. Raises ModelLoadError with an actionable message."""
     if family not in FAMILIES:
         raise ModelLoadError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    module = importlib.import_module(_RUNNER_MODULES[family])
+    return build_runner(module.build, family, uri, device=device, dtype=dtype)
+
+
+def build_runner(
+    builder: Callable[[str, ModelSource, torch.device, torch.dtype], Any],
+    family: str,
+    uri: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Any:
+    """Resolve URI, device and dtype once, call `builder`, turn any failure into ModelLoadError."""
     source = parse_uri(uri)
     if source.kind == "tiny" and source.location != family:
         raise ModelLoadError(f"{uri} is a tiny {source.location!r} model, not {family!r}; use tiny://{family}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(family, torch_device, dtype)
-    module = importlib.import_module(_RUNNER_MODULES[family])
     try:
-        return module.build(family, source, torch_device, torch_dtype)
+        return builder(family, source, torch_device, torch_dtype)
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure becomes one user-facing error type

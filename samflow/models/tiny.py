@@ -32,14 +32,18 @@ def tiny_tokenizer():
     tokenizes offline, one token per byte (the last byte of a word carries `</w>`)."""
     from transformers import CLIPTokenizer
 
-    vocab: dict[str, int] = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab: dict[str, int] = {}
     for char in _byte_alphabet():
         vocab[char] = len(vocab)
         vocab[char + "</w>"] = len(vocab)
+    # specials last and highest, as in CLIP's real vocabulary (OWL-ViT pools the argmax id = eos)
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TINY_TEXT_POSITIONS)
 
 
 TINY_VOCAB_SIZE = len(SPECIAL_TOKENS) + 2 * 256
+TINY_BOS_ID, TINY_EOS_ID = 2 * 256, 2 * 256 + 1
 TINY_TEXT_POSITIONS = 32
 
 
@@ -60,7 +64,7 @@ def _tiny_text_config() -> dict:
     return dict(
         vocab_size=TINY_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=TINY_TEXT_POSITIONS,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        bos_token_id=TINY_BOS_ID, eos_token_id=TINY_EOS_ID, pad_token_id=TINY_EOS_ID,
     )
 
 
@@ -79,3 +83,57 @@ def tiny_siglip_config():
     from transformers import SiglipConfig
 
     return SiglipConfig(text_config=_tiny_text_config(), vision_config=_tiny_vit_config())
+
+
+def tiny_owlv2_config():
+    from transformers import Owlv2Config
+
+    # the class head compares projected text queries with image features mapped to the text
+    # width, so projection_dim must equal the text hidden size (as in the real checkpoints)
+    return Owlv2Config(text_config=_tiny_text_config(), vision_config=_tiny_vit_config(image_size=32, patch_size=4),
+                       projection_dim=32)
+
+
+def _tiny_sam2_parts(hidden: int = 32) -> dict:
+    """Hiera backbone 64x64 input -> FPN levels 16x16, 8x8, 4x4 (image embedding 4x4, masks 16x16).
+    The global-attention block is not a stage's first block (those pool queries by window size)."""
+    backbone = dict(
+        model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1, image_size=[64, 64],
+        blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[16, 32, 64, 128],
+        num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 2, 2, 2],
+        global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+    )
+    vision = dict(model_type="sam2_vision_model", backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                  backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=hidden)
+    return dict(
+        vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=64, patch_size=16, mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+
+
+def tiny_sam2_config():
+    from transformers import Sam2Config
+
+    return Sam2Config(**_tiny_sam2_parts())
+
+
+def tiny_sam2_video_config():
+    from transformers import Sam2VideoConfig
+
+    # upstream fixes the memory width at 64 and splits object pointers into memory-width
+    # chunks, so the model width must be a multiple > 64 (real: 256); 128 is the smallest
+    hidden = 128
+    return Sam2VideoConfig(
+        **_tiny_sam2_parts(hidden), image_size=64, num_maskmem=3, max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[4, 4], memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64,
+    )
+
+
+def tiny_dinov2_config():
+    from transformers import Dinov2Config
+
+    return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                        image_size=32, patch_size=8)

@@ -1,0 +1,73 @@
+"""DINOv2 (transformers `Dinov2Model`): image embeddings and patch features.
+
+    runner = load_model("dinov2", "facebook/dinov2-base")      # or tiny://dinov2
+    vectors = runner.embed_images(images)    # (B, dim) float32 CPU, L2-normalised CLS embedding
+    grid = runner.patch_features(images)     # (B, h, w, dim) on the device, un-normalised
+
+Pre-processing follows the DINOv2 processor: shortest side to 256/224 of the crop (bicubic),
+centre crop (224 for the real models), ImageNet mean/std; done in torch on the device per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_shortest_center_crop
+from samflow.models.registry import ModelSource
+
+RESIZE_OVER_CROP = 256 / 224
+
+
+class DinoRunner:
+    family = "dinov2"
+
+    def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
+        self.model = loaded.model
+        self.uri = uri
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint_sha256 = loaded.checkpoint_sha256
+        self.num_parameters = loaded.num_parameters
+        self.dim = int(self.model.config.hidden_size)
+        self.patch_size = int(self.model.config.patch_size)
+        config = read_json(loaded.directory / "preprocessor_config.json") if loaded.directory else {}
+        self.norm = Normalisation(tuple(config.get("image_mean", IMAGENET_MEAN)),
+                                  tuple(config.get("image_std", IMAGENET_STD)))
+        default_crop = 224 if loaded.directory else int(self.model.config.image_size)
+        self.crop_size = int(config.get("crop_size", {}).get("height", default_crop))
+        self.resize_to = int(config.get("size", {}).get("shortest_edge", round(self.crop_size * RESIZE_OVER_CROP)))
+
+    def _hidden(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        pixels = resize_shortest_center_crop(images, self.crop_size, self.norm, self.device, self.dtype,
+                                             resize_to=self.resize_to)
+        return self.model(pixel_values=pixels).last_hidden_state
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        if len(images) == 0:
+            return torch.zeros((0, self.dim), dtype=torch.float32)
+        cls = self._hidden(images)[:, 0]
+        return F.normalize(cls.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def patch_features(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        hidden = self._hidden(images)
+        side = self.crop_size // self.patch_size
+        return hidden[:, 1 : 1 + side * side].reshape(len(images), side, side, self.dim)
+
+
+def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> DinoRunner:
+    from transformers import Dinov2Model
+
+    if source.kind == "tiny":
+        from samflow.models.tiny import tiny_dinov2_config
+
+        loaded = build_tiny(Dinov2Model, tiny_dinov2_config(), device, dtype)
+    else:
+        loaded = load_pretrained(Dinov2Model, source, device, dtype)
+    return DinoRunner(loaded, source.uri, device, dtype)
