@@ -16,7 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from samflow.actors.embed import mask_crop
+import json
+
+from samflow.actors.batch import object_column
+from samflow.actors.embed import EmbedStage, mask_crop
+from samflow.actors.propose import ProposeStage
+from samflow.actors.upscale import UpscaleStage
 from samflow.actors.rescale import downscale_mask, records_to_original
 from samflow.flows.config import StageConfig, load_config
 from samflow.flows.pipeline import _pool, build_dataset, model_stages, run_pipeline
@@ -263,3 +268,60 @@ def test_a_partly_given_stage_section_keeps_that_stage_defaults():
     assert cfg.stages.segment.batch_size == defaults.stages.segment.batch_size
     assert cfg.stages.segment.model == defaults.stages.segment.model
     assert cfg.stages.segment.num_gpus == 0.25
+
+
+# --- stages called directly on a batch: the per-row failure contract ------------------------------
+
+
+def _batch(images: list[np.ndarray | None], failed: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    """A decode-shaped batch; ``None`` images are rows whose pixels do not match their size."""
+    n = len(images)
+    sizes = [(8, 8) if im is None else im.shape[:2] for im in images]
+    return {
+        "uri": object_column([f"mem://{i}.png" for i in range(n)]),
+        "item_id": object_column([f"item{i}" for i in range(n)]),
+        "frame_index": np.zeros(n, dtype=np.int32),
+        "timestamp_s": np.full(n, np.nan),
+        "width": np.array([w for _, w in sizes], dtype=np.int32),
+        "height": np.array([h for h, _ in sizes], dtype=np.int32),
+        "pixels": object_column([b"bad" if im is None else im.tobytes() for im in images]),
+        "error_stage": object_column(["decode" if i in failed else "" for i in range(n)]),
+        "error_type": object_column(["corrupt" if i in failed else "" for i in range(n)]),
+        "error_message": object_column(["boom" if i in failed else "" for i in range(n)]),
+    }
+
+
+def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [synthetic_scene(rng, h, w, n_shapes=2)[0] for h, w in sizes]
+
+
+def test_upscale_fails_only_the_broken_row_and_skips_failed_ones():
+    stage = UpscaleStage("tiny://realesrgan", min_short_side=32, tile=None)
+    small, large = _scenes((20, 24), (40, 36))
+    out = stage(_batch([small, None, large, small], failed=(3,)))
+    assert out["upscale_factor"].tolist() == [stage.scale, 1.0, 1.0, 1.0]
+    assert len(out["pixels"][0]) == small.size * stage.scale**2
+    assert out["pixels"][2] == large.tobytes()
+    assert list(out["error_stage"]) == ["", "upscale", "", "decode"]
+    assert json.loads(out["_meta_upscale"][0])["scale"] == stage.scale
+
+
+def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none():
+    stage = ProposeStage("tiny://owlv2", max_boxes=2, score_thresh=0.0, queries=["a cone", "a ball"])
+    (image,) = _scenes((30, 44))
+    out = stage(_batch([image, image], failed=(1,)))
+    found = json.loads(out["proposals_json"][0])
+    assert 0 < len(found["boxes"]) <= 2 and len(found["scores"]) == len(found["boxes"])
+    for x0, y0, x1, y1 in found["boxes"]:
+        assert 0 <= x0 <= x1 <= 44 and 0 <= y0 <= y1 <= 30
+    assert json.loads(out["proposals_json"][1]) == {"boxes": [], "scores": []}
+
+
+def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():
+    stage = EmbedStage("tiny://clip", vocabulary=["cat"], mask_embeddings=True)
+    images = _scenes((24, 24), (16, 20))
+    out = stage(_batch(images, failed=(1,)))
+    assert "annotations_json" not in out  # no segment stage ran: nothing to label
+    assert np.linalg.norm(out["embedding"][0]) == pytest.approx(1.0, abs=1e-4)
+    assert not out["embedding"][1].any()
