@@ -23,8 +23,8 @@ from samflow.actors.embed import EmbedStage, mask_crop
 from samflow.actors.propose import ProposeStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.actors.rescale import downscale_mask, records_to_original
-from samflow.flows.config import StageConfig, load_config
-from samflow.flows.pipeline import _pool, build_dataset, model_stages, run_pipeline
+from samflow.flows.config import RayConfig, StageConfig, load_config
+from samflow.flows.pipeline import _pool, build_dataset, gpus_usable, model_stages, run_pipeline
 from samflow.flows.sample_data import synthetic_scene
 from samflow.flows.upscaled import upscaled_uri
 from samflow.models.registry import load_model
@@ -259,6 +259,17 @@ def test_gpu_stages_fall_back_to_cpu_only_when_the_cluster_has_no_gpu():
     assert _pool("segment", stage, gpus_present=False)["num_gpus"] is None
     compute = _pool("segment", stage, gpus_present=True)["compute"]
     assert (compute.min_size, compute.max_size) == (1, 3)
+
+
+def test_cpu_fallback_is_automatic_only_on_a_local_ray(ray_cluster, monkeypatch):
+    import ray
+
+    assert not ray.cluster_resources().get("GPU")  # the test cluster has no GPU
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert gpus_usable(RayConfig()) is False  # local: GPU stages run on CPU
+    assert gpus_usable(RayConfig(address="ray://head:10001")) is True  # joined: wait for GPU nodes
+    assert gpus_usable(RayConfig(address="ray://head:10001", cpu_fallback=True)) is False
+    assert gpus_usable(RayConfig(cpu_fallback=False)) is True
 
 
 def test_a_partly_given_stage_section_keeps_that_stage_defaults():

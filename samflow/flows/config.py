@@ -161,10 +161,11 @@ class LabelsConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
     runtime_env: dict[str, Any] = Field(default_factory=dict)
-    cpu_fallback: bool = Field(
-        True,
-        description="When the cluster has no GPU as the run starts, stages asking for GPUs run on "
-        "CPU; set false on autoscaling clusters whose GPU nodes only start on demand.",
+    cpu_fallback: bool | None = Field(
+        None,
+        description="Whether stages asking for GPUs run on CPU when the cluster has no GPU as the "
+        "run starts. null = only on a local Ray that samflow starts itself (a joined cluster may "
+        "start GPU nodes on demand, e.g. KubeRay autoscaling from zero: there the stage waits).",
     )
 
 

@@ -63,6 +63,17 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(runtime_env=runtime_env, include_dashboard=False)
 
 
+def gpus_usable(cfg: RayConfig) -> bool:
+    """Whether GPU requests go to Ray as they are: the cluster has GPUs, or it may get some
+    (see ``ray.cpu_fallback``)."""
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return True
+    fallback = cfg.cpu_fallback
+    if fallback is None:  # auto: a joined cluster may add GPU nodes on demand
+        fallback = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    return not fallback
+
+
 def _pool(name: str, stage: StageConfig, gpus_present: bool) -> dict[str, Any]:
     """map_batches arguments of one model stage's actor pool. Without ``gpus_present`` a stage
     asking for GPUs runs on CPU (same code; the model picks its device) instead of waiting
@@ -126,9 +137,9 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         batch_format="numpy",
         **_decode_pool(),
     )
-    gpus_present = ray.cluster_resources().get("GPU", 0) > 0 or not cfg.ray.cpu_fallback
+    gpus = gpus_usable(cfg.ray)
     for stage in model_stages(cfg):
-        pool = _pool(stage.name, stage.config, gpus_present)
+        pool = _pool(stage.name, stage.config, gpus)
         ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
         if stage.name == "upscale" and cfg.stages.upscale.save:
             ds = ds.map_batches(
