@@ -197,10 +197,10 @@ def test_large_image_is_not_upscaled(full_run):
 
 def test_disabled_stages_add_no_actors_and_no_outputs(lean_run, inputs):
     dst, stats, cfg = lean_run
-    assert [s.name for s in model_stages(cfg)] == ["segment", "embed"]
+    assert [s.name for s in model_stages(cfg, str(dst))] == ["segment", "embed"]
     plan = repr(build_dataset(_items(inputs), cfg, str(dst), "plan-only"))
     assert "SegmentStage" in plan and "EmbedStage" in plan
-    assert "UpscaleStage" not in plan and "ProposeStage" not in plan and "save_upscaled" not in plan
+    assert "UpscaleStage" not in plan and "ProposeStage" not in plan
     assert set(stats.models) == {"segment", "embed"}
     assert set(stats.stage_busy_s) == {"segment", "embed"}
     assert not (dst / "upscaled").exists()
@@ -336,3 +336,21 @@ def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():
     assert "annotations_json" not in out  # no segment stage ran: nothing to label
     assert np.linalg.norm(out["embedding"][0]) == pytest.approx(1.0, abs=1e-4)
     assert not out["embedding"][1].any()
+
+
+def test_upscale_hands_each_upscaled_image_to_save_and_a_failed_save_fails_its_row():
+    saved: dict[str, np.ndarray] = {}
+
+    def save(item: str, image: np.ndarray) -> None:
+        if item == "item1":
+            raise OSError("disk full")
+        saved[item] = image.copy()
+
+    stage = UpscaleStage("tiny://realesrgan", min_short_side=32, tile=None, save=save)
+    small, other, large = _scenes((20, 24), (18, 22), (40, 36))
+    out = stage(_batch([small, other, large]))
+    assert sorted(saved) == ["item0"]  # the large image is not upscaled, so not saved
+    assert saved["item0"].tobytes() == out["pixels"][0]
+    assert list(out["error_stage"]) == ["", "upscale", ""]
+    assert "disk full" in out["error_message"][1]
+    assert out["upscale_factor"].tolist() == [stage.scale, 1.0, 1.0]

@@ -26,7 +26,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
-from samflow.flows.upscaled import save_upscaled
+from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
 
@@ -100,7 +100,7 @@ class ModelStage:
     config: StageConfig
 
 
-def model_stages(cfg: RunConfig) -> list[ModelStage]:
+def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
     """The enabled model stages, in graph order: upscale -> propose -> segment -> embed."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
@@ -108,6 +108,7 @@ def model_stages(cfg: RunConfig) -> list[ModelStage]:
         ModelStage("upscale", UpscaleStage, {
             "model_uri": up.model, "min_short_side": up.min_short_side,
             "max_output_pixels": up.max_output_pixels, "tile": up.tile,
+            "save": UpscaledWriter(dst, cfg.storage) if up.save else None,
         }, up),
         ModelStage("propose", ProposeStage, {
             "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
@@ -138,13 +139,9 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         **_decode_pool(),
     )
     gpus = gpus_usable(cfg.ray)
-    for stage in model_stages(cfg):
+    for stage in model_stages(cfg, dst):
         pool = _pool(stage.name, stage.config, gpus)
         ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
-        if stage.name == "upscale" and cfg.stages.upscale.save:
-            ds = ds.map_batches(
-                save_upscaled, fn_kwargs={"dst": dst, "storage": cfg.storage}, batch_format="numpy", num_cpus=0.5
-            )
     ds = ds.drop_columns(["pixels"])
     embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
     return ds.map_batches(
