@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import emit, result  # noqa: E402
 from samflow.actors.decode import DecodeStage, decode_image  # noqa: E402
 from samflow.flows.config import InputConfig, StorageConfig  # noqa: E402
+from samflow.flows.storage import StorageSource  # noqa: E402
 from samflow.flows.sample_data import synthetic_scene  # noqa: E402
 from tests.badinputs import write_bad_inputs  # noqa: E402
 
@@ -78,7 +79,7 @@ def bench_stage(n_good: int, min_seconds: float) -> list[dict]:
             "uri": np.array([str(p) for p in files], dtype=object),
             "size": np.array([p.stat().st_size for p in files], dtype=np.int64),
         }
-        stage = DecodeStage(StorageConfig(), InputConfig())
+        stage = DecodeStage(StorageSource(StorageConfig()), InputConfig())
         out = stage(batch)
         errors = int((out["error_type"] != "").sum())
         assert errors == n_bad, f"expected {n_bad} error rows, got {errors}"

@@ -25,7 +25,7 @@ from samflow.flows.sample_data import write_sample_dataset  # noqa: E402
 
 def run_case(n_images: int, workdir: Path) -> list[dict]:
     src = workdir / f"src-{n_images}"
-    write_sample_dataset(src, n_synthetic=n_images, seed=n_images)
+    write_sample_dataset(src, n_synthetic=n_images, seed=n_images, include_skimage=False)
     dst = workdir / f"out-{n_images}"
     command = [sys.executable, "-m", "samflow.flows.cli", "annotate", str(src), "--out", str(dst), "--profile", "tiny"]
     start = time.perf_counter()

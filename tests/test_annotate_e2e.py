@@ -148,10 +148,26 @@ def test_rerun_writes_nothing_and_new_items_are_processed_alone(
     assert _all_files(s3_fs, dst) == before
 
     extra = mixed_dataset["local"] / "extra"
-    write_sample_dataset(extra, n_synthetic=1, seed=99)
+    write_sample_dataset(extra, n_synthetic=1, seed=99, include_skimage=False)
     _upload(s3_fs, extra, f"{mixed_dataset['src']}/extra")
     added = annotate_dataset(mixed_dataset["src"], dst, config=_tiny_config(s3_server))
     assert added["counts"]["inputs"] == len([p for p in extra.rglob("*") if p.is_file() and "_gt" not in p.parts])
     images = _read(s3_fs, dst, "images")
     ids = images.column("item_id").to_pylist()
     assert len(ids) == len(set(ids))
+
+
+def test_export_coco_from_s3_loads_in_pycocotools(first_run, s3_server, tmp_path, s3_fs):
+    from pycocotools.coco import COCO
+
+    from samflow.flows.export import export_coco
+
+    dst, _ = first_run
+    summary = export_coco(dst, tmp_path / "coco.json", StorageConfig(endpoint_url=s3_server))
+    coco = COCO(str(tmp_path / "coco.json"))
+    annotations = _read(s3_fs, dst, "annotations")
+    assert summary["annotations"] == len(coco.getAnnIds()) == annotations.num_rows
+    by_id = {r["annotation_id"]: r for r in annotations.to_pylist()}
+    for ann in coco.loadAnns(coco.getAnnIds()[:20]):
+        ours = by_id[ann["samflow_annotation_id"]]
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), rle.decode(ours["segmentation"]))

@@ -22,7 +22,8 @@ from tests.badinputs import (
 )
 from samflow.actors.decode import DecodeError, DecodeStage, decode_image
 from samflow.flows.config import InputConfig, StorageConfig
-from samflow.flows.storage import VIDEO_KINDS, join, sniff_kind, write_bytes
+from samflow.actors.filetypes import VIDEO_KINDS, sniff_kind
+from samflow.flows.storage import StorageSource, join, write_bytes
 from samflow.schemas.ids import item_id
 
 GOOD = odd_good_images()
@@ -134,7 +135,7 @@ def _listed(directory: Path) -> dict[str, np.ndarray]:
 def test_stage_mixed_directory_one_row_per_input(tmp_path: Path) -> None:
     expected_errors = write_bad_inputs(tmp_path)
     good_names = write_odd_good_images(tmp_path)
-    out = DecodeStage(StorageConfig(), InputConfig())(_listed(tmp_path))
+    out = DecodeStage(StorageSource(StorageConfig()), InputConfig())(_listed(tmp_path))
 
     assert list(out) == OUTPUT_COLUMNS
     assert len(out["uri"]) == len(expected_errors) + len(good_names)
@@ -158,14 +159,14 @@ def test_stage_refuses_oversized_file_before_reading(tmp_path: Path) -> None:
     big = tmp_path / "big.png"
     big.write_bytes(encode(Image.fromarray(quadrants()), "PNG"))
     never_written = tmp_path / "listed_but_absent.jpg"  # reading it would fail with not_found
-    stage = DecodeStage(StorageConfig(), InputConfig(max_bytes=100))
+    stage = DecodeStage(StorageSource(StorageConfig()), InputConfig(max_bytes=100))
     out = stage(_batch([str(big), str(never_written)], [big.stat().st_size, 10**9]))
     assert list(out["error_type"]) == ["too_large", "too_large"]
     assert "input.max_bytes" in out["error_message"][1]
 
 
 def test_stage_missing_file_and_custom_stage_name(tmp_path: Path) -> None:
-    out = DecodeStage(StorageConfig(), InputConfig(), stage_name="decode_frames")(
+    out = DecodeStage(StorageSource(StorageConfig()), InputConfig(), stage_name="decode_frames")(
         _batch([str(tmp_path / "gone.jpg")], [1234])
     )
     assert (out["error_stage"][0], out["error_type"][0]) == ("decode_frames", "not_found")
@@ -176,7 +177,7 @@ def test_stage_large_video_is_refused_from_its_head(tmp_path: Path) -> None:
     video = tmp_path / "long.mov"
     ftyp = (20).to_bytes(4, "big") + b"ftypqt  " + b"\x00" * 8
     video.write_bytes(ftyp + b"\x00" * (9 * 1024 * 1024))
-    out = DecodeStage(StorageConfig(), InputConfig())(_batch([str(video)], [video.stat().st_size]))
+    out = DecodeStage(StorageSource(StorageConfig()), InputConfig())(_batch([str(video)], [video.stat().st_size]))
     # A MOV header over zeros: refused as a video, or as a broken one where PyAV decodes videos.
     assert out["error_type"][0] == FAKE_VIDEO_ERROR
     assert ("MOV video" if FAKE_VIDEO_ERROR == "unsupported_video" else "corrupt video") in out["error_message"][0]
@@ -186,7 +187,7 @@ def test_stage_output_converts_to_typed_arrow_even_when_empty(tmp_path: Path) ->
     from ray.data.block import BlockAccessor  # the conversion map_batches applies to our output
 
     write_odd_good_images(tmp_path)
-    stage = DecodeStage(StorageConfig(), InputConfig())
+    stage = DecodeStage(StorageSource(StorageConfig()), InputConfig())
     for batch in (_listed(tmp_path), _batch([], [])):
         schema = BlockAccessor.batch_to_block(stage(batch)).schema
         assert str(schema.field("uri").type) == "string"
@@ -202,7 +203,7 @@ def test_stage_reads_from_s3(s3_bucket: str) -> None:
     good_data, expected, _ = GOOD["lossless.webp"]
     write_bytes(good_uri, good_data, storage)
     write_bytes(bad_uri, BAD["truncated.png"][0], storage)
-    out = DecodeStage(storage, InputConfig())(
+    out = DecodeStage(StorageSource(storage), InputConfig())(
         _batch([good_uri, bad_uri], [len(good_data), len(BAD["truncated.png"][0])])
     )
     assert out["pixels"][0] == expected.tobytes()

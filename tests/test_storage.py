@@ -18,9 +18,9 @@ from samflow.flows.storage import (
     read_bytes,
     read_head,
     selected,
-    sniff_kind,
     write_bytes,
 )
+from samflow.actors.filetypes import sniff_kind
 
 DEFAULT_INCLUDE = InputConfig().include
 DEFAULT_EXCLUDE = InputConfig().exclude

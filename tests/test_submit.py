@@ -213,7 +213,12 @@ def ray_head() -> Iterator[RayHead]:
     token = secrets.token_hex(24)
     # Short path: Ray's unix sockets live under it and are limited to ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="sfray", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"}}
+    # The head is a separate "cluster": it gets none of this session's AWS settings (the S3 test
+    # server's dummy credentials among them), so anything AWS_* a job sees came with the job.
+    env = {
+        k: v for k, v in os.environ.items()
+        if k not in {"RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"} and not k.startswith("AWS_")
+    }
     env.update(
         RAY_AUTH_MODE="token",  # Ray 2.60's default for new clusters, explicit here
         RAY_AUTH_TOKEN=token,

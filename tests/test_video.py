@@ -14,7 +14,7 @@ av = pytest.importorskip("av")
 from samflow.actors.decode import DecodeStage  # noqa: E402
 from samflow.actors.video import VideoError, sample_frames  # noqa: E402
 from samflow.flows.config import InputConfig, StorageConfig, VideoSampling  # noqa: E402
-from samflow.flows.storage import join, open_file, write_bytes  # noqa: E402
+from samflow.flows.storage import StorageSource, join, open_file, write_bytes  # noqa: E402
 from samflow.schemas.ids import item_id  # noqa: E402
 
 N_FRAMES, RATE = 25, 10  # 2.5 s
@@ -98,7 +98,7 @@ def test_stage_emits_one_row_per_sampled_frame_and_error_rows(tmp_path: Path) ->
     moov_lost.write_bytes(good.read_bytes()[:2000])
     files = [good, cut, moov_lost]
     cfg = InputConfig(video=VideoSampling(mode="every_n", every_n=10))
-    out = DecodeStage(StorageConfig(), cfg)(
+    out = DecodeStage(StorageSource(StorageConfig()), cfg)(
         {"uri": np.array([str(p) for p in files], dtype=object), "size": np.array([p.stat().st_size for p in files])}
     )
     rows = list(zip(out["uri"], out["frame_index"], out["error_type"], out["item_id"], out["timestamp_s"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from PIL import (
@@ -24,16 +24,8 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from samflow.flows.config import InputConfig, StorageConfig
-from samflow.actors.video import VideoError, sample_frames, video_support
-from samflow.flows.storage import (
-    IMAGE_KINDS,
-    VIDEO_KINDS,
-    open_file,
-    read_bytes,
-    read_head,
-    sniff_kind,
-)
+from samflow.actors.filetypes import IMAGE_KINDS, VIDEO_KINDS, sniff_kind
+from samflow.actors.video import VideoError, VideoPolicy, sample_frames, video_support
 from samflow.schemas.ids import item_id
 
 # Files above this size are peeked at (a ranged read of the first bytes) before being fetched
@@ -296,6 +288,22 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             raise _classify(kind, exc, data, phase) from exc
 
 
+class ByteSource(Protocol):
+    """Where the bytes come from (``samflow.flows.storage.StorageSource`` in a run)."""
+
+    def read(self, uri: str) -> bytes: ...
+    def read_head(self, uri: str, n: int) -> bytes: ...
+    def open(self, uri: str) -> IO[bytes]: ...
+
+
+class InputLimits(Protocol):
+    """The ``input`` config section, as far as decoding goes."""
+
+    max_pixels: int
+    max_bytes: int
+    video: VideoPolicy
+
+
 class DecodeStage:
     """Ray Data ``map_batches`` callable (``batch_format="numpy"``): ``uri``, ``size`` in; out,
     one row per image, one per sampled video frame (``input.video``), or an error row. Holds no
@@ -305,8 +313,8 @@ class DecodeStage:
     saying where it broke, so the damage is never silent.
     """
 
-    def __init__(self, storage: StorageConfig, input_cfg: InputConfig, stage_name: str = "decode"):
-        self.storage = storage
+    def __init__(self, source: ByteSource, input_cfg: InputLimits, stage_name: str = "decode"):
+        self.source = source
         self.input_cfg = input_cfg
         self.stage_name = stage_name
 
@@ -331,15 +339,15 @@ class DecodeStage:
             raise _too_large(size, max_bytes)
         data = None
         if size > _PEEK_ABOVE_BYTES:  # a large file may be a video: sniff before fetching it all
-            head = self._read(uri, lambda: read_head(uri, self.storage, _HEAD_BYTES))
+            head = self._read(uri, lambda: self.source.read_head(uri, _HEAD_BYTES))
         else:
-            data = self._read(uri, lambda: read_bytes(uri, self.storage))
+            data = self._read(uri, lambda: self.source.read(uri))
             head = data[:_HEAD_BYTES]
         kind = sniff_kind(head)
         if kind in VIDEO_KINDS:
             return self._video_rows(uri, kind, data)
         if data is None:
-            data = self._read(uri, lambda: read_bytes(uri, self.storage))
+            data = self._read(uri, lambda: self.source.read(uri))
         if len(data) > max_bytes:  # the file grew since it was listed
             raise _too_large(len(data), max_bytes)
         return [_image_row(uri, decode_image(data, self.input_cfg.max_pixels))]
@@ -363,7 +371,7 @@ class DecodeStage:
         if data is not None:
             return io.BytesIO(data)
         try:  # stream the file: FFmpeg reads only the parts it needs
-            return open_file(uri, self.storage)
+            return self.source.open(uri)
         except FileNotFoundError:
             raise DecodeError("not_found", "file not found (deleted after it was listed?)") from None
 

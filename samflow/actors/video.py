@@ -9,16 +9,24 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
-from samflow.flows.config import VideoSampling
 
 try:
     import av
 except ImportError:  # pragma: no cover - depends on the environment
     av = None
+
+
+class VideoPolicy(Protocol):
+    """How frames are sampled: the ``input.video`` config section."""
+
+    mode: str  # "fps" | "every_n" | "keyframes"
+    fps: float
+    every_n: int
+    max_frames: int
 
 
 class VideoError(Exception):
@@ -50,7 +58,7 @@ def video_support() -> str | None:
 class _Sampler:
     """Decides, frame by frame, which frames a sampling policy keeps."""
 
-    def __init__(self, sampling: VideoSampling):
+    def __init__(self, sampling: VideoPolicy):
         self.sampling = sampling
         self.next_time = 0.0
 
@@ -79,7 +87,7 @@ def _rotated(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
-def sample_frames(source: IO[bytes], sampling: VideoSampling, max_pixels: int) -> Iterator[Frame]:
+def sample_frames(source: IO[bytes], sampling: VideoPolicy, max_pixels: int) -> Iterator[Frame]:
     """Decode the first video stream of ``source`` (a seekable binary file) and yield the frames
     the sampling policy keeps, at most ``sampling.max_frames``.
 
@@ -116,7 +124,7 @@ def _duration_s(container: Any, stream: Any) -> float | None:
     return declared
 
 
-def _decode(container: Any, stream: Any, sampling: VideoSampling, rate: float | None) -> Iterator[Frame]:
+def _decode(container: Any, stream: Any, sampling: VideoPolicy, rate: float | None) -> Iterator[Frame]:
     """Demux packet by packet (so the last packet's time is known even when the decoder skips
     frames), decode, keep what the sampler keeps; then check the stream reached its declared end."""
     sampler = _Sampler(sampling)

@@ -26,6 +26,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
@@ -134,7 +135,7 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     ds = ray.data.from_items(items)
     ds = ds.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"storage": cfg.storage, "input_cfg": cfg.input},
+        fn_constructor_kwargs={"source": StorageSource(cfg.storage), "input_cfg": cfg.input},
         batch_format="numpy",
         **_decode_pool(),
     )

@@ -1,0 +1,7 @@
+"""Pure torch + transformers inference shared by every stage and the serving app.
+
+Entry points: `registry.load_model(family, uri)` -> a runner (sam.SamRunner, sam2.Sam2Runner,
+clip.ClipRunner, dinov2.DinoRunner, owlv2.Owlv2Runner, realesrgan.RealEsrganRunner);
+`sam2.load_sam2_video(uri)` for video propagation; `check.check_model(uri)` for
+`samflow models check`. Never imports Ray, Prefect or fsspec.
+"""

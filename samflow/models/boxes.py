@@ -1,12 +1,17 @@
-"""Box operations in torch (no torchvision): format conversion, IoU, greedy NMS.
+"""Box helpers for detection outputs (no torchvision).
 
-Public: `cxcywh_to_xyxy`, `clip_xyxy`, `box_area`, `box_iou`, `nms`, `batched_nms`.
+IoU, area and exact greedy NMS live in `samflow.models.amg.boxes` (the mask engine's, exact on
+the device) and are re-exported here; this module adds what detectors need on top: format
+conversion, clipping to the image, and NMS within groups (per image / per label) in one call.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
+
+from samflow.models.amg.boxes import box_area, box_iou, nms
+
+__all__ = ["box_area", "box_iou", "nms", "cxcywh_to_xyxy", "clip_xyxy", "batched_nms"]
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -20,41 +25,9 @@ def clip_xyxy(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N,4) x (M,4) xyxy -> (N,M) IoU."""
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return inter / union.clamp(min=1e-9)
-
-
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy NMS; indices of kept boxes, highest score first.
-
-    The IoU matrix is computed on the boxes' device in one shot; the inherently sequential
-    greedy pass runs over a boolean numpy matrix on the host (no per-box kernel launches).
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = scores.argsort(descending=True)
-    overlaps = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
-    suppressed = np.zeros(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= overlaps[i]
-    return order[torch.as_tensor(keep, dtype=torch.long, device=order.device)]
-
-
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """NMS within each group (image or class) in one call: groups are shifted apart in space."""
+    """NMS within each group in one call: groups are shifted apart so they never overlap.
+    Returns kept indices by score descending."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     offset = groups.to(boxes.dtype)[:, None] * (boxes.max() + 1)

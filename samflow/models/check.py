@@ -42,9 +42,11 @@ def check_model(uri: str, family: str | None = None) -> dict:
 
 def infer_family(uri: str) -> str:
     source = parse_uri(uri)
-    if source.kind == "tiny":
+    if source.in_code:
         if source.location not in FAMILIES:
-            raise ModelLoadError(f"unknown tiny model {uri}; expected tiny://<family> with family in {', '.join(FAMILIES)}")
+            raise ModelLoadError(
+                f"unknown {source.kind} model {uri}; expected {source.kind}://<family> with family in {', '.join(FAMILIES)}"
+            )
         return source.location
     from samflow.models.hf import local_model_dir, read_json
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -27,7 +27,7 @@ from samflow.models.preprocess import (
     resize_shortest_center_crop,
     resize_square,
 )
-from samflow.models.registry import ModelSource
+from samflow.models.registry import ModelLoadError, ModelSource
 
 
 class ClipRunner:
@@ -129,18 +129,24 @@ def _tokenizer(loaded: LoadedModel):
         return tiny_tokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(loaded.directory))
+    try:
+        return AutoTokenizer.from_pretrained(str(loaded.directory))
+    except ImportError as exc:  # e.g. SigLIP's SentencePiece tokenizer without the package
+        first_sentence = " ".join(str(exc).split()).split(". ")[0]
+        raise ModelLoadError(
+            f"the tokenizer of {loaded.directory} needs an optional package ({first_sentence}); "
+            "install it (SigLIP: pip install sentencepiece) or use a repository with tokenizer.json"
+        ) from None
 
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> ClipRunner:
     from transformers import CLIPModel, SiglipModel
 
     model_cls = SiglipModel if family == "siglip" else CLIPModel
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_clip_config, tiny_siglip_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        config = tiny_siglip_config() if family == "siglip" else tiny_clip_config()
-        loaded = build_tiny(model_cls, config, device, dtype)
+        loaded = build_in_code(model_cls, in_code_config(family, source.kind), device, dtype)
     else:
         loaded = load_pretrained(model_cls, source, device, dtype)
     norm, center_crop = _preprocessing(family, loaded)

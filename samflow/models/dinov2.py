@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_shortest_center_crop
 from samflow.models.registry import ModelSource
 
@@ -39,8 +39,8 @@ class DinoRunner:
         self.norm = Normalisation(tuple(config.get("image_mean", IMAGENET_MEAN)),
                                   tuple(config.get("image_std", IMAGENET_STD)))
         default_crop = 224 if loaded.directory else int(self.model.config.image_size)
-        self.crop_size = int(config.get("crop_size", {}).get("height", default_crop))
-        self.resize_to = int(config.get("size", {}).get("shortest_edge", round(self.crop_size * RESIZE_OVER_CROP)))
+        self.crop_size = _size(config.get("crop_size"), "height", default_crop)
+        self.resize_to = _size(config.get("size"), "shortest_edge", round(self.crop_size * RESIZE_OVER_CROP))
 
     def _hidden(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         pixels = resize_shortest_center_crop(images, self.crop_size, self.norm, self.device, self.dtype,
@@ -61,13 +61,20 @@ class DinoRunner:
         return hidden[:, 1 : 1 + side * side].reshape(len(images), side, side, self.dim)
 
 
+def _size(value: int | dict | None, key: str, default: int) -> int:
+    """Processor sizes are an int in older configs and a dict in newer ones."""
+    if isinstance(value, dict):
+        return int(value.get(key, default))
+    return int(value) if value is not None else default
+
+
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> DinoRunner:
     from transformers import Dinov2Model
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_dinov2_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(Dinov2Model, tiny_dinov2_config(), device, dtype)
+        loaded = build_in_code(Dinov2Model, in_code_config("dinov2", source.kind), device, dtype)
     else:
         loaded = load_pretrained(Dinov2Model, source, device, dtype)
     return DinoRunner(loaded, source.uri, device, dtype)

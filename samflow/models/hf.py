@@ -5,7 +5,8 @@
 - `load_pretrained(cls, source, device, dtype)`: safe weights check (safetensors, or pickles that
   `torch.load(weights_only=True)` accepts), sha256 of the weight files, `from_pretrained` with SDPA
   attention where the architecture has it.
-- `build_tiny(cls, config, device, dtype)`: the same class from a config built in code, seeded.
+- `build_in_code(cls, config, device, dtype)`: the same class from a config written in code
+  (tiny:// and random:// models), seeded.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ from samflow.models.checkpoint import (
 from samflow.models.registry import OFFLINE_HINT, ModelLoadError, ModelSource
 
 TINY_SEED = 0
-# Files a runner needs besides weights; fetched from the Hub together with the weights.
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]
+# Config, tokenizer and processor files a runner needs, plus safetensors weights; pickled .bin
+# weights are fetched only for repositories that have no safetensors (never both).
+_HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+_HUB_PICKLE_PATTERNS = ["*.bin", "*.pth", "*.pt"]
 
 
 @dataclass
 class LoadedModel:
     model: Any
     checkpoint_sha256: str | None
-    directory: Path | None  # None for tiny models
+    directory: Path | None  # None for in-code (tiny / random) models
 
     @property
     def num_parameters(self) -> int:
@@ -55,19 +58,37 @@ def local_model_dir(source: ModelSource) -> Path:
 
 
 def _download_from_hub(source: ModelSource) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:  # a cached snapshot never touches the network
-        return Path(snapshot_download(source.location, allow_patterns=_HUB_PATTERNS, local_files_only=True))
+    """`org/name` -> a snapshot directory; `org/name/path/in/repo` -> that one file."""
+    parts = source.location.split("/")
+    fetch = _snapshot if len(parts) <= 2 else _single_file
+    try:  # a cached copy never touches the network
+        return fetch(source.location, local_only=True)
     except Exception:
         pass
     try:
-        return Path(snapshot_download(source.location, allow_patterns=_HUB_PATTERNS))
+        return fetch(source.location, local_only=False)
     except Exception as exc:
         raise ModelLoadError(
             f"could not fetch {source.location!r} from the Hugging Face Hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {OFFLINE_HINT}"
         ) from None
+
+
+def _snapshot(repo_id: str, local_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
+    path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, local_files_only=local_only))
+    if not weight_files(path):
+        path = Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS + _HUB_PICKLE_PATTERNS,
+                                      local_files_only=local_only))
+    return path
+
+
+def _single_file(location: str, local_only: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    org, name, filename = location.split("/", 2)
+    return Path(hf_hub_download(f"{org}/{name}", filename, local_files_only=local_only))
 
 
 def read_json(path: Path) -> dict:
@@ -108,7 +129,7 @@ def load_pretrained(model_cls: Any, source: ModelSource, device: torch.device, d
     return LoadedModel(model, sha, directory)
 
 
-def build_tiny(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def build_in_code(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Instantiate `model_cls` from an in-code config with a fixed seed (same class as real)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)

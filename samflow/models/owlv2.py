@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from samflow.models.boxes import batched_nms, box_area, clip_xyxy, cxcywh_to_xyxy
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import CLIP_MEAN, CLIP_STD, Normalisation, pad_square_resize
 from samflow.models.registry import ModelSource
 
@@ -133,10 +133,10 @@ def _tokenizer(loaded: LoadedModel):
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Owlv2Runner:
     from transformers import Owlv2ForObjectDetection
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_owlv2_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(Owlv2ForObjectDetection, tiny_owlv2_config(), device, dtype)
+        loaded = build_in_code(Owlv2ForObjectDetection, in_code_config("owlv2", source.kind), device, dtype)
     else:
         loaded = load_pretrained(Owlv2ForObjectDetection, source, device, dtype)
     config = read_json(loaded.directory / "preprocessor_config.json") if loaded.directory else {}

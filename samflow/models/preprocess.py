@@ -120,8 +120,9 @@ def resize_shortest_center_crop(
     targets = []
     for t in tensors:
         h, w = int(t.shape[1]), int(t.shape[2])
-        scale = shortest / min(h, w)
-        targets.append((max(shortest, int(round(h * scale))), max(shortest, int(round(w * scale)))))
+        # the long side is truncated, as the HF processors do, so crops line up pixel for pixel
+        long_side = int(shortest * max(h, w) / min(h, w))
+        targets.append((shortest, long_side) if h <= w else (long_side, shortest))
     resized = _resize_grouped(tensors, targets, mode="bicubic")
     crops = []
     for t in resized:

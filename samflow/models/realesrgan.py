@@ -1,6 +1,6 @@
 """Real-ESRGAN upscaling with tiled inference.
 
-    runner = load_model("realesrgan", "/models/RealESRGAN_x4plus.pth")   # or tiny://realesrgan
+    runner = load_model("realesrgan", "/models/RealESRGAN_x4plus.pth")   # or tiny:// / random://realesrgan
     big = runner.upscale(image, tile=256, overlap=32)   # HxWx3 uint8 -> (H*s)x(W*s)x3 uint8
     bigs = runner.upscale_batch(images, tile=256)       # many images, tiles batched together
 
@@ -167,10 +167,10 @@ def build_network(state_dict: dict[str, torch.Tensor]) -> tuple[torch.nn.Module,
 
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> RealEsrganRunner:
-    if source.kind == "tiny":
+    if source.in_code:  # tiny: a 1-block RRDBNet; random: RealESRGAN_x4plus's architecture
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
-            net = RRDBNet(**TINY_RRDB)
+            net = RRDBNet(**TINY_RRDB) if source.kind == "tiny" else RRDBNet()
         sha, arch, scale = sha256_state_dict(net.state_dict()), "rrdbnet", 4
     else:
         path = checkpoint_file(source)

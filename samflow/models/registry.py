@@ -2,7 +2,10 @@
 
 URIs:
   tiny://<family>        small randomly initialised model built in code (seeded; tests, dry runs)
-  hf://org/name, org/name  Hugging Face Hub id (local HF cache first, then the network)
+  random://<family>      the family's default published architecture, full size, random weights
+                         (seeded; benchmarks and memory sizing without downloads)
+  hf://org/name, org/name  Hugging Face Hub id (local HF cache first, then the network);
+                         hf://org/name/file.pth names one file of a repository (Real-ESRGAN)
   /path, ./path, file:///path  local model directory (HF layout) or checkpoint file
   s3://...               not handled here: `flows/` copies it to a local directory first
 
@@ -45,16 +48,22 @@ class ModelLoadError(RuntimeError):
 @dataclass(frozen=True)
 class ModelSource:
     uri: str
-    kind: Literal["tiny", "local", "hub"]
-    location: str  # tiny: family name; local: filesystem path; hub: repo id
+    kind: Literal["tiny", "random", "local", "hub"]
+    location: str  # tiny / random: family name; local: filesystem path; hub: repo id
+
+    @property
+    def in_code(self) -> bool:
+        """Built from a config written in code (tiny:// or random://), no checkpoint."""
+        return self.kind in ("tiny", "random")
 
 
 def parse_uri(uri: str) -> ModelSource:
     uri = uri.strip()
     if not uri:
         raise ModelLoadError("empty model URI")
-    if uri.startswith("tiny://"):
-        return ModelSource(uri, "tiny", uri[len("tiny://"):].strip("/"))
+    for scheme in ("tiny", "random"):
+        if uri.startswith(f"{scheme}://"):
+            return ModelSource(uri, scheme, uri[len(scheme) + 3 :].strip("/"))
     if uri.startswith("s3://") or uri.startswith("gs://"):
         raise ModelLoadError(
             f"{uri}: object-store model URIs are copied to a local cache by the pipeline; "
@@ -112,8 +121,10 @@ def build_runner(
 ) -> Any:
     """Resolve URI, device and dtype once, call `builder`, turn any failure into ModelLoadError."""
     source = parse_uri(uri)
-    if source.kind == "tiny" and source.location != family:
-        raise ModelLoadError(f"{uri} is a tiny {source.location!r} model, not {family!r}; use tiny://{family}")
+    if source.in_code and source.location != family:
+        raise ModelLoadError(
+            f"{uri} is a {source.kind} {source.location!r} model, not {family!r}; use {source.kind}://{family}"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(family, torch_device, dtype)
     try:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_longest_pad, scale_xy
 from samflow.models.registry import ModelSource
 
@@ -109,10 +109,10 @@ def _normalisation(loaded: LoadedModel) -> Normalisation:
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> SamRunner:
     from transformers import SamModel
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_sam_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(SamModel, tiny_sam_config(), device, dtype)
+        loaded = build_in_code(SamModel, in_code_config("sam", source.kind), device, dtype)
     else:
         loaded = load_pretrained(SamModel, source, device, dtype)
     return SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_tiny, load_pretrained, read_json
+from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_square, scale_xy
 from samflow.models.registry import ModelSource, build_runner
 
@@ -182,10 +182,10 @@ class Sam2VideoRunner:
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2Runner:
     from transformers import Sam2Model
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_sam2_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(Sam2Model, tiny_sam2_config(), device, dtype)
+        loaded = build_in_code(Sam2Model, in_code_config("sam2", source.kind), device, dtype)
     else:
         loaded = load_pretrained(Sam2Model, source, device, dtype)
     return Sam2Runner(loaded, source.uri, device, dtype)
@@ -194,10 +194,10 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2VideoRunner:
     from transformers import Sam2VideoModel
 
-    if source.kind == "tiny":
-        from samflow.models.tiny import tiny_sam2_video_config
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
 
-        loaded = build_tiny(Sam2VideoModel, tiny_sam2_video_config(), device, dtype)
+        loaded = build_in_code(Sam2VideoModel, in_code_config("sam2_video", source.kind), device, dtype)
     else:
         loaded = load_pretrained(Sam2VideoModel, source, device, dtype)
     return Sam2VideoRunner(loaded, source.uri, device, dtype)

@@ -137,3 +137,49 @@ def tiny_dinov2_config():
 
     return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
                         image_size=32, patch_size=8)
+
+
+# --- random://<family>: the published architectures at full size, random weights -------------
+# For benchmarks and memory sizing without downloads. Text towers keep the in-code tokenizer's
+# special-token ids so pooling finds the end-of-text token.
+
+def _reference_text_ids() -> dict:
+    return dict(bos_token_id=TINY_BOS_ID, eos_token_id=TINY_EOS_ID, pad_token_id=TINY_EOS_ID)
+
+
+def reference_config(name: str):
+    """Config of the default published model of a family (sam-vit-base, sam2.1-hiera-tiny,
+    clip-vit-base-patch32, siglip-base-patch16-224, dinov2-base, owlv2-base-patch16)."""
+    import transformers as tf
+
+    if name == "sam":
+        return tf.SamConfig()
+    if name == "sam2":
+        return tf.Sam2Config()
+    if name == "sam2_video":
+        return tf.Sam2VideoConfig()
+    if name == "clip":
+        return tf.CLIPConfig(text_config=_reference_text_ids())
+    if name == "siglip":
+        return tf.SiglipConfig(text_config=_reference_text_ids())
+    if name == "dinov2":
+        return tf.Dinov2Config()
+    if name == "owlv2":
+        return tf.Owlv2Config(text_config=_reference_text_ids(), vision_config=dict(image_size=960, patch_size=16))
+    raise ValueError(f"no reference config for {name!r}")
+
+
+_TINY = {
+    "sam": tiny_sam_config,
+    "sam2": tiny_sam2_config,
+    "sam2_video": tiny_sam2_video_config,
+    "clip": tiny_clip_config,
+    "siglip": tiny_siglip_config,
+    "dinov2": tiny_dinov2_config,
+    "owlv2": tiny_owlv2_config,
+}
+
+
+def in_code_config(name: str, kind: str):
+    """The config for an in-code model: kind "tiny" (small) or "random" (full size)."""
+    return _TINY[name]() if kind == "tiny" else reference_config(name)

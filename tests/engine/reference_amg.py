@@ -54,11 +54,9 @@ def generate(runner, image: np.ndarray, params: AmgParams, boxes=None, box_score
 
 
 def grid(n: int) -> np.ndarray:
-    points = []
-    for row in range(n):
-        for col in range(n):
-            points.append([(col + 0.5) / n, (row + 0.5) / n])
-    return np.array(points, dtype=np.float64)
+    """Cell centres, row by row; coordinates from linspace as SAM builds them (bit for bit)."""
+    axis = np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
+    return np.array([[axis[col], axis[row]] for row in range(n) for col in range(n)], dtype=np.float64)
 
 
 def crop_boxes(h: int, w: int, n_layers: int, overlap_ratio: float) -> list[tuple[list[int], int]]:
@@ -105,8 +103,9 @@ def one_mask(runner, enc, params: AmgParams, low_res, iou: float, crop, image_hw
     logits = runner.postprocess_masks(low_res[None, None], enc, 0)[0, 0].float().numpy()
     high = int((logits > np.float32(params.mask_threshold + params.stability_score_offset)).sum())
     low = int((logits > np.float32(params.mask_threshold - params.stability_score_offset)).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stability = np.float32(high) / np.float32(low)
+    # SAM divides 0 by 0 (NaN) for a mask empty at both thresholds; samflow reports 0, and no
+    # threshold > 0 keeps either.
+    stability = np.float32(high) / np.float32(low) if low else np.float32(0.0)
     if not keep_all and params.stability_score_thresh > 0 and not stability >= np.float32(params.stability_score_thresh):
         return None
     mask = logits > np.float32(params.mask_threshold)

@@ -103,5 +103,5 @@ def make_scene(h: int, w: int, objects: list[tuple[int, int, int, int]]) -> np.n
     """Black image with one filled rectangle (x0, y0, x1, y1) per object, each its own colour."""
     image = np.zeros((h, w, 3), dtype=np.uint8)
     for i, (x0, y0, x1, y1) in enumerate(objects):
-        image[y0:y1, x0:x1] = (40 + 50 * i, 200 - 30 * i, 60 + 25 * i)
+        image[y0:y1, x0:x1] = (40 + (50 * i) % 200, 200 - (30 * i) % 180, 60 + (25 * i) % 190)
     return image

@@ -11,11 +11,13 @@ from tests.engine import reference_amg as ref
 
 @pytest.mark.parametrize("n", [1, 4, 7, 32])
 def test_point_grid(n: int) -> None:
-    assert np.allclose(point_grid(n), ref.grid(n), rtol=0, atol=1e-15)
+    assert np.array_equal(point_grid(n), ref.grid(n))
+    assert np.allclose(point_grid(n)[: n + 1], [[(i % n + 0.5) / n, (i // n + 0.5) / n] for i in range(n + 1)][: n * n])
 
 
 def test_layer_grids_downscale() -> None:
     assert [len(g) for g in layer_point_grids(32, 2, 2)] == [32 * 32, 16 * 16, 8 * 8]
+    assert [len(g) for g in layer_point_grids(2, 2, 4)] == [4, 0, 0]  # deep layers can run out
 
 
 @pytest.mark.parametrize("hw", [(480, 640), (1500, 2250), (97, 53)])

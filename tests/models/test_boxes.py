@@ -1,10 +1,10 @@
-"""Box ops: IoU and greedy NMS against hand-worked cases."""
+"""Detection box helpers: conversion, clipping, grouped NMS (hand-worked cases)."""
 
 from __future__ import annotations
 
 import torch
 
-from samflow.models.boxes import batched_nms, box_iou, cxcywh_to_xyxy, nms
+from samflow.models.boxes import batched_nms, box_iou, clip_xyxy, cxcywh_to_xyxy, nms
 
 
 def test_box_iou_known_values():
@@ -31,3 +31,8 @@ def test_batched_nms_never_suppresses_across_groups():
     scores = torch.tensor([0.9, 0.8])
     assert batched_nms(boxes, scores, torch.tensor([0, 1]), 0.5).tolist() == [0, 1]
     assert batched_nms(boxes, scores, torch.tensor([0, 0]), 0.5).tolist() == [0]
+
+
+def test_clip_xyxy_to_image():
+    boxes = torch.tensor([[-5.0, 3, 90, 60], [10.0, -1, 20, 5]])
+    torch.testing.assert_close(clip_xyxy(boxes, 48, 80), torch.tensor([[0.0, 3, 80, 48], [10.0, 0, 20, 5]]))

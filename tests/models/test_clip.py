@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+
+import pytest
 import torch
+
+from samflow.models.registry import ModelLoadError, load_model
 
 TEXTS = ["a photo of a cat.", "dog", "a very long description of a red car parked on a street at night"]
 
@@ -48,8 +54,17 @@ def test_zero_shot_on_images(clip_runner, images):
 
 
 def test_tiny_models_are_deterministic(clip_runner, images):
-    from samflow.models.registry import load_model
-
     again = load_model(clip_runner.family, clip_runner.uri, device="cpu")
     assert again.checkpoint_sha256 == clip_runner.checkpoint_sha256
     torch.testing.assert_close(again.embed_images(images[:1]), clip_runner.embed_images(images[:1]))
+
+
+def test_missing_optional_tokenizer_package_is_a_clear_load_error(tmp_path):
+    """A SentencePiece SigLIP tokenizer without the package fails as ModelLoadError, not deep inside."""
+    if importlib.util.find_spec("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed here")
+    load_model("siglip", "tiny://siglip", device="cpu").model.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "SiglipTokenizer"}))
+    (tmp_path / "spiece.model").write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="sentencepiece"):
+        load_model("siglip", str(tmp_path), device="cpu")

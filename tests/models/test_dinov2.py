@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from samflow.models.registry import load_model
@@ -23,3 +25,13 @@ def test_patch_features_grid(images):
     side = dino.crop_size // dino.patch_size
     assert grid.shape == (len(images), side, side, dino.dim)
     assert dino.embed_images([]).shape == (0, dino.dim)
+
+
+def test_directory_with_processor_config(tmp_path, images):
+    """Crop and resize sizes come from preprocessor_config.json (int or dict forms)."""
+    tiny = load_model("dinov2", "tiny://dinov2", device="cpu")
+    tiny.model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"crop_size": 32, "size": {"shortest_edge": 40}}))
+    loaded = load_model("dinov2", str(tmp_path), device="cpu")
+    assert (loaded.crop_size, loaded.resize_to) == (32, 40)
+    assert loaded.embed_images(images[:2]).shape == (2, tiny.dim)

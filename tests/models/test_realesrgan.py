@@ -87,21 +87,22 @@ def test_x4_output_size_exact(tiny_esrgan):
 
 
 def test_tiled_equals_untiled(tiny_esrgan):
-    image = smooth_image(50, 70, 2)
+    image = smooth_image(40, 60, 2)
     whole = tiny_esrgan.upscale(image, tile=None).astype(int)
-    tiled = tiny_esrgan.upscale(image, tile=16, overlap=24).astype(int)
+    # the tiny generator's receptive field reaches ~19 input pixels, so 20 px of context suffice
+    tiled = tiny_esrgan.upscale(image, tile=24, overlap=20).astype(int)
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() <= 1  # rounding to uint8 only
     # without context the tile borders do show: the equality above is not trivial
-    seamy = tiny_esrgan.upscale(image, tile=16, overlap=0).astype(int)
+    seamy = tiny_esrgan.upscale(image, tile=24, overlap=0).astype(int)
     assert np.abs(seamy - whole).max() > 1
 
 
 def test_batch_equals_single_calls(tiny_esrgan):
     images = [smooth_image(20, 36, 3), smooth_image(33, 17, 4), smooth_image(20, 36, 5)]
-    batch = tiny_esrgan.upscale_batch(images, tile=16, overlap=24)
+    batch = tiny_esrgan.upscale_batch(images, tile=16, overlap=8)
     for image, out in zip(images, batch):
-        assert np.array_equal(out, tiny_esrgan.upscale(image, tile=16, overlap=24))
+        assert np.array_equal(out, tiny_esrgan.upscale(image, tile=16, overlap=8))
 
 
 def test_x2_odd_sizes_and_srvgg_tiling():
@@ -114,5 +115,12 @@ def test_x2_odd_sizes_and_srvgg_tiling():
         image = smooth_image(31, 45, 6)
         whole = runner.upscale(image)
         assert whole.shape == (31 * scale, 45 * scale, 3)
-        tiled = runner.upscale(image, tile=12, overlap=24)
+        tiled = runner.upscale(image, tile=16, overlap=20)
         assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_random_uri_builds_the_x4plus_architecture():
+    runner = load_model("realesrgan", "random://realesrgan", device="cpu")
+    official = official_rrdb_shapes(3)
+    assert set(runner.model.state_dict()) == set(official)
+    assert runner.num_parameters == sum(int(np.prod(s)) for s in official.values())

@@ -12,6 +12,7 @@ from samflow.models.registry import ModelLoadError, load_model, parse_uri
 
 def test_parse_uri_kinds(tmp_path):
     assert parse_uri("tiny://sam").kind == "tiny"
+    assert parse_uri("random://clip").kind == "random" and parse_uri("random://clip").in_code
     assert parse_uri("hf://facebook/sam-vit-base").location == "facebook/sam-vit-base"
     assert parse_uri("facebook/sam-vit-base").kind == "hub"
     assert parse_uri(str(tmp_path)).kind == "local"
@@ -72,3 +73,9 @@ def test_empty_batches(images):
     assert runner.embed_images([]).shape == (0, runner.dim)
     with pytest.raises(ValueError):
         runner.embed_images([np.zeros((4, 4), np.uint8)])
+
+
+def test_unreachable_hub_model_fails_with_offline_hint():
+    with pytest.raises(ModelLoadError, match="tiny://"):
+        load_model("sam", "hf://samflow-test/no-such-model")
+

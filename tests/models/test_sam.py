@@ -23,6 +23,16 @@ def test_encode_batch_equals_single_calls(sam_runner, images):
         assert max(batch.input_sizes[i]) == sam_runner.image_size
 
 
+_SINGLE: dict[int, SamEncoding] = {}
+
+
+def single_encodings(runner, images, i: int) -> SamEncoding:
+    """Encoding of images[i] alone (cached: the decode tests compare against it repeatedly)."""
+    if i not in _SINGLE:
+        _SINGLE[i] = runner.encode([images[i]])
+    return _SINGLE[i]
+
+
 @pytest.mark.parametrize("prompt", ["points", "boxes"])
 @pytest.mark.parametrize("multimask", [True, False])
 def test_decode_batch_equals_single_calls(sam_runner, images, prompt, multimask):
@@ -42,7 +52,7 @@ def test_decode_batch_equals_single_calls(sam_runner, images, prompt, multimask)
     k = 3 if multimask else 1
     assert logits.shape[:3] == (3, 5, k) and iou.shape == (3, 5, k)
     for row, i in enumerate(indices):
-        single_enc = sam_runner.encode([images[i]])
+        single_enc = single_encodings(sam_runner, images, i)
         one_logits, one_iou = sam_runner.decode(single_enc, [0], **{prompt: prompts[row : row + 1]},
                                                 multimask_output=multimask)
         torch.testing.assert_close(logits[row], one_logits[0], atol=1e-3, rtol=1e-3)

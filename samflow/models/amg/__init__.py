@@ -1,4 +1,14 @@
-"""Automatic mask generation (SAM's data engine), batched and device-resident."""
+"""Automatic mask generation (SAM's data engine), batched and device-resident.
+
+    from samflow.models.amg import AmgParams, MaskGenerator
+    gen = MaskGenerator(load_model("sam", uri), AmgParams(**cfg.engine.model_dump()))
+    records = gen.generate(images, boxes=per_image_xyxy_or_None, box_scores=per_image_scores_or_None)
+
+Modules: ``params`` (AmgParams), ``grid`` (point grids, crop boxes), ``postprocess`` (decoder
+outputs -> filtered masks of one crop), ``filters`` (stability score, small regions without
+OpenCV), ``boxes`` (mask boxes, exact batched greedy NMS), ``rle_torch`` (COCO RLE on the
+device), ``maskset`` (ragged per-image mask store), ``generator`` (MaskGenerator).
+"""
 
 from samflow.models.amg.generator import MaskGenerator
 from samflow.models.amg.params import AmgParams

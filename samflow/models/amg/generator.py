@@ -40,8 +40,10 @@ class PromptRunner(Protocol):
 
     def encode(self, images: Sequence[np.ndarray]) -> Any: ...
 
-    def decode(self, enc: Any, image_indices: Sequence[int], *, points: torch.Tensor | None = None,
-               boxes: torch.Tensor | None = None, multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def decode(
+        self, enc: Any, image_indices: Sequence[int], *, points: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None, multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: Any, image_index: int) -> torch.Tensor: ...
 
@@ -96,11 +98,15 @@ class MaskGenerator:
     ) -> list[list[dict[str, Any]]]:
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "postprocess_s": 0.0}
         images = [_check_image(im) for im in images]
+        for name, per_image in (("boxes", boxes), ("box_scores", box_scores)):
+            if per_image is not None and len(per_image) != len(images):
+                raise ValueError(f"{name} has {len(per_image)} entries for {len(images)} images")
         states = [
             _ImageState(im.shape[:2], _boxes_of(boxes, i), _scores_of(box_scores, boxes, i))
             for i, im in enumerate(images)
         ]
         crops = self._plan_crops(states)
+        records: list[list[dict[str, Any]]] = []
         step = self.params.crops_per_encode
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
@@ -108,8 +114,16 @@ class MaskGenerator:
                 enc = self.runner.encode([_cut(images[c.image], c.box) for c in chunk])
             self._box_stage(chunk, enc, states)
             self._grid_stage(chunk, enc, states)
-        with self._clock("postprocess_s"):
-            return [self._finish(state, [c for c in crops if c.image == i]) for i, state in enumerate(states)]
+            # Images whose crops are all decoded are finished now: their masks leave the device.
+            done = len(states) if start + step >= len(crops) else crops[start + step].image
+            with self._clock("postprocess_s"):
+                for i in range(len(records), done):
+                    own = [c for c in crops if c.image == i]
+                    records.append(self._finish(states[i], own))
+                    states[i].box_set = states[i].coverage = None
+                    for c in own:
+                        c.masks = []
+        return records
 
     # -- planning -------------------------------------------------------------------------
 
@@ -153,7 +167,9 @@ class MaskGenerator:
                 crop = chunk[j]
                 points = requests[j][1][start : start + iou.shape[0]]
                 crop.masks.append(
-                    point_masks(low_res, iou, points, self._upsampler(enc, j), crop.box, states[crop.image].hw, self.params)
+                    point_masks(
+                        low_res, iou, points, self._upsampler(enc, j), crop.box, states[crop.image].hw, self.params
+                    )
                 )
 
     def _crop_points(self, crop: _Crop, state: _ImageState) -> np.ndarray:
@@ -165,7 +181,9 @@ class MaskGenerator:
         h, w = state.hw
         cols = np.clip(np.floor(points[:, 0] + x0).astype(np.int64), 0, w - 1)
         rows = np.clip(np.floor(points[:, 1] + y0).astype(np.int64), 0, h - 1)
-        covered = state.coverage[torch.as_tensor(rows), torch.as_tensor(cols)].cpu().numpy()
+        device = state.coverage.device
+        rows_t, cols_t = torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)
+        covered = state.coverage[rows_t, cols_t].cpu().numpy()
         return points[~covered]
 
     # -- decoding -------------------------------------------------------------------------
@@ -173,26 +191,42 @@ class MaskGenerator:
     def _decode(
         self, enc: Any, requests: list[tuple[int, np.ndarray]], kind: str
     ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-        """Decodes prompts of several encoded crops: round r takes prompts
-        [r*ppb, (r+1)*ppb) of every crop, crops share calls up to ``prompts_per_decode``
-        prompts (shorter lists are padded by repeating their last prompt, and the padding is
-        dropped). Yields (encoding index, first prompt, low-res logits, IoU)."""
+        """Decodes the prompts of several encoded crops, ``prompts_per_decode`` at most per
+        decoder call, and yields them ``points_per_batch`` at a time (the unit of
+        post-processing memory) as (encoding index, first prompt, low-res logits, IoU).
+
+        Each round takes the next ``span`` prompts of every crop that has some left, ``span``
+        a multiple of points_per_batch chosen so all crops fit one call when they can; crops
+        of a round share calls, a shorter list padded by repeating its last prompt (the
+        padding is dropped).
+        """
         ppb = self.params.points_per_batch
-        per_call = max(1, self.params.prompts_per_decode // ppb)
-        longest = max((len(p) for _, p in requests), default=0)
-        for start in range(0, longest, ppb):
-            active = [(j, p[start : start + ppb]) for j, p in requests if len(p) > start]
+        budget = self.params.prompts_per_decode
+        active_requests = [(j, p) for j, p in requests if len(p)]
+        if not active_requests:
+            return
+        span = ppb * max(1, budget // (ppb * len(active_requests)))
+        per_call = max(1, budget // span)
+        longest = max(len(p) for _, p in active_requests)
+        for start in range(0, longest, span):
+            active = [(j, p[start : start + span]) for j, p in active_requests if len(p) > start]
             for g in range(0, len(active), per_call):
                 group = active[g : g + per_call]
-                prompts = _pad_stack([p for _, p in group])
-                tensor = torch.as_tensor(prompts, dtype=torch.float32, device=self.runner.device)
-                with self._clock("decode_s"):
-                    if kind == "points":
-                        low_res, iou = self.runner.decode(enc, [j for j, _ in group], points=tensor, multimask_output=True)
-                    else:
-                        low_res, iou = self.runner.decode(enc, [j for j, _ in group], boxes=tensor, multimask_output=False)
+                low_res, iou = self._decode_call(enc, group, kind)
                 for b, (j, p) in enumerate(group):
-                    yield j, start, low_res[b, : len(p)], iou[b, : len(p)]
+                    for sub in range(0, len(p), ppb):
+                        stop = min(sub + ppb, len(p))
+                        yield j, start + sub, low_res[b, sub:stop], iou[b, sub:stop]
+
+    def _decode_call(
+        self, enc: Any, group: list[tuple[int, np.ndarray]], kind: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = torch.as_tensor(_pad_stack([p for _, p in group]), dtype=torch.float32, device=self.runner.device)
+        indices = [j for j, _ in group]
+        with self._clock("decode_s"):
+            if kind == "points":
+                return self.runner.decode(enc, indices, points=prompts, multimask_output=True)
+            return self.runner.decode(enc, indices, boxes=prompts, multimask_output=False)
 
     def _upsampler(self, enc: Any, index: int):
         return lambda low_res: self.runner.postprocess_masks(low_res, enc, index)
@@ -311,7 +345,9 @@ def _boxes_of(boxes: Sequence[np.ndarray | None] | None, i: int) -> np.ndarray |
     return b if len(b) else None
 
 
-def _scores_of(scores: Sequence[np.ndarray | None] | None, boxes: Sequence[np.ndarray | None] | None, i: int) -> np.ndarray | None:
+def _scores_of(
+    scores: Sequence[np.ndarray | None] | None, boxes: Sequence[np.ndarray | None] | None, i: int
+) -> np.ndarray | None:
     b = _boxes_of(boxes, i)
     if b is None:
         return None

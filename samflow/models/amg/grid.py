@@ -9,7 +9,10 @@ import numpy as np
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
-    """(n*n, 2) points (x, y) in [0, 1], cell centres of an n x n grid, row by row."""
+    """(n*n, 2) points (x, y) in [0, 1], cell centres of an n x n grid, row by row (none for
+    n = 0, which deep crop layers reach with a large downscale factor)."""
+    if n_per_side <= 0:
+        return np.zeros((0, 2), dtype=np.float64)
     half_cell = 1.0 / (2 * n_per_side)
     axis = np.linspace(half_cell, 1.0 - half_cell, n_per_side)
     xs, ys = np.meshgrid(axis, axis, indexing="xy")

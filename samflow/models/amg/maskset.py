@@ -17,7 +17,7 @@ class MaskSet:
     for box prompts), ``crop_boxes`` xyxy, ``proposal_scores`` NaN when there is none.
     """
 
-    runs: torch.Tensor  # (R,) int64, see rle_torch
+    runs: torch.Tensor  # (R,) int32, see rle_torch
     lengths: torch.Tensor  # (M,) int64
     boxes: torch.Tensor  # (M, 4) int64
     iou_preds: torch.Tensor  # (M,) float32
@@ -36,7 +36,7 @@ class MaskSet:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         return cls(
-            runs=z(0, dtype=torch.int64), lengths=z(0, dtype=torch.int64), boxes=z(0, 4, dtype=torch.int64),
+            runs=z(0, dtype=torch.int32), lengths=z(0, dtype=torch.int64), boxes=z(0, 4, dtype=torch.int64),
             iou_preds=z(0, dtype=torch.float32), stability=z(0, dtype=torch.float32),
             points=z(0, 2, dtype=torch.float64), crop_boxes=z(0, 4, dtype=torch.int64),
             from_box=z(0, dtype=torch.bool), proposal_scores=z(0, dtype=torch.float32),

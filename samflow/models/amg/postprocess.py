@@ -35,6 +35,8 @@ def point_masks(
     keep = torch.arange(n * k, device=device)
     if params.pred_iou_thresh > 0.0:
         keep = keep[iou_flat[keep] > params.pred_iou_thresh]
+    if keep.numel() == 0:  # nothing to upsample (empty batches trip some device kernels)
+        return MaskSet.empty(device)
     logits = upsample(low_res.reshape(n * k, 1, *low_res.shape[-2:])[keep])[:, 0]
     stability = stability_score(logits, params.mask_threshold, params.stability_score_offset)
     if params.stability_score_thresh > 0.0:

@@ -1,7 +1,8 @@
 """COCO RLE on the device, vectorised over masks: no per-pixel or per-mask Python loop.
 
-Masks of one image are kept as *ragged run lengths*: ``runs`` (R,) int64, the COCO counts of
-every mask one after the other, and ``lengths`` (M,) int64, how many counts each mask has.
+Masks of one image are kept as *ragged run lengths*: ``runs`` (R,) int32 (a run is shorter
+than 2**31 pixels; int32 halves the memory of noisy masks), the COCO counts of every mask one
+after the other, and ``lengths`` (M,) int64, how many counts each mask has.
 Counts follow pycocotools: column-major order, starting with a (possibly empty) run of zeros.
 """
 
@@ -19,31 +20,34 @@ def masks_to_runs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, h, w = masks.shape
     device = masks.device
     if m == 0 or h * w == 0:
-        return torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(m, dtype=torch.int64, device=device)
-    flat = masks.transpose(1, 2).reshape(m, h * w)
-    # A virtual 0 before the first pixel makes a leading 1 open with an empty run of zeros; a
-    # virtual pixel after the last one, always different from it, closes the final run.
-    extended = torch.cat([torch.zeros_like(flat[:, :1]), flat, ~flat[:, -1:]], dim=1)
-    change = extended[:, 1:] != extended[:, :-1]  # change[:, j]: a run starts at pixel j
+        return torch.zeros(0, dtype=torch.int32, device=device), torch.zeros(m, dtype=torch.int64, device=device)
+    n = h * w
+    flat = masks.transpose(1, 2).reshape(m, n)
+    # change[:, j]: a run starts at pixel j. Pixel 0 starts one when it is 1 (the run of zeros
+    # before it is empty); a virtual pixel n always starts one, closing the final run.
+    change = torch.empty(m, n + 1, dtype=torch.bool, device=device)
+    change[:, 0] = flat[:, 0]
+    torch.ne(flat[:, 1:], flat[:, :-1], out=change[:, 1:n])
+    change[:, n] = True
     mask_idx, starts = change.nonzero(as_tuple=True)
     previous = torch.roll(starts, 1)
     first_of_mask = torch.ones_like(mask_idx, dtype=torch.bool)
     first_of_mask[1:] = mask_idx[1:] != mask_idx[:-1]
     previous = torch.where(first_of_mask, 0, previous)
-    return starts - previous, change.sum(dim=1)
+    return (starts - previous).to(torch.int32), torch.bincount(mask_idx, minlength=m)
 
 
 def runs_to_masks(runs: torch.Tensor, lengths: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Inverse of :func:`masks_to_runs`: (M, H, W) bool."""
     m = lengths.shape[0]
     values = (_index_in_mask(lengths) % 2) == 1
-    flat = torch.repeat_interleave(values, runs, output_size=m * h * w)
+    flat = torch.repeat_interleave(values, runs.long(), output_size=m * h * w)
     return flat.reshape(m, w, h).transpose(1, 2)
 
 
 def areas(runs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(M,) int64 pixel count of each mask (sum of its odd runs)."""
-    ones = runs * (_index_in_mask(lengths) % 2)
+    ones = runs.long() * (_index_in_mask(lengths) % 2)
     out = torch.zeros(lengths.shape[0], dtype=torch.int64, device=runs.device)
     return out.index_add_(0, _mask_of_run(lengths), ones)
 
@@ -70,6 +74,7 @@ def runs_to_strings(runs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
     if lengths.shape[0] == 0:
         return []
     pos = _index_in_mask(lengths)
+    runs = runs.long()
     before2 = torch.roll(runs, 2)
     deltas = torch.where(pos > 2, runs - before2, runs)
     shifts = 5 * torch.arange(_GROUPS, device=runs.device)
