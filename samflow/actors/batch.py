@@ -5,6 +5,11 @@ Rows flow through Ray Data as numpy batches (``batch_format="numpy"``) with thes
 H*W*3, C order; empty for error rows), ``error_stage, error_type, error_message`` ("" when the row
 is healthy). Model stages add their outputs (``annotations_json``, ``embedding``) and one
 ``_meta_<stage>`` column (JSON: model uri, checkpoint hash, busy seconds of the batch).
+
+When the upscale stage runs it adds ``upscale_factor`` (a whole number, 1 for images it left
+alone) and replaces ``pixels`` with the upscaled image, (H*f)*(W*f)*3 bytes, while ``width`` and
+``height`` stay the original image's: stages read pixels through :func:`image_at`, and every
+output (masks, boxes) is reported in the original image's coordinates.
 """
 
 from __future__ import annotations
@@ -27,9 +32,17 @@ def healthy(batch: Batch) -> np.ndarray:
     return np.flatnonzero(np.asarray(batch["error_type"]) == "")
 
 
+def upscale_factor_at(batch: Batch, row: int) -> int:
+    """How many times larger the row's pixels are than the original image (1 without upscale)."""
+    factors = batch.get("upscale_factor")
+    return 1 if factors is None else int(round(float(factors[row])))
+
+
 def image_at(batch: Batch, row: int) -> np.ndarray:
-    """The row's RGB image as an (H, W, 3) uint8 view of its pixel bytes."""
-    h, w = int(batch["height"][row]), int(batch["width"][row])
+    """The row's RGB image as an (H, W, 3) uint8 view of its pixel bytes (the upscaled image
+    when the upscale stage enlarged it)."""
+    factor = upscale_factor_at(batch, row)
+    h, w = int(batch["height"][row]) * factor, int(batch["width"][row]) * factor
     return np.frombuffer(batch["pixels"][row], dtype=np.uint8).reshape(h, w, 3)
 
 

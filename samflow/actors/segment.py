@@ -1,4 +1,9 @@
-"""Segment stage: automatic masks for every healthy image of a batch (SAM through the engine)."""
+"""Segment stage: automatic masks for every healthy image of a batch (SAM through the engine).
+
+With the propose stage's boxes (``proposals_json``) the engine runs its semi-automatic path: one
+mask per box (source "box", with its proposal_score), then the point grid for the rest. Masks
+come out in the original image's coordinates even when the pixels were upscaled.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,10 @@ from samflow.actors.batch import (
     object_column,
     run_split_retry,
     stage_meta,
+    upscale_factor_at,
 )
+from samflow.actors.propose import proposals_at
+from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
 
@@ -32,12 +40,14 @@ class SegmentStage:
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
-            boxes = batch.get("proposal_boxes")
 
             def infer(chunk: list[int]) -> list[list[dict[str, Any]]]:
                 images = [image_at(batch, r) for r in chunk]
-                prompts = None if boxes is None else [boxes[r] for r in chunk]
-                return self.generator.generate(images, boxes=prompts)
+                proposals = [proposals_at(batch, r) for r in chunk]
+                boxes = [None if p is None else p[0] for p in proposals]
+                scores = [None if p is None else p[1] for p in proposals]
+                masks = self.generator.generate(images, boxes=boxes, box_scores=scores)
+                return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
             def fail(row: int, exc: BaseException) -> None:
                 mark_error(batch, row, STAGE, exc)

@@ -47,23 +47,90 @@ class InputConfig(_Section):
 
 
 class StageConfig(_Section):
-    enabled: bool = True
-    model: str = ""
-    batch_size: int = Field(4, ge=1)
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional allowed.")
-    num_cpus: float = Field(1.0, ge=0)
-    concurrency: tuple[int, int] = Field((1, 1), description="Actor pool size min..max.")
+    """One model stage: its model and the actor pool that hosts it."""
+
+    enabled: bool = Field(True, description="Run this stage; a disabled stage adds no columns and no actors.")
+    model: str = Field("", description="Model URI: Hub id, hf://, local path or tiny://<family>.")
+    batch_size: int = Field(4, ge=1, description="Rows (images) per model call.")
+    num_gpus: float = Field(
+        0.0, ge=0,
+        description="GPUs per actor; fractional allowed (0.5 = two actors share a GPU). "
+        "On a cluster without GPUs the stage falls back to CPU.",
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
+    concurrency: tuple[int, int] = Field(
+        (1, 1), description="Actor pool size min..max; Ray Data autoscales within it."
+    )
 
 
-def _stage(enabled: bool, model: str, batch_size: int) -> Any:
-    return Field(default_factory=lambda: StageConfig(enabled=enabled, model=model, batch_size=batch_size))
+# Each stage redeclares its own defaults (a section given partly in YAML or by --set keeps the
+# stage's defaults for the rest, not the generic StageConfig ones).
+
+
+class UpscaleStageConfig(StageConfig):
+    """Real-ESRGAN on small images; later stages see the upscaled pixels, outputs stay in the
+    original image's coordinates."""
+
+    enabled: bool = Field(False, description="Off by default: upscaling costs more than any other stage.")
+    model: str = Field(
+        "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        description="Real-ESRGAN checkpoint (.pth / .safetensors file, or a directory holding one).",
+    )
+
+    min_short_side: int = Field(
+        256, ge=1, description="Only images whose shorter side is below this many pixels are upscaled."
+    )
+    max_output_pixels: int = Field(
+        4096 * 4096, ge=1,
+        description="An image whose upscaled size would exceed this many pixels is left as it is.",
+    )
+    tile: int | None = Field(
+        256, ge=16, description="Tile size (input pixels) for tiled inference; null = whole images."
+    )
+    save: bool = Field(False, description="Also write each upscaled image to DST/upscaled/<item_id>.png.")
+
+
+class ProposeStageConfig(StageConfig):
+    """OWLv2 box proposals, given to segment as box prompts."""
+
+    enabled: bool = Field(False, description="Off by default: segment then runs on the point grid alone.")
+    model: str = Field("google/owlv2-base-patch16-ensemble", description="OWLv2 model URI.")
+
+    max_boxes: int = Field(50, ge=1, description="Keep at most this many boxes per image (best first).")
+    score_thresh: float = Field(
+        0.1, ge=0.0, le=1.0, description="Minimum objectness (or query) score of a kept box."
+    )
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="Boxes overlapping a better one above this IoU are dropped.")
+    queries: list[str] = Field(
+        default_factory=list,
+        description="Text queries for open-vocabulary boxes; empty = class-agnostic objectness.",
+    )
+
+
+class SegmentStageConfig(StageConfig):
+    """SAM through the mask-generation engine (parameters under ``engine``)."""
+
+    model: str = Field("facebook/sam-vit-base", description="SAM model URI.")
+    batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
+
+
+class EmbedStageConfig(StageConfig):
+    """CLIP: one vector per image, labels (labels.vocabulary) and optional vectors per mask."""
+
+    model: str = Field("openai/clip-vit-base-patch32", description="CLIP (or SigLIP) model URI.")
+    batch_size: int = Field(16, ge=1, description="Images per CLIP call.")
+
+    mask_embeddings: bool = Field(
+        False, description="Also write one CLIP vector per mask crop (annotations.embedding)."
+    )
+    crops_per_batch: int = Field(64, ge=1, description="Mask crops per CLIP call.")
 
 
 class StagesConfig(_Section):
-    upscale: StageConfig = _stage(False, "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth", 4)
-    propose: StageConfig = _stage(False, "google/owlv2-base-patch16-ensemble", 4)
-    segment: StageConfig = _stage(True, "facebook/sam-vit-base", 2)
-    embed: StageConfig = _stage(True, "openai/clip-vit-base-patch32", 16)
+    upscale: UpscaleStageConfig = Field(default_factory=UpscaleStageConfig)
+    propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
+    segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
+    embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
 
 
 class EngineConfig(_Section):
@@ -94,6 +161,12 @@ class LabelsConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
     runtime_env: dict[str, Any] = Field(default_factory=dict)
+    cpu_fallback: bool | None = Field(
+        None,
+        description="Whether stages asking for GPUs run on CPU when the cluster has no GPU as the "
+        "run starts. null = only on a local Ray that samflow starts itself (a joined cluster may "
+        "start GPU nodes on demand, e.g. KubeRay autoscaling from zero: there the stage waits).",
+    )
 
 
 class OutputConfig(_Section):

@@ -21,10 +21,13 @@ from ray.data import ActorPoolStrategy
 
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
+from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
+from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
 from samflow.flows.storage import StorageSource
+from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
 
@@ -65,14 +68,65 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
 
 
-def _pool(stage: StageConfig) -> dict[str, Any]:
+def gpus_usable(cfg: RayConfig) -> bool:
+    """Whether GPU requests go to Ray as they are: the cluster has GPUs, or it may get some
+    (see ``ray.cpu_fallback``)."""
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return True
+    fallback = cfg.cpu_fallback
+    if fallback is None:  # auto: a joined cluster may add GPU nodes on demand
+        fallback = not (cfg.address or os.environ.get("RAY_ADDRESS"))
+    return not fallback
+
+
+def _pool(name: str, stage: StageConfig, gpus_present: bool) -> dict[str, Any]:
+    """map_batches arguments of one model stage's actor pool. Without ``gpus_present`` a stage
+    asking for GPUs runs on CPU (same code; the model picks its device) instead of waiting
+    forever for a GPU."""
     low, high = stage.concurrency
+    num_gpus = stage.num_gpus if gpus_present else 0.0
+    if stage.num_gpus and not num_gpus:
+        log.warning("no GPU in the Ray cluster: stage %s (num_gpus=%s) runs on CPU", name, stage.num_gpus)
     return {
         "batch_size": stage.batch_size,
-        "num_gpus": stage.num_gpus or None,
+        "num_gpus": num_gpus or None,
         "num_cpus": stage.num_cpus,
         "compute": ActorPoolStrategy(min_size=low, max_size=max(low, high)),
     }
+
+
+@dataclass(frozen=True)
+class ModelStage:
+    """One enabled model stage of the graph: its callable class, constructor kwargs and pool."""
+
+    name: str
+    cls: type
+    kwargs: dict[str, Any]
+    config: StageConfig
+
+
+def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
+    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed."""
+    stages = cfg.stages
+    up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
+    candidates = [
+        ModelStage("upscale", UpscaleStage, {
+            "model_uri": up.model, "min_short_side": up.min_short_side,
+            "max_output_pixels": up.max_output_pixels, "tile": up.tile,
+            "save": UpscaledWriter(dst, cfg.storage) if up.save else None,
+        }, up),
+        ModelStage("propose", ProposeStage, {
+            "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
+            "nms_iou": prop.nms_iou, "queries": list(prop.queries),
+        }, prop),
+        ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
+        ModelStage("embed", EmbedStage, {
+            "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
+            "templates": list(cfg.labels.templates), "mask_embeddings": emb.mask_embeddings,
+            "crops_per_batch": emb.crops_per_batch,
+        }, emb),
+    ]
+    return [stage for stage in candidates if stage.config.enabled]
 
 
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
@@ -85,23 +139,12 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         batch_format="numpy",
         num_cpus=1,
     )
-    stages = cfg.stages
-    if stages.segment.enabled:
-        ds = ds.map_batches(
-            SegmentStage,
-            fn_constructor_kwargs={"model_uri": stages.segment.model, "engine": cfg.engine.model_dump()},
-            batch_format="numpy",
-            **_pool(stages.segment),
-        )
-    if stages.embed.enabled:
-        ds = ds.map_batches(
-            EmbedStage,
-            fn_constructor_kwargs={"model_uri": stages.embed.model},
-            batch_format="numpy",
-            **_pool(stages.embed),
-        )
+    gpus = gpus_usable(cfg.ray)
+    for stage in model_stages(cfg, dst):
+        pool = _pool(stage.name, stage.config, gpus)
+        ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
     ds = ds.drop_columns(["pixels"])
-    embed_model = stages.embed.model if stages.embed.enabled else None
+    embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
     return ds.map_batches(
         stage_shard,
         fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},

@@ -1,0 +1,147 @@
+"""Per-stage cost of the model stages, called in-process on decode-shaped batches (no Ray).
+
+    python bench/stages.py [--quick] [--images N] [--side PX] [--config run.yaml]
+
+Tiny models (the tiny profile, default) on CPU measure the stages' own overhead around the model
+(batch plumbing, JSON, RLE, crops); with --config naming real models (and a local Real-ESRGAN
+checkpoint) on a GPU host the figures are the stages' throughput. Also times mapping masks back from an upscaled image (pure numpy, real
+sizes), the part of the upscale path that does not shrink with a tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import emit, result  # noqa: E402
+from samflow.actors.batch import object_column  # noqa: E402
+from samflow.actors.embed import EmbedStage  # noqa: E402
+from samflow.actors.propose import ProposeStage  # noqa: E402
+from samflow.actors.rescale import records_to_original  # noqa: E402
+from samflow.actors.segment import SegmentStage  # noqa: E402
+from samflow.actors.upscale import UpscaleStage  # noqa: E402
+from samflow.flows.config import RunConfig, load_config  # noqa: E402
+from samflow.flows.sample_data import synthetic_scene  # noqa: E402
+from samflow.schemas import rle  # noqa: E402
+
+VOCABULARY = [f"object {i}" for i in range(20)]
+Batch = dict[str, np.ndarray]
+
+
+def make_batch(n: int, side: int, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    images = [synthetic_scene(rng, side, side, n_shapes=4)[0] for _ in range(n)]
+    return {
+        "uri": object_column([f"mem://{i}" for i in range(n)]),
+        "item_id": object_column([f"item{i}" for i in range(n)]),
+        "frame_index": np.zeros(n, dtype=np.int32),
+        "timestamp_s": np.full(n, np.nan),
+        "width": np.full(n, side, dtype=np.int32),
+        "height": np.full(n, side, dtype=np.int32),
+        "pixels": object_column([im.tobytes() for im in images]),
+        "error_stage": object_column([""] * n),
+        "error_type": object_column([""] * n),
+        "error_message": object_column([""] * n),
+    }
+
+
+def copy(batch: Batch) -> Batch:
+    return {k: v.copy() for k, v in batch.items()}
+
+
+def images_per_s(
+    stage: Callable[[Batch], Batch], batch: Batch, batch_size: int, repeats: int = 1
+) -> tuple[float, Batch]:
+    """Run ``stage`` over ``batch`` in slices of ``batch_size``, ``repeats`` times; return the
+    best images/s (the machine may be shared) and the output."""
+    n = len(batch["uri"])
+    stage({k: v[:1].copy() for k, v in batch.items()})  # warm-up (lazy init, caches)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        parts = [stage({k: v[i : i + batch_size].copy() for k, v in batch.items()}) for i in range(0, n, batch_size)]
+        best = min(best, time.perf_counter() - start)
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return n / best, merged
+
+
+def rescale_ms_per_mask(side: int, factor: int, masks: int) -> float:
+    rng = np.random.default_rng(1)
+    big = side * factor
+    records = []
+    for _ in range(masks):
+        y0, x0 = rng.integers(0, big // 2, size=2)
+        mask = np.zeros((big, big), dtype=bool)
+        mask[y0 : y0 + big // 3, x0 : x0 + big // 4] = True
+        records.append({"segmentation": rle.encode(mask), "bbox": [0, 0, 1, 1], "point_coords": [[1.0, 1.0]],
+                        "crop_box": [0, 0, big, big]})
+    start = time.perf_counter()
+    records_to_original(records, factor)
+    return (time.perf_counter() - start) / masks * 1000
+
+
+def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
+    st = cfg.stages
+    engine = cfg.engine.model_dump()
+    batch = make_batch(n, side)
+    out: list[dict] = []
+
+    def record(case: str, rate: float) -> None:
+        out.append(result(case, "throughput", rate, "images/s"))
+        print(f"{case:<36} {rate:8.2f} images/s", flush=True)
+
+    upscale = UpscaleStage(st.upscale.model, min_short_side=side + 1, tile=st.upscale.tile)
+    rate, upscaled = images_per_s(upscale, batch, st.upscale.batch_size, repeats)
+    record(f"upscale x{upscale.scale} ({side}px)", rate)
+
+    propose = ProposeStage(st.propose.model, max_boxes=8, score_thresh=0.0)
+    rate, proposed = images_per_s(propose, batch, st.propose.batch_size, repeats)
+    record("propose (8 boxes)", rate)
+
+    segment = SegmentStage(st.segment.model, engine)
+    rate, segmented = images_per_s(segment, batch, st.segment.batch_size, repeats)
+    record("segment (grid)", rate)
+    rate, _ = images_per_s(segment, proposed, st.segment.batch_size, repeats)
+    record("segment (8 box prompts + grid)", rate)
+    rate, _ = images_per_s(segment, propose(upscaled), st.segment.batch_size, repeats)
+    record(f"segment (upscaled x{upscale.scale}, boxes)", rate)
+
+    masks = sum(len(json.loads(v)) for v in segmented["annotations_json"])
+    for case, kwargs in {
+        "embed (image only)": {},
+        "embed + labels (20 words)": {"vocabulary": VOCABULARY, "templates": list(cfg.labels.templates)},
+        "embed + labels + mask vectors": {"vocabulary": VOCABULARY, "templates": list(cfg.labels.templates),
+                                          "mask_embeddings": True},
+    }.items():
+        embed = EmbedStage(st.embed.model, **kwargs)
+        rate, _ = images_per_s(embed, segmented, st.embed.batch_size, repeats)
+        record(f"{case} ({masks / n:.0f} masks/img)", rate)
+
+    ms = rescale_ms_per_mask(256, 4, 32)
+    out.append(result("masks back from x4 of 256px", "time_per_mask", ms, "ms"))
+    print(f"{'masks back from x4 of 256px':<36} {ms:8.2f} ms/mask")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="8 images of 64 px (< 2 min on 2 cores)")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--side", type=int, default=128)
+    parser.add_argument("--config", help="run config YAML with real models (default: the tiny profile)")
+    args = parser.parse_args()
+    cfg = load_config(args.config, profile=None if args.config else "tiny")
+    n, side = (8, 64) if args.quick else (args.images, args.side)
+    emit("stages", run(cfg, n, side, repeats=1 if args.quick else 2))
+
+
+if __name__ == "__main__":
+    main()
