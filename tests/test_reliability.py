@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from samflow.actors.decode import DecodeStage
@@ -47,7 +48,7 @@ def _select(batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, np.ndarr
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("reliab-src"), n_images=30, seed=5)
+    return write_dataset(tmp_path_factory.mktemp("reliab-src"), n_images=20, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,56 @@ def test_a_killed_segment_actor_is_restarted_and_the_run_loses_nothing(dataset, 
     errors = {Path(r["uri"]).name: r["stage"] for r in tables["errors"]}
     assert errors == {POISON_NAME: "segment", NOT_AN_IMAGE: "decode"}
     assert set(segment_pids) - {killer.killed}, "no restarted actor did any work"
+
+
+def _annotate_process(src: str, dst: str, ray_tmp: str) -> subprocess.Popen:
+    """``samflow annotate`` in its own process group, with a Ray of its own (never this
+    session's cluster) and this session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmp, PREFECT_API_URL=PREFECT_API_URL.value())
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", src, "--out", dst,
+               "--profile", "tiny", "--set", "output.shard_rows=2", "--set", "stages.segment.batch_size=1"]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _processes_under(folder: str) -> list[psutil.Process]:
+    """Processes whose command line names ``folder`` (the Ray session of one annotate run)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(folder in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_first_commit_resumes_without_duplicates(dataset, prefect_server, tmp_path):
+    dst = str(tmp_path / "out")
+    commits = tmp_path / "out" / COMMITS
+    ray_tmp = tempfile.mkdtemp(prefix="sfr", dir="/tmp")
+    first = _annotate_process(dataset["src"], dst, ray_tmp)
+    deadline = time.monotonic() + 300
+    while not list(commits.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the CLI leads its group: Ray's processes go with it
+    output = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL, f"the first run ended on its own:\n{output[-3000:]}"
+    time.sleep(1)
+    assert _processes_under(ray_tmp) == [], "a process of the killed run survived"
+
+    catalog = Catalog(dst, StorageConfig())
+    committed_before = catalog.done_uris(catalog.committed_shards())
+    assert 0 < len(committed_before) < dataset["inputs"], "the kill did not land mid-run"
+    assert not list((tmp_path / "out").glob("_runs/*.json"))
+
+    second = _annotate_process(dataset["src"], dst, tempfile.mkdtemp(prefix="sfr", dir="/tmp"))
+    output = second.communicate(timeout=400)[0]
+    assert second.returncode == 0, output[-3000:]
+    summary = json.loads(output[output.rindex('{\n "run_id"'):])
+    assert summary["counts"]["already_done"] == len(committed_before)
+    assert summary["counts"]["inputs"] == dataset["inputs"] - len(committed_before)
+    inputs = sorted(str(p) for p in Path(dataset["src"]).iterdir() if p.is_file())
+    tables = assert_exactly_once(dst, inputs)
+    assert {Path(r["uri"]).name for r in tables["errors"]} == {POISON_NAME, NOT_AN_IMAGE}

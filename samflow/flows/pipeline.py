@@ -81,7 +81,9 @@ def ensure_ray(cfg: RayConfig) -> None:
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address, runtime_env=runtime_env)
     else:
-        ray.init(runtime_env=runtime_env, include_dashboard=False)
+        # "local": a new Ray of our own. Without it ray.init() joins whatever cluster was started
+        # last on this machine (/tmp/ray/ray_current_cluster), e.g. someone else's.
+        ray.init(address="local", runtime_env=runtime_env, include_dashboard=False)
 
 
 def _pool(stage: StageConfig) -> dict[str, Any]:
