@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -95,20 +96,23 @@ def _duplicates(values: list[str]) -> list[str]:
     return sorted({v for v in values if v in seen or seen.add(v)})
 
 
-class KillWhenBusy:
-    """SIGKILL the first process under ``root_pid`` whose title shows it running a task of
-    ``actor_part`` (Ray titles a busy actor process ``ray::<Class>.<method>``), ``delay_s``
-    after it started working: an actor crash in the middle of its batches."""
+class WhenBusy:
+    """Call ``action(process)`` once, ``delay_s`` after the first process under one of
+    ``root_pids`` is seen running a task of ``actor_part`` (Ray titles a busy actor process
+    ``ray::<Class>.<method>``): a failure injected while the actor is in the middle of its
+    batches. ``hit`` is that process's pid."""
 
-    def __init__(self, root_pid: int, actor_part: str, delay_s: float = 1.0) -> None:
-        self.root_pid = root_pid
+    def __init__(self, root_pids: list[int], actor_part: str, action: Callable[[psutil.Process], None],
+                 delay_s: float = 1.0) -> None:
+        self.root_pids = root_pids
         self.actor_part = actor_part
+        self.action = action
         self.delay_s = delay_s
-        self.killed: int | None = None
+        self.hit: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "KillWhenBusy":
+    def __enter__(self) -> "WhenBusy":
         self._thread.start()
         return self
 
@@ -121,20 +125,25 @@ class KillWhenBusy:
             busy = self._busy_process()
             if busy is not None:
                 time.sleep(self.delay_s)
-                busy.send_signal(signal.SIGKILL)
-                self.killed = busy.pid
+                self.action(busy)
+                self.hit = busy.pid
                 return
 
     def _busy_process(self) -> psutil.Process | None:
-        try:
-            processes = psutil.Process(self.root_pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return None
-        for process in processes:
+        for root in self.root_pids:
             try:
-                title = " ".join(process.cmdline())
-            except psutil.Error:
+                processes = psutil.Process(root).children(recursive=True)
+            except psutil.NoSuchProcess:
                 continue
-            if self.actor_part in title and ".submit" in title:
-                return process
+            for process in processes:
+                try:
+                    title = " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                if self.actor_part in title and ".submit" in title:
+                    return process
         return None
+
+
+def sigkill(process: psutil.Process) -> None:
+    process.send_signal(signal.SIGKILL)

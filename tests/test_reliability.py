@@ -24,11 +24,12 @@ from samflow.flows.config import StorageConfig
 from samflow.flows.pipeline import run_pipeline, stage_shard
 from tests.accounting import (
     NOT_AN_IMAGE,
-    KillWhenBusy,
+    WhenBusy,
     POISON_NAME,
     assert_exactly_once,
     plan_items,
     tiny_config,
+    sigkill,
     write_dataset,
 )
 
@@ -128,15 +129,15 @@ def test_a_killed_segment_actor_is_restarted_and_the_run_loses_nothing(dataset, 
     def record(result: ShardResult, meta: dict) -> None:
         segment_pids.extend(batch["pid"] for batch in meta.get("segment", []))
 
-    with KillWhenBusy(raylet, "MapBatches(SegmentStage)", delay_s=1.0) as killer:
+    with WhenBusy([raylet], "MapBatches(SegmentStage)", sigkill, delay_s=1.0) as killer:
         stats = run_pipeline(items, cfg, dst, "kill-run", on_commit=record)
 
-    assert killer.killed is not None, "the segment actor was never seen at work"
+    assert killer.hit is not None, "the segment actor was never seen at work"
     tables = assert_exactly_once(dst, [i["uri"] for i in items])
     assert stats.rows["images"] + stats.rows["errors"] == len(items)
     errors = {Path(r["uri"]).name: r["stage"] for r in tables["errors"]}
     assert errors == {POISON_NAME: "segment", NOT_AN_IMAGE: "decode"}
-    assert set(segment_pids) - {killer.killed}, "no restarted actor did any work"
+    assert set(segment_pids) - {killer.hit}, "no restarted actor did any work"
 
 
 def _annotate_process(src: str, dst: str, ray_tmp: str) -> subprocess.Popen:
