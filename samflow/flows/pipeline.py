@@ -47,6 +47,8 @@ class PipelineStats:
     placement: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     # Ray Data's own per-operator figures (task wall time summed, first start to last end).
     operators: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Worker processes (actor incarnations) that ran each stage's batches.
+    workers: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     _seen_batches: set[str] = field(default_factory=set, repr=False)
 
     def add(self, result: ShardResult, meta: dict[str, list[dict[str, Any]]]) -> None:
@@ -71,6 +73,8 @@ class PipelineStats:
         node["batches"] += 1
         node["rows"] += info.get("rows", 0)
         node["busy_s"] += info["busy_s"]
+        if "pid" in info:
+            self.workers[stage].add(info["pid"])
 
 
 def ensure_ray(cfg: RayConfig) -> None:
