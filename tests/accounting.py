@@ -76,7 +76,7 @@ def assert_exactly_once(dst: str, input_uris: list[str], embedded: bool = True) 
         assert len(ids) == len(set(ids)), f"duplicate {key} in {table}: {_duplicates(ids)}"
     if embedded:
         assert sorted(r["item_id"] for r in tables["embeddings"]) == sorted(r["item_id"] for r in images)
-    committed = set(catalog.committed_shards())
+    committed = catalog.shard_names(catalog.committed_shards())
     for table in TABLES:
         for path in catalog._ls(catalog.path(table), suffix=".parquet"):
             shard = posixpath.basename(path)[: -len(".parquet")]

@@ -22,6 +22,8 @@ from samflow.actors.segment import SegmentStage
 from samflow.flows.catalog import COMMITS, Catalog, ShardResult
 from samflow.flows.config import StorageConfig
 from samflow.flows.pipeline import run_pipeline, stage_shard
+from samflow.flows.storage import StorageSource
+from samflow.schemas.ids import item_id
 from tests.accounting import (
     NOT_AN_IMAGE,
     WhenBusy,
@@ -40,7 +42,7 @@ def _decoded(paths: list[Path]) -> dict[str, np.ndarray]:
     cfg = tiny_config()
     items = {"uri": np.array([str(p) for p in paths], dtype=object),
              "size": np.array([p.stat().st_size for p in paths])}
-    return DecodeStage(cfg.storage, cfg.input)(items)
+    return DecodeStage(StorageSource(cfg.storage), cfg.input)(items)
 
 
 def _select(batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, np.ndarray]:
@@ -147,8 +149,11 @@ def _annotate_process(src: str, dst: str, ray_tmp: str) -> subprocess.Popen:
 
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmp, PREFECT_API_URL=PREFECT_API_URL.value())
     env.pop("RAY_ADDRESS", None)
-    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", src, "--out", dst,
-               "--profile", "tiny", "--set", "output.shard_rows=2", "--set", "stages.segment.batch_size=1"]
+    # 16x16 point grids: segment is slow enough per image that the first shards commit well
+    # before the last images are segmented, so the kill lands mid-run.
+    settings = ["output.shard_rows=2", "stages.segment.batch_size=1", "engine.points_per_side=16"]
+    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", src, "--out", dst, "--profile", "tiny",
+               *(arg for setting in settings for arg in ("--set", setting))]
     return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -191,3 +196,44 @@ def test_a_run_killed_after_its_first_commit_resumes_without_duplicates(dataset,
     inputs = sorted(str(p) for p in Path(dataset["src"]).iterdir() if p.is_file())
     tables = assert_exactly_once(dst, inputs)
     assert {Path(r["uri"]).name for r in tables["errors"]} == {POISON_NAME, NOT_AN_IMAGE}
+
+
+def _as_video_frames(batch: dict[str, np.ndarray], uri: str, first_frame: int) -> dict[str, np.ndarray]:
+    """Decoded rows relabelled as consecutive sampled frames of one video (PyAV is optional and
+    absent here; the writer only sees rows, and these are the rows a video decodes to)."""
+    frames = dict(batch)
+    n = len(batch["uri"])
+    frames["uri"] = np.array([uri] * n, dtype=object)
+    frames["frame_index"] = np.arange(first_frame, first_frame + n, dtype=np.int32)
+    frames["timestamp_s"] = frames["frame_index"] * 0.5
+    frames["item_id"] = np.array([item_id(uri, int(i)) for i in frames["frame_index"]], dtype=object)
+    return frames
+
+
+def test_frames_of_one_video_in_two_shards_commit_together_or_not_at_all(dataset, tmp_path):
+    scenes = sorted(Path(dataset["src"]).glob("scene_*"))[:4]
+    decoded = _decoded(scenes)
+    video = str(tmp_path / "clip.mp4")
+    dst = str(tmp_path / "out")
+    results = []
+    for rows, first_frame in (([0, 1], 0), ([2, 3], 2)):
+        out = stage_shard(_as_video_frames(_select(decoded, rows), video, first_frame),
+                          dst=dst, storage=StorageConfig(), run_id="r1", embed_model=None)
+        assert json.loads(out["frames"][0]) == [video]
+        results.append(ShardResult(str(out["shard"][0]), json.loads(out["uris"][0]),
+                                   json.loads(out["rows"][0]), json.loads(out["frames"][0])))
+    assert results[0].shard != results[1].shard, "two shards of one video share a name"
+
+    catalog = Catalog(dst, StorageConfig())
+    group = catalog.commit_group("r1", results)
+    markers = catalog.committed_shards()
+    assert list(markers) == [group] and catalog.shard_names(markers) == {r.shard for r in results}
+    assert catalog.remove_uncommitted(markers) == []
+    frames = sorted(catalog.read_table("images").column("frame_index").to_pylist())
+    assert frames == [0, 1, 2, 3]
+
+    marker = Path(catalog.path(COMMITS, f"{group}.json"))
+    marker.write_text(marker.read_text()[:30])  # a torn group marker commits none of its shards
+    removed = catalog.remove_uncommitted(catalog.committed_shards())
+    assert sorted(Path(p).stem for p in removed) == sorted(r.shard for r in results)
+    assert catalog.read_table("images") is None

@@ -7,7 +7,9 @@
 
 A shard is committed by moving its staged files into place and then writing its marker; the marker
 is the commit point. Table files without a marker (a run killed between the two) are removed before
-the next run plans, so their items are simply processed again. Shard names are a hash of the rows
+the next run plans, so their items are simply processed again. Shards holding video frames are
+committed together at the end of the run under one group marker (``"shards": [...]``): a video
+whose frames span shards is then committed whole or not at all, never marked done half written. Shard names are a hash of the rows
 they hold (item and error flag), so a retried write task overwrites its own staged files instead
 of adding new ones, and two shards of one run never share a name.
 
@@ -27,6 +29,7 @@ import json
 import logging
 import posixpath
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -34,6 +37,7 @@ import pyarrow.parquet as pq
 
 from samflow.flows.config import StorageConfig
 from samflow.flows.storage import filesystem
+from samflow.schemas.ids import shard_id
 from samflow.schemas.tables import TABLES
 
 COMMITS = "_commits"
@@ -50,6 +54,8 @@ class ShardResult:
     shard: str
     uris: list[str]
     rows: dict[str, int] = field(default_factory=dict)
+    # URIs with video frames in this shard: their other frames may lie in other shards.
+    frame_uris: list[str] = field(default_factory=list)
 
 
 class Catalog:
@@ -91,9 +97,10 @@ class Catalog:
     def remove_uncommitted(self, shards: dict[str, dict]) -> list[str]:
         """Delete table files of shards that never got a marker, and stale staging folders."""
         removed = []
+        committed = self.shard_names(shards)
         for table in TABLES:
             for path in self._ls(self.path(table), suffix=".parquet"):
-                if posixpath.basename(path)[: -len(".parquet")] not in shards:
+                if posixpath.basename(path)[: -len(".parquet")] not in committed:
                     self.fs.rm(path)
                     removed.append(path)
         for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
@@ -105,6 +112,30 @@ class Catalog:
     def commit(self, run_id: str, result: ShardResult) -> None:
         """Move the shard's staged files into place, then write its marker. Safe to repeat: a
         file already moved by an interrupted attempt is left where it is."""
+        self._move_into_place(run_id, result)
+        marker = {"shard": result.shard, "run_id": run_id, "uris": result.uris, "rows": result.rows}
+        self.write_json(self.path(COMMITS, f"{result.shard}.json"), marker)
+
+    def commit_group(self, run_id: str, results: list[ShardResult]) -> str:
+        """Commit several shards at one commit point, one marker naming them all: the frames of
+        a video spread over shards become visible together or not at all. Returns its name."""
+        shards = sorted(result.shard for result in results)
+        name = f"group-{shard_id(shards)}"
+        rows: Counter[str] = Counter()
+        for result in results:
+            self._move_into_place(run_id, result)
+            rows.update(result.rows)
+        uris = sorted({uri for result in results for uri in result.uris})
+        marker = {"shard": name, "shards": shards, "run_id": run_id, "uris": uris, "rows": dict(rows)}
+        self.write_json(self.path(COMMITS, f"{name}.json"), marker)
+        return name
+
+    @staticmethod
+    def shard_names(markers: dict[str, dict]) -> set[str]:
+        """Names of the table files that ``markers`` commit (a group marker commits several)."""
+        return {shard for name, marker in markers.items() for shard in marker.get("shards", [name])}
+
+    def _move_into_place(self, run_id: str, result: ShardResult) -> None:
         for table, count in result.rows.items():
             if count:
                 staged = self.staged_path(run_id, table, result.shard)
@@ -112,8 +143,6 @@ class Catalog:
                 self.fs.makedirs(self.path(table), exist_ok=True)
                 if self.fs.exists(staged) or not self.fs.exists(final):
                     self.fs.mv(staged, final)
-        marker = {"shard": result.shard, "run_id": run_id, "uris": result.uris, "rows": result.rows}
-        self.write_json(self.path(COMMITS, f"{result.shard}.json"), marker)
 
     def write_json(self, path: str, payload: dict) -> None:
         """Write ``payload`` at ``path`` whole or not at all."""
@@ -148,7 +177,7 @@ class Catalog:
 
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
         """All committed rows of one output table, or None when it has none."""
-        committed = self.committed_shards()
+        committed = self.shard_names(self.committed_shards())
         paths = [
             p for p in self._ls(self.path(table), suffix=".parquet")
             if posixpath.basename(p)[: -len(".parquet")] in committed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -202,9 +203,14 @@ def stage_shard(
         for column in batch
         if column.startswith("_meta_")
     }
+    frames = sorted({
+        str(uri) for uri, seconds in zip(batch["uri"], batch["timestamp_s"], strict=True)
+        if not math.isnan(float(seconds))  # only sampled video frames carry a timestamp
+    })
     return {
         "shard": np.array([shard], dtype=object),
         "uris": np.array([json.dumps(uris)], dtype=object),
+        "frames": np.array([json.dumps(frames)], dtype=object),
         "rows": np.array([json.dumps(rows)], dtype=object),
         "meta": np.array([json.dumps(meta)], dtype=object),
     }
@@ -263,19 +269,39 @@ def run_pipeline(
     ensure_ray(cfg.ray)
     catalog = Catalog(dst, cfg.storage)
     dataset = build_dataset(items, cfg, dst, run_id)
+    held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []
+    video_uris: set[str] = set()
     for row in dataset.iter_rows():
         result = ShardResult(
-            shard=str(row["shard"]), uris=json.loads(row["uris"]), rows=json.loads(row["rows"])
+            shard=str(row["shard"]), uris=json.loads(row["uris"]), rows=json.loads(row["rows"]),
+            frame_uris=json.loads(row["frames"]),
         )
-        catalog.commit(run_id, result)
         meta = {stage: [json.loads(v) for v in values] for stage, values in json.loads(row["meta"]).items()}
-        stats.add(result, meta)
-        log.info("committed shard %s: %s", result.shard, result.rows)
-        if on_commit is not None:
-            on_commit(result, meta)
+        if result.frame_uris or video_uris.intersection(result.uris):
+            # A video's frames may span shards: committing one of them would mark the video done
+            # and a kill before the others would lose them. They commit together at the end.
+            video_uris.update(result.frame_uris)
+            held.append((result, meta))
+            continue
+        catalog.commit(run_id, result)
+        _committed(stats, result, meta, on_commit)
+    if held:
+        catalog.commit_group(run_id, [result for result, _ in held])
+        for result, meta in held:
+            _committed(stats, result, meta, on_commit)
     catalog.finish_run(run_id)
     stats.operators = operator_times(dataset)
     return stats
+
+
+def _committed(
+    stats: PipelineStats, result: ShardResult, meta: dict[str, list[dict[str, Any]]],
+    on_commit: CommitHook | None,
+) -> None:
+    stats.add(result, meta)
+    log.info("committed shard %s: %s", result.shard, result.rows)
+    if on_commit is not None:
+        on_commit(result, meta)
 
 
 def operator_times(dataset: ray.data.Dataset) -> dict[str, dict[str, float]]:
