@@ -15,6 +15,7 @@ output (masks, boxes) is reported in the original image's coordinates.
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 import uuid
@@ -68,13 +69,32 @@ def object_column(values: list[Any]) -> np.ndarray:
     return column
 
 
+def current_node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray): where a stage's batch was placed."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id() or ""
+
+
 @contextmanager
 def stage_meta(batch: Batch, stage: str, info: dict[str, Any]) -> Iterator[None]:
-    """Time the stage's work on this batch and attach ``_meta_<stage>`` to every row."""
+    """Time the stage's work on this batch and attach ``_meta_<stage>`` to every row: ``info``
+    plus the batch id, busy seconds, row count, and the Ray node id and worker process it ran on
+    (placement, and which actor incarnation did the work)."""
     start = time.perf_counter()
     yield
-    # The batch id tells apart two batches of one stage that land in the same output shard.
-    meta = dict(info, batch=uuid.uuid4().hex, busy_s=time.perf_counter() - start, rows=len(batch["uri"]))
+    # The batch id tells apart two batches of one stage that land in the same output shard (and
+    # lets the driver count a batch split over two shards once).
+    meta = dict(
+        info,
+        batch=uuid.uuid4().hex,
+        busy_s=time.perf_counter() - start,
+        rows=len(batch["uri"]),
+        node=current_node_id(),
+        pid=os.getpid(),
+    )
     batch[f"_meta_{stage}"] = object_column([json.dumps(meta)] * len(batch["uri"]))
 
 

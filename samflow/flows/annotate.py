@@ -75,6 +75,8 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config": cfg.model_dump(mode="json"),
         "models": stats.models,
+        # Where each stage's batches ran: {stage: {ray node id: {batches, rows, busy_s}}}.
+        "placement": stats.placement,
         "counts": {
             "listed": plan.listed,
             "already_done": plan.already_done,
@@ -91,6 +93,7 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
             "plan": plan.seconds,
             "pipeline": pipeline_s,
             "stage_busy": dict(stats.stage_busy_s),
+            "ray_operators": stats.operators,
         },
     }
 

@@ -7,14 +7,26 @@
 
 A shard is committed by moving its staged files into place and then writing its marker; the marker
 is the commit point. Table files without a marker (a run killed between the two) are removed before
-the next run plans, so their items are simply processed again. Shard names are a hash of the URIs
-they hold, so a retried write task overwrites its own staged files instead of adding new ones.
+the next run plans, so their items are simply processed again. Shard names are a hash of the rows
+they hold (item and error flag), so a retried write task overwrites its own staged files instead
+of adding new ones, and two shards of one run never share a name.
+
+The marker is written whole or not at all (a temporary name, then a rename on local disks; a single
+PUT on object stores), so a kill while writing it cannot leave a half marker that would break the
+next plan. A marker that does not parse anyway (written by something else) counts as absent.
+
+Why not Ray Data's own tools: its checkpointing (``CheckpointConfig``) filters input rows by an id
+column that must survive every operator and pairs with one datasink, while a samflow batch writes
+four tables and a video becomes many rows; write_parquet's save modes and filename providers name
+files per write task, with no commit point across tables. The marker gives one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
+import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -27,6 +39,8 @@ from samflow.schemas.tables import TABLES
 COMMITS = "_commits"
 STAGING = "_staging"
 RUNS = "_runs"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,15 +63,27 @@ class Catalog:
     def staged_path(self, run_id: str, table: str, shard: str) -> str:
         return self.path(STAGING, run_id, table, f"{shard}.parquet")
 
+    def put_staged(self, run_id: str, table: str, shard: str, data: bytes) -> None:
+        path = self.staged_path(run_id, table, shard)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.pipe_file(path, data)
+
     def committed_shards(self) -> dict[str, dict]:
-        """Marker contents by shard name."""
+        """Marker contents by shard name (markers that do not parse count as absent)."""
         markers = self._ls(self.path(COMMITS), suffix=".json")
         if not markers:
             return {}
         blobs = self.fs.cat(markers)
-        return {
-            posixpath.basename(p)[: -len(".json")]: json.loads(blobs[p]) for p in markers
-        }
+        shards = {}
+        for path in markers:
+            try:
+                marker = json.loads(blobs[path])
+                marker["uris"]  # noqa: B018 - a marker without its URIs commits nothing
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable commit marker %s", path)
+                continue
+            shards[posixpath.basename(path)[: -len(".json")]] = marker
+        return shards
 
     def done_uris(self, shards: dict[str, dict]) -> set[str]:
         return {uri for marker in shards.values() for uri in marker["uris"]}
@@ -70,36 +96,54 @@ class Catalog:
                 if posixpath.basename(path)[: -len(".parquet")] not in shards:
                     self.fs.rm(path)
                     removed.append(path)
+        for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
+            self.fs.rm(temporary)  # a marker write cut short (local disks)
         if self.fs.exists(self.path(STAGING)):
             self.fs.rm(self.path(STAGING), recursive=True)
         return removed
 
     def commit(self, run_id: str, result: ShardResult) -> None:
+        """Move the shard's staged files into place, then write its marker. Safe to repeat: a
+        file already moved by an interrupted attempt is left where it is."""
         for table, count in result.rows.items():
             if count:
+                staged = self.staged_path(run_id, table, result.shard)
                 final = self.path(table, f"{result.shard}.parquet")
                 self.fs.makedirs(self.path(table), exist_ok=True)
-                self.fs.mv(self.staged_path(run_id, table, result.shard), final)
+                if self.fs.exists(staged) or not self.fs.exists(final):
+                    self.fs.mv(staged, final)
         marker = {"shard": result.shard, "run_id": run_id, "uris": result.uris, "rows": result.rows}
         self.write_json(self.path(COMMITS, f"{result.shard}.json"), marker)
 
     def write_json(self, path: str, payload: dict) -> None:
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.fs.open(path, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
+        """Write ``payload`` at ``path`` whole or not at all."""
+        folder = posixpath.dirname(path)
+        self.fs.makedirs(folder, exist_ok=True)
+        data = json.dumps(payload, indent=1, sort_keys=True).encode()
+        if _is_local(self.fs):
+            # A local write can be cut midway; a rename in the same folder cannot.
+            temporary = posixpath.join(folder, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+            self.fs.pipe_file(temporary, data)
+            self.fs.mv(temporary, path)
+        else:
+            self.fs.pipe_file(path, data)  # one PUT: object stores show all of it or nothing
 
     def finish_run(self, run_id: str) -> None:
         staging = self.path(STAGING, run_id)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
 
-    def _ls(self, folder: str, suffix: str) -> list[str]:
+    def _ls(self, folder: str, suffix: str, hidden: bool = False) -> list[str]:
+        """Entries of ``folder`` ending in ``suffix``; hidden names (temporaries) only if asked."""
         self.fs.invalidate_cache(folder)
         try:
             entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
             return []
-        return sorted(p for p in entries if p.endswith(suffix))
+        return sorted(
+            p for p in entries
+            if p.endswith(suffix) and posixpath.basename(p).startswith(".") == hidden
+        )
 
 
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
@@ -114,3 +158,9 @@ class Catalog:
         return pa.concat_tables(
             [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
         )
+
+
+def _is_local(fs: object) -> bool:
+    protocol = getattr(fs, "protocol", "")
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    return "file" in protocols or "local" in protocols

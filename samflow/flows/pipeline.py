@@ -11,14 +11,17 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
+from samflow.actors.batch import describe, mark_error
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
@@ -34,14 +37,24 @@ from samflow.schemas.rows import build_tables
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 8
+LOCAL_MIN_CPUS = 6
 
 
 @dataclass
 class PipelineStats:
+    """What the driver learns from the committed shards: rows per table, per-stage busy time,
+    models, and where each stage's batches ran (``placement[stage][node_id]``)."""
+
     rows: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     shards: int = 0
     stage_busy_s: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    placement: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # Ray Data's own per-operator figures (task wall time summed, first start to last end).
+    operators: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Worker processes (actor incarnations) that ran each stage's batches.
+    workers: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    _seen_batches: set[str] = field(default_factory=set, repr=False)
 
     def add(self, result: ShardResult, meta: dict[str, list[dict[str, Any]]]) -> None:
         self.shards += 1
@@ -49,8 +62,24 @@ class PipelineStats:
             self.rows[table] += count
         for stage, batches in meta.items():
             for info in batches:
-                self.stage_busy_s[stage] += info["busy_s"]
-                self.models[stage] = {k: info[k] for k in ("model", "checkpoint_sha256") if k in info}
+                # A stage batch whose rows were split over two shards shows up in both.
+                key = f"{stage}/{info.get('batch', '')}"
+                if key in self._seen_batches:
+                    continue
+                self._seen_batches.add(key)
+                self._add_batch(stage, info)
+
+    def _add_batch(self, stage: str, info: dict[str, Any]) -> None:
+        self.stage_busy_s[stage] += info["busy_s"]
+        self.models[stage] = {k: info[k] for k in ("model", "checkpoint_sha256") if k in info}
+        node = self.placement.setdefault(stage, {}).setdefault(
+            info.get("node", ""), {"batches": 0, "rows": 0, "busy_s": 0.0}
+        )
+        node["batches"] += 1
+        node["rows"] += info.get("rows", 0)
+        node["busy_s"] += info["busy_s"]
+        if "pid" in info:
+            self.workers[stage].add(info["pid"])
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -61,7 +90,11 @@ def ensure_ray(cfg: RayConfig) -> None:
     if cfg.address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=cfg.address, runtime_env=runtime_env)
     else:
-        ray.init(runtime_env=runtime_env, include_dashboard=False)
+        # "local": a new Ray of our own; without it ray.init() joins whatever cluster was started
+        # last on this machine. Every stage holds at least one logical CPU, and on a small
+        # machine they must all fit at once or the stream stalls: hence LOCAL_MIN_CPUS.
+        cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1)
+        ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
 
 
 def gpus_usable(cfg: RayConfig) -> bool:
@@ -125,19 +158,15 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
     return [stage for stage in candidates if stage.config.enabled]
 
 
-def _decode_pool() -> dict[str, Any]:
-    # Decode is CPU work in its own pool, so it overlaps the model stages' (GPU) work.
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return {"batch_size": DECODE_BATCH, "num_cpus": 1, "compute": ActorPoolStrategy(min_size=1, max_size=cpus)}
-
-
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
     ds = ray.data.from_items(items)
+    # Decode holds no model: stateless tasks that Ray Data spreads over the CPUs the model pools
+    # leave free (an actor pool here can starve, or be scaled away, on a small machine).
     ds = ds.map_batches(
-        DecodeStage,
-        fn_constructor_kwargs={"source": StorageSource(cfg.storage), "input_cfg": cfg.input},
+        DecodeStage(StorageSource(cfg.storage), cfg.input),
+        batch_size=DECODE_BATCH,
         batch_format="numpy",
-        **_decode_pool(),
+        num_cpus=1,
     )
     gpus = gpus_usable(cfg.ray)
     for stage in model_stages(cfg, dst):
@@ -159,17 +188,15 @@ def stage_shard(
 ) -> dict[str, np.ndarray]:
     """Write one batch's rows of every table to the staging area; return what the driver commits."""
     uris = sorted({str(u) for u in batch["uri"]})
-    shard = shard_id(uris)
+    shard = shard_id(_row_keys(batch))
     catalog = Catalog(dst, storage)
     rows: dict[str, int] = {}
-    for table, data in build_tables(batch, run_id, embed_model).items():
+    for table, data in _tables_per_row_safe(batch, run_id, embed_model).items():
         rows[table] = data.num_rows
         if data.num_rows:
             buffer = io.BytesIO()
             pq.write_table(data, buffer, compression="zstd")
-            path = catalog.staged_path(run_id, table, shard)
-            catalog.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            catalog.fs.pipe_file(path, buffer.getvalue())
+            catalog.put_staged(run_id, table, shard, buffer.getvalue())
     meta = {
         column[len("_meta_"):]: sorted({str(v) for v in batch[column]})
         for column in batch
@@ -183,16 +210,60 @@ def stage_shard(
     }
 
 
+def _row_keys(batch: dict[str, np.ndarray]) -> list[str]:
+    """One key per row: the item (URI and frame) and whether it is an error row. Frames of one
+    video in several shards, or a video's frames and its cut-short error row, never share a
+    shard name, while a retried write of the same rows gets the same name."""
+    return [
+        f"{item}:{'error' if error else 'image'}"
+        for item, error in zip(batch["item_id"], batch["error_type"], strict=True)
+    ]
+
+
+def _tables_per_row_safe(
+    batch: dict[str, np.ndarray], run_id: str, embed_model: str | None
+) -> dict[str, pa.Table]:
+    """``build_tables`` for the batch; if one row cannot be turned into rows (a stage emitted
+    something malformed), build row by row and file the bad rows as ``write`` errors, because
+    Ray Data fails the whole block, and then the run, on an exception."""
+    try:
+        return build_tables(batch, run_id, embed_model)
+    except Exception as exc:  # noqa: BLE001 - isolate the bad row below
+        log.warning("shard batch failed to build (%s); building row by row", describe(exc))
+    parts: dict[str, list[pa.Table]] = defaultdict(list)
+    for row in range(len(batch["uri"])):
+        one = {name: np.asarray(column)[row : row + 1] for name, column in batch.items()}
+        try:
+            tables = build_tables(one, run_id, embed_model)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
+            mark_error(one, 0, "write", exc)
+            tables = {"errors": build_tables(one, run_id, None)["errors"]}
+        for table, data in tables.items():
+            parts[table].append(data)
+    return {table: pa.concat_tables(found) for table, found in parts.items()}
+
+
+CommitHook = Callable[[ShardResult, dict[str, list[dict[str, Any]]]], None]
+
+
 def run_pipeline(
-    items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str
+    items: list[dict[str, Any]],
+    cfg: RunConfig,
+    dst: str,
+    run_id: str,
+    on_commit: CommitHook | None = None,
 ) -> PipelineStats:
-    """Run the graph over ``items`` ({uri, size}) and commit every shard as it is staged."""
+    """Run the graph over ``items`` ({uri, size}) and commit every shard as it is staged.
+
+    ``on_commit(result, meta)`` is called after each shard's commit (progress reporting).
+    """
     stats = PipelineStats()
     if not items:
         return stats
     ensure_ray(cfg.ray)
     catalog = Catalog(dst, cfg.storage)
-    for row in build_dataset(items, cfg, dst, run_id).iter_rows():
+    dataset = build_dataset(items, cfg, dst, run_id)
+    for row in dataset.iter_rows():
         result = ShardResult(
             shard=str(row["shard"]), uris=json.loads(row["uris"]), rows=json.loads(row["rows"])
         )
@@ -200,5 +271,37 @@ def run_pipeline(
         meta = {stage: [json.loads(v) for v in values] for stage, values in json.loads(row["meta"]).items()}
         stats.add(result, meta)
         log.info("committed shard %s: %s", result.shard, result.rows)
+        if on_commit is not None:
+            on_commit(result, meta)
     catalog.finish_run(run_id)
+    stats.operators = operator_times(dataset)
     return stats
+
+
+def operator_times(dataset: ray.data.Dataset) -> dict[str, dict[str, float]]:
+    """Per Ray Data operator: summed task wall time, span (first task start to last end) and
+    output rows, from the executed dataset's stats. Empty when Ray's summary is unavailable
+    (it is not a public API; the figures are for the manifest and benchmarks only)."""
+    try:
+        summary = dataset._get_stats_summary()
+    except Exception as exc:  # noqa: BLE001 - stats are informative, never fatal
+        log.warning("no Ray Data stats: %s", exc)
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for operator in _operator_summaries(summary):
+        start, end = operator.earliest_start_time, operator.latest_end_time
+        out[operator.operator_name] = {
+            "task_wall_s": float(operator.wall_time.sum) if operator.wall_time else 0.0,
+            "span_s": float(end - start) if start is not None and end is not None else 0.0,
+            "rows": int(operator.output_num_rows.sum) if operator.output_num_rows else 0,
+        }
+    return out
+
+
+def _operator_summaries(summary: Any) -> list[Any]:
+    found = []
+    while summary is not None:
+        found = list(summary.operators_stats) + found
+        parents = getattr(summary, "parents", None) or []
+        summary = parents[0] if parents else None
+    return found

@@ -1,0 +1,193 @@
+"""Fault tolerance and exactly-once output: poisoned batches, unbuildable rows, half-written
+commits, an actor killed mid-run, and a whole run SIGKILLed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from samflow.actors.decode import DecodeStage
+from samflow.actors.embed import EmbedStage
+from samflow.actors.segment import SegmentStage
+from samflow.flows.catalog import COMMITS, Catalog, ShardResult
+from samflow.flows.config import StorageConfig
+from samflow.flows.pipeline import run_pipeline, stage_shard
+from tests.accounting import (
+    NOT_AN_IMAGE,
+    WhenBusy,
+    POISON_NAME,
+    assert_exactly_once,
+    plan_items,
+    tiny_config,
+    sigkill,
+    write_dataset,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _decoded(paths: list[Path]) -> dict[str, np.ndarray]:
+    cfg = tiny_config()
+    items = {"uri": np.array([str(p) for p in paths], dtype=object),
+             "size": np.array([p.stat().st_size for p in paths])}
+    return DecodeStage(cfg.storage, cfg.input)(items)
+
+
+def _select(batch: dict[str, np.ndarray], rows: list[int]) -> dict[str, np.ndarray]:
+    return {name: np.asarray(column)[rows] for name, column in batch.items()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("reliab-src"), n_images=20, seed=5)
+
+
+@pytest.fixture(scope="module")
+def segment_stage():
+    return SegmentStage("tiny://sam", tiny_config().engine.model_dump())
+
+
+def test_a_poisoned_image_fails_alone_and_its_batch_mates_keep_their_masks(dataset, segment_stage):
+    src = Path(dataset["src"])
+    scenes = sorted(src.glob("scene_*"))[:2]
+    paths = [scenes[0], src / POISON_NAME, scenes[1]]
+    batch = segment_stage(_decoded(paths))
+
+    assert list(batch["error_stage"]) == ["", "segment", ""]
+    assert "size" in batch["error_message"][1].lower()
+    assert json.loads(batch["annotations_json"][1]) == []
+    for row in (0, 2):
+        alone = segment_stage(_decoded([paths[row]]))
+        assert alone["error_type"][0] == ""
+        in_batch, by_itself = (json.loads(b["annotations_json"][i]) for b, i in ((batch, row), (alone, 0)))
+        assert in_batch, "a healthy image lost its masks"
+        # Same masks as when the image runs alone (scores may differ in the last float bits).
+        assert [m["segmentation"] for m in in_batch] == [m["segmentation"] for m in by_itself]
+        assert [m["predicted_iou"] for m in in_batch] == pytest.approx([m["predicted_iou"] for m in by_itself], abs=1e-5)
+
+    embedded = EmbedStage("tiny://clip")(batch)
+    norms = np.linalg.norm(embedded["embedding"], axis=1)
+    np.testing.assert_allclose(norms[[0, 2]], 1.0, atol=1e-4)
+    assert norms[1] == 0.0 and embedded["error_stage"][1] == "segment"
+
+
+def test_a_row_the_writer_cannot_build_becomes_a_write_error(dataset, segment_stage, tmp_path):
+    src = Path(dataset["src"])
+    scenes = sorted(src.glob("scene_*"))[:3]
+    batch = segment_stage(_decoded(scenes))
+    batch["annotations_json"] = np.array(batch["annotations_json"], dtype=object)
+    batch["annotations_json"][1] = '[{"bbox": [0, 0, 1, 1]'  # cut short: not JSON
+    dst = str(tmp_path / "out")
+
+    out = stage_shard(batch, dst=dst, storage=StorageConfig(), run_id="r1", embed_model=None)
+    result = ShardResult(str(out["shard"][0]), json.loads(out["uris"][0]), json.loads(out["rows"][0]))
+    Catalog(dst, StorageConfig()).commit("r1", result)
+
+    tables = assert_exactly_once(dst, [str(p) for p in scenes], embedded=False)
+    assert [r["uri"] for r in tables["errors"]] == [str(scenes[1])]
+    assert tables["errors"][0]["stage"] == "write"
+    assert len(tables["images"]) == 2 and tables["annotations"]
+
+
+def test_a_half_written_marker_is_not_a_commit_and_commit_can_be_repeated(tmp_path):
+    dst = str(tmp_path / "out")
+    catalog = Catalog(dst, StorageConfig())
+    for shard in ("good", "torn"):
+        catalog.put_staged("r1", "errors", shard, b"parquet bytes")
+        catalog.commit("r1", ShardResult(shard, [f"/in/{shard}.png"], {"errors": 1}))
+    catalog.commit("r1", ShardResult("good", ["/in/good.png"], {"errors": 1}))  # a repeated commit
+    marker = Path(catalog.path(COMMITS, "torn.json"))
+    marker.write_text(marker.read_text()[:20])  # what a kill mid-write leaves without the rename
+    (marker.parent / ".good.json.0123.tmp").write_text("{")
+
+    shards = catalog.committed_shards()
+    assert set(shards) == {"good"}
+    assert catalog.done_uris(shards) == {"/in/good.png"}
+    removed = catalog.remove_uncommitted(shards)
+    assert [Path(p).name for p in removed] == ["torn.parquet"]
+    assert sorted(p.name for p in marker.parent.iterdir()) == ["good.json", "torn.json"]
+
+
+@pytest.mark.slow
+def test_a_killed_segment_actor_is_restarted_and_the_run_loses_nothing(dataset, ray_cluster, tmp_path):
+    cfg = tiny_config()
+    items = plan_items(dataset["src"], cfg)
+    raylet = ray_cluster.head_node.all_processes["raylet"][0].process.pid
+    dst = str(tmp_path / "out")
+    segment_pids: list[int] = []  # worker pid of each segment batch, in commit order
+
+    def record(result: ShardResult, meta: dict) -> None:
+        segment_pids.extend(batch["pid"] for batch in meta.get("segment", []))
+
+    with WhenBusy([raylet], "MapBatches(SegmentStage)", sigkill, delay_s=1.0) as killer:
+        stats = run_pipeline(items, cfg, dst, "kill-run", on_commit=record)
+
+    assert killer.hit is not None, "the segment actor was never seen at work"
+    tables = assert_exactly_once(dst, [i["uri"] for i in items])
+    assert stats.rows["images"] + stats.rows["errors"] == len(items)
+    errors = {Path(r["uri"]).name: r["stage"] for r in tables["errors"]}
+    assert errors == {POISON_NAME: "segment", NOT_AN_IMAGE: "decode"}
+    assert set(segment_pids) - {killer.hit}, "no restarted actor did any work"
+
+
+def _annotate_process(src: str, dst: str, ray_tmp: str) -> subprocess.Popen:
+    """``samflow annotate`` in its own process group, with a Ray of its own (never this
+    session's cluster) and this session's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmp, PREFECT_API_URL=PREFECT_API_URL.value())
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", src, "--out", dst,
+               "--profile", "tiny", "--set", "output.shard_rows=2", "--set", "stages.segment.batch_size=1"]
+    return subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _processes_under(folder: str) -> list[psutil.Process]:
+    """Processes whose command line names ``folder`` (the Ray session of one annotate run)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(folder in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_first_commit_resumes_without_duplicates(dataset, prefect_server, tmp_path):
+    dst = str(tmp_path / "out")
+    commits = tmp_path / "out" / COMMITS
+    ray_tmp = tempfile.mkdtemp(prefix="sfr", dir="/tmp")
+    first = _annotate_process(dataset["src"], dst, ray_tmp)
+    deadline = time.monotonic() + 300
+    while not list(commits.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the CLI leads its group: Ray's processes go with it
+    output = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL, f"the first run ended on its own:\n{output[-3000:]}"
+    time.sleep(1)
+    assert _processes_under(ray_tmp) == [], "a process of the killed run survived"
+
+    catalog = Catalog(dst, StorageConfig())
+    committed_before = catalog.done_uris(catalog.committed_shards())
+    assert 0 < len(committed_before) < dataset["inputs"], "the kill did not land mid-run"
+    assert not list((tmp_path / "out").glob("_runs/*.json"))
+
+    second = _annotate_process(dataset["src"], dst, tempfile.mkdtemp(prefix="sfr", dir="/tmp"))
+    output = second.communicate(timeout=400)[0]
+    assert second.returncode == 0, output[-3000:]
+    summary = json.loads(output[output.rindex('{\n "run_id"'):])
+    assert summary["counts"]["already_done"] == len(committed_before)
+    assert summary["counts"]["inputs"] == dataset["inputs"] - len(committed_before)
+    inputs = sorted(str(p) for p in Path(dataset["src"]).iterdir() if p.is_file())
+    tables = assert_exactly_once(dst, inputs)
+    assert {Path(r["uri"]).name for r in tables["errors"]} == {POISON_NAME, NOT_AN_IMAGE}
