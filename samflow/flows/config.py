@@ -54,8 +54,8 @@ class StageConfig(_Section):
     batch_size: int = Field(4, ge=1, description="Rows (images) per model call.")
     num_gpus: float = Field(
         0.0, ge=0,
-        description="GPUs per actor; fractional allowed (0.5 = two actors share a GPU). "
-        "On a cluster without GPUs the stage falls back to CPU.",
+        description="GPUs per actor; fractional allowed (0.5 = two actors share a GPU); 0 = CPU "
+        "(Ray hides the GPUs from the actor). Without any GPU see ray.cpu_fallback.",
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
     concurrency: tuple[int, int] = Field(
@@ -74,7 +74,8 @@ class UpscaleStageConfig(StageConfig):
     enabled: bool = Field(False, description="Off by default: upscaling costs more than any other stage.")
     model: str = Field(
         "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
-        description="Real-ESRGAN checkpoint (.pth / .safetensors file, or a directory holding one).",
+        description="Real-ESRGAN checkpoint: a .pth / .safetensors file or a directory holding one "
+        "(the default names the official x4plus release: download it and give its local path).",
     )
 
     min_short_side: int = Field(
@@ -152,9 +153,14 @@ class EngineConfig(_Section):
 
 
 class LabelsConfig(_Section):
-    vocabulary: list[str] = Field(default_factory=list, description="Open-vocabulary labels.")
+    vocabulary: list[str] = Field(
+        default_factory=list,
+        description="Open-vocabulary labels: the embed stage gives every mask the likeliest one "
+        "(zero-shot CLIP); empty = no labels.",
+    )
     templates: list[str] = Field(
-        default_factory=lambda: ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}."]
+        default_factory=lambda: ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}."],
+        description="Prompt templates ({} = the label); a label's text vector is their mean.",
     )
 
 

@@ -10,19 +10,18 @@ files instead of adding new ones.
 from __future__ import annotations
 
 import io
-import posixpath
 
 import numpy as np
 from PIL import Image
 
 from samflow.flows.config import StorageConfig
-from samflow.flows.storage import write_bytes
+from samflow.flows.storage import join, write_bytes
 
 UPSCALED = "upscaled"
 
 
 def upscaled_uri(dst: str, item_id: str) -> str:
-    return posixpath.join(dst.rstrip("/"), UPSCALED, f"{item_id}.png")
+    return join(dst, UPSCALED, f"{item_id}.png")
 
 
 def png_bytes(image: np.ndarray) -> bytes:
