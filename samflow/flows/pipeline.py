@@ -280,6 +280,8 @@ def run_pipeline(
         if result.frame_uris or video_uris.intersection(result.uris):
             # A video's frames may span shards: committing one of them would mark the video done
             # and a kill before the others would lose them. They commit together at the end.
+            # (Not covered: a cut-short video's error row reaching the driver before any of its
+            # frames; decode emits it after them, and blocks keep that order in practice.)
             video_uris.update(result.frame_uris)
             held.append((result, meta))
             continue
