@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DECODE_BATCH = 8
 LOCAL_MIN_CPUS = 6
+MAX_INPUT_BLOCKS = 10_000
 
 
 @dataclass
@@ -159,15 +160,23 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
     return [stage for stage in candidates if stage.config.enabled]
 
 
+def _decode_task_args() -> dict[str, Any]:
+    return {"num_cpus": 1}
+
+
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
-    ds = ray.data.from_items(items)
-    # Decode holds no model: stateless tasks that Ray Data spreads over the CPUs the model pools
-    # leave free (an actor pool here can starve, or be scaled away, on a small machine).
+    # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
+    blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    # Decode holds no model: stateless CPU tasks, which release their CPU between batches (a
+    # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
+    # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
+    # actor, where it would run serially with the model instead of beside it.
     ds = ds.map_batches(
         DecodeStage(StorageSource(cfg.storage), cfg.input),
         batch_size=DECODE_BATCH,
         batch_format="numpy",
-        num_cpus=1,
+        ray_remote_args_fn=_decode_task_args,
     )
     gpus = gpus_usable(cfg.ray)
     for stage in model_stages(cfg, dst):
