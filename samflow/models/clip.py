@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -30,7 +30,7 @@ from samflow.models.preprocess import (
 from samflow.models.registry import ModelLoadError, ModelSource
 
 
-class ClipRunner:
+class ClipRunner(HfRunner):
     family = "clip"
 
     def __init__(
@@ -45,14 +45,9 @@ class ClipRunner:
         center_crop: bool,
     ):
         self.family = family
-        self.model = loaded.model
+        super().__init__(loaded, uri, device, dtype)
         self.tokenizer = tokenizer
-        self.uri = uri
         self.model_id = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
         self.norm = norm
         self.center_crop = center_crop
         config = self.model.config

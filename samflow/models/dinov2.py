@@ -16,23 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_shortest_center_crop
 from samflow.models.registry import ModelSource
 
 RESIZE_OVER_CROP = 256 / 224
 
 
-class DinoRunner:
+class DinoRunner(HfRunner):
     family = "dinov2"
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
-        self.model = loaded.model
-        self.uri = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
+        super().__init__(loaded, uri, device, dtype)
         self.dim = int(self.model.config.hidden_size)
         self.patch_size = int(self.model.config.patch_size)
         config = read_json(loaded.directory / "preprocessor_config.json") if loaded.directory else {}

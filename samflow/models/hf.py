@@ -46,6 +46,19 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
+class HfRunner:
+    """What every runner of a transformers model holds: the model, where it came from, and
+    where and how it runs. Family runners add their pre-processing and batch API."""
+
+    def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = loaded.model
+        self.uri = uri
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint_sha256 = loaded.checkpoint_sha256
+        self.num_parameters = loaded.num_parameters
+
+
 def local_model_dir(source: ModelSource) -> Path:
     if source.kind == "local":
         path = Path(source.location)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from samflow.models.boxes import batched_nms, box_area, clip_xyxy, cxcywh_to_xyxy
-from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import CLIP_MEAN, CLIP_STD, Normalisation, pad_square_resize
 from samflow.models.registry import ModelSource
 
@@ -40,18 +40,13 @@ class ImageFeatures:
     original_sizes: list[tuple[int, int]]
 
 
-class Owlv2Runner:
+class Owlv2Runner(HfRunner):
     family = "owlv2"
 
     def __init__(self, loaded: LoadedModel, tokenizer, uri: str, device: torch.device, dtype: torch.dtype,
                  norm: Normalisation):
-        self.model = loaded.model
+        super().__init__(loaded, uri, device, dtype)
         self.tokenizer = tokenizer
-        self.uri = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
         self.norm = norm
         self.image_size = int(self.model.config.vision_config.image_size)
         self._query_cache: dict[tuple[str, ...], torch.Tensor] = {}

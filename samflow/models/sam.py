@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_longest_pad, scale_xy
 from samflow.models.registry import ModelSource
 
@@ -34,16 +34,11 @@ class SamEncoding:
         return len(self.original_sizes)
 
 
-class SamRunner:
+class SamRunner(HfRunner):
     family = "sam"
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype, norm: Normalisation):
-        self.model = loaded.model
-        self.uri = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
+        super().__init__(loaded, uri, device, dtype)
         self.image_size: int = int(self.model.config.vision_config.image_size)
         self.norm = norm
 

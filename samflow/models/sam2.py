@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_square, scale_xy
 from samflow.models.registry import ModelSource, build_runner
 
@@ -56,16 +56,11 @@ def _image_size(model) -> int:
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
-class Sam2Runner:
+class Sam2Runner(HfRunner):
     family = "sam2"
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
-        self.model = loaded.model
-        self.uri = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
+        super().__init__(loaded, uri, device, dtype)
         self.norm = _normalisation(loaded)
         self.image_size = _image_size(self.model)
 
@@ -117,18 +112,13 @@ class Sam2Runner:
         return F.interpolate(low_res_logits.float(), original, mode="bilinear", align_corners=False)
 
 
-class Sam2VideoRunner:
+class Sam2VideoRunner(HfRunner):
     """Mask propagation through a clip with SAM 2's memory (one session per clip)."""
 
     family = "sam2"
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
-        self.model = loaded.model
-        self.uri = uri
-        self.device = device
-        self.dtype = dtype
-        self.checkpoint_sha256 = loaded.checkpoint_sha256
-        self.num_parameters = loaded.num_parameters
+        super().__init__(loaded, uri, device, dtype)
         self.norm = _normalisation(loaded)
         self.image_size = _image_size(self.model)
 
