@@ -24,6 +24,7 @@ def test_annotate_local_folder_then_export_coco(tmp_path, capsys, ray_cluster, p
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"]["inputs"] == len(images) == summary["counts"]["images"]
     assert not (out / "embeddings").exists()  # a disabled stage writes nothing
+    assert not (out / "_staging").exists()  # everything staged was committed and cleaned up
 
     assert main(["export", "coco", str(out), str(tmp_path / "coco.json")]) == 0
     coco = COCO(str(tmp_path / "coco.json"))

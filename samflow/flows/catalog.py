@@ -158,9 +158,13 @@ class Catalog:
             self.fs.pipe_file(path, data)  # one PUT: object stores show all of it or nothing
 
     def finish_run(self, run_id: str) -> None:
+        """Drop the run's staging folder, and the staging root once no other run uses it."""
         staging = self.path(STAGING, run_id)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
+        root = self.path(STAGING)
+        if self.fs.exists(root) and not self.fs.ls(root, detail=False):
+            self.fs.rmdir(root)
 
     def _ls(self, folder: str, suffix: str, hidden: bool = False) -> list[str]:
         """Entries of ``folder`` ending in ``suffix``; hidden names (temporaries) only if asked."""
