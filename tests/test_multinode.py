@@ -76,7 +76,7 @@ def test_losing_the_node_of_the_busy_segment_actor_still_completes_the_run(
         lost.append(node)
 
     dst = str(tmp_path / "out")
-    with WhenBusy(list(raylets), "MapBatches(SegmentStage)", remove_node_of, delay_s=0.2) as watch:
+    with WhenBusy(list(raylets), "MapBatches(SegmentStage)", remove_node_of, delay_s=0.0) as watch:
         stats = run_pipeline(items, cfg, dst, "node-loss-run")
 
     assert watch.hit is not None and lost, "the segment actor was never seen at work"

@@ -131,7 +131,7 @@ def test_a_killed_segment_actor_is_restarted_and_the_run_loses_nothing(dataset, 
     def record(result: ShardResult, meta: dict) -> None:
         segment_pids.extend(batch["pid"] for batch in meta.get("segment", []))
 
-    with WhenBusy([raylet], "MapBatches(SegmentStage)", sigkill, delay_s=1.0) as killer:
+    with WhenBusy([raylet], "MapBatches(SegmentStage)", sigkill, delay_s=0.0) as killer:
         stats = run_pipeline(items, cfg, dst, "kill-run", on_commit=record)
 
     assert killer.hit is not None, "the segment actor was never seen at work"
