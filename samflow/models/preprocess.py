@@ -168,3 +168,15 @@ def scale_xy(coords: torch.Tensor, from_sizes: Sequence[tuple[int, int]], to_siz
     repeats = coords.shape[-1] // 2
     factor = factor_xy.repeat(1, repeats).view(coords.shape[0], *([1] * (coords.dim() - 2)), coords.shape[-1])
     return coords.float() * factor
+
+
+def checked_prompts(points: torch.Tensor | None, boxes: torch.Tensor | None, images: int) -> torch.Tensor:
+    """The one prompt tensor of a SAM-style decode: (B, N, 2) points or (B, N, 4) xyxy boxes,
+    B = ``images``. Exactly one of the two must be given."""
+    if (points is None) == (boxes is None):
+        raise ValueError("pass exactly one of points or boxes")
+    prompts = points if points is not None else boxes
+    width = 2 if points is not None else 4
+    if prompts.dim() != 3 or prompts.shape[0] != images or prompts.shape[2] != width:
+        raise ValueError(f"prompts must be (B={images}, N, {width}); got {tuple(prompts.shape)}")
+    return prompts

@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_square, scale_xy
+from samflow.models.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalisation,
+    checked_prompts,
+    resize_square,
+    scale_xy,
+)
 from samflow.models.registry import ModelSource, build_runner
 
 
@@ -85,12 +92,7 @@ class Sam2Runner(HfRunner):
         multimask_output: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as SamRunner.decode: (low_res_logits (B,N,K,h,w), iou (B,N,K)), float32."""
-        if (points is None) == (boxes is None):
-            raise ValueError("pass exactly one of points or boxes")
-        prompts = points if points is not None else boxes
-        width = 2 if points is not None else 4
-        if prompts.dim() != 3 or prompts.shape[0] != len(image_indices) or prompts.shape[2] != width:
-            raise ValueError(f"prompts must be (B={len(image_indices)}, N, {width}); got {tuple(prompts.shape)}")
+        prompts = checked_prompts(points, boxes, len(image_indices))
         index = torch.as_tensor(list(image_indices), dtype=torch.long, device=enc.embeddings.device)
         levels = [level.index_select(0, index) for level in (*enc.high_res_features, enc.embeddings)]
         originals = [enc.original_sizes[i] for i in image_indices]
