@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samflow.flows.config import StorageConfig
-from samflow.flows.storage import filesystem
+from samflow.flows.storage import filesystem, put_whole
 from samflow.schemas.ids import shard_id
 from samflow.schemas.tables import TABLES
 
@@ -104,7 +103,7 @@ class Catalog:
                     self.fs.rm(path)
                     removed.append(path)
         for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
-            self.fs.rm(temporary)  # a marker write cut short (local disks)
+            self.fs.rm(temporary)  # a marker write cut short (local disks; see put_whole)
         if self.fs.exists(self.path(STAGING)):
             self.fs.rm(self.path(STAGING), recursive=True)
         return removed
@@ -146,16 +145,7 @@ class Catalog:
 
     def write_json(self, path: str, payload: dict) -> None:
         """Write ``payload`` at ``path`` whole or not at all."""
-        folder = posixpath.dirname(path)
-        self.fs.makedirs(folder, exist_ok=True)
-        data = json.dumps(payload, indent=1, sort_keys=True).encode()
-        if _is_local(self.fs):
-            # A local write can be cut midway; a rename in the same folder cannot.
-            temporary = posixpath.join(folder, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            self.fs.pipe_file(temporary, data)
-            self.fs.mv(temporary, path)
-        else:
-            self.fs.pipe_file(path, data)  # one PUT: object stores show all of it or nothing
+        put_whole(self.fs, path, json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def finish_run(self, run_id: str) -> None:
         """Drop the run's staging folder, and the staging root once no other run uses it."""
@@ -178,7 +168,6 @@ class Catalog:
             if p.endswith(suffix) and posixpath.basename(p).startswith(".") == hidden
         )
 
-
     def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
         """All committed rows of one output table, or None when it has none."""
         committed = self.shard_names(self.committed_shards())
@@ -192,8 +181,3 @@ class Catalog:
             [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
         )
 
-
-def _is_local(fs: object) -> bool:
-    protocol = getattr(fs, "protocol", "")
-    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    return "file" in protocols or "local" in protocols

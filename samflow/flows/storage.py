@@ -171,24 +171,30 @@ def read_head(uri: str, storage: StorageConfig, n: int = 64) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, storage: StorageConfig) -> None:
-    """Write a whole object. Local writes create parents and are atomic (temp file + rename), so
-    a killed run never leaves a half-written file under the final name; object-store PUTs
-    already are."""
+    """Write a whole object (see :func:`put_whole`)."""
     fs, path = filesystem(uri, storage)
-    if isinstance(fs, LocalFileSystem):
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    put_whole(fs, path, data)
+
+
+def put_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` whole or not at all, so a killed run never leaves a
+    half-written file under the final name. Local writes create parents and go through a hidden
+    temporary (``.<name>.<random>.tmp``) in the same folder and a rename; object-store PUTs
+    already are all or nothing."""
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
         return
-    fs.pipe_file(path, data)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # --- file type from the bytes ------------------------------------------------------------------
