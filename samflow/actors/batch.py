@@ -128,6 +128,12 @@ def run_split_retry(
     return results
 
 
+def infer_or_fail(batch: Batch, stage: str, rows: list[int], infer: Any) -> dict[int, Any]:
+    """:func:`run_split_retry` over ``rows``; a row that fails even alone becomes ``stage``'s
+    error row in ``batch``. Every model stage maps its healthy rows through this."""
+    return run_split_retry(rows, infer, on_error=lambda row, exc: mark_error(batch, row, stage, exc))
+
+
 def _release_accelerator_memory() -> None:
     try:
         import torch

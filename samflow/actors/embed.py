@@ -20,9 +20,8 @@ from samflow.actors.batch import (
     Batch,
     healthy,
     image_at,
-    mark_error,
+    infer_or_fail,
     object_column,
-    run_split_retry,
     stage_meta,
     upscale_factor_at,
 )
@@ -83,10 +82,7 @@ class EmbedStage:
                 self._annotate_masks(images, factors, records)
                 return [(vector, json.dumps(recs)) for vector, recs in zip(vectors, records)]
 
-            def fail(row: int, exc: BaseException) -> None:
-                mark_error(batch, row, STAGE, exc)
-
-            results = run_split_retry(rows, infer, on_error=fail)
+            results = infer_or_fail(batch, STAGE, rows, infer)
             out = np.zeros((len(batch["uri"]), self.clip.dim), dtype=np.float32)
             for row, (vector, _) in results.items():
                 out[row] = vector

@@ -17,9 +17,8 @@ from samflow.actors.batch import (
     Batch,
     healthy,
     image_at,
-    mark_error,
+    infer_or_fail,
     object_column,
-    run_split_retry,
     stage_meta,
 )
 from samflow.models.registry import load_model
@@ -67,10 +66,7 @@ class ProposeStage:
                 found = self._boxes([image_at(batch, r) for r in chunk])
                 return [_proposals_json(boxes, scores) for boxes, scores in found]
 
-            def fail(row: int, exc: BaseException) -> None:
-                mark_error(batch, row, STAGE, exc)
-
-            proposals = run_split_retry(rows, infer, on_error=fail)
+            proposals = infer_or_fail(batch, STAGE, rows, infer)
             batch["proposals_json"] = object_column(
                 [proposals.get(r, NO_PROPOSALS) for r in range(len(batch["uri"]))]
             )

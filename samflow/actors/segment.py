@@ -14,9 +14,8 @@ from samflow.actors.batch import (
     Batch,
     healthy,
     image_at,
-    mark_error,
+    infer_or_fail,
     object_column,
-    run_split_retry,
     stage_meta,
     upscale_factor_at,
 )
@@ -49,10 +48,7 @@ class SegmentStage:
                 masks = self.generator.generate(images, boxes=boxes, box_scores=scores)
                 return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
-            def fail(row: int, exc: BaseException) -> None:
-                mark_error(batch, row, STAGE, exc)
-
-            masks = run_split_retry(rows, infer, on_error=fail)
+            masks = infer_or_fail(batch, STAGE, rows, infer)
             batch["annotations_json"] = object_column(
                 [json.dumps(masks.get(r, [])) for r in range(len(batch["uri"]))]
             )

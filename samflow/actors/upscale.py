@@ -17,9 +17,9 @@ from samflow.actors.batch import (
     Batch,
     healthy,
     image_at,
+    infer_or_fail,
     mark_error,
     object_column,
-    run_split_retry,
     stage_meta,
 )
 from samflow.models.registry import load_model
@@ -70,10 +70,7 @@ class UpscaleStage:
                 images = [image_at(batch, r).copy() for r in chunk]
                 return [big.tobytes() for big in self.esrgan.upscale_batch(images, tile=self.tile)]
 
-            def fail(row: int, exc: BaseException) -> None:
-                mark_error(batch, row, STAGE, exc)
-
-            upscaled = run_split_retry(rows, infer, on_error=fail)
+            upscaled = infer_or_fail(batch, STAGE, rows, infer)
             if self.save is not None:
                 self._save(batch, upscaled)
             factors = np.ones(n, dtype=np.float32)
