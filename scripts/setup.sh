@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install samflow and its test dependencies into ./.venv (or the active venv with --venv-active).
-# torch is installed first, pinned to the CPU build, so no resolver step pulls CUDA wheels.
+# torch and torchvision are installed first at their exact pins, so no resolver step pulls other CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" != "--venv-active" ]]; then
@@ -8,5 +8,13 @@ if [[ "${1:-}" != "--venv-active" ]]; then
   . .venv/bin/activate
   python -m pip install --quiet --upgrade pip
 fi
-python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install --quiet -e ".[test]"
+# Headless Chromium for the preview page tests (Debian's package; no browser download of a tool's own).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: could not install chromium; page tests will be skipped" >&2
+  else
+    echo "setup: chromium not found (apt-get install chromium); page tests will be skipped" >&2
+  fi
+fi
