@@ -12,6 +12,7 @@ FORBIDDEN = {
     "schemas": {"samflow.models", "samflow.actors", "samflow.flows", "torch", "ray", "prefect", "fsspec", "s3fs"},
     "models": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
     "actors": {"samflow.flows", "prefect", "fsspec", "s3fs"},
+    "exporters": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
 }
 
 
