@@ -65,11 +65,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from samflow.flows.model_cache import fetch_model
     from samflow.models.check import check_model
     from samflow.models.registry import ModelLoadError
 
     try:
-        print(json.dumps(check_model(args.uri, family=args.family), indent=1))
+        local = fetch_model(args.uri)  # s3:// / https:// models go through the node's cache
+        facts = check_model(local, family=args.family)
+        if local != args.uri:
+            facts.update(uri=args.uri, local_path=local)
+        print(json.dumps(facts, indent=1))
     except ModelLoadError as exc:
         print(f"samflow models check: {exc}", file=sys.stderr)
         return 2

@@ -50,7 +50,14 @@ class StageConfig(_Section):
     """One model stage: its model and the actor pool that hosts it."""
 
     enabled: bool = Field(True, description="Run this stage; a disabled stage adds no columns and no actors.")
-    model: str = Field("", description="Model URI: Hub id, hf://, local path or tiny://<family>.")
+    model: str = Field(
+        "", description="Model URI: Hub id, hf://, local path, s3:// or https:// (fetched once per node "
+        "into $SAMFLOW_MODEL_CACHE; '#sha256=<hex>' at the end pins its hash) or tiny://<family>."
+    )
+    model_sha256: str | None = Field(
+        None, description="Expected sha256 of an s3:// / https:// model (a file's hash, or a folder's "
+        "checkpoint hash as `samflow models check` prints it); a fetched copy that differs is refused.",
+    )
     batch_size: int = Field(4, ge=1, description="Rows (images) per model call.")
     num_gpus: float = Field(
         0.0, ge=0,
@@ -74,8 +81,8 @@ class UpscaleStageConfig(StageConfig):
     enabled: bool = Field(False, description="Off by default: upscaling costs more than any other stage.")
     model: str = Field(
         "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
-        description="Real-ESRGAN checkpoint: a .pth / .safetensors file or a directory holding one "
-        "(the default names the official x4plus release: download it and give its local path).",
+        description="Real-ESRGAN checkpoint: a .pth / .safetensors file or a directory holding one; "
+        "the default, the official x4plus release, is fetched once per node into the model cache.",
     )
 
     min_short_side: int = Field(

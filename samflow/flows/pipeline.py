@@ -30,6 +30,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.model_cache import with_model_cache
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -181,7 +182,9 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     gpus = gpus_usable(cfg.ray)
     for stage in model_stages(cfg, dst):
         pool = _pool(stage.name, stage.config, gpus)
-        ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
+        # s3:// and https:// models are fetched (once per node) by the actor before it loads
+        stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
+        ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
     ds = ds.drop_columns(["pixels"])
     embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
     return ds.map_batches(
