@@ -1,8 +1,18 @@
-"""Propose stage: OWLv2 boxes per healthy image, handed to segment as box prompts.
+"""Propose stage: boxes per healthy image from one detector family, handed to segment as box prompts.
 
-Adds ``proposals_json`` per row: ``{"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}`` in the
-pixels the stage saw (upscaled ones when upscale ran: segment works on those same pixels), best
-first. Rows that failed here or earlier get no boxes.
+Families (``family``; "auto" reads it from the model URI / checkpoint config, see
+``samflow.models.check.infer_family``):
+  owlv2           class-agnostic objectness boxes, or open-vocabulary boxes for ``queries``
+  detr            closed-set boxes (RT-DETR v2, D-FINE) with the checkpoint's class names
+  maskrcnn        closed-set boxes with class names, and instance masks: ``maskrcnn_masks``
+                  "prompts" hands the boxes to segment (SAM draws the masks), "rows" keeps
+                  Mask R-CNN's own masks as ``source = "maskrcnn"`` annotation rows instead
+
+Adds ``proposals_json`` per row: ``{"boxes": [[x0, y0, x1, y1], ...], "scores": [...],
+"labels": [...]}`` in the pixels the stage saw (upscaled ones when upscale ran: segment works on
+those same pixels), best first; ``labels`` holds class names (or the matched query) and "" for
+class-agnostic boxes. Segment copies a box's label and score onto the mask it prompts
+(``label`` / ``label_score``). Rows that failed here or earlier get no boxes.
 """
 
 from __future__ import annotations
@@ -20,16 +30,32 @@ from samflow.actors.batch import (
     infer_or_fail,
     object_column,
     stage_meta,
+    upscale_factor_at,
 )
-from samflow.models.registry import load_model
+from samflow.actors.mask_records import append_records, mask_record
+from samflow.actors.rescale import records_to_original
+from samflow.models.registry import ModelLoadError, load_model
 
 STAGE = "propose"
 NO_PROPOSALS = json.dumps({"boxes": [], "scores": []})
+PROPOSAL_FAMILIES = ("owlv2", "detr", "maskrcnn")
+
+
+def resolve_family(family: str, model_uri: str) -> str:
+    if family == "auto":
+        from samflow.models.check import infer_family
+
+        family = infer_family(model_uri)
+    if family not in PROPOSAL_FAMILIES:
+        raise ModelLoadError(
+            f"stages.propose: {model_uri} is a {family!r} model; proposals come from {', '.join(PROPOSAL_FAMILIES)}"
+        )
+    return family
 
 
 class ProposeStage:
-    """Loads OWLv2 once per actor. Class-agnostic objectness boxes, or, with ``queries``,
-    open-vocabulary boxes for those text queries (their best query score is the box's score)."""
+    """Loads the detector once per actor and maps batches to ``proposals_json`` (and, for Mask
+    R-CNN with ``maskrcnn_masks="rows"``, its masks into ``annotations_json``)."""
 
     def __init__(
         self,
@@ -39,44 +65,73 @@ class ProposeStage:
         nms_iou: float = 0.5,
         queries: Sequence[str] = (),
         device: str | None = None,
+        family: str = "auto",
+        maskrcnn_masks: str = "prompts",
     ) -> None:
-        self.owl = load_model("owlv2", model_uri, device=device)
+        self.family = resolve_family(family, model_uri)
+        if maskrcnn_masks not in ("prompts", "rows"):
+            raise ValueError(f"maskrcnn_masks must be 'prompts' or 'rows', got {maskrcnn_masks!r}")
+        self.detector = load_model(self.family, model_uri, device=device)
         self.max_boxes = max_boxes
         self.score_thresh = score_thresh
         self.nms_iou = nms_iou
         self.queries = list(queries)
-        self.info = {"model": model_uri, "checkpoint_sha256": self.owl.checkpoint_sha256}
+        self.mask_rows = self.family == "maskrcnn" and maskrcnn_masks == "rows"
+        self.info = {"model": model_uri, "family": self.family, "checkpoint_sha256": self.detector.checkpoint_sha256}
 
-    def _boxes(self, images: list[np.ndarray]) -> list[tuple[Any, Any]]:
-        if self.queries:
-            found = self.owl.detect(
-                images, self.queries, threshold=self.score_thresh,
-                max_boxes=self.max_boxes, nms_iou=self.nms_iou,
-            )
-            return [(boxes, scores) for boxes, scores, _ in found]
-        return self.owl.propose(
-            images, max_boxes=self.max_boxes, min_score=self.score_thresh, nms_iou=self.nms_iou
-        )
+    def _detect(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Per image: {"boxes", "scores", "labels"} and, for Mask R-CNN rows, "masks"."""
+        limits = dict(max_boxes=self.max_boxes, nms_iou=self.nms_iou)
+        if self.family == "owlv2":
+            if not self.queries:
+                found = self.detector.propose(images, min_score=self.score_thresh, **limits)
+                return [_found(boxes, scores, [""] * len(scores)) for boxes, scores in found]
+            found = self.detector.detect(images, self.queries, threshold=self.score_thresh, **limits)
+            return [_found(b, s, [self.queries[i] for i in q.tolist()]) for b, s, q in found]
+        if self.family == "maskrcnn":
+            found = self.detector.detect(images, threshold=self.score_thresh, with_masks=self.mask_rows, **limits)
+        else:
+            found = self.detector.detect(images, threshold=self.score_thresh, **limits)
+        return [_found(d.boxes, d.scores, d.labels, d.masks) for d in found]
 
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
 
-            def infer(chunk: list[int]) -> list[str]:
-                found = self._boxes([image_at(batch, r) for r in chunk])
-                return [_proposals_json(boxes, scores) for boxes, scores in found]
+            def infer(chunk: list[int]) -> list[tuple[str, list[dict[str, Any]]]]:
+                found = self._detect([image_at(batch, r) for r in chunk])
+                return [self._outputs(f, upscale_factor_at(batch, r)) for f, r in zip(found, chunk)]
 
-            proposals = infer_or_fail(batch, STAGE, rows, infer)
+            results = infer_or_fail(batch, STAGE, rows, infer)
             batch["proposals_json"] = object_column(
-                [proposals.get(r, NO_PROPOSALS) for r in range(len(batch["uri"]))]
+                [results[r][0] if r in results else NO_PROPOSALS for r in range(len(batch["uri"]))]
             )
+            if self.mask_rows:
+                append_records(batch, {r: records for r, (_, records) in results.items()})
         return batch
 
+    def _outputs(self, found: dict[str, Any], factor: int) -> tuple[str, list[dict[str, Any]]]:
+        """(proposals_json, mask records): Mask R-CNN rows replace its boxes as prompts."""
+        if not self.mask_rows:
+            return _proposals_json(found["boxes"], found["scores"], found["labels"]), []
+        records = [
+            mask_record(mask, source="maskrcnn", label=label, label_score=score, proposal_score=score)
+            for mask, label, score in zip(found["masks"], found["labels"], found["scores"].tolist())
+        ]
+        return NO_PROPOSALS, records_to_original([r for r in records if r is not None], factor)
 
-def _proposals_json(boxes: Any, scores: Any) -> str:
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-    return json.dumps({"boxes": boxes.tolist(), "scores": scores.tolist()})
+
+def _found(boxes: Any, scores: Any, labels: Sequence[str], masks: Any = None) -> dict[str, Any]:
+    return {
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "scores": np.asarray(scores, dtype=np.float32).reshape(-1),
+        "labels": [str(label) for label in labels],
+        "masks": None if masks is None else np.asarray(masks, dtype=bool),
+    }
+
+
+def _proposals_json(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> str:
+    return json.dumps({"boxes": boxes.tolist(), "scores": scores.tolist(), "labels": list(labels)})
 
 
 def proposals_at(batch: Batch, row: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -87,3 +142,39 @@ def proposals_at(batch: Batch, row: int) -> tuple[np.ndarray, np.ndarray] | None
     parsed = json.loads(column[row])
     boxes = np.asarray(parsed["boxes"], dtype=np.float64).reshape(-1, 4)
     return boxes, np.asarray(parsed["scores"], dtype=np.float32).reshape(-1)
+
+
+def proposal_labels_at(batch: Batch, row: int) -> list[str]:
+    """The row's proposal class names ("" = class-agnostic), aligned with :func:`proposals_at`."""
+    column = batch.get("proposals_json")
+    if column is None:
+        return []
+    return list(json.loads(column[row]).get("labels", []))
+
+
+def label_box_records(
+    records: list[dict[str, Any]], boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]
+) -> None:
+    """Give each box-prompted record (source "box") the class name of the proposal that prompted
+    it, as ``label`` / ``label_score``, in place. The engine keeps a box record's proposal score,
+    so the prompt is the proposal with that score whose box best overlaps the mask's box."""
+    if not any(labels):
+        return
+    for record in records:
+        if record.get("source") != "box" or record.get("proposal_score") is None:
+            continue
+        candidates = np.flatnonzero(np.isclose(scores, record["proposal_score"], rtol=0, atol=1e-6))
+        if candidates.size == 0:
+            continue
+        x, y, w, h = record["bbox"]
+        best = max(candidates, key=lambda i: _iou(boxes[i], (x, y, x + w + 1, y + h + 1)))
+        if labels[best]:
+            record["label"], record["label_score"] = labels[best], float(scores[best])
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

@@ -7,7 +7,6 @@ come out in the original image's coordinates even when the pixels were upscaled.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from samflow.actors.batch import (
@@ -15,11 +14,11 @@ from samflow.actors.batch import (
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
-from samflow.actors.propose import proposals_at
+from samflow.actors.mask_records import append_records
+from samflow.actors.propose import label_box_records, proposal_labels_at, proposals_at
 from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
@@ -46,10 +45,11 @@ class SegmentStage:
                 boxes = [None if p is None else p[0] for p in proposals]
                 scores = [None if p is None else p[1] for p in proposals]
                 masks = self.generator.generate(images, boxes=boxes, box_scores=scores)
+                for records, found, r in zip(masks, proposals, chunk):  # detector class names
+                    if found is not None:
+                        label_box_records(records, found[0], found[1], proposal_labels_at(batch, r))
                 return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
             masks = infer_or_fail(batch, STAGE, rows, infer)
-            batch["annotations_json"] = object_column(
-                [json.dumps(masks.get(r, [])) for r in range(len(batch["uri"]))]
-            )
+            append_records(batch, masks)  # after any masks an earlier stage made (Mask R-CNN rows)
         return batch

@@ -99,10 +99,14 @@ class UpscaleStageConfig(StageConfig):
 
 
 class ProposeStageConfig(StageConfig):
-    """OWLv2 box proposals, given to segment as box prompts."""
+    """Box proposals (OWLv2, RT-DETR / D-FINE, Mask R-CNN), given to segment as box prompts."""
 
     enabled: bool = Field(False, description="Off by default: segment then runs on the point grid alone.")
-    model: str = Field("google/owlv2-base-patch16-ensemble", description="OWLv2 model URI.")
+    model: str = Field(
+        "google/owlv2-base-patch16-ensemble",
+        description="Detector URI (OWLv2, RT-DETR / D-FINE, Mask R-CNN: torchvision://<builder> "
+        "or a checkpoint folder).",
+    )
 
     max_boxes: int = Field(50, ge=1, description="Keep at most this many boxes per image (best first).")
     score_thresh: float = Field(
@@ -112,6 +116,17 @@ class ProposeStageConfig(StageConfig):
     queries: list[str] = Field(
         default_factory=list,
         description="Text queries for open-vocabulary boxes; empty = class-agnostic objectness.",
+    )
+    family: Literal["auto", "owlv2", "detr", "maskrcnn"] = Field(
+        "auto",
+        description="Detector family of `model`: auto = from the URI / checkpoint config (model_type); "
+        "owlv2 takes `queries`, detr (RT-DETR v2, D-FINE) and maskrcnn are closed-set "
+        "and give their class names to the masks they prompt (label / label_score).",
+    )
+    maskrcnn_masks: Literal["prompts", "rows"] = Field(
+        "prompts",
+        description="Mask R-CNN only: prompts = its boxes prompt SAM in segment; rows = its own masks "
+        "become annotation rows (source maskrcnn) and segment gets no box prompts.",
     )
 
 

@@ -150,6 +150,7 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
         ModelStage("propose", ProposeStage, {
             "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
             "nms_iou": prop.nms_iou, "queries": list(prop.queries),
+            "family": prop.family, "maskrcnn_masks": prop.maskrcnn_masks,
         }, prop),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {

@@ -24,6 +24,10 @@ _MODEL_TYPES = {
     "siglip": "siglip",
     "dinov2": "dinov2",
     "owlv2": "owlv2",
+    "maskrcnn": "maskrcnn",
+    "rt_detr": "detr",
+    "rt_detr_v2": "detr",
+    "d_fine": "detr",
 }
 
 

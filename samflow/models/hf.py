@@ -127,7 +127,8 @@ def _with_sdpa(factory, **kwargs):
     try:
         return factory(attn_implementation="sdpa", **kwargs)
     except (ValueError, NotImplementedError):
-        return factory(**kwargs)
+        # explicit: the failed attempt may have left "sdpa" on a shared sub-config (RT-DETR)
+        return factory(attn_implementation="eager", **kwargs)
 
 
 def load_pretrained(model_cls: Any, source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:

@@ -24,7 +24,8 @@ from typing import Any, Literal
 
 import torch
 
-FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan")
+FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
+            "maskrcnn", "detr")
 
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
 # that loading CLIP never pays for importing SAM 2 and friends.
@@ -36,6 +37,8 @@ _RUNNER_MODULES = {
     "dinov2": "samflow.models.dinov2",
     "owlv2": "samflow.models.owlv2",
     "realesrgan": "samflow.models.realesrgan",
+    "maskrcnn": "samflow.models.maskrcnn",
+    "detr": "samflow.models.detr",
 }
 
 OFFLINE_HINT = "offline? use a local model directory or a checkpoint file path, or tiny://<family> for a dry run"

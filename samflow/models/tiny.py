@@ -139,6 +139,24 @@ def tiny_dinov2_config():
                         image_size=32, patch_size=8)
 
 
+TINY_DETECTOR_CLASSES = ("cat", "dog", "bird")
+
+
+def tiny_detr_config():
+    """RT-DETR v2 at toy width: a 4-stage basic-block ResNet, one encoder and two decoder layers (the heads tie across layers)."""
+    from transformers import RTDetrV2Config
+
+    labels = dict(enumerate(TINY_DETECTOR_CLASSES))
+    backbone = dict(model_type="rt_detr_resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                    depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+    return RTDetrV2Config(
+        backbone_config=backbone, encoder_hidden_dim=32, encoder_in_channels=[32, 64, 128], encoder_ffn_dim=64,
+        encoder_attention_heads=2, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64,
+        decoder_attention_heads=2, decoder_layers=2, num_queries=20, num_denoising=0,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+
+
 # --- random://<family>: the published architectures at full size, random weights -------------
 # For benchmarks and memory sizing without downloads. Text towers keep the in-code tokenizer's
 # special-token ids so pooling finds the end-of-text token.
@@ -166,6 +184,8 @@ def reference_config(name: str):
         return tf.Dinov2Config()
     if name == "owlv2":
         return tf.Owlv2Config(text_config=_reference_text_ids(), vision_config=dict(image_size=960, patch_size=16))
+    if name == "detr":  # rtdetr_v2_r50vd's architecture, COCO-sized head
+        return tf.RTDetrV2Config(num_labels=80)
     raise ValueError(f"no reference config for {name!r}")
 
 
@@ -177,6 +197,7 @@ _TINY = {
     "siglip": tiny_siglip_config,
     "dinov2": tiny_dinov2_config,
     "owlv2": tiny_owlv2_config,
+    "detr": tiny_detr_config,
 }
 
 
