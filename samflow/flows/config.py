@@ -149,11 +149,37 @@ class EmbedStageConfig(StageConfig):
     crops_per_batch: int = Field(64, ge=1, description="Mask crops per CLIP call.")
 
 
+class SemanticStageConfig(StageConfig):
+    """Semantic segmentation (a U-Net or a torchvision segmentation model): one mask row per
+    class region, source "semantic"."""
+
+    enabled: bool = Field(False, description="Off by default.")
+    model: str = Field(
+        "", description="Segmentation checkpoint folder (config.json naming classes and input size + one "
+        "weight file), s3:// / https:// copy of one, or tiny://unet.",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per model call.")
+    classes: list[str] = Field(
+        default_factory=list, description="Class names in output-channel order; empty = the checkpoint's."
+    )
+    input_size: tuple[int, int] | None = Field(
+        None, description="Model input (height, width); null = the checkpoint config's."
+    )
+    skip_classes: list[str] = Field(
+        default_factory=lambda: ["background"], description="Classes that give no rows."
+    )
+    connected_components: bool = Field(
+        False, description="One row per connected region of a class instead of one per class."
+    )
+    min_area: int = Field(1, ge=1, description="Regions smaller than this many pixels give no row.")
+
+
 class StagesConfig(_Section):
     upscale: UpscaleStageConfig = Field(default_factory=UpscaleStageConfig)
     propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
     segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
     embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
+    semantic: SemanticStageConfig = Field(default_factory=SemanticStageConfig)
 
 
 class EngineConfig(_Section):
@@ -222,6 +248,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stages.propose.model": "tiny://owlv2",
         "stages.segment.model": "tiny://sam",
         "stages.embed.model": "tiny://clip",
+        "stages.semantic.model": "tiny://unet",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,
         "engine.stability_score_thresh": 0.0,

@@ -27,6 +27,7 @@ from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
+from samflow.actors.semantic import SemanticStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
@@ -138,7 +139,8 @@ class ModelStage:
 
 
 def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed."""
+    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed -> semantic
+    (after embed, so zero-shot labels never overwrite the class names of semantic rows)."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
     candidates = [
@@ -158,6 +160,11 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "templates": list(cfg.labels.templates), "mask_embeddings": emb.mask_embeddings,
             "crops_per_batch": emb.crops_per_batch,
         }, emb),
+        ModelStage("semantic", SemanticStage, {
+            "model_uri": stages.semantic.model, "classes": list(stages.semantic.classes),
+            "input_size": stages.semantic.input_size, "skip_classes": list(stages.semantic.skip_classes),
+            "connected_components": stages.semantic.connected_components, "min_area": stages.semantic.min_area,
+        }, stages.semantic),
     ]
     return [stage for stage in candidates if stage.config.enabled]
 

@@ -28,6 +28,7 @@ _MODEL_TYPES = {
     "rt_detr": "detr",
     "rt_detr_v2": "detr",
     "d_fine": "detr",
+    "unet": "unet",
 }
 
 
