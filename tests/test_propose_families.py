@@ -107,3 +107,12 @@ def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
 def test_a_non_detector_model_is_refused_with_a_clear_error():
     with pytest.raises(ModelLoadError, match="proposals come from"):
         ProposeStage("tiny://clip")
+
+
+def test_grounding_dino_needs_queries_and_labels_boxes_with_them():
+    with pytest.raises(ModelLoadError, match="needs text queries"):
+        ProposeStage("tiny://grounding_dino")
+    stage = ProposeStage("tiny://grounding_dino", max_boxes=3, score_thresh=0.0, queries=["a cone", "a ball"])
+    (image,) = _scenes((30, 44))
+    found = json.loads(stage(_batch([image]))["proposals_json"][0])
+    assert 0 < len(found["boxes"]) <= 3 and set(found["labels"]) <= {"a cone", "a ball"}

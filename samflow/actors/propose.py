@@ -3,6 +3,7 @@
 Families (``family``; "auto" reads it from the model URI / checkpoint config, see
 ``samflow.models.check.infer_family``):
   owlv2           class-agnostic objectness boxes, or open-vocabulary boxes for ``queries``
+  grounding_dino  open-vocabulary boxes for ``queries`` (required)
   detr            closed-set boxes (RT-DETR v2, D-FINE) with the checkpoint's class names
   maskrcnn        closed-set boxes with class names, and instance masks: ``maskrcnn_masks``
                   "prompts" hands the boxes to segment (SAM draws the masks), "rows" keeps
@@ -38,7 +39,7 @@ from samflow.models.registry import ModelLoadError, load_model
 
 STAGE = "propose"
 NO_PROPOSALS = json.dumps({"boxes": [], "scores": []})
-PROPOSAL_FAMILIES = ("owlv2", "detr", "maskrcnn")
+PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 
 def resolve_family(family: str, model_uri: str) -> str:
@@ -69,6 +70,8 @@ class ProposeStage:
         maskrcnn_masks: str = "prompts",
     ) -> None:
         self.family = resolve_family(family, model_uri)
+        if self.family == "grounding_dino" and not queries:
+            raise ModelLoadError("stages.propose: grounding_dino needs text queries (stages.propose.queries)")
         if maskrcnn_masks not in ("prompts", "rows"):
             raise ValueError(f"maskrcnn_masks must be 'prompts' or 'rows', got {maskrcnn_masks!r}")
         self.detector = load_model(self.family, model_uri, device=device)
@@ -88,7 +91,9 @@ class ProposeStage:
                 return [_found(boxes, scores, [""] * len(scores)) for boxes, scores in found]
             found = self.detector.detect(images, self.queries, threshold=self.score_thresh, **limits)
             return [_found(b, s, [self.queries[i] for i in q.tolist()]) for b, s, q in found]
-        if self.family == "maskrcnn":
+        if self.family == "grounding_dino":
+            found = self.detector.detect(images, self.queries, threshold=self.score_thresh, **limits)
+        elif self.family == "maskrcnn":
             found = self.detector.detect(images, threshold=self.score_thresh, with_masks=self.mask_rows, **limits)
         else:
             found = self.detector.detect(images, threshold=self.score_thresh, **limits)

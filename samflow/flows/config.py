@@ -99,12 +99,12 @@ class UpscaleStageConfig(StageConfig):
 
 
 class ProposeStageConfig(StageConfig):
-    """Box proposals (OWLv2, RT-DETR / D-FINE, Mask R-CNN), given to segment as box prompts."""
+    """Box proposals (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN), given to segment as box prompts."""
 
     enabled: bool = Field(False, description="Off by default: segment then runs on the point grid alone.")
     model: str = Field(
         "google/owlv2-base-patch16-ensemble",
-        description="Detector URI (OWLv2, RT-DETR / D-FINE, Mask R-CNN: torchvision://<builder> "
+        description="Detector URI (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN: torchvision://<builder> "
         "or a checkpoint folder).",
     )
 
@@ -117,10 +117,10 @@ class ProposeStageConfig(StageConfig):
         default_factory=list,
         description="Text queries for open-vocabulary boxes; empty = class-agnostic objectness.",
     )
-    family: Literal["auto", "owlv2", "detr", "maskrcnn"] = Field(
+    family: Literal["auto", "owlv2", "grounding_dino", "detr", "maskrcnn"] = Field(
         "auto",
         description="Detector family of `model`: auto = from the URI / checkpoint config (model_type); "
-        "owlv2 takes `queries`, detr (RT-DETR v2, D-FINE) and maskrcnn are closed-set "
+        "owlv2 and grounding_dino take `queries` (grounding_dino needs them), detr (RT-DETR v2, D-FINE) and maskrcnn are closed-set "
         "and give their class names to the masks they prompt (label / label_score).",
     )
     maskrcnn_masks: Literal["prompts", "rows"] = Field(

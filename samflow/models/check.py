@@ -29,6 +29,8 @@ _MODEL_TYPES = {
     "rt_detr_v2": "detr",
     "d_fine": "detr",
     "unet": "unet",
+    "grounding-dino": "grounding_dino",
+    "mm-grounding-dino": "grounding_dino",
 }
 
 

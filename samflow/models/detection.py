@@ -4,7 +4,7 @@
                masks (N,H,W) bool or None)
 
 `finish` thresholds, NMS's per class, sorts best first and caps one image's raw outputs, so the
-detector families (maskrcnn, detr) trim the same way.
+detector families (maskrcnn, detr, grounding_dino) trim the same way.
 """
 
 from __future__ import annotations

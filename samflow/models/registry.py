@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
-            "maskrcnn", "detr", "unet")
+            "maskrcnn", "detr", "grounding_dino", "unet")
 
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
 # that loading CLIP never pays for importing SAM 2 and friends.
@@ -40,6 +40,7 @@ _RUNNER_MODULES = {
     "maskrcnn": "samflow.models.maskrcnn",
     "detr": "samflow.models.detr",
     "unet": "samflow.models.unet",
+    "grounding_dino": "samflow.models.grounding_dino",
 }
 
 OFFLINE_HINT = "offline? use a local model directory or a checkpoint file path, or tiny://<family> for a dry run"

@@ -157,6 +157,44 @@ def tiny_detr_config():
     )
 
 
+# Grounding DINO's text side: BERT word pieces. The model finds the caption's delimiters by
+# BERT's ids ([CLS] 101, [SEP] 102, "." 1012, "?" 1029), so the tiny vocabulary keeps them there.
+TINY_GROUNDING_EDGES = (64, 128)
+_BERT_SPECIAL_IDS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}
+TINY_BERT_VOCAB_SIZE = 1030
+
+
+def tiny_bert_tokenizer():
+    """A BERT WordPiece tokenizer over single characters (every lower-case text tokenizes)."""
+    import string
+
+    from transformers import BertTokenizer
+
+    chars = string.ascii_lowercase + string.digits + "-',/()"
+    pieces = iter([*chars, *("##" + c for c in chars)])
+    vocab = {}
+    for index in range(TINY_BERT_VOCAB_SIZE):
+        token = _BERT_SPECIAL_IDS.get(index) or (next(pieces, None) if index > 103 else None) or f"[unused{index}]"
+        vocab[token] = index
+    return BertTokenizer(vocab=vocab)
+
+
+def tiny_grounding_dino_config():
+    """Swin at 16 channels, a one-layer BERT, one encoder and two decoder layers (the box heads tie
+    across decoder layers), 20 queries."""
+    from transformers import GroundingDinoConfig
+
+    return GroundingDinoConfig(
+        backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                             num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"]),
+        text_config=dict(model_type="bert", vocab_size=TINY_BERT_VOCAB_SIZE, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64),
+        num_queries=20, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, num_feature_levels=3, max_text_len=32,
+        encoder_n_points=2, decoder_n_points=2,
+    )
+
+
 # --- random://<family>: the published architectures at full size, random weights -------------
 # For benchmarks and memory sizing without downloads. Text towers keep the in-code tokenizer's
 # special-token ids so pooling finds the end-of-text token.
@@ -186,6 +224,8 @@ def reference_config(name: str):
         return tf.Owlv2Config(text_config=_reference_text_ids(), vision_config=dict(image_size=960, patch_size=16))
     if name == "detr":  # rtdetr_v2_r50vd's architecture, COCO-sized head
         return tf.RTDetrV2Config(num_labels=80)
+    if name == "grounding_dino":  # grounding-dino-tiny's architecture (Swin-T, BERT-base)
+        return tf.GroundingDinoConfig()
     raise ValueError(f"no reference config for {name!r}")
 
 
@@ -198,6 +238,7 @@ _TINY = {
     "dinov2": tiny_dinov2_config,
     "owlv2": tiny_owlv2_config,
     "detr": tiny_detr_config,
+    "grounding_dino": tiny_grounding_dino_config,
 }
 
 

@@ -103,3 +103,57 @@ def test_maskrcnn_pickled_code_is_refused(tmp_path):
 def test_models_check_tiny(family):
     facts = check_model(f"tiny://{family}")
     assert facts["family"] == family and facts["parameters"] > 0 and len(facts["checkpoint_sha256"]) == 64
+
+
+# --- Grounding DINO: open vocabulary ------------------------------------------------------------
+
+QUERIES = ["a cat", "traffic cone"]
+
+
+@pytest.fixture(scope="module")
+def grounding():
+    return load_model("grounding_dino", "tiny://grounding_dino", device="cpu")
+
+
+def test_grounding_dino_batch_equals_single_calls_and_labels_are_the_queries(grounding, images):
+    batch = grounding.detect(images, QUERIES, threshold=0.0, max_boxes=8)
+    for image, found in zip(images, batch):
+        _same(found, grounding.detect([image], QUERIES, threshold=0.0, max_boxes=8)[0])
+        assert len(found) > 0 and set(found.labels) <= set(QUERIES)
+        height, width = image.shape[:2]
+        assert (found.boxes[:, 0::2] >= 0).all() and (found.boxes[:, 0::2] <= width).all()
+        assert (found.boxes[:, 1::2] >= 0).all() and (found.boxes[:, 1::2] <= height).all()
+
+
+def test_grounding_dino_boxes_match_transformers_post_processing(grounding, images):
+    """Same input size and caption as the checkpoints' own processor, and every kept box is one
+    its post-processing reports for the original image size."""
+    from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
+
+    from samflow.models.tiny import TINY_GROUNDING_EDGES
+
+    image = images[1]  # 100 x 60
+    short, longest = TINY_GROUNDING_EDGES
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": short, "longest_edge": longest}),
+        tokenizer=grounding.tokenizer)
+    inputs = processor(images=[image], text=". ".join(QUERIES) + ".", return_tensors="pt")
+    assert inputs["input_ids"].tolist() == grounding.caption(QUERIES)[0].tolist()  # same caption tokens
+    pixels = grounding.pixels([image])
+    assert pixels.shape == inputs["pixel_values"].shape  # same resize rule
+    with torch.inference_mode():
+        outputs = grounding.model(pixel_values=pixels, input_ids=inputs["input_ids"])
+    reference = processor.post_process_grounded_object_detection(
+        outputs, inputs["input_ids"], threshold=0.0, text_threshold=0.0, target_sizes=[image.shape[:2]])[0]
+    ours = grounding.detect([image], QUERIES, threshold=0.0, max_boxes=5, nms_iou=1.0)[0]
+    expected = reference["boxes"].clone()
+    expected[:, 0::2] = expected[:, 0::2].clamp(0, image.shape[1])
+    expected[:, 1::2] = expected[:, 1::2].clamp(0, image.shape[0])
+    for box in ours.boxes:
+        assert torch.cdist(box[None], expected).min() < 1e-3
+
+
+def test_grounding_dino_models_check_and_too_long_queries(grounding):
+    assert check_model("tiny://grounding_dino")["family"] == "grounding_dino"
+    with pytest.raises(ValueError, match="tokens"):
+        grounding.detect([np.zeros((32, 32, 3), np.uint8)], ["a very long query about many things"] * 3)
