@@ -1,6 +1,6 @@
 """Model throughput per family: images/s, and achieved TFLOP/s against a measured matmul peak.
 
-    python bench/models.py [--quick] [--device cpu|cuda] [--seconds S]
+    python bench/models.py [--smoke|--quick] [--device cpu|cuda] [--seconds S] [--only FAMILY ...]
 
 Without CUDA it runs the tiny:// models through the registry (the same runner code as real
 models) on the CPU in fp32; with tiny weights the figures mostly measure samflow's per-batch
@@ -8,7 +8,8 @@ overhead (pre-processing, batching, post-processing), not arithmetic.
 
 With CUDA it runs random:// models: each family's default published architecture at full size
 (sam-vit-base, sam2.1-hiera-tiny, clip-vit-base-patch32, siglip-base-patch16-224, dinov2-base,
-owlv2-base-patch16 at 960 px, RealESRGAN_x4plus) with random weights, at real input sizes, in the
+owlv2-base-patch16 at 960 px, RealESRGAN_x4plus, torchvision's maskrcnn_resnet50_fpn_v2,
+rtdetr_v2_r50vd, grounding-dino-tiny, a 4-level U-Net at 512 px) with random weights, at real input sizes, in the
 registry's GPU dtype (bf16; Real-ESRGAN fp16). FLOPs of one batch are counted with torch's
 FlopCounterMode, so "achieved TFLOP/s" / "matmul peak" is a model-FLOP utilisation figure.
 """
@@ -76,7 +77,17 @@ def cases(gpu: bool) -> list[Case]:
         Case("owlv2.propose", "owlv2", b, "images", b, lambda r, ims: lambda: r.propose(ims, max_boxes=100), hw),
         Case("realesrgan.upscale x4", "realesrgan", b, "images", b,
              lambda r, ims: lambda: r.upscale_batch(ims, tile=256 if gpu else None), (256, 256) if gpu else (48, 64)),
+        # detector and segmenter families (propose / semantic stages)
+        Case("maskrcnn.detect (with masks)", "maskrcnn", b, "images", b,
+             lambda r, ims: lambda: r.detect(ims, threshold=0.05), hw),
+        Case("detr.detect", "detr", b, "images", b, lambda r, ims: lambda: r.detect(ims, threshold=0.05), hw),
+        Case("grounding_dino.detect 4 queries", "grounding_dino", b, "images", b,
+             lambda r, ims: lambda: r.detect(ims, GROUNDING_QUERIES, threshold=0.05), hw),
+        Case("unet.segment", "unet", b, "images", b, lambda r, ims: lambda: r.segment(ims), hw),
     ]
+
+
+GROUNDING_QUERIES = ["a person", "a car", "a dog", "a traffic cone"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -146,21 +157,23 @@ def run_case(case: Case, device: torch.device, scheme: str, seconds: float, min_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short timing windows (< 2 min on 2 CPU cores)")
+    parser.add_argument("--smoke", action="store_true", help="one timed step per case (seconds; CI)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per case")
     parser.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help="run only these families")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 3.0)
+    quick = args.quick or args.smoke
+    seconds = args.seconds if args.seconds is not None else (0.0 if args.smoke else 0.3 if args.quick else 3.0)
     torch.manual_seed(0)
     peak_dtype = torch.bfloat16 if gpu else torch.float32
-    peak = matmul_peak_flops(device, peak_dtype, args.quick)
+    peak = matmul_peak_flops(device, peak_dtype, quick)
     unit, scale = flop_unit(device)
     results = [result(f"matmul peak ({str(peak_dtype).removeprefix('torch.')})", "peak", peak / scale, unit)]
     print(f"matmul peak: {peak / scale:.3f} {unit} ({peak_dtype})", flush=True)
     scheme = "random" if gpu else "tiny"
-    min_steps = 2 if args.quick else 5
+    min_steps = 1 if args.smoke else 2 if args.quick else 5
     for case in cases(gpu):
         if args.only and case.family not in args.only:
             continue

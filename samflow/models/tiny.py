@@ -188,9 +188,9 @@ def tiny_grounding_dino_config():
         backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
                              num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"]),
         text_config=dict(model_type="bert", vocab_size=TINY_BERT_VOCAB_SIZE, hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64),
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128),
         num_queries=20, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, num_feature_levels=3, max_text_len=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, d_model=32, num_feature_levels=3, max_text_len=64,
         encoder_n_points=2, decoder_n_points=2,
     )
 
