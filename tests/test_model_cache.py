@@ -135,3 +135,21 @@ def test_stage_loads_its_remote_model_and_records_the_uri(tmp_path, web, monkeyp
     stages = [stage_cls(model_uri=f"{base}/x4.pth", device="cpu") for _ in range(2)]
     assert requests == ["/x4.pth"]
     assert all(stage.info["model"] == f"{base}/x4.pth" for stage in stages)
+
+
+def test_models_check_cli_loads_a_remote_checkpoint_and_refuses_a_tampered_one(tmp_path, web, monkeypatch, capsys):
+    import json
+
+    from samflow.flows.cli import main
+
+    base, root, _ = web
+    sha = sha256_file(_esrgan_checkpoint(root / "x4.pth"))
+    monkeypatch.setenv("SAMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    assert main(["models", "check", f"{base}/x4.pth#sha256={sha}"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["family"] == "realesrgan" and facts["checkpoint_sha256"] == sha
+    assert facts["uri"] == f"{base}/x4.pth#sha256={sha}" and facts["local_path"].startswith(str(tmp_path))
+    wrong = "0" * 64
+    assert main(["models", "check", f"{base}/x4.pth#sha256={wrong}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and sha in err

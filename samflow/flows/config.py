@@ -147,6 +147,14 @@ class EmbedStageConfig(StageConfig):
         False, description="Also write one CLIP vector per mask crop (annotations.embedding)."
     )
     crops_per_batch: int = Field(64, ge=1, description="Mask crops per CLIP call.")
+    models: list[Literal["clip", "dinov2"]] = Field(
+        default_factory=lambda: ["clip"],
+        description="Embedding models: clip = `model` (vectors, labels, mask vectors -> embeddings/); "
+        "dinov2 = `dinov2_model` (one image vector per image -> embeddings_dinov2/, same columns).",
+    )
+    dinov2_model: str = Field(
+        "facebook/dinov2-base", description="DINOv2 model URI used when `models` lists dinov2."
+    )
 
 
 class SemanticStageConfig(StageConfig):
@@ -249,6 +257,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stages.segment.model": "tiny://sam",
         "stages.embed.model": "tiny://clip",
         "stages.semantic.model": "tiny://unet",
+        "stages.embed.dinov2_model": "tiny://dinov2",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,
         "engine.stability_score_thresh": 0.0,

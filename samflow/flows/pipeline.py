@@ -25,6 +25,7 @@ from ray.data import ActorPoolStrategy
 from samflow.actors.batch import describe, mark_error
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
+from samflow.actors.embed_features import FeatureEmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
 from samflow.actors.semantic import SemanticStage
@@ -159,7 +160,11 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
             "templates": list(cfg.labels.templates), "mask_embeddings": emb.mask_embeddings,
             "crops_per_batch": emb.crops_per_batch,
-        }, emb),
+        }, emb.model_copy(update={"enabled": emb.enabled and "clip" in emb.models})),
+        # a second embedding model shares the embed section's pool settings; its own hash pin, if
+        # any, goes in its URI (#sha256=...): model_sha256 belongs to `model`
+        ModelStage("embed_dinov2", FeatureEmbedStage, {"model_uri": emb.dinov2_model, "family": "dinov2"},
+                   emb.model_copy(update={"enabled": emb.enabled and "dinov2" in emb.models, "model_sha256": None})),
         ModelStage("semantic", SemanticStage, {
             "model_uri": stages.semantic.model, "classes": list(stages.semantic.classes),
             "input_size": stages.semantic.input_size, "skip_classes": list(stages.semantic.skip_classes),
@@ -194,7 +199,8 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
         ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
     ds = ds.drop_columns(["pixels"])
-    embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
+    embed = cfg.stages.embed
+    embed_model = embed.model if embed.enabled and "clip" in embed.models else None
     return ds.map_batches(
         stage_shard,
         fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},

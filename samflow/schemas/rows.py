@@ -32,6 +32,10 @@ def build_tables(
     }
     if "embedding" in batch and embed_model:
         out["embeddings"] = _embeddings(batch, ok, embed_model)
+    for family in tables.EXTRA_EMBEDDING_FAMILIES:  # a second embedding model (e.g. DINOv2)
+        column = f"embedding_{family}"
+        if column in batch and ok:
+            out[f"embeddings_{family}"] = _embeddings(batch, ok, str(batch[f"{column}_model"][ok[0]]), column)
     return out
 
 
@@ -99,8 +103,8 @@ def _annotations(batch: dict[str, np.ndarray], rows: list[int]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=tables.ANNOTATIONS)
 
 
-def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str) -> pa.Table:
-    vectors = np.asarray(batch["embedding"], dtype=np.float32)
+def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str, column: str = "embedding") -> pa.Table:
+    vectors = np.asarray(batch[column], dtype=np.float32)
     dim = vectors.shape[1]
     flat = pa.array(vectors[rows].reshape(-1), type=pa.float32())
     return pa.Table.from_arrays(

@@ -63,4 +63,6 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
-TABLES = ("images", "annotations", "embeddings", "errors")
+# A second embedding model's vectors (stages.embed.models) have their own size: own table, same columns.
+EXTRA_EMBEDDING_FAMILIES = ("dinov2",)
+TABLES = ("images", "annotations", "embeddings", "errors", *(f"embeddings_{f}" for f in EXTRA_EMBEDDING_FAMILIES))
