@@ -157,6 +157,25 @@ def tiny_detr_config():
     )
 
 
+def tiny_dfine_config():
+    """D-FINE at toy width (HGNetV2 backbone): the second real-time DETR architecture, for tests of
+    checkpoint folders (tiny://detr is RT-DETR v2)."""
+    from transformers import DFineConfig
+
+    labels = dict(enumerate(TINY_DETECTOR_CLASSES))
+    channels = [32, 64, 96, 128]
+    backbone = dict(model_type="hgnet_v2", embedding_size=16, depths=[1, 1, 1, 1], hidden_sizes=channels,
+                    stem_channels=[3, 8, 16], stage_in_channels=[16, 32, 64, 96], stage_mid_channels=[8, 16, 32, 48],
+                    stage_out_channels=channels, stage_num_blocks=[1, 1, 1, 1], stage_numb_of_layers=[2, 2, 2, 2],
+                    out_features=["stage2", "stage3", "stage4"])
+    return DFineConfig(
+        backbone_config=backbone, encoder_in_channels=channels[1:], encoder_hidden_dim=32, encoder_ffn_dim=64,
+        encoder_attention_heads=2, d_model=32, decoder_in_channels=[32, 32, 32], decoder_ffn_dim=64,
+        decoder_attention_heads=2, decoder_layers=2, num_queries=20, num_denoising=0,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+
+
 # Grounding DINO's text side: BERT word pieces. The model finds the caption's delimiters by
 # BERT's ids ([CLS] 101, [SEP] 102, "." 1012, "?" 1029), so the tiny vocabulary keeps them there.
 TINY_GROUNDING_EDGES = (64, 128)

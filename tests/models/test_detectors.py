@@ -157,3 +157,26 @@ def test_grounding_dino_models_check_and_too_long_queries(grounding):
     assert check_model("tiny://grounding_dino")["family"] == "grounding_dino"
     with pytest.raises(ValueError, match="tokens"):
         grounding.detect([np.zeros((32, 32, 3), np.uint8)], ["a very long query about many things"] * 3)
+
+
+def test_dfine_checkpoint_folder_loads_as_detr_with_its_processor_size(tmp_path, images):
+    """A D-FINE folder (config.json model_type d_fine + preprocessor_config.json) is auto-detected
+    as the detr family and runs at the processor's input size with its class names."""
+    import json
+
+    from transformers import DFineForObjectDetection
+
+    from samflow.models.hf import build_in_code
+    from samflow.models.tiny import tiny_dfine_config
+
+    built = build_in_code(DFineForObjectDetection, tiny_dfine_config(), torch.device("cpu"), torch.float32)
+    built.model.save_pretrained(tmp_path / "dfine")
+    (tmp_path / "dfine" / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 96, "width": 96}, "do_normalize": False}))
+    assert check_model(str(tmp_path / "dfine"))["family"] == "detr"
+    runner = load_model("detr", str(tmp_path / "dfine"), device="cpu")
+    assert type(runner.model).__name__ == "DFineForObjectDetection" and runner.size == (96, 96)
+    batch = runner.detect(images, threshold=0.0, max_boxes=5)
+    for image, found in zip(images, batch):
+        _same(found, runner.detect([image], threshold=0.0, max_boxes=5)[0])
+        assert len(found) > 0 and set(found.labels) <= set(TINY_CLASSES)
