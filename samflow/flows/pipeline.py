@@ -87,7 +87,7 @@ class PipelineStats:
             self.workers[stage].add(info["pid"])
 
 
-def ensure_ray(cfg: RayConfig) -> None:
+def ensure_ray(cfg: RayConfig, min_cpus: int = LOCAL_MIN_CPUS) -> None:
     """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
     if ray.is_initialized():
         return
@@ -98,7 +98,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         # "local": a new Ray of our own; without it ray.init() joins whatever cluster was started
         # last on this machine. Every stage holds at least one logical CPU, and on a small
         # machine they must all fit at once or the stream stalls: hence LOCAL_MIN_CPUS.
-        cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1)
+        cpus = max(min_cpus, os.cpu_count() or 1)
         ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
 
 
@@ -292,7 +292,8 @@ def run_pipeline(
     stats = PipelineStats()
     if not items:
         return stats
-    ensure_ray(cfg.ray)
+    # one logical CPU per model pool (the default num_cpus), decode and the writer: all at once
+    ensure_ray(cfg.ray, max(LOCAL_MIN_CPUS, len(model_stages(cfg, dst)) + 2))
     catalog = Catalog(dst, cfg.storage)
     dataset = build_dataset(items, cfg, dst, run_id)
     held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []
