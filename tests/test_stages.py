@@ -116,7 +116,8 @@ def test_every_input_is_accounted_for_and_the_broken_one_fails_in_decode(full_ru
 def test_proposals_become_box_prompted_masks_with_their_score(full_run):
     dst, _ = full_run
     annotations = _read(dst, "annotations")
-    assert annotations.schema.equals(tables.ANNOTATIONS)
+    dim = _read(dst, "embeddings").schema.field("embedding").type.list_size
+    assert annotations.schema.equals(tables.annotations_schema(dim))  # fixed-size vectors
     rows = annotations.to_pylist()
     boxes = [r for r in rows if r["source"] == "box"]
     assert boxes, "propose is on: some masks come from box prompts"
@@ -332,7 +333,7 @@ def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():
     stage = EmbedStage("tiny://clip", vocabulary=["cat"], mask_embeddings=True)
     images = _scenes((24, 24), (16, 20))
     out = stage(_batch(images, failed=(1,)))
-    assert "annotations_json" not in out  # no segment stage ran: nothing to label
+    assert "masks" not in out  # no segment stage ran: nothing to label
     assert np.linalg.norm(out["embedding"][0]) == pytest.approx(1.0, abs=1e-4)
     assert not out["embedding"][1].any()
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from samflow.actors.batch import describe, mark_error
+from samflow.actors.batch import arrow_batches, describe, mark_error
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
@@ -184,22 +184,25 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         batch_format="numpy",
         ray_remote_args_fn=_decode_task_args(fit.decode_cpus),
     )
+    # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
+    # masks column stays Arrow from the stage that emits it to the Parquet file.
     for stage in stages:
         pool = _pool(stage.config, fit.stages[stage.name])
-        ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
+        ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
     ds = ds.drop_columns(["pixels"])
     embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
     return ds.map_batches(
         stage_shard,
         fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},
         batch_size=cfg.output.shard_rows,
-        batch_format="numpy",
+        batch_format="pyarrow",
         num_cpus=fit.write_cpus,
     )
 
 
+@arrow_batches
 def stage_shard(
-    batch: dict[str, np.ndarray], *, dst: str, storage: Any, run_id: str, embed_model: str | None
+    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None
 ) -> dict[str, np.ndarray]:
     """Write one batch's rows of every table to the staging area; return what the driver commits."""
     uris = sorted({str(u) for u in batch["uri"]})
@@ -252,7 +255,7 @@ def _tables_per_row_safe(
         log.warning("shard batch failed to build (%s); building row by row", describe(exc))
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     for row in range(len(batch["uri"])):
-        one = {name: np.asarray(column)[row : row + 1] for name, column in batch.items()}
+        one = {name: column[row : row + 1] for name, column in batch.items()}
         try:
             tables = build_tables(one, run_id, embed_model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
