@@ -28,6 +28,7 @@ from samflow.models.preprocess import (
     resize_longest_pad,
     scale_xy,
 )
+from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.registry import ModelSource
 
 
@@ -43,6 +44,8 @@ class SamEncoding:
 
 class SamRunner(HfRunner):
     family = "sam"
+    # Set when the weights came from Meta's own checkpoint: how its keys were mapped.
+    checkpoint_mapping: dict | None = None
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype, norm: Normalisation):
         super().__init__(loaded, uri, device, dtype)
@@ -110,6 +113,11 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
         from samflow.models.tiny import in_code_config
 
         loaded = build_in_code(SamModel, in_code_config("sam", source.kind), device, dtype)
+    elif source.kind == "local" and is_meta_file(source.location):  # Meta's own .pth / .pt
+        loaded, report = load_meta_checkpoint("sam", source.location, device, dtype)
+        runner = SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))
+        runner.checkpoint_mapping = report.as_dict()
+        return runner
     else:
         loaded = load_pretrained(SamModel, source, device, dtype)
     return SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))
