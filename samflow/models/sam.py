@@ -30,6 +30,7 @@ from samflow.models.preprocess import (
 )
 from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.registry import ModelSource
+from samflow.models.sam_decoder import decode_prompts
 
 
 @dataclass
@@ -83,11 +84,14 @@ class SamRunner(HfRunner):
         if points is not None:
             coords = scaled.unsqueeze(2)  # one positive point per mask prompt
             labels = torch.ones(coords.shape[:3], dtype=torch.long, device=self.device)
-            out = self.model(image_embeddings=embeddings, input_points=coords, input_labels=labels,
-                             multimask_output=multimask_output)
+            sparse, dense = self.model.prompt_encoder(input_points=coords.to(self.dtype), input_labels=labels,
+                                                      input_boxes=None, input_masks=None)
         else:
-            out = self.model(image_embeddings=embeddings, input_boxes=scaled, multimask_output=multimask_output)
-        return out.pred_masks.float(), out.iou_scores.float()
+            sparse, dense = self.model.prompt_encoder(input_points=None, input_labels=None,
+                                                      input_boxes=scaled.to(self.dtype), input_masks=None)
+        # the model's own decoder maths, without one copy of the image per prompt (sam_decoder)
+        masks, iou = decode_prompts(self.model, embeddings, sparse, dense, multimask_output)
+        return masks.float(), iou.float()
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
