@@ -31,12 +31,13 @@ def _put(catalog: Catalog, table: str, shard: str, data: pa.Table) -> None:
 
 
 def write_image_shard(dst: str, shard: str, vectors: np.ndarray, first: int,
-                      storage: StorageConfig | None = None, model: str = "tiny://clip") -> list[str]:
+                      storage: StorageConfig | None = None, model: str = "tiny://clip",
+                      uris: list[str] | None = None) -> list[str]:
     """One committed shard of ``len(vectors)`` images named img-<first..>; returns their item ids."""
     catalog = Catalog(dst, storage or StorageConfig())
     n = len(vectors)
     items = [f"item-{first + i:07d}" for i in range(n)]
-    uris = [f"s3://src/img-{first + i:07d}.jpg" for i in range(n)]
+    uris = uris or [f"s3://src/img-{first + i:07d}.jpg" for i in range(n)]
     images = pa.table({
         "item_id": items, "uri": uris, "frame_index": pa.array([0] * n, pa.int32()),
         "timestamp_s": pa.array([0.0] * n), "width": pa.array([64] * n, pa.int32()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def _add_index_parsers(commands) -> None:
     search.add_argument("--kind", choices=["image", "mask"], default="image")
     search.add_argument("--json", action="store_true", help="one JSON array instead of a table")
 
+    dedup = commands.add_parser("dedup", help="exact and near-duplicate groups -> DST/dedup/")
+    dedup.add_argument("dst")
+    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
+    dedup.add_argument("--kind", choices=["image", "mask"], default="image")
+
 
 def _index(args: argparse.Namespace) -> int:
     from samflow.flows.index import IndexUserError, add_to_index, build_index
@@ -100,6 +106,19 @@ def _search(args: argparse.Namespace) -> int:
     for hit in hits:
         extra = f"  {hit['annotation_id']} {hit.get('label') or ''}" if args.kind == "mask" else ""
         print(f"{hit['score']:.4f}  {hit['uri']}{extra}")
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, dedup
+    from samflow.index.build import IndexBuildError
+
+    try:
+        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow dedup: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -144,10 +163,13 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
-HANDLERS.update({"index": _index, "search": _search})
+HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup})
 
 
 def main(argv: list[str] | None = None) -> int:
+    # FAISS's OpenMP threads sleep instead of spinning while idle: on a busy (shared) CPU spinning
+    # workers make index builds several times slower. Read once, when faiss loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing

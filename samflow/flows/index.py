@@ -232,3 +232,75 @@ def search(dst: str, text: str | None = None, image: str | None = None, k: int =
             raise IndexUserError(f"cannot read image {image}: {type(exc).__name__}") from None
         vector = index.image_vector(data)
     return index.query(vector, k)
+
+
+# --- dedup ---------------------------------------------------------------------------------
+
+DEDUP_DIR = "dedup"
+HASH_THREADS = 8
+
+
+def content_digests(uris: "pa.ChunkedArray", storage: StorageConfig) -> np.ndarray:
+    """16-byte BLAKE2b of each row's file, ``b""`` where the file is not an image of its own:
+    a URI named by several rows (frames of one video) or one that cannot be read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(uris)
+    single = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
+    hashable = pc.is_in(uris, value_set=single).to_numpy(zero_copy_only=False)
+
+    def digest(uri: str) -> bytes:
+        try:
+            return hashlib.blake2b(read_bytes(uri, storage), digest_size=16).digest()
+        except OSError:
+            return b""
+
+    out = np.zeros(len(uris), dtype="S16")
+    rows = np.flatnonzero(hashable)
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for start in range(0, len(rows), 1024):
+            block = rows[start:start + 1024]
+            names = uris.take(block).to_pylist()
+            out[block] = list(pool.map(digest, names))
+    return out
+
+
+def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
+          storage: StorageConfig | None = None, params: "DedupParams | None" = None) -> dict[str, Any]:
+    """Near-duplicate groups of DST's ``kind`` vectors -> ``DST/dedup/<kind>.parquet``."""
+    import pyarrow.parquet as pq
+
+    from samflow.index.dedup import SCHEMA, DedupParams, result_tables, semdedup
+    from samflow.index.store import VectorFile
+
+    if not 0.0 < threshold <= 1.0:
+        raise IndexUserError(f"--threshold must be in (0, 1] (got {threshold})")
+    _check_kind(kind)
+    run = RunIndex(dst, storage)
+    if run.manifest(kind) is None:
+        build_index(dst, kind, storage=run.storage)
+    manifest = run.manifest(kind)
+    folder = store.fetch(run.fs, run.root(kind), run.cache(kind), manifest)
+    params = params or DedupParams()
+    params.threshold = threshold
+    digests = None
+    if kind == "image":
+        digests = content_digests(pq.read_table(folder / store.IDS, columns=["uri"]).column("uri"), run.storage)
+    result = semdedup(VectorFile(folder / store.VECTORS, manifest["dim"]), manifest["count"], digests, params)
+    out_dir = run.catalog.path(DEDUP_DIR)
+    run.fs.create_dir(out_dir, recursive=True)
+    out = f"{out_dir}/{kind}.parquet"
+    with run.fs.open_output_stream(out) as sink, pq.ParquetWriter(sink, SCHEMA) as writer:
+        for table in result_tables(folder / store.IDS, result):
+            writer.write_table(table)
+    return {
+        "output": run.catalog.dst.rstrip("/") + f"/{DEDUP_DIR}/{kind}.parquet",
+        "vectors": manifest["count"],
+        "kept": int(result.keep.sum()),
+        "dropped": int((~result.keep).sum()),
+        "byte_duplicates": result.byte_copies,
+        "clusters": result.clusters,
+        "threshold": threshold,
+    }
