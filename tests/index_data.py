@@ -77,3 +77,40 @@ def write_mask_shard(dst: str, shard: str, vectors: np.ndarray, item_ids: list[s
     catalog.write_json(catalog.path(COMMITS, f"{shard}.json"),
                        {"shard": shard, "run_id": "run", "uris": [], "rows": {"annotations": n}})
     return ids
+
+
+def write_scenes(folder, n: int = 4, seed: int = 3) -> list:
+    """``n`` small synthetic scenes (PNG, 96x128) plus a byte copy of the first (``copy.png``)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from samflow.flows.sample_data import synthetic_scene
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        image, _, _ = synthetic_scene(rng, 96, 128, n_shapes=3)
+        path = folder / f"scene_{i}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    (folder / "copy.png").write_bytes(paths[0].read_bytes())
+    return paths + [folder / "copy.png"]
+
+
+def tiny_annotate_run(root) -> str:
+    """A real annotate run on tiny models (Ray + Prefect fixtures must be up): image vectors,
+    mask vectors and labels. Returns DST."""
+    from samflow.flows.annotate import annotate_dataset
+    from samflow.flows.config import load_config
+
+    write_scenes(root / "src")
+    cfg = load_config(profile="tiny", overrides=[
+        "stages.embed.mask_embeddings=true", "labels.vocabulary=[cat,dog,car]",
+        "engine.points_per_side=4",
+    ])
+    dst = str(root / "out")
+    annotate_dataset(str(root / "src"), dst, config=cfg.model_dump(mode="json"))
+    return dst

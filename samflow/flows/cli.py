@@ -75,6 +75,18 @@ def _add_index_parsers(commands) -> None:
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
     dedup.add_argument("--kind", choices=["image", "mask"], default="image")
 
+    serve = commands.add_parser("serve", help="HTTP search / embed / segment over a run (Ray Serve)")
+    serve.add_argument("dst")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8000)
+
+    preview = commands.add_parser("preview", help="static HTML gallery of a run, with search results")
+    preview.add_argument("dst")
+    preview.add_argument("--out", required=True, help="HTML file to write (path or URI)")
+    preview.add_argument("--search", action="append", default=[], metavar="TEXT",
+                         help="add a search-results page for this text (repeatable; needs the image index)")
+    preview.add_argument("--limit", type=int, default=500, help="images in the gallery (default 500)")
+
 
 def _index(args: argparse.Namespace) -> int:
     from samflow.flows.index import IndexUserError, add_to_index, build_index
@@ -122,6 +134,25 @@ def _dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from samflow.flows.serve import TOKEN_ENV, serve_forever
+
+    serve_forever(args.dst, args.host, args.port, token=os.environ.get(TOKEN_ENV) or None)
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, write_preview
+
+    try:
+        summary = write_preview(args.dst, args.out, queries=args.search, limit=args.limit)
+    except IndexUserError as exc:
+        print(f"samflow preview: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _annotate(args: argparse.Namespace) -> int:
     from samflow.flows.annotate import annotate_dataset
     from samflow.flows.config import load_config
@@ -163,7 +194,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
-HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup})
+HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup, "serve": _serve, "preview": _preview})
 
 
 def main(argv: list[str] | None = None) -> int:

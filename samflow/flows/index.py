@@ -74,18 +74,23 @@ class RunIndex:
         key = hashlib.sha1(self.dst.rstrip("/").encode()).hexdigest()[:16]
         return home / "index" / key / kind
 
-    def model(self) -> str | None:
-        """The CLIP model of the newest run (its manifest under ``_runs/``)."""
+    def run_models(self) -> dict[str, Any]:
+        """Stage -> {model, checkpoint_sha256} of the newest run (manifests under ``_runs/``)
+        that recorded models."""
         fs = self.catalog.fs
         try:
             manifests = sorted(p for p in fs.ls(self.catalog.path(RUNS), detail=False) if p.endswith(".json"))
         except FileNotFoundError:
-            return None
+            return {}
         for path in reversed(manifests):
-            embed = (json.loads(fs.cat_file(path)).get("models") or {}).get("embed") or {}
-            if embed.get("model"):
-                return embed["model"]
-        return None
+            models = json.loads(fs.cat_file(path)).get("models") or {}
+            if models:
+                return models
+        return {}
+
+    def model(self) -> str | None:
+        """The CLIP model of the newest run."""
+        return (self.run_models().get("embed") or {}).get("model")
 
     def manifest(self, kind: str) -> dict[str, Any] | None:
         return store.read_manifest(self.fs, self.root(kind))
@@ -304,3 +309,65 @@ def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
         "clusters": result.clusters,
         "threshold": threshold,
     }
+
+
+# --- preview -------------------------------------------------------------------------------
+
+PREVIEW_COLUMNS = ["item_id", "segmentation", "bbox", "label", "label_score", "predicted_iou"]
+
+
+def _masks_by_item(run: RunIndex, item_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The annotations of just these items (a filtered dataset scan, not the whole table)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    files = run.committed_files("annotations")
+    by_item: dict[str, list[dict[str, Any]]] = {item: [] for item in item_ids}
+    if not files or not item_ids:
+        return by_item
+    dataset = ds.dataset(files, filesystem=run.fs, format="parquet")
+    columns = [c for c in PREVIEW_COLUMNS if c in dataset.schema.names]
+    table = dataset.to_table(columns=columns, filter=pc.field("item_id").isin(item_ids))
+    for row in table.to_pylist():
+        by_item[row["item_id"]].append(row)
+    return by_item
+
+
+def _cards(run: RunIndex, rows: list[dict[str, Any]], captions: list[str]) -> list:
+    from samflow.index.preview import Card
+
+    masks = _masks_by_item(run, [row["item_id"] for row in rows])
+    cards = []
+    for row, caption in zip(rows, captions):
+        try:
+            image = decode_image(read_bytes(row["uri"], run.storage))
+        except (OSError, IndexUserError) as exc:
+            log.warning("preview: skipping %s: %s", row["uri"], exc)
+            continue
+        cards.append(Card(row["uri"].rsplit("/", 1)[-1], image, masks[row["item_id"]], caption))
+    return cards
+
+
+def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: int = 500, k: int = 12,
+                  storage: StorageConfig | None = None) -> dict[str, Any]:
+    """A static HTML report of DST: the first ``limit`` images (by URI) with their masks, and
+    the top-``k`` images for each text query (needs the image index)."""
+    from samflow.flows.storage import write_bytes
+    from samflow.index.preview import render
+
+    run = RunIndex(dst, storage)
+    images = run.catalog.read_table("images", columns=["item_id", "uri"])
+    if images is None:
+        raise IndexUserError(f"no committed images under {dst}")
+    rows = sorted(images.to_pylist(), key=lambda r: (r["uri"], r["item_id"]))
+    shown = rows[:limit]
+    gallery = _cards(run, shown, [""] * len(shown))
+    searches = {}
+    if queries:
+        index = OpenIndex(dst, "image", run.storage)
+        for query in queries:
+            hits = index.query(index.text_vector(query), k)
+            searches[query] = _cards(run, hits, [f"score {h['score']:.3f}" for h in hits])
+    summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
+    write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
+    return {"out": out, **summary, "searches": {q: len(c) for q, c in searches.items()}}
