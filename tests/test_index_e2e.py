@@ -63,11 +63,14 @@ def test_dedup_on_a_run_flags_the_byte_copy(run_dst, capsys):
     assert summary["byte_duplicates"] == 1
     rows = pq.read_table(f"{run_dst}/dedup/image.parquet").to_pylist()
     assert len(rows) == 5
-    dropped = [r for r in rows if not r["keep"]]
-    by_id = {r["id"]: r for r in rows}
-    copy = next(r for r in rows if r["uri"].endswith(("copy.png", "scene_0.png")) and not r["keep"])
-    assert by_id[copy["nearest_kept_id"]]["uri"].endswith(("copy.png", "scene_0.png"))
-    assert len(dropped) >= 1
+    pair = [r for r in rows if r["uri"].endswith(("/copy.png", "/scene_0.png"))]
+    assert len(pair) == 2
+    # Exactly one of the two byte-identical files is dropped as a copy of the other. (Tiny CLIP's
+    # random vectors are all alike, so the semantic step may drop others too: not checked here.)
+    copies = [r for r in pair if not r["keep"] and r["max_sim"] == 1.0
+              and r["nearest_kept_id"] == next(o["id"] for o in pair if o is not r)]
+    assert len(copies) == 1
+    assert summary["kept"] + summary["dropped"] == 5
 
 
 CHROMIUM = "/usr/bin/chromium"

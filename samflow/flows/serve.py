@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 TOKEN_ENV = "SAMFLOW_SERVE_TOKEN"
@@ -137,8 +139,6 @@ def segment_image(runner: Any, image: np.ndarray, body: SegmentBody) -> list[dic
 def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None = None,
               limits: Limits | None = None, name: str = "samflow"):
     """The Serve application (bind it with ``serve.run``)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
     from ray import serve
 
     limits = limits or Limits()
