@@ -13,7 +13,6 @@ Every bad request gets a 4xx JSON ``{"error": "..."}``; bodies are parsed here, 
 so malformed JSON, wrong types and oversized bodies all say what was wrong.
 """
 
-from __future__ import annotations
 
 import base64
 import binascii
