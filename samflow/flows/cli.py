@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,113 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-pip", action="store_true",
                         help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
+    _add_index_parsers(commands)
     return parser
+
+
+def _add_index_parsers(commands) -> None:
+    """index build|add, search, dedup, serve, preview (samflow.index, samflow.flows.index)."""
+    index = commands.add_parser("index", help="build or extend the vector index of a run")
+    index_commands = index.add_subparsers(dest="action", required=True)
+    build = index_commands.add_parser("build", help="build the FAISS index under DST/_index/<kind>/")
+    build.add_argument("dst", help="output URI of an annotate run")
+    build.add_argument("--kind", choices=["image", "mask"], default="image")
+    build.add_argument("--index", choices=["auto", "flat", "ivfpq", "hnsw"], default="auto", dest="index_type")
+    add = index_commands.add_parser("add", help="add vectors of runs committed since the last build")
+    add.add_argument("dst")
+    add.add_argument("--kind", choices=["image", "mask"], default="image")
+    add.add_argument("--retrain", action="store_true", help="retrain the index on all vectors")
+
+    search = commands.add_parser("search", help="search the index by text or image")
+    search.add_argument("dst")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image", help="image path or URI")
+    search.add_argument("-k", type=int, default=20)
+    search.add_argument("--kind", choices=["image", "mask"], default="image")
+    search.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+
+    dedup = commands.add_parser("dedup", help="exact and near-duplicate groups -> DST/dedup/")
+    dedup.add_argument("dst")
+    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
+    dedup.add_argument("--kind", choices=["image", "mask"], default="image")
+
+    serve = commands.add_parser("serve", help="HTTP search / embed / segment over a run (Ray Serve)")
+    serve.add_argument("dst")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8000)
+
+    preview = commands.add_parser("preview", help="static HTML gallery of a run, with search results")
+    preview.add_argument("dst")
+    preview.add_argument("--out", required=True, help="HTML file to write (path or URI)")
+    preview.add_argument("--search", action="append", default=[], metavar="TEXT",
+                         help="add a search-results page for this text (repeatable; needs the image index)")
+    preview.add_argument("--limit", type=int, default=500, help="images in the gallery (default 500)")
+
+
+def _index(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, add_to_index, build_index
+    from samflow.index.build import BuildParams, IndexBuildError
+
+    try:
+        if args.action == "build":
+            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type))
+        else:
+            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow index {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in manifest.items() if k != "sources"}, indent=1))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, search
+
+    try:
+        hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind)
+    except IndexUserError as exc:
+        print(f"samflow search: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(hits))
+        return 0
+    for hit in hits:
+        extra = f"  {hit['annotation_id']} {hit.get('label') or ''}" if args.kind == "mask" else ""
+        print(f"{hit['score']:.4f}  {hit['uri']}{extra}")
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, dedup
+    from samflow.index.build import IndexBuildError
+
+    try:
+        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow dedup: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from samflow.flows.serve import TOKEN_ENV, serve_forever
+
+    serve_forever(args.dst, args.host, args.port, token=os.environ.get(TOKEN_ENV) or None)
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, write_preview
+
+    try:
+        summary = write_preview(args.dst, args.out, queries=args.search, limit=args.limit)
+    except IndexUserError as exc:
+        print(f"samflow preview: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 def _annotate(args: argparse.Namespace) -> int:
@@ -93,11 +200,16 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
+HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup, "serve": _serve, "preview": _preview})
 
 
 def main(argv: list[str] | None = None) -> int:
+    # FAISS's OpenMP threads sleep instead of spinning while idle: on a busy (shared) CPU spinning
+    # workers make index builds several times slower. Read once, when faiss loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
     return HANDLERS[args.command](args)
 
 
