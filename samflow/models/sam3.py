@@ -1,0 +1,247 @@
+"""SAM 3 (transformers `Sam3Model`): every instance of every text concept, many prompts per image.
+
+    runner = load_model("sam3", "facebook/sam3")                    # or tiny://sam3, random://sam3
+    found = runner.segment(images, ["car", "person with helmet"], score_thresh=0.5)
+    found[i][p].scores, .boxes, .segmentations                       # image i, prompt p
+
+transformers pairs images and texts one to one. Here the vision encoder (the ViT, most of the
+cost) runs ONCE per image, and its FPN features are expanded to every (image, prompt) pair; the
+prompt-conditioned heads (DETR encoder / decoder, mask decoder) then run on the pairs, a chunk
+at a time. Text features are computed once per prompt and cached on the runner, so a vocabulary
+is encoded once per actor.
+
+Per pair: score = sigmoid(detection logit) x sigmoid(presence logit); instances above
+`score_thresh` are kept, duplicates of the same prompt removed by NMS (box IoU > `nms_iou`), the
+best `max_instances` kept; masks are upsampled to the output size, binarised at `mask_thresh`
+(probability) and leave the device as COCO RLE. Different prompts never suppress each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from samflow.models.amg import rle_torch
+from samflow.models.amg.boxes import masks_to_boxes
+from samflow.models.boxes import batched_nms
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.preprocess import HALF, Normalisation, resize_square
+from samflow.models.registry import ModelLoadError, ModelSource
+from samflow.schemas import rle
+
+TEXT_MAX_LENGTH = 32  # Sam3Processor pads every text prompt to 32 tokens
+GATED_HINT = (
+    "SAM 3 checkpoints on the Hugging Face Hub are gated: accept the licence at "
+    "https://huggingface.co/facebook/sam3 and set HF_TOKEN (or run `hf auth login`)"
+)
+
+
+@dataclass
+class ConceptInstances:
+    """The instances of one prompt in one image, best first. ``boxes`` (N, 4) xyxy float32 are
+    SAM 3's predicted boxes in output pixels; ``segmentations`` COCO RLEs at the output size,
+    ``mask_boxes`` (N, 4) xyxy of the masks (inclusive max, SAM's convention), ``areas`` (N,)."""
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    segmentations: list[rle.Rle] = field(default_factory=list)
+    mask_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int64))
+    areas: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool, decoded (tests and small images; the pipeline keeps RLE)."""
+        return np.stack([rle.decode(s) for s in self.segmentations]) if len(self) else np.zeros((0, 0, 0), bool)
+
+
+@dataclass
+class VisionFeatures:
+    """The FPN levels the detector reads, for a batch of images (on the device)."""
+
+    hidden: tuple[torch.Tensor, ...]
+    positions: tuple[torch.Tensor, ...]
+
+    def pairs(self, image_index: torch.Tensor):
+        """The features expanded to pairs: image ``image_index[k]`` for pair k."""
+        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+        hidden = tuple(h.index_select(0, image_index) for h in self.hidden)
+        # position encodings do not depend on the image: broadcast, never copied
+        positions = tuple(p[:1].expand(len(image_index), *p.shape[1:]) for p in self.positions)
+        # the detector drops the last FPN level; keep a placeholder so its [:-1] slicing holds
+        return Sam3VisionEncoderOutput(fpn_hidden_states=(*hidden, hidden[-1]),
+                                       fpn_position_encoding=(*positions, positions[-1]))
+
+
+@dataclass
+class _Text:
+    features: torch.Tensor  # (P, L, D) projected token features
+    mask: torch.Tensor  # (P, L) long attention mask
+
+
+class Sam3Runner(HfRunner):
+    family = "sam3"
+
+    def __init__(self, loaded: LoadedModel, tokenizer, uri: str, device: torch.device, dtype: torch.dtype,
+                 norm: Normalisation, pairs_per_decode: int = 16):
+        super().__init__(loaded, uri, device, dtype)
+        self.tokenizer = tokenizer
+        self.norm = norm
+        self.image_size = int(self.model.config.vision_config.image_size)
+        self.pairs_per_decode = pairs_per_decode
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- encoders -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[np.ndarray]) -> VisionFeatures:
+        """The vision encoder, once for the whole batch (images resized to image_size square)."""
+        if len(images) == 0:
+            raise ValueError("encode_images needs at least one image")
+        size = (self.image_size, self.image_size)
+        pixels = resize_square(images, size, self.norm, self.device, self.dtype)
+        out = self.model.get_vision_features(pixel_values=pixels)
+        return VisionFeatures(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]))
+
+    @torch.inference_mode()
+    def encode_texts(self, prompts: Sequence[str]) -> _Text:
+        """Projected token features of each prompt; each distinct prompt is encoded once per runner."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing, padding="max_length", truncation=True,
+                                    max_length=TEXT_MAX_LENGTH, return_tensors="pt")
+            ids, mask = tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device)
+            features = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+            for k, prompt in enumerate(missing):
+                self._text_cache[prompt] = (features[k], mask[k])
+        cached = [self._text_cache[p] for p in prompts]
+        return _Text(torch.stack([f for f, _ in cached]), torch.stack([m for _, m in cached]))
+
+    # -- detection ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        images: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        *,
+        score_thresh: float = 0.5,
+        mask_thresh: float = 0.5,
+        max_instances: int = 100,
+        nms_iou: float = 0.5,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[list[ConceptInstances]]:
+        """Instances of every prompt in every image: ``result[image][prompt]``.
+
+        ``output_sizes`` (H, W) per image sets the frame of masks and boxes (default: each
+        image's own size; the pipeline passes the original size of upscaled images).
+        """
+        if not prompts:
+            raise ValueError("segment needs at least one prompt")
+        if not 0.0 < mask_thresh < 1.0:
+            raise ValueError(f"mask_thresh is a probability in (0, 1), got {mask_thresh}")
+        sizes = list(output_sizes) if output_sizes is not None else [tuple(im.shape[:2]) for im in images]
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(sizes)} output sizes for {len(images)} images")
+        vision = self.encode_images(images)
+        text = self.encode_texts(prompts)
+        n_prompts = len(prompts)
+        results: list[list[ConceptInstances]] = [[] for _ in images]
+        total = len(images) * n_prompts
+        for start in range(0, total, self.pairs_per_decode):
+            pair = torch.arange(start, min(start + self.pairs_per_decode, total), device=self.device)
+            image_index, prompt_index = pair // n_prompts, pair % n_prompts
+            out = self.model(
+                vision_embeds=vision.pairs(image_index),
+                text_embeds=_pooled(text.features.index_select(0, prompt_index)),
+                attention_mask=text.mask.index_select(0, prompt_index),
+            )
+            found = self._select(out, image_index, sizes, score_thresh, mask_thresh, max_instances, nms_iou)
+            for i, instances in zip(image_index.tolist(), found):
+                results[i].append(instances)
+        return results
+
+    def _select(self, out, image_index: torch.Tensor, sizes: list[tuple[int, int]], score_thresh: float,
+                mask_thresh: float, max_instances: int, nms_iou: float) -> list[ConceptInstances]:
+        """Threshold, NMS within each pair, cap; then masks of the survivors, pair by pair."""
+        scores = out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid()  # (N, Q)
+        hw = torch.tensor([sizes[i] for i in image_index.tolist()], dtype=torch.float32, device=scores.device)
+        scale = hw.flip(-1).repeat(1, 2)[:, None, :]  # (N, 1, 4) as (w, h, w, h)
+        boxes = torch.minimum((out.pred_boxes.float() * scale).clamp(min=0), scale)  # clipped to the image
+        n_pairs, n_queries = scores.shape
+        pair_of = torch.arange(n_pairs, device=scores.device)[:, None].expand(n_pairs, n_queries).reshape(-1)
+        flat = (scores.reshape(-1) > score_thresh).nonzero().squeeze(1)
+        keep = flat[batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], pair_of[flat], nms_iou)]
+        found = []
+        for k in range(n_pairs):
+            mine = keep[pair_of[keep] == k][:max_instances]  # keep is sorted by score already
+            query = mine % n_queries
+            h, w = sizes[int(image_index[k])]
+            found.append(self._instances(out.pred_masks[k, query], scores[k, query], boxes[k, query], (h, w),
+                                         mask_thresh))
+        return found
+
+    @staticmethod
+    def _instances(low_res: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int],
+                   mask_thresh: float) -> ConceptInstances:
+        if low_res.shape[0]:
+            logits = F.interpolate(low_res.float()[None], size=hw, mode="bilinear", align_corners=False)[0]
+            masks = logits.sigmoid() > mask_thresh
+        else:
+            masks = torch.zeros(0, *hw, dtype=torch.bool, device=low_res.device)
+        nonempty = masks.flatten(1).any(dim=1)  # an instance whose mask vanished is no instance
+        masks, scores, boxes = masks[nonempty], scores[nonempty], boxes[nonempty]
+        runs, lengths = rle_torch.masks_to_runs(masks)
+        size = [int(hw[0]), int(hw[1])]
+        return ConceptInstances(
+            scores=scores.cpu().numpy().astype(np.float32),
+            boxes=boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
+            segmentations=[{"size": list(size), "counts": c} for c in rle_torch.runs_to_strings(runs, lengths)],
+            mask_boxes=masks_to_boxes(masks).cpu().numpy(),
+            areas=rle_torch.areas(runs, lengths).cpu().numpy(),
+        )
+
+
+def _pooled(features: torch.Tensor):
+    """Text features in the container Sam3Model.forward reads (``.pooler_output``)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return BaseModelOutputWithPooling(pooler_output=features)
+
+
+def _tokenizer(loaded: LoadedModel):
+    if loaded.directory is None:
+        from samflow.models.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(loaded.directory))
+
+
+def _normalisation(loaded: LoadedModel) -> Normalisation:
+    config = read_json(loaded.directory / "preprocessor_config.json") if loaded.directory else {}
+    return Normalisation(tuple(config.get("image_mean", HALF)), tuple(config.get("image_std", HALF)))
+
+
+def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam3Runner:
+    from transformers import Sam3Model
+
+    if source.in_code:
+        from samflow.models.tiny import in_code_config
+
+        loaded = build_in_code(Sam3Model, in_code_config("sam3", source.kind), device, dtype)
+    else:
+        try:
+            loaded = load_pretrained(Sam3Model, source, device, dtype)
+        except ModelLoadError as exc:
+            if source.kind != "hub":
+                raise
+            raise ModelLoadError(f"{exc}; {GATED_HINT}") from None
+    return Sam3Runner(loaded, _tokenizer(loaded), source.uri, device, dtype, _normalisation(loaded))
