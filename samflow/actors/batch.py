@@ -69,6 +69,20 @@ def object_column(values: list[Any]) -> np.ndarray:
     return column
 
 
+MASKS_COLUMN = "annotations_json"
+
+
+def mask_records_at(batch: Batch, row: int) -> list[dict[str, Any]]:
+    """The SA-1B mask records an earlier stage gave the row ([] when none ran)."""
+    column = batch.get(MASKS_COLUMN)
+    return [] if column is None else json.loads(column[row])
+
+
+def set_mask_records(batch: Batch, per_row: dict[int, list[dict[str, Any]]]) -> None:
+    """Replace the rows' mask records (rows not in ``per_row`` get none)."""
+    batch[MASKS_COLUMN] = object_column([json.dumps(per_row.get(r, [])) for r in range(len(batch["uri"]))])
+
+
 def current_node_id() -> str:
     """The Ray node this process runs on ("" outside Ray): where a stage's batch was placed."""
     import ray

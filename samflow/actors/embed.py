@@ -5,6 +5,10 @@ rows). When segment ran, each mask's bounding-box crop (cut from the pixels the 
 upscaled ones when upscale ran) is embedded too, and the mask record in ``annotations_json`` gets
 ``label`` and ``label_score`` (zero-shot over the vocabulary with prompt ensembling; only with a
 non-empty vocabulary) and, with ``mask_embeddings``, its own unit ``embedding``.
+
+Concept masks (``source: "concept"``, labelled by SAM 3) keep their label; CLIP verifies them
+instead: ``verified`` (CLIP's top label over the vocabulary is SAM 3's) and ``verify_score``
+(CLIP's probability of SAM 3's label).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from samflow.actors.batch import (
     stage_meta,
     upscale_factor_at,
 )
+from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
 from samflow.models.registry import load_model
 
 STAGE = "embed"
@@ -54,6 +59,7 @@ class EmbedStage:
     ) -> None:
         self.clip = load_model("clip", model_uri, device=device)
         self.vocabulary = list(vocabulary)
+        self._index = {label: k for k, label in enumerate(self.vocabulary)}
         self.templates = list(templates) or ["{}"]
         self.mask_embeddings = mask_embeddings
         self.crops_per_batch = crops_per_batch
@@ -110,13 +116,21 @@ class EmbedStage:
                 for start in range(0, len(crops), self.crops_per_batch)
             ]
         )
-        labels: list[tuple[str, float]] = []
-        if self.vocabulary:
-            indices, scores = self.clip.zero_shot(vectors, self.vocabulary, self.templates)
-            labels = [(self.vocabulary[i], float(s)) for i, s in zip(indices.tolist(), scores.tolist())]
         flat = [record for recs in records for record in recs]
+        if self.vocabulary:
+            probs = self.clip.label_probabilities(vectors, self.vocabulary, self.templates)
+            for record, row in zip(flat, probs):
+                self._label_or_verify(record, row)
         for k, record in enumerate(flat):
-            if labels:
-                record["label"], record["label_score"] = labels[k]
             if self.mask_embeddings:
                 record["embedding"] = vectors[k].numpy().tolist()
+
+    def _label_or_verify(self, record: dict[str, Any], probs: torch.Tensor) -> None:
+        """A zero-shot label for a class-agnostic mask; a verdict on a concept mask's label."""
+        top = int(probs.argmax())
+        if record.get("source") != CONCEPT_SOURCE:
+            record["label"], record["label_score"] = self.vocabulary[top], float(probs[top])
+            return
+        own = self._index.get(record.get("label"))
+        record["verified"] = own is not None and own == top
+        record["verify_score"] = float(probs[own]) if own is not None else 0.0

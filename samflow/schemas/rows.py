@@ -80,6 +80,8 @@ _RECORD_FIELDS = (
     "proposal_score",
     "label",
     "label_score",
+    "verified",
+    "verify_score",
     "track_id",
     "embedding",
 )

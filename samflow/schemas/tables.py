@@ -35,6 +35,10 @@ ANNOTATIONS = pa.schema(
         ("proposal_score", pa.float32()),
         ("label", pa.string()),
         ("label_score", pa.float32()),
+        # concept masks only: whether CLIP's top label over the vocabulary agrees with SAM 3's,
+        # and CLIP's probability of SAM 3's label
+        ("verified", pa.bool_()),
+        ("verify_score", pa.float32()),
         ("track_id", pa.int64()),
         # Variable length here: the width is the embed model's, fixed within one run.
         ("embedding", pa.list_(pa.float32())),
