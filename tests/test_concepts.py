@@ -196,3 +196,35 @@ def test_config_and_graph_order():
     assert concepts.kwargs["model_uri"] == "tiny://sam3" and concepts.kwargs["score_thresh"] == 0.3
     assert concepts.kwargs["vocabulary"] == ["cat"]
     assert "concepts" not in [s.name for s in model_stages(config_from({}), "/tmp/out")]
+
+
+def test_exemplars_from_config_reach_the_stage(tmp_path):
+    from PIL import Image
+
+    from samflow.flows.exemplars import ExemplarImages
+
+    image = make_scene(H, W, OBJECTS)
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    tree = {"labels": {"vocabulary": ["box", "slab"],
+                       "exemplars": {"box": [{"image": str(tmp_path / "ref.png"), "boxes": [[5, 5, 30, 25]]}]}},
+            "stages": {"concepts": {"enabled": True}}}
+    cfg = config_from(tree, profile="tiny")
+    stage = next(s for s in model_stages(cfg, str(tmp_path / "out")) if s.name == "concepts")
+    loaded = stage.kwargs["exemplars"]()
+    np.testing.assert_array_equal(loaded["box"][0][0], image)
+    np.testing.assert_array_equal(loaded["box"][0][1], [[5, 5, 30, 25]])
+    options = dict(score_thresh=0.0, max_instances=2, device="cpu")
+    plain = mask_records_at(ConceptsStage("tiny://sam3", ["box", "slab"], **options)(_batch([image])), 0)
+    prompted = mask_records_at(
+        ConceptsStage("tiny://sam3", ["box", "slab"], exemplars=stage.kwargs["exemplars"], **options)(_batch([image])), 0)
+    scores = lambda recs, label: [r["label_score"] for r in recs if r["label"] == label]  # noqa: E731
+    assert scores(plain, "slab") == pytest.approx(scores(prompted, "slab"))
+    assert scores(plain, "box") != pytest.approx(scores(prompted, "box"))
+
+    with pytest.raises(ValueError, match="not in labels.vocabulary"):
+        config_from({"labels": {"vocabulary": ["slab"], "exemplars": tree["labels"]["exemplars"]}})
+    missing = ExemplarImages({"box": [type(cfg.labels.exemplars["box"][0])(image=str(tmp_path / "no.png"),
+                                                                          boxes=[[0, 0, 1, 1]])]},
+                             cfg.storage, cfg.input.max_pixels)
+    with pytest.raises(ValueError, match="box.*no.png"):
+        missing()

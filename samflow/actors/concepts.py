@@ -1,17 +1,18 @@
 """Concepts stage: every instance of every vocabulary concept per healthy image (SAM 3).
 
-The prompts are ``labels.vocabulary``. SAM 3's vision encoder runs once per image and its
-features serve every prompt; the vocabulary's text features are computed once per actor. Each
-instance becomes a mask record (SA-1B fields) with ``source: "concept"``, ``label`` = the prompt
-and ``label_score`` = SAM 3's score (detection x presence), in the original image's coordinates
-(SAM 3 works at a fixed input size, so masks are produced at the original size directly, even
-when upscale enlarged the pixels). The segment stage, when on, keeps these records and prompts
-its point grid only where no concept mask lies.
+The prompts are ``labels.vocabulary``, with ``labels.exemplars`` boxes added to the concepts that
+have some. SAM 3's vision encoder runs once per image and its features serve every prompt; the
+vocabulary's text features are computed once per actor. Each instance becomes a mask record
+(SA-1B fields) with ``source: "concept"``, ``label`` = the prompt and ``label_score`` = SAM 3's
+score (detection x presence), in the original image's coordinates (SAM 3 works at a fixed input
+size, so masks are produced at the original size directly, even when upscale enlarged the
+pixels). The segment stage, when on, keeps these records and prompts its point grid only where
+no concept mask lies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,6 +42,8 @@ class ConceptRunner(Protocol):
                 mask_thresh: float, max_instances: int, nms_iou: float,
                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[list[Any]]: ...
 
+    def set_exemplars(self, exemplars: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> None: ...
+
 
 class ConceptsStage:
     """Loads SAM 3 once per actor (or takes a ``runner`` with the same interface); maps batches
@@ -56,11 +59,15 @@ class ConceptsStage:
         nms_iou: float = 0.5,
         device: str | None = None,
         runner: ConceptRunner | None = None,
+        exemplars: Callable[[], dict[str, list[tuple[np.ndarray, np.ndarray]]]] | None = None,
     ) -> None:
+        """``exemplars``: called once here; {concept: [(reference image, xyxy boxes)]} visual prompts."""
         if not vocabulary:
             raise ValueError("the concepts stage needs a non-empty labels.vocabulary (its prompts)")
         self.sam3 = runner if runner is not None else load_model("sam3", model_uri, device=device)
         self.vocabulary = list(dict.fromkeys(vocabulary))
+        if exemplars is not None:
+            self.sam3.set_exemplars(exemplars())
         self.options = dict(score_thresh=score_thresh, mask_thresh=mask_thresh,
                             max_instances=max_instances, nms_iou=nms_iou)
         self.info = {"model": model_uri, "checkpoint_sha256": self.sam3.checkpoint_sha256}

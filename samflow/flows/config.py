@@ -175,6 +175,15 @@ class EngineConfig(_Section):
     max_masks_per_image: int = Field(0, description="Keep the best N masks per image; 0 = all.")
 
 
+class ExemplarConfig(_Section):
+    """Example boxes of a concept on one reference image (a visual prompt for SAM 3)."""
+
+    image: str = Field(description="URI of the reference image (local path, file://, s3://).")
+    boxes: list[tuple[float, float, float, float]] = Field(
+        min_length=1, description="Boxes [x0, y0, x1, y1] in the reference image's pixels, each one instance."
+    )
+
+
 class LabelsConfig(_Section):
     vocabulary: list[str] = Field(
         default_factory=list,
@@ -184,6 +193,12 @@ class LabelsConfig(_Section):
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}."],
         description="Prompt templates ({} = the label); a label's text vector is their mean.",
+    )
+    exemplars: dict[str, list[ExemplarConfig]] = Field(
+        default_factory=dict,
+        description="Concept -> example boxes on reference images: the concepts stage prompts SAM 3 "
+        "with the concept's text and these boxes (for concepts words describe badly). Keys must be "
+        "in the vocabulary.",
     )
 
 
@@ -218,6 +233,9 @@ class RunConfig(BaseModel):
     def _concepts_have_prompts(self) -> RunConfig:
         if self.stages.concepts.enabled and not self.labels.vocabulary:
             raise ValueError("stages.concepts is enabled but labels.vocabulary is empty: its concepts are the prompts")
+        unknown = sorted(set(self.labels.exemplars) - set(self.labels.vocabulary))
+        if unknown:
+            raise ValueError(f"labels.exemplars names concepts not in labels.vocabulary: {unknown}")
         return self
 
 

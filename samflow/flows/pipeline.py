@@ -31,6 +31,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.exemplars import ExemplarImages
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -154,6 +155,7 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
         ModelStage("concepts", ConceptsStage, {
             "model_uri": stages.concepts.model, "vocabulary": list(cfg.labels.vocabulary),
             **stages.concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
+            "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
         }, stages.concepts),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {

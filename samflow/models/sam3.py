@@ -10,6 +10,12 @@ prompt-conditioned heads (DETR encoder / decoder, mask decoder) then run on the 
 at a time. Text features are computed once per prompt and cached on the runner, so a vocabulary
 is encoded once per actor.
 
+Exemplars (visual prompts, for concepts words describe badly): ``runner.set_exemplars({"gear":
+[(reference_image, boxes_xyxy)]})`` encodes the boxes with SAM 3's geometry encoder on the
+reference image's features (once), and the concept's prompt becomes its text tokens followed by
+those box tokens, for every image. (SAM 3 pools exemplar boxes from the image being segmented;
+here they come from reference images, so one set serves a whole dataset.)
+
 Per pair: score = sigmoid(detection logit) x sigmoid(presence logit); instances above
 `score_thresh` are kept, duplicates of the same prompt removed by NMS (box IoU > `nms_iou`), the
 best `max_instances` kept; masks are upsampled to the output size, binarised at `mask_thresh`
@@ -96,6 +102,7 @@ class Sam3Runner(HfRunner):
         self.image_size = int(self.model.config.vision_config.image_size)
         self.pairs_per_decode = pairs_per_decode
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._exemplars: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- encoders -------------------------------------------------------------------------
 
@@ -120,8 +127,46 @@ class Sam3Runner(HfRunner):
             features = self.model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
             for k, prompt in enumerate(missing):
                 self._text_cache[prompt] = (features[k], mask[k])
-        cached = [self._text_cache[p] for p in prompts]
-        return _Text(torch.stack([f for f, _ in cached]), torch.stack([m for _, m in cached]))
+        cached = [self._with_exemplars(p, *self._text_cache[p]) for p in prompts]
+        length = max(f.shape[0] for f, _ in cached)
+        features = torch.stack([F.pad(f, (0, 0, 0, length - f.shape[0])) for f, _ in cached])
+        mask = torch.stack([F.pad(m, (0, length - m.shape[0])) for _, m in cached])  # padding: mask 0
+        return _Text(features, mask)
+
+    def _with_exemplars(self, prompt: str, features: torch.Tensor, mask: torch.Tensor):
+        if prompt not in self._exemplars:
+            return features, mask
+        tokens, valid = self._exemplars[prompt]
+        return torch.cat([features, tokens.to(features.dtype)]), torch.cat([mask, valid.to(mask.dtype)])
+
+    @torch.inference_mode()
+    def set_exemplars(self, exemplars: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]]) -> None:
+        """Visual prompts per concept: (reference image, (N, 4) xyxy pixel boxes) pairs. Replaces
+        any set before; concepts without exemplars stay text-only."""
+        self._exemplars = {}
+        for concept, references in exemplars.items():
+            parts = [self.encode_boxes(image, boxes) for image, boxes in references]
+            if parts:
+                self._exemplars[concept] = (torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts]))
+
+    @torch.inference_mode()
+    def encode_boxes(self, image: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Geometry tokens (G, D) and their validity (G,) of positive boxes on one image."""
+        xyxy = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), device=self.device)
+        if xyxy.shape[0] == 0:
+            raise ValueError("an exemplar needs at least one box")
+        h, w = image.shape[:2]
+        xyxy = xyxy / torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+        cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], dim=1)[None]
+        vision = self.encode_images([image])
+        n = cxcywh.shape[1]
+        out = self.model.geometry_encoder(
+            box_embeddings=cxcywh.to(self.dtype),
+            box_mask=torch.ones(1, n, dtype=torch.bool, device=self.device),
+            box_labels=torch.ones(1, n, dtype=torch.long, device=self.device),
+            img_feats=vision.hidden, img_pos_embeds=vision.positions,
+        )
+        return out.last_hidden_state[0], out.attention_mask[0]
 
     # -- detection ------------------------------------------------------------------------
 

@@ -134,3 +134,23 @@ def test_random_sam3_is_the_published_architecture():
     assert config.vision_config.backbone_config.num_hidden_layers == 32
     assert config.vision_config.image_size == 1008
     assert config.text_config.hidden_size == 1024
+
+
+def test_exemplar_boxes_prompt_only_their_concept(images):
+    runner = load_model("sam3", "tiny://sam3", device="cpu")
+    before = runner.segment(images[:2], PROMPTS, score_thresh=0.0, max_instances=4)
+    runner.set_exemplars({"dog": [(images[1], np.array([[5, 5, 30, 40], [10, 50, 50, 90]]))]})
+    vision, hook = _count_calls(runner.model.vision_encoder)
+    try:
+        after = runner.segment(images[:2], PROMPTS, score_thresh=0.0, max_instances=4)
+    finally:
+        hook.remove()
+    assert vision == [2]  # exemplar tokens were encoded once, at set_exemplars
+    for i in range(2):
+        _same(before[i][0], after[i][0])  # other concepts: same results (their padding is masked)
+        _same(before[i][2], after[i][2])
+        assert not np.allclose(before[i][1].scores, after[i][1].scores)
+    runner.set_exemplars({})
+    _same(runner.segment(images[:1], ["dog"], score_thresh=0.0, max_instances=4)[0][0], before[0][1])
+    with pytest.raises(ValueError, match="at least one box"):
+        runner.set_exemplars({"dog": [(images[0], np.zeros((0, 4)))]})
