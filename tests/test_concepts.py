@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from samflow.actors.batch import mask_records_at, object_column
+from samflow.actors.batch import object_column
 from samflow.actors.concepts import ConceptsStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.segment import SegmentStage
@@ -16,6 +16,7 @@ from samflow.flows.config import config_from
 from samflow.flows.pipeline import model_stages
 from samflow.models.amg.grid import point_grid
 from samflow.models.sam3 import ConceptInstances
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
 from samflow.schemas.rows import build_tables
 from tests.engine.scene_model import SceneOracle, color_labels, make_scene
@@ -76,6 +77,12 @@ def _batch(images: list[np.ndarray], failed: tuple[int, ...] = ()) -> dict[str, 
         "error_type": object_column(["corrupt" if i in failed else "" for i in range(n)]),
         "error_message": object_column(["boom" if i in failed else "" for i in range(n)]),
     }
+
+
+def mask_records_at(batch, row: int) -> list[dict]:
+    """Row ``row``'s masks as record dicts ([] before any stage emitted masks)."""
+    column = batch.get(mask_column.COLUMN)
+    return [] if column is None else mask_column.records_at(column, row)
 
 
 def _truth(image: np.ndarray) -> list[np.ndarray]:
@@ -179,7 +186,7 @@ def test_embed_verifies_concept_masks_and_labels_the_rest():
         own = VOCABULARY.index(r["label"])
         assert r["verified"] == (int(p.argmax()) == own)
         assert r["verify_score"] == pytest.approx(float(p[own]), abs=1e-5)
-    assert grid and all("verified" not in r and r["label"] in VOCABULARY for r in grid)
+    assert grid and all(r["verified"] is None and r["label"] in VOCABULARY for r in grid)
     table = build_tables(embed(batch), "r1")["annotations"]
     assert table.schema.field("verified").type == tables.ANNOTATIONS.field("verified").type
     assert table.column("verified").null_count == len(grid)

@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from samflow.actors.batch import object_column
 from samflow.exporters.review import needs_review, to_label_studio
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 from samflow.schemas.coco import to_coco
 from samflow.schemas.rows import build_tables
@@ -50,7 +51,7 @@ def run_tables():
         "width": np.array([20, 20], np.int32), "height": np.array([12, 12], np.int32),
         "error_stage": object_column(["", ""]), "error_type": object_column(["", ""]),
         "error_message": object_column(["", ""]),
-        "annotations_json": object_column([json.dumps(records[:3]), json.dumps(records[3:])]),
+        "masks": mask_column.from_records([records[:3], records[3:]]),
     }
     tables = build_tables(batch, "r1")
     return tables["images"], tables["annotations"], masks
@@ -120,7 +121,7 @@ def test_concept_run_exports_review_and_coco(tmp_path, capsys, ray_cluster, pref
     assert {a["source"] for a in coco.loadAnns(coco.getAnnIds())} == {"concept", "grid"}
 
     assert main(["export", "review", str(out), str(tmp_path / "review.json"), "--min-score", "1.0"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["masks"] == len(concept_anns) and summary["tasks"] == counts["images"]
     tasks = json.loads((tmp_path / "review.json").read_text())
     interface = LabelInterface((tmp_path / "review.xml").read_text())

@@ -19,14 +19,14 @@ import numpy as np
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
-    mask_records_at,
-    set_mask_records,
     stage_meta,
 )
 from samflow.models.registry import load_model
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 
 STAGE = "concepts"
@@ -72,6 +72,7 @@ class ConceptsStage:
                             max_instances=max_instances, nms_iou=nms_iou)
         self.info = {"model": model_uri, "checkpoint_sha256": self.sam3.checkpoint_sha256}
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
@@ -83,7 +84,7 @@ class ConceptsStage:
                 return [concept_records(per_prompt, self.vocabulary) for per_prompt in found]
 
             found = infer_or_fail(batch, STAGE, rows, infer)
-            set_mask_records(batch, {r: mask_records_at(batch, r) + found[r] for r in found})
+            mask_column.add(batch, [found.get(r, []) for r in range(len(batch["uri"]))])
         return batch
 
 
@@ -111,13 +112,16 @@ def concept_records(per_prompt: Sequence[Any], prompts: Sequence[str]) -> list[d
     return records
 
 
-def concept_coverage(records: Sequence[dict[str, Any]], factor: int = 1) -> np.ndarray | None:
-    """(H*factor, W*factor) bool union of the concept masks among ``records`` (in the pixels a
-    later stage sees when upscale enlarged them ``factor`` times), or None without any."""
-    masks = [rle.decode(r["segmentation"]) for r in records if r.get("source") == SOURCE]
-    if not masks:
+def concept_coverage(batch: Batch, row: int, factor: int = 1) -> np.ndarray | None:
+    """(H*factor, W*factor) bool union of the row's concept masks (in the pixels a later stage
+    sees when upscale enlarged them ``factor`` times), or None without any."""
+    column = batch.get(mask_column.COLUMN)
+    if column is None:
         return None
-    union = np.logical_or.reduce(masks)
+    found = [rle.decode(r["segmentation"]) for r in mask_column.records_at(column, row) if r["source"] == SOURCE]
+    if not found:
+        return None
+    union = np.logical_or.reduce(found)
     if factor > 1:
         union = union.repeat(factor, axis=0).repeat(factor, axis=1)
     return union

@@ -2,22 +2,20 @@
 
 With the propose stage's boxes (``proposals_json``) the engine runs its semi-automatic path: one
 mask per box (source "box", with its proposal_score), then the point grid for the rest. Masks
-come out in the original image's coordinates even when the pixels were upscaled. Mask records
-of the concepts stage (SAM 3) are kept, first, and the point grid skips the pixels they cover.
+come out in the original image's coordinates even when the pixels were upscaled. Masks of the
+concepts stage (SAM 3) stay first in the row, and the point grid skips the pixels they cover.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
-    mask_records_at,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
@@ -26,13 +24,14 @@ from samflow.actors.propose import proposals_at
 from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
+from samflow.schemas import masks as mask_column
 
 STAGE = "segment"
 
 
 class SegmentStage:
-    """Loads SAM once per actor; maps batches to ``annotations_json`` (a JSON list of SA-1B
-    records per row, "[]" for rows that failed here or earlier)."""
+    """Loads SAM once per actor; appends each row's masks to the batch's ``masks`` column
+    (``samflow.schemas.masks``; no masks for rows that failed here or earlier)."""
 
     def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None, runner: Any = None) -> None:
         # ``runner``: an already loaded SAM runner (or one with its interface) instead of model_uri's
@@ -40,6 +39,7 @@ class SegmentStage:
         self.generator = MaskGenerator(self.sam, AmgParams(**engine))
         self.info = {"model": model_uri, "checkpoint_sha256": self.sam.checkpoint_sha256}
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
@@ -49,14 +49,10 @@ class SegmentStage:
                 proposals = [proposals_at(batch, r) for r in chunk]
                 boxes = [None if p is None else p[0] for p in proposals]
                 scores = [None if p is None else p[1] for p in proposals]
-                earlier = [mask_records_at(batch, r) for r in chunk]
-                covered = [concept_coverage(e, upscale_factor_at(batch, r)) for e, r in zip(earlier, chunk)]
+                covered = [concept_coverage(batch, r, upscale_factor_at(batch, r)) for r in chunk]
                 masks = self.generator.generate(images, boxes=boxes, box_scores=scores, covered=covered)
-                return [e + records_to_original(m, upscale_factor_at(batch, r))
-                        for e, m, r in zip(earlier, masks, chunk)]
+                return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
             masks = infer_or_fail(batch, STAGE, rows, infer)
-            batch["annotations_json"] = object_column(
-                [json.dumps(masks.get(r, [])) for r in range(len(batch["uri"]))]
-            )
+            mask_column.add(batch, [masks.get(r, []) for r in range(len(batch["uri"]))])
         return batch
