@@ -202,35 +202,78 @@ class Sam3Runner(HfRunner):
         for start in range(0, total, self.pairs_per_decode):
             pair = torch.arange(start, min(start + self.pairs_per_decode, total), device=self.device)
             image_index, prompt_index = pair // n_prompts, pair % n_prompts
-            out = self.model(
-                vision_embeds=vision.pairs(image_index),
-                text_embeds=_pooled(text.features.index_select(0, prompt_index)),
-                attention_mask=text.mask.index_select(0, prompt_index),
-            )
-            found = self._select(out, image_index, sizes, score_thresh, mask_thresh, max_instances, nms_iou)
+            found = self._pairs(vision.pairs(image_index), text.features.index_select(0, prompt_index),
+                                text.mask.index_select(0, prompt_index), [sizes[i] for i in image_index.tolist()],
+                                score_thresh, mask_thresh, max_instances, nms_iou)
             for i, instances in zip(image_index.tolist(), found):
                 results[i].append(instances)
         return results
 
-    def _select(self, out, image_index: torch.Tensor, sizes: list[tuple[int, int]], score_thresh: float,
-                mask_thresh: float, max_instances: int, nms_iou: float) -> list[ConceptInstances]:
-        """Threshold, NMS within each pair, cap; then masks of the survivors, pair by pair."""
-        scores = out.pred_logits.float().sigmoid() * out.presence_logits.float().sigmoid()  # (N, Q)
-        hw = torch.tensor([sizes[i] for i in image_index.tolist()], dtype=torch.float32, device=scores.device)
+    def _pairs(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor, sizes: list[tuple[int, int]],
+               score_thresh: float, mask_thresh: float, max_instances: int, nms_iou: float) -> list[ConceptInstances]:
+        """Sam3Model.forward's steps, split: detect every pair, select instances, then run the
+        mask decoder (over half of the heads' cost) only for pairs where something was found."""
+        detection = self._detect(vision, text_features, text_mask)
+        chosen = self._select(detection, sizes, score_thresh, max_instances, nms_iou)
+        with_masks = [k for k, (query, _, _) in enumerate(chosen) if len(query)]
+        logits = self._mask_logits(detection, vision, text_features, text_mask, with_masks)
+        found = []
+        for k, (query, scores, boxes) in enumerate(chosen):
+            low_res = logits[with_masks.index(k), query] if len(query) else logits.new_zeros(0, 1, 1)
+            found.append(self._instances(low_res, scores, boxes, sizes[k], mask_thresh))
+        return found
+
+    def _detect(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """DETR encoder and decoder, boxes and scores of the last decoder layer (as forward does)."""
+        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+
+        model = self.model
+        levels, positions = vision.fpn_hidden_states[:-1], vision.fpn_position_encoding[:-1]
+        mask = text_mask.bool()
+        encoded = model.detr_encoder(vision_features=[levels[-1]], text_features=text_features,
+                                     vision_pos_embeds=[positions[-1]], text_mask=mask)
+        decoded = model.detr_decoder(vision_features=encoded.last_hidden_state, text_features=encoded.text_features,
+                                     vision_pos_encoding=encoded.pos_embeds_flattened, text_mask=mask,
+                                     spatial_shapes=encoded.spatial_shapes)
+        hidden = decoded.intermediate_hidden_states[-1:]
+        offsets = model.detr_decoder.box_head(hidden)[-1]
+        boxes = box_cxcywh_to_xyxy((inverse_sigmoid(decoded.reference_boxes[-1]) + offsets).sigmoid())
+        logits = model.dot_product_scoring(decoder_hidden_states=hidden, text_features=encoded.text_features,
+                                           text_mask=mask).squeeze(-1)[-1]
+        scores = logits.float().sigmoid() * decoded.presence_logits[-1].float().sigmoid()
+        return {"scores": scores, "boxes": boxes.float(), "queries": hidden[-1], "encoded": encoded.last_hidden_state}
+
+    def _mask_logits(self, detection: dict[str, torch.Tensor], vision, text_features: torch.Tensor,
+                     text_mask: torch.Tensor, pairs: list[int]) -> torch.Tensor:
+        """Low-res mask logits (P, Q, h, w) of the listed pairs only."""
+        if not pairs:
+            return detection["scores"].new_zeros(0, 0, 1, 1)
+        index = torch.as_tensor(pairs, device=self.device)
+        levels = [level.index_select(0, index) for level in vision.fpn_hidden_states[:-1]]
+        out = self.model.mask_decoder(
+            decoder_queries=detection["queries"].index_select(0, index), backbone_features=levels,
+            encoder_hidden_states=detection["encoded"].index_select(0, index),
+            prompt_features=text_features.index_select(0, index), prompt_mask=text_mask.bool().index_select(0, index),
+        )
+        return out.pred_masks
+
+    @staticmethod
+    def _select(detection: dict[str, torch.Tensor], sizes: list[tuple[int, int]], score_thresh: float,
+                max_instances: int, nms_iou: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per pair: (queries, scores, xyxy pixel boxes) above the threshold, NMS'd, capped, best first."""
+        scores = detection["scores"]  # (N, Q)
+        hw = torch.tensor(sizes, dtype=torch.float32, device=scores.device)
         scale = hw.flip(-1).repeat(1, 2)[:, None, :]  # (N, 1, 4) as (w, h, w, h)
-        boxes = torch.minimum((out.pred_boxes.float() * scale).clamp(min=0), scale)  # clipped to the image
+        boxes = torch.minimum((detection["boxes"] * scale).clamp(min=0), scale)  # clipped to the image
         n_pairs, n_queries = scores.shape
         pair_of = torch.arange(n_pairs, device=scores.device)[:, None].expand(n_pairs, n_queries).reshape(-1)
         flat = (scores.reshape(-1) > score_thresh).nonzero().squeeze(1)
         keep = flat[batched_nms(boxes.reshape(-1, 4)[flat], scores.reshape(-1)[flat], pair_of[flat], nms_iou)]
-        found = []
+        chosen = []
         for k in range(n_pairs):
-            mine = keep[pair_of[keep] == k][:max_instances]  # keep is sorted by score already
-            query = mine % n_queries
-            h, w = sizes[int(image_index[k])]
-            found.append(self._instances(out.pred_masks[k, query], scores[k, query], boxes[k, query], (h, w),
-                                         mask_thresh))
-        return found
+            query = keep[pair_of[keep] == k][:max_instances] % n_queries  # keep is sorted by score
+            chosen.append((query, scores[k, query], boxes[k, query]))
+        return chosen
 
     @staticmethod
     def _instances(low_res: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int],
@@ -251,13 +294,6 @@ class Sam3Runner(HfRunner):
             mask_boxes=masks_to_boxes(masks).cpu().numpy(),
             areas=rle_torch.areas(runs, lengths).cpu().numpy(),
         )
-
-
-def _pooled(features: torch.Tensor):
-    """Text features in the container Sam3Model.forward reads (``.pooler_output``)."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    return BaseModelOutputWithPooling(pooler_output=features)
 
 
 def _tokenizer(loaded: LoadedModel):

@@ -154,3 +154,36 @@ def test_exemplar_boxes_prompt_only_their_concept(images):
     _same(runner.segment(images[:1], ["dog"], score_thresh=0.0, max_instances=4)[0][0], before[0][1])
     with pytest.raises(ValueError, match="at least one box"):
         runner.set_exemplars({"dog": [(images[0], np.zeros((0, 4)))]})
+
+
+def test_split_heads_match_transformers_forward(sam3, images):
+    """The runner's detect / mask steps give what Sam3Model.forward gives for the same pairs."""
+    vision = sam3.encode_images(images[:2])
+    text = sam3.encode_texts(PROMPTS[:2])
+    image_index = torch.tensor([0, 0, 1, 1])
+    prompt_index = torch.tensor([0, 1, 0, 1])
+    pairs = vision.pairs(image_index)
+    features, mask = text.features[prompt_index], text.mask[prompt_index]
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    with torch.inference_mode():
+        reference = sam3.model(vision_embeds=pairs, text_embeds=BaseModelOutputWithPooling(pooler_output=features),
+                               attention_mask=mask)
+        detection = sam3._detect(pairs, features, mask)
+        logits = sam3._mask_logits(detection, pairs, features, mask, [0, 1, 2, 3])
+    scores = reference.pred_logits.sigmoid() * reference.presence_logits.sigmoid()
+    torch.testing.assert_close(detection["scores"], scores)
+    torch.testing.assert_close(detection["boxes"], reference.pred_boxes)
+    torch.testing.assert_close(logits, reference.pred_masks)
+
+
+def test_mask_decoder_runs_only_for_pairs_with_instances(images):
+    runner = load_model("sam3", "tiny://sam3", device="cpu")
+    calls, hook = _count_calls(runner.model.mask_decoder)
+    try:
+        found = runner.segment(images[:2], PROMPTS, score_thresh=0.99)
+        assert calls == [] and all(len(i) == 0 for per in found for i in per)
+        runner.segment(images[:2], PROMPTS, score_thresh=0.0)
+        assert sum(calls) == 2 * len(PROMPTS)
+    finally:
+        hook.remove()
