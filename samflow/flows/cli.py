@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     coco = export_formats.add_parser("coco", help="COCO / SA-1B JSON")
     coco.add_argument("dst", help="output URI of an annotate run")
     coco.add_argument("out", type=Path, help="JSON file to write")
+    review = export_formats.add_parser(
+        "review", help="Label Studio tasks (brush predictions) of masks that failed verification or score low")
+    review.add_argument("dst", help="output URI of an annotate run")
+    review.add_argument("out", type=Path, help="tasks JSON to import (the labeling config goes beside it, .xml)")
+    review.add_argument("--min-score", type=float, default=0.5, help="masks scoring under this go to review")
+    review.add_argument("--source", action="append", dest="sources", metavar="SOURCE",
+                        help="annotation sources considered (repeatable; default: concept)")
 
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="action", required=True)
@@ -170,9 +177,12 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from samflow.flows.export import export_coco
+    from samflow.flows.export import export_coco, export_review
 
-    summary = export_coco(args.dst, args.out)
+    if args.format == "review":
+        summary = export_review(args.dst, args.out, min_score=args.min_score, sources=args.sources)
+    else:
+        summary = export_coco(args.dst, args.out)
     print(json.dumps(summary))
     return 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -108,6 +108,28 @@ class ProposeStageConfig(StageConfig):
     )
 
 
+class ConceptsStageConfig(StageConfig):
+    """SAM 3: every instance of each ``labels.vocabulary`` concept (the prompts), labelled."""
+
+    enabled: bool = Field(False, description="Off by default; needs a non-empty labels.vocabulary.")
+    model: str = Field(
+        "facebook/sam3",
+        description="SAM 3 model URI (the Hub repository is gated: accept its licence, set HF_TOKEN).",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per SAM 3 call (every prompt of each).")
+
+    score_thresh: float = Field(
+        0.5, ge=0.0, le=1.0, description="Keep instances whose score (detection x presence) is above this."
+    )
+    mask_thresh: float = Field(0.5, gt=0.0, lt=1.0, description="Mask probability above which a pixel is in.")
+    max_instances: int = Field(100, ge=1, description="At most this many instances per concept and image.")
+    nms_iou: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Instances of one concept overlapping a better one above this box IoU are duplicates "
+        "(instances of different concepts are all kept).",
+    )
+
+
 class SegmentStageConfig(StageConfig):
     """SAM through the mask-generation engine (parameters under ``engine``)."""
 
@@ -130,6 +152,7 @@ class EmbedStageConfig(StageConfig):
 class StagesConfig(_Section):
     upscale: UpscaleStageConfig = Field(default_factory=UpscaleStageConfig)
     propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
+    concepts: ConceptsStageConfig = Field(default_factory=ConceptsStageConfig)
     segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
     embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
 
@@ -152,6 +175,15 @@ class EngineConfig(_Section):
     max_masks_per_image: int = Field(0, description="Keep the best N masks per image; 0 = all.")
 
 
+class ExemplarConfig(_Section):
+    """Example boxes of a concept on one reference image (a visual prompt for SAM 3)."""
+
+    image: str = Field(description="URI of the reference image (local path, file://, s3://).")
+    boxes: list[tuple[float, float, float, float]] = Field(
+        min_length=1, description="Boxes [x0, y0, x1, y1] in the reference image's pixels, each one instance."
+    )
+
+
 class LabelsConfig(_Section):
     vocabulary: list[str] = Field(
         default_factory=list,
@@ -161,6 +193,12 @@ class LabelsConfig(_Section):
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}."],
         description="Prompt templates ({} = the label); a label's text vector is their mean.",
+    )
+    exemplars: dict[str, list[ExemplarConfig]] = Field(
+        default_factory=dict,
+        description="Concept -> example boxes on reference images: the concepts stage prompts SAM 3 "
+        "with the concept's text and these boxes (for concepts words describe badly). Keys must be "
+        "in the vocabulary.",
     )
 
 
@@ -202,6 +240,15 @@ class RunConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     schedule: str | None = Field(None, description="Cron string for the Prefect deployment.")
 
+    @model_validator(mode="after")
+    def _concepts_have_prompts(self) -> RunConfig:
+        if self.stages.concepts.enabled and not self.labels.vocabulary:
+            raise ValueError("stages.concepts is enabled but labels.vocabulary is empty: its concepts are the prompts")
+        unknown = sorted(set(self.labels.exemplars) - set(self.labels.vocabulary))
+        if unknown:
+            raise ValueError(f"labels.exemplars names concepts not in labels.vocabulary: {unknown}")
+        return self
+
 
 # `--profile tiny`: every stage on its tiny:// model, and thresholds a random model can pass,
 # so an offline dry run exercises every stage and writes masks.
@@ -209,6 +256,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "stages.upscale.model": "tiny://realesrgan",
         "stages.propose.model": "tiny://owlv2",
+        "stages.concepts.model": "tiny://sam3",
         "stages.segment.model": "tiny://sam",
         "stages.embed.model": "tiny://clip",
         "engine.points_per_side": 8,

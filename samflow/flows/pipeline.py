@@ -23,6 +23,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from samflow.actors.batch import arrow_batches, describe, mark_error
+from samflow.actors.concepts import ConceptsStage
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
@@ -30,6 +31,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.exemplars import ExemplarImages
 from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
@@ -106,7 +108,7 @@ class ModelStage:
 
 
 def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed."""
+    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> embed."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
     candidates = [
@@ -119,6 +121,11 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
             "nms_iou": prop.nms_iou, "queries": list(prop.queries),
         }, prop),
+        ModelStage("concepts", ConceptsStage, {
+            "model_uri": stages.concepts.model, "vocabulary": list(cfg.labels.vocabulary),
+            **stages.concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
+            "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
+        }, stages.concepts),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {
             "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),

@@ -20,6 +20,7 @@ _MODEL_TYPES = {
     "sam": "sam",
     "sam2": "sam2",
     "sam2_video": "sam2",
+    "sam3": "sam3",
     "clip": "clip",
     "siglip": "siglip",
     "dinov2": "dinov2",

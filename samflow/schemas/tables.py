@@ -34,6 +34,10 @@ _ANNOTATION_FIELDS = [
     ("proposal_score", pa.float32()),
     ("label", pa.string()),
     ("label_score", pa.float32()),
+    # concept masks only: whether CLIP's top label over the vocabulary agrees with SAM 3's, and
+    # CLIP's probability of SAM 3's label
+    ("verified", pa.bool_()),
+    ("verify_score", pa.float32()),
     ("track_id", pa.int64()),
 ]
 
