@@ -3,7 +3,8 @@
 Rows flow through Ray Data as numpy batches (``batch_format="numpy"``) with these columns:
 ``uri, item_id, frame_index, timestamp_s, width, height`` (the image), ``pixels`` (raw RGB bytes,
 H*W*3, C order; empty for error rows), ``error_stage, error_type, error_message`` ("" when the row
-is healthy). Model stages add their outputs (``annotations_json``, ``embedding``) and one
+is healthy), ``video_pending`` (True: the row stands for a whole video, no pixels yet; the track
+stage expands it into frame rows). Model stages add their outputs (``annotations_json``, ``embedding``) and one
 ``_meta_<stage>`` column (JSON: model uri, checkpoint hash, busy seconds of the batch).
 
 When the upscale stage runs it adds ``upscale_factor`` (a whole number, 1 for images it left
@@ -29,8 +30,13 @@ Batch = dict[str, np.ndarray]
 
 
 def healthy(batch: Batch) -> np.ndarray:
-    """Indices of the rows no earlier stage has failed."""
-    return np.flatnonzero(np.asarray(batch["error_type"]) == "")
+    """Indices of the rows no earlier stage has failed, and that hold pixels (a
+    ``video_pending`` row is a whole video the track stage decodes later)."""
+    ok = np.asarray(batch["error_type"]) == ""
+    pending = batch.get("video_pending")
+    if pending is not None:
+        ok &= ~np.asarray(pending, dtype=bool)
+    return np.flatnonzero(ok)
 
 
 def upscale_factor_at(batch: Batch, row: int) -> int:

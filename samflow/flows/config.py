@@ -29,7 +29,16 @@ class VideoSampling(_Section):
     mode: Literal["fps", "every_n", "keyframes"] = "fps"
     fps: float = Field(1.0, description="Frames per second sampled when mode=fps.")
     every_n: int = Field(30, description="Keep one frame in N when mode=every_n.")
-    max_frames: int = Field(300, description="Upper bound on frames sampled per video.")
+    max_frames: int = Field(
+        0, ge=0,
+        description="Cap on frames sampled per video; 0 = no cap. A video cut by the cap gets a "
+        "frames_capped row in errors/ naming how many sampled frames were skipped.",
+    )
+    chunk_frames: int = Field(
+        16, ge=1,
+        description="Frames per chunk leaving the decoder (and the track stage): a video streams "
+        "through the pipeline in chunks, so memory does not grow with its length.",
+    )
 
 
 class InputConfig(_Section):

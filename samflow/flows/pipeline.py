@@ -172,8 +172,10 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
     # actor, where it would run serially with the model instead of beside it.
+    # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
+    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=False)
     ds = ds.map_batches(
-        DecodeStage(StorageSource(cfg.storage), cfg.input),
+        decode.stream,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         ray_remote_args_fn=_decode_task_args,
