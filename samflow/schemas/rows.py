@@ -32,6 +32,8 @@ def build_tables(
     }
     if "embedding" in batch and embed_model:
         out["embeddings"] = _embeddings(batch, ok, embed_model)
+    if "tracks_json" in batch:
+        out["tracks"] = _tracks(batch, ok)
     return out
 
 
@@ -111,3 +113,9 @@ def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str) -> pa
         ],
         schema=tables.embeddings_schema(dim),
     )
+
+
+def _tracks(batch: dict[str, np.ndarray], rows: list[int]) -> pa.Table:
+    """The track summaries the track stage put on a video's last frame row (``tracks_json``)."""
+    found = [track for r in rows if batch["tracks_json"][r] for track in json.loads(batch["tracks_json"][r])]
+    return pa.Table.from_pylist(found, schema=tables.TRACKS)
