@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     coco = export_formats.add_parser("coco", help="COCO / SA-1B JSON")
     coco.add_argument("dst", help="output URI of an annotate run")
     coco.add_argument("out", type=Path, help="JSON file to write")
+    mot = export_formats.add_parser("mot", help="MOTChallenge text, one file per video (tracked masks)")
+    mot.add_argument("dst", help="output URI of an annotate run")
+    mot.add_argument("out", type=Path, help="directory to write <video>.txt files into")
+    ytvis = export_formats.add_parser("ytvis", help="YouTube-VIS JSON (videos, per-track per-frame RLE)")
+    ytvis.add_argument("dst", help="output URI of an annotate run")
+    ytvis.add_argument("out", type=Path, help="JSON file to write")
 
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="action", required=True)
@@ -57,9 +63,14 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from samflow.flows.export import export_coco
+    from samflow.flows.export import NothingToExport, export_coco, export_mot, export_ytvis
 
-    summary = export_coco(args.dst, args.out)
+    exporters = {"coco": export_coco, "mot": export_mot, "ytvis": export_ytvis}
+    try:
+        summary = exporters[args.format](args.dst, args.out)
+    except NothingToExport as exc:
+        print(f"samflow export {args.format}: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 

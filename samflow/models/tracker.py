@@ -245,8 +245,9 @@ def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label:
 
 
 def _bbox(mask: np.ndarray) -> list[float]:
-    """Tight [x, y, w, h] of a non-empty mask (what ``rle.to_bbox`` gives, without decoding)."""
+    """[x, y, w, h] of a non-empty mask in the segment engine's (SAM's) convention: x + w is the
+    mask's last column, inclusive, so tracked and segmented boxes compare as they are."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
         return [0.0, 0.0, 0.0, 0.0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0]), float(rows[-1] - rows[0])]
