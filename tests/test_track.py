@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from samflow.models.tracker import VideoTracker, match_by_iou
+from samflow.schemas import masks as mask_column
 from samflow.schemas.rows import build_tables
 from tests.track_oracle import ColourPropagator, colour_seeds, scene
 
@@ -111,7 +112,7 @@ def _pending_batch(paths: list[Path], still: Path) -> dict[str, np.ndarray]:
     decode = DecodeStage(StorageSource(StorageConfig()), InputConfig(), defer_videos=True)
     batch = decode({"uri": np.array([str(p) for p in files], dtype=object),
                     "size": np.array([p.stat().st_size for p in files])})
-    batch["annotations_json"] = np.array(["[]"] * len(files), dtype=object)  # as segment leaves them
+    batch["masks"] = mask_column.empty(len(files))  # as the segment stage leaves them
     return batch
 
 
@@ -129,11 +130,12 @@ def test_stage_turns_each_video_into_chunks_of_tracked_frames(tmp_path: Path) ->
     chunks = list(_stage(chunk_frames=4, reseed_s=0.5)(_pending_batch([video, cut], still)))
 
     assert list(chunks[0]["uri"]) == [str(still)]  # images first, untouched, no tracks
-    assert chunks[0]["annotations_json"][0] == "[]" and chunks[0]["tracks_json"][0] == ""
+    assert mask_column.counts(chunks[0]["masks"]).tolist() == [0] and chunks[0]["tracks"].to_pylist() == [[]]
     sizes = [len(c["uri"]) for c in chunks[1:]]
     assert max(sizes) <= 4
-    rows = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-    assert set(rows) >= {"_meta_track", "tracks_json", "annotations_json", "pixels"}
+    assert all(list(c) == list(chunks[0]) for c in chunks)  # one column order: Ray concatenates blocks
+    rows = {name: _concat([c[name] for c in chunks]) for name in chunks[0]}
+    assert set(rows) >= {"_meta_track", "tracks", "masks", "pixels"}
     clip = [i for i, u in enumerate(rows["uri"]) if u == str(video)]
     assert [int(rows["frame_index"][i]) for i in clip] == list(range(10))
     assert all(rows["error_type"][i] == "" and len(rows["pixels"][i]) == 48 * 64 * 3 for i in clip)
@@ -148,6 +150,14 @@ def test_stage_turns_each_video_into_chunks_of_tracked_frames(tmp_path: Path) ->
     clip_ann = annotations.filter(pc.is_in(annotations["item_id"], pa_array(clip_items)))
     assert clip_ann.num_rows > 0 and None not in clip_ann["track_id"].to_pylist()
     _assert_tracks_agree(tracks.filter(pc.equal(tracks["uri"], str(video))), clip_ann, images)
+
+
+def _concat(parts: list):
+    import pyarrow as pa
+
+    if isinstance(parts[0], pa.Array):
+        return pa.concat_arrays(parts)
+    return np.concatenate(parts)
 
 
 def pa_array(values):

@@ -1,31 +1,34 @@
 """Embed stage: CLIP vectors and zero-shot labels.
 
 Per healthy row: one L2-normalised vector of the whole image (``embedding``; zeros for failed
-rows). When segment ran, each mask's bounding-box crop (cut from the pixels the stage sees,
-upscaled ones when upscale ran) is embedded too, and the mask record in ``annotations_json`` gets
-``label`` and ``label_score`` (zero-shot over the vocabulary with prompt ensembling; only with a
-non-empty vocabulary) and, with ``mask_embeddings``, its own unit ``embedding``.
+rows). When a stage emitted masks (the ``masks`` column, ``samflow.schemas.masks``), each mask's
+bounding-box crop (cut from the pixels the stage sees, upscaled ones when upscale ran) is embedded
+too, and the mask gets ``label`` and ``label_score`` (zero-shot over the vocabulary with prompt
+ensembling; only with a non-empty vocabulary) and, with ``mask_embeddings``, its own unit
+``embedding`` (a fixed-size float32 list).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
 from samflow.models.registry import load_model
+from samflow.schemas import masks as mask_column
 
 STAGE = "embed"
 
@@ -67,56 +70,91 @@ class EmbedStage:
     def per_mask(self) -> bool:
         return bool(self.vocabulary) or self.mask_embeddings
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
+            n = len(batch["uri"])
             rows = healthy(batch).tolist()
-            annotations = batch.get("annotations_json") if self.per_mask else None
+            masks = batch.get(mask_column.COLUMN) if self.per_mask else None
+            boxes = mask_column.boxes_per_row(masks) if masks is not None else None
 
-            def infer(chunk: list[int]) -> list[tuple[np.ndarray, str | None]]:
+            def infer(chunk: list[int]) -> list[tuple[np.ndarray, MaskOutputs | None]]:
                 images = [image_at(batch, r) for r in chunk]
                 vectors = list(self.clip.embed_images(images).float().numpy())
-                if annotations is None:
+                if boxes is None:
                     return [(vector, None) for vector in vectors]
-                records = [json.loads(annotations[r]) for r in chunk]
                 factors = [upscale_factor_at(batch, r) for r in chunk]
-                self._annotate_masks(images, factors, records)
-                return [(vector, json.dumps(recs)) for vector, recs in zip(vectors, records)]
+                per_row = self._embed_masks(images, factors, [boxes[r] for r in chunk])
+                return list(zip(vectors, per_row))
 
             results = infer_or_fail(batch, STAGE, rows, infer)
-            out = np.zeros((len(batch["uri"]), self.clip.dim), dtype=np.float32)
+            out = np.zeros((n, self.clip.dim), dtype=np.float32)
             for row, (vector, _) in results.items():
                 out[row] = vector
             batch["embedding"] = out
-            if annotations is not None:
-                batch["annotations_json"] = object_column(
-                    [results[r][1] if r in results else "[]" for r in range(len(batch["uri"]))]
-                )
+            if masks is not None:
+                batch[mask_column.COLUMN] = self._with_mask_fields(masks, results, n)
         return batch
 
-    def _annotate_masks(
-        self, images: list[np.ndarray], factors: list[int], records: list[list[dict[str, Any]]]
-    ) -> None:
-        """Add label / label_score / embedding to every record, in place."""
+    def _embed_masks(
+        self, images: list[np.ndarray], factors: list[int], boxes: list[np.ndarray]
+    ) -> list[MaskOutputs]:
+        """Per row: its masks' crop vectors and, with a vocabulary, their zero-shot labels."""
         crops = [
-            mask_crop(image, record["bbox"], factor)
-            for image, factor, recs in zip(images, factors, records)
-            for record in recs
+            mask_crop(image, bbox, factor)
+            for image, factor, row_boxes in zip(images, factors, boxes)
+            for bbox in row_boxes
         ]
         if not crops:
-            return
+            return [MaskOutputs.none(self.clip.dim) for _ in images]
         vectors = torch.cat(
             [
                 self.clip.embed_images(crops[start : start + self.crops_per_batch]).float()
                 for start in range(0, len(crops), self.crops_per_batch)
             ]
         )
-        labels: list[tuple[str, float]] = []
+        labels, scores = [], np.zeros(len(crops), np.float32)
         if self.vocabulary:
-            indices, scores = self.clip.zero_shot(vectors, self.vocabulary, self.templates)
-            labels = [(self.vocabulary[i], float(s)) for i, s in zip(indices.tolist(), scores.tolist())]
-        flat = [record for recs in records for record in recs]
-        for k, record in enumerate(flat):
-            if labels:
-                record["label"], record["label_score"] = labels[k]
-            if self.mask_embeddings:
-                record["embedding"] = vectors[k].numpy().tolist()
+            indices, top = self.clip.zero_shot(vectors, self.vocabulary, self.templates)
+            labels, scores = [self.vocabulary[i] for i in indices.tolist()], top.float().numpy()
+        vectors_np = vectors.numpy()
+        out, start = [], 0
+        for row_boxes in boxes:
+            end = start + len(row_boxes)
+            out.append(MaskOutputs(labels[start:end], scores[start:end], vectors_np[start:end]))
+            start = end
+        return out
+
+    def _with_mask_fields(self, masks: Any, results: dict[int, Any], n: int) -> Any:
+        """The masks column with label / label_score / embedding set for every mask (null for
+        masks of rows this stage did not annotate: they failed, here or earlier)."""
+        counts = mask_column.counts(masks)
+        if not counts.sum():
+            return masks
+        per_row = [results[r][1] if r in results else None for r in range(n)]
+        valid = np.repeat([found is not None for found in per_row], counts)
+        outputs = [found or MaskOutputs.none(self.clip.dim, int(k)) for found, k in zip(per_row, counts)]
+        fields: dict[str, Any] = {}
+        if self.vocabulary:
+            labels = [label for found in per_row if found is not None for label in found.labels]
+            named = iter(labels)
+            fields["label"] = pa.array([next(named) if ok else None for ok in valid], pa.string())
+            scores = np.concatenate([found.scores for found in outputs])
+            fields["label_score"] = pa.array(scores, pa.float32(), mask=~valid)
+        if self.mask_embeddings:
+            vectors = np.concatenate([found.vectors for found in outputs])
+            fields["embedding"] = mask_column.vectors(vectors, valid)
+        return mask_column.with_fields(masks, **fields) if fields else masks
+
+
+@dataclass
+class MaskOutputs:
+    """One row's per-mask outputs of the embed stage, in mask order."""
+
+    labels: list[str]
+    scores: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def none(cls, dim: int, k: int = 0) -> "MaskOutputs":
+        return cls([], np.zeros(k, np.float32), np.zeros((k, dim), np.float32))

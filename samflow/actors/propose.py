@@ -15,6 +15,7 @@ import numpy as np
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
@@ -58,6 +59,7 @@ class ProposeStage:
             images, max_boxes=self.max_boxes, min_score=self.score_thresh, nms_iou=self.nms_iou
         )
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()

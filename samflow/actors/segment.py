@@ -7,15 +7,14 @@ come out in the original image's coordinates even when the pixels were upscaled.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
@@ -23,19 +22,21 @@ from samflow.actors.propose import proposals_at
 from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
+from samflow.schemas import masks as mask_column
 
 STAGE = "segment"
 
 
 class SegmentStage:
-    """Loads SAM once per actor; maps batches to ``annotations_json`` (a JSON list of SA-1B
-    records per row, "[]" for rows that failed here or earlier)."""
+    """Loads SAM once per actor; appends each row's masks to the batch's ``masks`` column
+    (``samflow.schemas.masks``; no masks for rows that failed here or earlier)."""
 
     def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None) -> None:
         self.sam = load_model("sam", model_uri, device=device)
         self.generator = MaskGenerator(self.sam, AmgParams(**engine))
         self.info = {"model": model_uri, "checkpoint_sha256": self.sam.checkpoint_sha256}
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
@@ -49,7 +50,5 @@ class SegmentStage:
                 return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
             masks = infer_or_fail(batch, STAGE, rows, infer)
-            batch["annotations_json"] = object_column(
-                [json.dumps(masks.get(r, [])) for r in range(len(batch["uri"]))]
-            )
+            mask_column.add(batch, [masks.get(r, []) for r in range(len(batch["uri"]))])
         return batch

@@ -9,17 +9,17 @@ seed engine and the tracker, and yields each chunk's frame rows as soon as they 
 actor holds one chunk (plus the one it is about to emit) at any moment, whatever the length;
 the graph keeps streaming across videos, because a video is a row like any other until here.
 
-Frame rows leave with the segment stage's columns filled (``annotations_json``: the seed
-records on seed frames, propagated masks elsewhere, each with its ``track_id``) and every other
-column copied from the video's row, so later stages (embed) and the writer see ordinary frames.
-The last frame row of a video carries ``tracks_json``: one summary per track, for ``tracks/``.
+Frame rows leave with the segment stage's column filled (``masks``, through
+``samflow.schemas.masks``: the seed records on seed frames, propagated masks elsewhere, each with
+its ``track_id``) and every other column copied from the video's row, so later stages (embed) and
+the writer see ordinary frames. The last frame row of a video carries its ``tracks``: one summary
+per track (``tables.TRACK_LIST``), for ``tracks/``.
 Still-image rows pass through untouched. A failure while tracking one chunk turns that chunk's
 frames into ``track`` error rows and the tracker starts over at the next chunk (new seeds).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -27,15 +27,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from samflow.actors.batch import Batch, describe, mark_error, object_column, stage_meta
+from samflow.actors.batch import Batch, describe, from_arrow, mark_error, stage_meta, to_arrow
 from samflow.actors.decode import ByteSource, DecodeError, DecodeStage, InputLimits
 from samflow.actors.video import Frame, VideoError
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
 from samflow.models.sam2 import load_sam2_video
 from samflow.models.tracker import Seed, VideoTracker
+from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id
+from samflow.schemas.tables import TRACK_LIST
 
 STAGE = "track"
 
@@ -65,13 +68,22 @@ class TrackStage:
         self.params = TrackParams(**(params or {}))
         self.info = {"model": model_uri, "checkpoint_sha256": self.video_model.checkpoint_sha256}
 
-    def __call__(self, batch: Batch) -> Iterator[Batch]:
+    def __call__(self, batch: Batch | pa.Table) -> Iterator[Batch | pa.Table]:
+        # Arrow in, Arrow out in the pipeline (batch_format="pyarrow", like every model stage);
+        # a dict of columns in, dicts out (tests, benches). A generator, so it cannot use
+        # @arrow_batches: each chunk is converted as it leaves.
+        arrow = isinstance(batch, pa.Table)
+        columns = from_arrow(batch) if arrow else batch
+        for out in self._chunks(columns):
+            yield to_arrow(out) if arrow else out
+
+    def _chunks(self, batch: Batch) -> Iterator[Batch]:
         pending = np.asarray(batch.get("video_pending", np.zeros(len(batch["uri"]), bool)), dtype=bool)
         images = np.flatnonzero(~pending).tolist()
         if images or not pending.any():
             out = _take(batch, images)
             with stage_meta(out, STAGE, self.info):
-                out["tracks_json"] = object_column([""] * len(images))
+                out["tracks"] = _no_tracks(len(images))
             yield out
         for row in np.flatnonzero(pending).tolist():
             yield from self._video(batch, row)
@@ -82,7 +94,7 @@ class TrackStage:
         uri = str(batch["uri"][row])
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
-        ready: Batch | None = None  # held back one chunk: the last one carries tracks_json
+        ready: Batch | None = None  # held back one chunk: the last one carries the tracks
         chunk: list[Frame] = []
         failure: tuple[str, str] | None = None
         try:
@@ -101,7 +113,8 @@ class TrackStage:
                 yield ready
             ready = self._chunk(batch, row, run, chunk)
         if ready is not None:
-            ready["tracks_json"][len(ready["uri"]) - 1] = json.dumps(run.summaries(uri))
+            n = len(ready["uri"])
+            ready["tracks"] = pa.array([[]] * (n - 1) + [run.summaries(uri)], type=TRACK_LIST)
             yield ready
         if failure is not None:
             yield self._error(batch, row, "decode", *failure)
@@ -143,9 +156,9 @@ class TrackStage:
         with stage_meta(out, STAGE, self.info):
             out.update(_take(batch, [row]))
             out["video_pending"] = np.zeros(1, dtype=bool)
-            out["tracks_json"] = object_column([""])
+            out["tracks"] = _no_tracks(1)
             for column, value in (("error_stage", stage), ("error_type", error_type), ("error_message", message)):
-                out[column] = object_column([value])
+                out[column] = _objects([value])
         return out
 
 
@@ -202,25 +215,40 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _no_tracks(rows: int) -> pa.ListArray:
+    return pa.array([[]] * rows, type=TRACK_LIST)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
+
+
 def _take(batch: Batch, rows: list[int]) -> Batch:
-    """The given rows of every column (object columns stay object arrays)."""
+    """The given rows of every column (numpy columns stay numpy, Arrow columns stay Arrow)."""
     index = np.asarray(rows, dtype=np.int64)
-    return {name: np.asarray(column)[index] for name, column in batch.items()}
+    return {
+        name: column.take(pa.array(index)) if isinstance(column, (pa.Array, pa.ChunkedArray))
+        else np.asarray(column)[index]
+        for name, column in batch.items()
+    }
 
 
 def _frame_rows(batch: Batch, row: int, frames: list[Frame], per_frame: list[list[dict[str, Any]]]) -> Batch:
     """One row per frame: the video row's columns, with the frame's own fields and masks."""
     uri = str(batch["uri"][row])
     out = _take(batch, [row] * len(frames))
-    out["item_id"] = object_column([item_id(uri, f.index) for f in frames])
+    out["item_id"] = _objects([item_id(uri, f.index) for f in frames])
     out["frame_index"] = np.array([f.index for f in frames], dtype=np.int32)
     out["timestamp_s"] = np.array([f.timestamp_s for f in frames], dtype=np.float64)
     out["height"] = np.array([f.rgb.shape[0] for f in frames], dtype=np.int32)
     out["width"] = np.array([f.rgb.shape[1] for f in frames], dtype=np.int32)
-    out["pixels"] = object_column([f.rgb.tobytes() for f in frames])
+    out["pixels"] = _objects([f.rgb.tobytes() for f in frames])
     out["video_pending"] = np.zeros(len(frames), dtype=bool)
-    out["annotations_json"] = object_column([json.dumps(records) for records in per_frame])
-    out["tracks_json"] = object_column([""] * len(frames))
+    # the frames' masks replace the video row's (empty) list, in its place in the column order
+    out[mask_column.COLUMN] = mask_column.from_records(per_frame)
+    out["tracks"] = _no_tracks(len(frames))
     for column in ("error_stage", "error_type", "error_message"):
-        out[column] = object_column([""] * len(frames))
+        out[column] = _objects([""] * len(frames))
     return out

@@ -56,8 +56,14 @@ def _annotate(args: argparse.Namespace) -> int:
     from samflow.flows.annotate import annotate_dataset
     from samflow.flows.config import load_config
 
+    from samflow.flows.resources import ResourceShortage
+
     cfg = load_config(args.config, args.overrides, args.profile)
-    manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
+    try:
+        manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
+    except ResourceShortage as exc:  # the cluster cannot host the graph: say what and how to fix
+        print(f"samflow annotate: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
 

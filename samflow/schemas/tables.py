@@ -20,26 +20,34 @@ IMAGES = pa.schema(
     ]
 )
 
-ANNOTATIONS = pa.schema(
-    [
-        ("annotation_id", pa.string()),
-        ("item_id", pa.string()),
-        ("segmentation", RLE_TYPE),
-        ("bbox", BBOX_TYPE),
-        ("area", pa.int64()),
-        ("predicted_iou", pa.float32()),
-        ("stability_score", pa.float32()),
-        ("point_coords", pa.list_(pa.list_(pa.float32(), 2))),
-        ("crop_box", BBOX_TYPE),
-        ("source", pa.string()),
-        ("proposal_score", pa.float32()),
-        ("label", pa.string()),
-        ("label_score", pa.float32()),
-        ("track_id", pa.int64()),
-        # Variable length here: the width is the embed model's, fixed within one run.
-        ("embedding", pa.list_(pa.float32())),
-    ]
-)
+_ANNOTATION_FIELDS = [
+    ("annotation_id", pa.string()),
+    ("item_id", pa.string()),
+    ("segmentation", RLE_TYPE),
+    ("bbox", BBOX_TYPE),
+    ("area", pa.int64()),
+    ("predicted_iou", pa.float32()),
+    ("stability_score", pa.float32()),
+    ("point_coords", pa.list_(pa.list_(pa.float32(), 2))),
+    ("crop_box", BBOX_TYPE),
+    ("source", pa.string()),
+    ("proposal_score", pa.float32()),
+    ("label", pa.string()),
+    ("label_score", pa.float32()),
+    ("track_id", pa.int64()),
+]
+
+
+def annotations_schema(dim: int | None) -> pa.Schema:
+    """The annotations table: one row per mask. ``embedding`` (null unless mask embeddings are on)
+    is a fixed-size float32 list of the run's embed model width ``dim``; a run without an embed
+    model (``dim`` None) has a variable-length list there, always null."""
+    vector = pa.list_(pa.float32()) if dim is None else pa.list_(pa.float32(), dim)
+    return pa.schema([*_ANNOTATION_FIELDS, ("embedding", vector)])
+
+
+# The schema of a run without an embed model; use annotations_schema(dim) when one ran.
+ANNOTATIONS = annotations_schema(None)
 
 ERRORS = pa.schema(
     [
@@ -68,6 +76,10 @@ TRACKS = pa.schema(
         ("score", pa.float32()),
     ]
 )
+
+# Between the track stage and the writer: per row, the tracks it summarises (a video's last frame
+# row carries all of its tracks; every other row none).
+TRACK_LIST = pa.list_(pa.struct(list(TRACKS)))
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
