@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--min-score", type=float, default=0.5, help="masks scoring under this go to review")
     review.add_argument("--source", action="append", dest="sources", metavar="SOURCE",
                         help="annotation sources considered (repeatable; default: concept)")
+    mot = export_formats.add_parser("mot", help="MOTChallenge text, one file per video (tracked masks)")
+    mot.add_argument("dst", help="output URI of an annotate run")
+    mot.add_argument("out", type=Path, help="directory to write <video>.txt files into")
+    ytvis = export_formats.add_parser("ytvis", help="YouTube-VIS JSON (videos, per-track per-frame RLE)")
+    ytvis.add_argument("dst", help="output URI of an annotate run")
+    ytvis.add_argument("out", type=Path, help="JSON file to write")
 
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="action", required=True)
@@ -177,12 +183,17 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from samflow.flows.export import export_coco, export_review
+    from samflow.flows.export import NothingToExport, export_coco, export_mot, export_review, export_ytvis
 
-    if args.format == "review":
-        summary = export_review(args.dst, args.out, min_score=args.min_score, sources=args.sources)
-    else:
-        summary = export_coco(args.dst, args.out)
+    exporters = {
+        "coco": export_coco, "mot": export_mot, "ytvis": export_ytvis,
+        "review": lambda dst, out: export_review(dst, out, min_score=args.min_score, sources=args.sources),
+    }
+    try:
+        summary = exporters[args.format](args.dst, args.out)
+    except NothingToExport as exc:
+        print(f"samflow export {args.format}: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 

@@ -29,7 +29,16 @@ class VideoSampling(_Section):
     mode: Literal["fps", "every_n", "keyframes"] = "fps"
     fps: float = Field(1.0, description="Frames per second sampled when mode=fps.")
     every_n: int = Field(30, description="Keep one frame in N when mode=every_n.")
-    max_frames: int = Field(300, description="Upper bound on frames sampled per video.")
+    max_frames: int = Field(
+        0, ge=0,
+        description="Cap on frames sampled per video; 0 = no cap. A video cut by the cap gets a "
+        "frames_capped row in errors/ naming how many sampled frames were skipped.",
+    )
+    chunk_frames: int = Field(
+        16, ge=1,
+        description="Frames per chunk leaving the decoder (and the track stage): a video streams "
+        "through the pipeline in chunks, so memory does not grow with its length.",
+    )
 
 
 class InputConfig(_Section):
@@ -137,6 +146,25 @@ class SegmentStageConfig(StageConfig):
     batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
 
 
+class TrackStageConfig(StageConfig):
+    """Videos: objects the segment engine finds on the first sampled frame and every
+    ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
+    chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
+    seeded and tracked in order by one actor of this pool; still images pass through."""
+
+    model: str = Field("facebook/sam2.1-hiera-small", description="SAM 2 / 2.1 video model URI.")
+    batch_size: int = Field(
+        8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
+    )
+    reseed_s: float = Field(
+        5.0, gt=0, description="Seconds between seed frames: new objects get new ids, known ones keep theirs."
+    )
+    match_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Mask IoU at which a seed is the same object as a track."
+    )
+    max_objects: int = Field(32, ge=1, description="Objects tracked at once per video (best seeds first).")
+
+
 class EmbedStageConfig(StageConfig):
     """CLIP: one vector per image, labels (labels.vocabulary) and optional vectors per mask."""
 
@@ -154,6 +182,7 @@ class StagesConfig(_Section):
     propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
     concepts: ConceptsStageConfig = Field(default_factory=ConceptsStageConfig)
     segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
+    track: TrackStageConfig = Field(default_factory=TrackStageConfig)
     embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
 
 
@@ -258,6 +287,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stages.propose.model": "tiny://owlv2",
         "stages.concepts.model": "tiny://sam3",
         "stages.segment.model": "tiny://sam",
+        "stages.track.model": "tiny://sam2",
         "stages.embed.model": "tiny://clip",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,
