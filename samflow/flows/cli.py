@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import samflow
+from samflow.flows import errors, logs
+from samflow.flows.errors import UserError, user_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,17 +44,81 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-pip", action="store_true",
                         help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
+
+    runs = commands.add_parser("runs", help="list the runs under DST, or show one run's report")
+    runs.add_argument("dst", help="output URI of annotate runs")
+    runs.add_argument("run_id", nargs="?", help="show this run's report")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    runs.add_argument("--config", type=Path, help="YAML run config (its storage settings)")
+    runs.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     return parser
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from samflow.flows.annotate import annotate_dataset
-    from samflow.flows.config import load_config
+    from samflow.flows.preflight import check_run
+    from samflow.flows.progress import RunProgress
 
-    cfg = load_config(args.config, args.overrides, args.profile)
-    manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
+    cfg = user_config(args.config, args.overrides, args.profile)
+    check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
+    from samflow.flows.annotate import annotate_dataset
+
+    logs.quiet_ray_data(args.verbose)
+    with RunProgress() as progress:
+        manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"), observer=progress)
+    _print_run_summary(manifest, cfg, progress)
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
+
+
+def _print_run_summary(manifest: dict, cfg: object, progress: object) -> None:
+    from samflow.flows import runs
+
+    console = progress.console  # type: ignore[attr-defined]
+    if not manifest.get("run_id"):
+        counts = manifest["counts"]
+        console.print(f"samflow: nothing new ({counts['listed']} listed, {counts['already_done']} already done)")
+        return
+    errors = runs.error_kinds(manifest["dst"], manifest["run_id"], cfg.storage) if manifest["counts"]["errors"] else []
+    runs.print_report(runs.build_report(manifest, errors), console)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from samflow.flows import runs
+
+    cfg = user_config(args.config, args.overrides, None)
+    console = Console()
+    if args.run_id:
+        report = runs.load_report(args.dst, args.run_id, cfg.storage)
+        if args.json:
+            print(json.dumps(runs.report_json(report), indent=1))
+        else:
+            runs.print_report(report, console)
+        return 0
+    rows = runs.history_rows(runs.manifests(args.dst, cfg.storage))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        console.print(f"no runs under {args.dst}")
+    else:
+        console.print(runs.history_table(rows, args.dst))
+    return 0
+
+
+def user_config(path: Path | None, overrides: list[str], profile: str | None):  # noqa: ANN201
+    """load_config, with a malformed file, override or profile reported as a UserError."""
+    import yaml
+
+    from samflow.flows.config import load_config
+
+    try:
+        return load_config(path, overrides, profile)
+    except (ValueError, yaml.YAMLError, OSError) as exc:
+        mapped = user_error(exc)
+        if mapped is not None:
+            raise mapped from exc
+        raise UserError(f"config: {errors.one_line(exc)}") from exc
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -86,13 +151,16 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
+HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return HANDLERS[args.command](args)
+    args = errors.with_verbose_flag(_parser()).parse_args(argv)
+    logs.configure(args.verbose)
+    try:
+        return HANDLERS[args.command](args)
+    except Exception as exc:  # noqa: BLE001 - every failure ends in one clear line and an exit code
+        return errors.report_failure(exc, f"samflow {args.command}", args.verbose)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,69 @@
+"""What the terminal shows: samflow's own warnings by default, everything with ``-v``.
+
+Quiet by default means: no HTTP request line per Prefect API call, no Ray Data operator dumps or
+progress logs, no Ray start-up chatter, no worker output forwarded to the driver, no library
+deprecation warnings. All of it still goes to the usual files (Ray's session logs; Prefect's API
+holds the flow's logs), and ``-v`` brings it back to the terminal (``-vv`` adds debug).
+
+Some of these switches are environment variables the libraries read when they are imported (or
+pass on to Ray's worker processes): :func:`configure` must run before Prefect or Ray is imported,
+and only sets a variable the user has not set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# Library loggers that speak once per request or per tick: WARNING unless -v.
+CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
+
+_QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LOG_PRINTS": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_LOGGER_LEVEL": "error",
+    "RAY_LOG_TO_DRIVER": "0",
+    "RAY_BACKEND_LOG_LEVEL": "fatal",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+}
+
+
+def configure(verbose: int) -> None:
+    """Logging for one CLI command: ``verbose`` 0 = quiet, 1 = INFO from everything, 2 = DEBUG."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here anyway
+    if verbose:
+        return
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _ignore_library_warnings()
+
+
+def _ignore_library_warnings() -> None:
+    # Ray adds its own filter for its deprecations when imported: run again after importing it.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_ray_data(verbose: int) -> None:
+    """After Ray Data is imported: no progress bars or periodic operator dumps on the terminal
+    (the progress display replaces them); its own log file keeps everything."""
+    if verbose:
+        return
+    from ray.data import DataContext
+
+    _ignore_library_warnings()
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(logging.ERROR)
