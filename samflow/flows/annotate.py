@@ -16,6 +16,7 @@ import samflow
 from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import RunConfig, config_from
 from samflow.flows.errors import retry_unless_permanent
+from samflow.flows.lease import Lease
 from samflow.flows.pipeline import CommitHook, PipelineStats, run_pipeline
 from samflow.flows.runs import build_report, error_kinds, report_markdown
 from samflow.flows.storage import list_files
@@ -120,16 +121,26 @@ def annotate_dataset(
     config: dict[str, Any] | None = None,
     profile: str | None = None,
     observer: Any = None,
+    hold_lease: bool = True,
 ) -> dict[str, Any]:
     """Annotate every new image under ``src`` into Parquet tables under ``dst``.
 
     Returns the run manifest; when nothing is new, returns a summary and writes nothing.
     ``observer`` (in-process callers only, e.g. the CLI's progress display) gets
     ``planned(run_id, total)`` and ``committed(result, meta)`` after every shard commit.
+    The run holds DST's lease (one run per output; see flows/lease.py) unless ``hold_lease`` is
+    false because the caller holds it already (the CLI takes it before Prefect starts).
     """
+    cfg = config_from(config, profile=profile)
+    if not hold_lease:
+        return _annotate(src, dst, cfg, observer)
+    with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s):
+        return _annotate(src, dst, cfg, observer)
+
+
+def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any) -> dict[str, Any]:
     started = time.perf_counter()
     logger = get_run_logger()
-    cfg = config_from(config, profile=profile)
     run_id = new_run_id()
     plan = plan_run(src, dst, cfg)
     logger.info("run %s: %d listed, %d already done, %d to process",

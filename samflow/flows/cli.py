@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument("--set", action="append", default=[], dest="overrides",
                           metavar="KEY=VALUE", help="override one config key (repeatable)")
     annotate.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
+    annotate.add_argument("--wait", action="store_true",
+                          help="if another run holds DST, wait for it instead of refusing")
 
     export = commands.add_parser("export", help="export annotations")
     export_formats = export.add_subparsers(dest="format", required=True)
@@ -55,18 +57,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _annotate(args: argparse.Namespace) -> int:
+    from samflow.flows.lease import Lease
     from samflow.flows.preflight import check_run
     from samflow.flows.progress import RunProgress
 
     cfg = user_config(args.config, args.overrides, args.profile)
     check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
-    from samflow.flows.annotate import annotate_dataset
+    lease = Lease(args.dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
+    lease.acquire(wait=args.wait)  # refuses at once when another run writes DST
+    try:
+        from samflow.flows.annotate import annotate_dataset
 
-    logs.quiet_ray_data(args.verbose)
-    with RunProgress() as progress:
-        manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"), observer=progress)
+        logs.quiet_ray_data(args.verbose)
+        with RunProgress() as progress:
+            manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
+                                        observer=progress, hold_lease=False)
+    finally:
+        lease.release()
     _print_run_summary(manifest, cfg, progress)
-    print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
+    # For scripts: one JSON line, the last on stdout (Ray may print its own lines there first).
+    print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}))
     return 0
 
 

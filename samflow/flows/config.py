@@ -191,6 +191,10 @@ class RayConfig(_Section):
 
 class OutputConfig(_Section):
     shard_rows: int = Field(64, ge=1, description="Items per Parquet shard (one write task).")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Lifetime of DST's lease (one run per output), renewed every third of it; "
+        "a killed run's lease expires after this long and the next run takes over.",
+    )
 
 
 class RunConfig(BaseModel):

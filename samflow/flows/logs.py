@@ -37,6 +37,9 @@ def configure(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here anyway
+    # The embedded Prefect server starts in seconds, unless the machine is busy: wait for it
+    # rather than fail the run (Prefect's default gives up after 20 s).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if verbose:
         return
     for name, value in _QUIET_ENV.items():
