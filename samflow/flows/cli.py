@@ -53,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print JSON instead of tables")
     runs.add_argument("--config", type=Path, help="YAML run config (its storage settings)")
     runs.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+
+    for name, text in (("deploy", "register a Prefect deployment of annotate on the config's cron"),
+                       ("schedule", "serve annotate's schedule in the foreground (no worker needed)")):
+        scheduled = commands.add_parser(name, help=text)
+        scheduled.add_argument("src", help="source URI")
+        scheduled.add_argument("--out", required=True, dest="dst", help="output URI")
+        scheduled.add_argument("--config", type=Path, help="YAML run config; its `schedule` is the cron")
+        scheduled.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+        scheduled.add_argument("--profile", choices=["tiny"])
+        scheduled.add_argument("--cron", help="cron string (overrides the config's `schedule`)")
+        scheduled.add_argument("--timezone", default="UTC", help="timezone of the cron")
+        scheduled.add_argument("--name", default="annotate", help="deployment name")
+        if name == "deploy":
+            scheduled.add_argument("--work-pool", help="work pool whose workers run it (default: none, for `samflow schedule`)")
     return parser
 
 
@@ -161,7 +175,42 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs}
+def _scheduled_deployment(args: argparse.Namespace):  # noqa: ANN202
+    from samflow.flows.deployments import build_deployment
+
+    overrides = list(args.overrides) + ([f"schedule={json.dumps(args.cron)}"] if args.cron else [])
+    cfg = user_config(args.config, overrides, None)
+    try:
+        deployment = build_deployment(args.src, args.dst, config=cfg, profile=args.profile, name=args.name,
+                                      timezone=args.timezone, work_pool_name=getattr(args, "work_pool", None))
+    except ValueError as exc:  # a malformed cron or timezone
+        raise UserError(f"schedule {cfg.schedule!r} ({args.timezone}): {errors.one_line(exc)}") from exc
+    return deployment, cfg
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    deployment, cfg = _scheduled_deployment(args)
+    deployment_id = deployment.apply(work_pool_name=args.work_pool)
+    where = f"work pool {args.work_pool}" if args.work_pool else "no work pool: run `samflow schedule` with the same arguments"
+    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); "
+          f"schedule: {cfg.schedule or 'none (on demand)'} {args.timezone if cfg.schedule else ''}; {where}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    deployment, cfg = _scheduled_deployment(args)
+    if not cfg.schedule:
+        raise UserError("no schedule: set `schedule` in the config or give --cron '0 2 * * *'")
+    print(f"serving {deployment.flow_name}/{deployment.name} on '{cfg.schedule}' ({args.timezone}); Ctrl-C stops",
+          file=sys.stderr)
+    serve(deployment, print_starting_message=bool(args.verbose))
+    return 0
+
+
+HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs,
+            "deploy": _deploy, "schedule": _schedule}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import StorageConfig
@@ -178,8 +179,8 @@ def report_renderable(report: RunReport) -> Group:
     for key in _ordered_counts(report.counts):
         counts.add_row(key, str(report.counts[key]))
     counts.add_row("duration", f"{report.duration_s:.1f} s")
-    counts.add_row("output", report.dst)
-    parts: list[Any] = [counts]
+    # The output location on a line of its own: a table cell would fold a long URI.
+    parts: list[Any] = [counts, Text(f"output: {report.dst}", no_wrap=True, overflow="ignore")]
     if report.errors:
         errors = Table(title="errors by type")
         for name in ("type", "stage", "count", "example"):
