@@ -38,6 +38,6 @@ def test_deploy_registers_annotate_with_the_cron(prefect_server, tmp_path, capsy
 def test_malformed_cron_is_a_user_error(prefect_server, capsys):
     assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--cron", "every night"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "every night" in err[0] and err[0].startswith("samflow deploy: error:")
+    assert len(err) == 1 and "every night" in err[0] and err[0].startswith("samflow deploy: schedule")
     assert main(["schedule", "s3://raw/images", "--out", "s3://annotated/out"]) == 2
     assert "no schedule" in capsys.readouterr().err

@@ -33,7 +33,7 @@ def assert_user_error(done: subprocess.CompletedProcess, seconds: float, *needle
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("samflow annotate: error: ")
+    assert lines[0].startswith("samflow annotate: ")
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert seconds < FAST_S, f"took {seconds:.1f} s"
@@ -88,7 +88,7 @@ def test_model_that_cannot_load(images, tmp_path):
 def test_verbose_shows_the_traceback(tmp_path):
     done, _ = samflow("annotate", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "-v")
     assert done.returncode == 2
-    assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1].startswith("samflow annotate: error:")
+    assert "Traceback" in done.stderr and done.stderr.strip().splitlines()[-1].startswith("samflow annotate: source")
 
 
 def test_missing_bucket(s3_server, tmp_path):

@@ -187,6 +187,17 @@ class RayConfig(_Section):
         "run starts. null = only on a local Ray that samflow starts itself (a joined cluster may "
         "start GPU nodes on demand, e.g. KubeRay autoscaling from zero: there the stage waits).",
     )
+    resource_wait_s: float = Field(
+        300.0, ge=0,
+        description="How long a run waits, before its stream starts, for resources only an "
+        "autoscaler could add (GPU nodes for GPU stages); then it fails with a message naming the "
+        "short resource. A cluster that cannot autoscale fails at once.",
+    )
+    autoscaling: bool | None = Field(
+        None,
+        description="Whether the cluster may add nodes (decides between waiting and failing at "
+        "once); null = ask the cluster (the node types its autoscaler publishes).",
+    )
 
 
 class OutputConfig(_Section):

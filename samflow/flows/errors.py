@@ -86,6 +86,8 @@ def _classify(exc: BaseException) -> UserError | None:
         return UserError(f"no usable AWS credentials ({exc}): {_CREDENTIALS_HINT}")
     if name == "ModelLoadError" or (name == "ActorDiedError" and "ModelLoadError" in str(exc)):
         return UserError(f"a model cannot load: {_model_message(exc)}")
+    if name == "ResourceShortage":  # the cluster cannot host the graph; its message says the fix
+        return UserError(one_line(exc))
     if name == "ValidationError" and hasattr(exc, "errors"):
         return UserError(config_message(exc))
     code = _s3_code(exc)
@@ -204,7 +206,7 @@ def report_failure(exc: BaseException, prog: str, verbose: int) -> int:
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
     if mapped is not None:
-        print(f"{prog}: error: {mapped}", file=sys.stderr)
+        print(f"{prog}: {mapped}", file=sys.stderr)
         return 2
     where = "above" if verbose else _save_traceback(exc, prog)
     print(f"{prog}: unexpected failure: {type(exc).__name__}: {one_line(exc)} (details: {where})",
