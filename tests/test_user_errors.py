@@ -149,3 +149,26 @@ def test_plan_task_does_not_retry_a_permanent_error(prefect_server, tmp_path):
     with get_client(sync_client=True) as client:
         task_run = client.read_task_run(task_run_id)
     assert task_run.run_count == 1  # retries=2 stays for transient errors
+
+
+def test_permanent_errors_are_recognised_through_wrappers_and_transient_ones_are_not():
+    from botocore.exceptions import ClientError
+    from prefect.states import Failed
+    from ray.exceptions import RayTaskError
+    from s3fs.errors import translate_boto_error
+
+    from samflow.flows.errors import retry_unless_permanent, user_error
+    from samflow.models.registry import ModelLoadError
+
+    def s3_error(code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": code, "BucketName": "raw"}}, "ListObjectsV2")
+
+    assert "bucket does not exist" in str(user_error(s3_error("NoSuchBucket")))
+    denied = translate_boto_error(s3_error("AccessDenied"))  # what s3fs raises: PermissionError from ClientError
+    assert isinstance(denied, PermissionError) and "AccessDenied" in str(user_error(denied))
+    in_actor = RayTaskError("SegmentStage.__init__", "Traceback ...", ModelLoadError("could not load sam from x"))
+    assert "a model cannot load: could not load sam from x" in str(user_error(in_actor))
+    for transient in (s3_error("SlowDown"), s3_error("InternalError"), ConnectionResetError("reset"), TimeoutError()):
+        assert user_error(transient) is None
+        assert retry_unless_permanent(None, None, Failed(data=transient)) is True
+    assert retry_unless_permanent(None, None, Failed(data=FileNotFoundError("source not found: /x"))) is False
