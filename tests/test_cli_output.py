@@ -63,3 +63,34 @@ def test_sample_run_shows_progress_and_summary_then_runs_lists_and_reports_it(tm
 
     missing = samflow("runs", str(out), "nope")
     assert missing.returncode == 2 and run_id in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_progress_figures_and_bottleneck_from_commits():
+    import io
+
+    from samflow.flows.catalog import ShardResult
+    from samflow.flows.progress import RunProgress
+
+    stream = io.StringIO()
+    progress = RunProgress(stream, interval_s=3600, live=False)
+    progress.planned("r1", total=10)
+    # segment: 6 busy seconds on one worker; embed: 8 busy seconds over four workers
+    progress.committed(ShardResult("s1", [f"u{i}" for i in range(4)], {"images": 3, "errors": 1}),
+                       {"segment": [{"batch": "a", "busy_s": 6.0, "pid": 1}],
+                        "embed": [{"batch": f"e{i}", "busy_s": 2.0, "pid": 10 + i} for i in range(4)]})
+    progress.committed(ShardResult("s2", ["u4", "u5"], {"images": 2}),
+                       {"segment": [{"batch": "a", "busy_s": 6.0, "pid": 1}]})  # same batch seen twice
+    assert (progress.done, progress.errors) == (6, 1)
+    assert progress.load.busy_s["segment"] == 6.0 and progress.load.bottleneck() == "segment"
+    line = progress.line()
+    assert line.startswith("samflow: 6/10 inputs (60%)") and "errors 1" in line and "bottleneck segment" in line
+    assert progress.eta_s() is not None and progress.eta_s() > 0
+    progress.close()
+    assert stream.getvalue().splitlines()[-1].startswith("samflow: 6/10 inputs")
+
+    bar_stream = io.StringIO()
+    bar = RunProgress(bar_stream, live=True)  # the rich bar, drawn into a buffer
+    bar.planned("r2", total=2)
+    bar.committed(ShardResult("s3", ["a", "b"], {"images": 2}), {})
+    bar.close()
+    assert "2/2" in bar_stream.getvalue() and "annotate" in bar_stream.getvalue()
