@@ -113,6 +113,8 @@ def _runs(args: argparse.Namespace) -> int:
 
     cfg = user_config(args.config, args.overrides, None)
     console = Console()
+    if not console.is_terminal:  # piped or captured: room for whole run ids and model names
+        console = Console(width=200)
     if args.run_id:
         report = runs.load_report(args.dst, args.run_id, cfg.storage)
         if args.json:
@@ -215,11 +217,11 @@ HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit
 
 def main(argv: list[str] | None = None) -> int:
     args = errors.with_verbose_flag(_parser()).parse_args(argv)
-    logs.configure(args.verbose)
-    try:
-        return HANDLERS[args.command](args)
-    except Exception as exc:  # noqa: BLE001 - every failure ends in one clear line and an exit code
-        return errors.report_failure(exc, f"samflow {args.command}", args.verbose)
+    with logs.console(args.verbose):
+        try:
+            return HANDLERS[args.command](args)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in one clear line and an exit code
+            return errors.report_failure(exc, f"samflow {args.command}", args.verbose)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ deprecation warnings. All of it still goes to the usual files (Ray's session log
 holds the flow's logs), and ``-v`` brings it back to the terminal (``-vv`` adds debug).
 
 Some of these switches are environment variables the libraries read when they are imported (or
-pass on to Ray's worker processes): :func:`configure` must run before Prefect or Ray is imported,
+pass on to Ray's worker processes): :func:`console` must be entered before Prefect or Ray is imported,
 and only sets a variable the user has not set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 
 # Library loggers that speak once per request or per tick: WARNING unless -v.
 CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
@@ -32,10 +34,30 @@ _QUIET_ENV = {
 }
 
 
-def configure(verbose: int) -> None:
-    """Logging for one CLI command: ``verbose`` 0 = quiet, 1 = INFO from everything, 2 = DEBUG."""
+@contextlib.contextmanager
+def console(verbose: int) -> Iterator[None]:
+    """Logging for one CLI command: ``verbose`` 0 = quiet, 1 = INFO from everything, 2 = DEBUG.
+    What it changes (environment, logger levels, warning filters) is put back on exit, so an
+    in-process caller (a test, a notebook) keeps its own settings."""
+    saved_env = dict(os.environ)
+    root = logging.getLogger()
+    saved_levels = {name: logging.getLogger(name).level for name in ("", *CHATTY_LOGGERS)}
+    with warnings.catch_warnings():
+        _configure(verbose)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+            root.setLevel(saved_levels[""])
+
+
+def _configure(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if set up
+    logging.getLogger().setLevel(level)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here anyway
     # The embedded Prefect server starts in seconds, unless the machine is busy: wait for it
     # rather than fail the run (Prefect's default gives up after 20 s).
