@@ -84,7 +84,7 @@ class RunProgress:
             self._task = self._bar.add_task("annotate", total=total, rate="", extra="")
             self._bar.start()
         else:
-            self.console.print(f"samflow: run {run_id}: {total} inputs to process")
+            self.console.print(f"samflow: run {run_id}: {total} inputs to process", soft_wrap=True, highlight=False)
             self._ticker = threading.Thread(target=self._tick, name="samflow-progress", daemon=True)
             self._ticker.start()
 
@@ -122,7 +122,7 @@ class RunProgress:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.console.print(self.line())
+            self.console.print(self.line(), soft_wrap=True, highlight=False)
 
     # --- end ---------------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class RunProgress:
             self._ticker.join()
             self._ticker = None
             if self.total:
-                self.console.print(self.line())
+                self.console.print(self.line(), soft_wrap=True, highlight=False)
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
