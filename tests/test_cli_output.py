@@ -32,7 +32,7 @@ def test_sample_run_shows_progress_and_summary_then_runs_lists_and_reports_it(tm
 
     done = samflow("annotate", str(src), "--out", str(out), "--profile", "tiny", "--set", "stages.embed.enabled=false")
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])
     run_id = result["run_id"]
     assert result["counts"]["inputs"] == inputs
     assert result["counts"]["errors"] >= 1  # the broken file

@@ -86,10 +86,30 @@ HOLDER = """
 import sys, time
 from samflow.flows.config import StorageConfig
 from samflow.flows.lease import Lease
-Lease(sys.argv[1], StorageConfig(), ttl_s=float(sys.argv[2]), settle_s=0.05).acquire()
+Lease(sys.argv[1], StorageConfig(), ttl_s=float(sys.argv[2]), settle_s=0.05, owner=sys.argv[3] or None).acquire()
 print("held", flush=True)
 time.sleep(600)
 """
+
+
+def killed_holder(dst: str, ttl_s: float, owner: str = "") -> None:
+    """A process that takes DST's lease, renews it, and is SIGKILLed (no goodbye)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, dst, str(ttl_s), owner], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+
+
+def test_killed_holder_on_this_machine_is_taken_over_at_once(tmp_path):
+    dst = str(tmp_path / "out")
+    killed_holder(dst, ttl_s=300)
+    stale = Lease(dst, StorageConfig()).read()
+    assert stale is not None and stale.live  # still within its TTL ...
+    successor = Lease(dst, StorageConfig(), ttl_s=30, settle_s=0.05)
+    successor.acquire()  # ... but its process is gone: no need to wait
+    assert successor.read().owner == successor.owner
+    successor.release()
 
 
 @pytest.mark.slow
@@ -97,18 +117,18 @@ def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
     src = tmp_path / "in"
     written = write_sample_dataset(src, n_synthetic=2, seed=2, include_skimage=False)
     dst = str(tmp_path / "out")
-    ttl = 4.0
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, dst, str(ttl)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert holder.stdout.readline().strip() == "held"
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait()
+    ttl = 20.0
+    # A run on another machine (its owner names another host): only the expiry can free DST.
+    killed_holder(dst, ttl, owner="node-b:4242:feedbeef")
     killed = Lease(dst, StorageConfig()).read()
-    assert killed is not None  # the killed run said no goodbye: its lease is still there
+    assert killed is not None and killed.owner == "node-b:4242:feedbeef"  # no goodbye: still there
+    refused = samflow("annotate", str(src), "--out", dst, "--profile", "tiny")
+    if Lease(dst, StorageConfig()).read().live:  # (a slow machine may have let it expire already)
+        assert refused.returncode == 2 and "node-b:4242:feedbeef" in refused.stderr
 
     done = samflow("annotate", str(src), "--out", dst, "--profile", "tiny", "--wait",
                    "--set", "stages.embed.enabled=false", "--set", f"output.lease_ttl_s={ttl}")
     assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout.strip().splitlines()[-1])["counts"]
+    counts = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])["counts"]
     assert counts["inputs"] == len(written) == counts["images"] + counts["errors"]
     assert Lease(dst, StorageConfig()).read() is None  # released at the end

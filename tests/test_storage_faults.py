@@ -62,7 +62,7 @@ def test_annotate_run_through_flaky_storage_completes_exactly(s3_server, s3_buck
             capture_output=True, text=True, env=env, timeout=900,
         )
     assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout.strip().splitlines()[-1])["counts"]
+    counts = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])["counts"]
     assert counts["inputs"] == len(written) == counts["images"] and counts["errors"] == 0
     assert faults.counts["slowdown"] + faults.counts["reset"] >= 3, faults.counts
     committed = s3_fs.ls(f"{s3_bucket}/run-out/_commits")

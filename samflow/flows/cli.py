@@ -89,8 +89,8 @@ def _annotate(args: argparse.Namespace) -> int:
     finally:
         lease.release()
     _print_run_summary(manifest, cfg, progress)
-    # For scripts: one JSON line, the last on stdout (Ray may print its own lines there first).
-    print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}))
+    # For scripts: the last thing on stdout (Ray may print its own lines there first).
+    print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
 
 

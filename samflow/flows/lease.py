@@ -3,7 +3,8 @@ renews while it lives.
 
 A second run on the same DST finds a live lease and refuses (or, asked to wait, polls until the
 lease is released or expires). A run killed without a goodbye stops renewing; once its lease
-expires the next run takes it over. Object stores offer no compare-and-swap that works everywhere,
+expires the next run takes it over (at once when the holder ran on this machine and its process
+is gone: a killed run is then resumed without waiting out the TTL). Object stores offer no compare-and-swap that works everywhere,
 so taking a lease is write-then-read-back: after writing, a run waits ``settle_s`` and reads the
 lease again; only if it still names this run is it held (of two runs writing at once, the last
 write wins and the other sees it and backs off).
@@ -47,6 +48,21 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def owner_gone(owner: str) -> bool:
+    """Whether the owner was a process on this machine that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's run: only its lease's expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 class Lease:
     """The lease on one DST. ``acquire()`` then ``release()``, or use it as a context manager;
     while held, a background thread renews it every ``ttl_s / 3`` seconds."""
@@ -75,7 +91,7 @@ class Lease:
     def try_acquire(self) -> LeaseInfo | None:
         """Take the lease if it is free or expired; None when taken, else the live holder."""
         current = self.read()
-        if current is not None and current.live and current.owner != self.owner:
+        if current is not None and current.live and current.owner != self.owner and not owner_gone(current.owner):
             return current
         self._write(acquired_at=time.time())
         time.sleep(self.settle_s)
