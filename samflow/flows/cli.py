@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import samflow
+from samflow.flows import errors, logs
+from samflow.flows.errors import UserError, user_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument("--set", action="append", default=[], dest="overrides",
                           metavar="KEY=VALUE", help="override one config key (repeatable)")
     annotate.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
+    annotate.add_argument("--wait", action="store_true",
+                          help="if another run holds DST, wait for it instead of refusing")
 
     export = commands.add_parser("export", help="export annotations")
     export_formats = export.add_subparsers(dest="format", required=True)
@@ -58,6 +62,27 @@ def _parser() -> argparse.ArgumentParser:
                         help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
     _add_index_parsers(commands)
+
+    runs = commands.add_parser("runs", help="list the runs under DST, or show one run's report")
+    runs.add_argument("dst", help="output URI of annotate runs")
+    runs.add_argument("run_id", nargs="?", help="show this run's report")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    runs.add_argument("--config", type=Path, help="YAML run config (its storage settings)")
+    runs.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+
+    for name, text in (("deploy", "register a Prefect deployment of annotate on the config's cron"),
+                       ("schedule", "serve annotate's schedule in the foreground (no worker needed)")):
+        scheduled = commands.add_parser(name, help=text)
+        scheduled.add_argument("src", help="source URI")
+        scheduled.add_argument("--out", required=True, dest="dst", help="output URI")
+        scheduled.add_argument("--config", type=Path, help="YAML run config; its `schedule` is the cron")
+        scheduled.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+        scheduled.add_argument("--profile", choices=["tiny"])
+        scheduled.add_argument("--cron", help="cron string (overrides the config's `schedule`)")
+        scheduled.add_argument("--timezone", default="UTC", help="timezone of the cron")
+        scheduled.add_argument("--name", default="annotate", help="deployment name")
+        if name == "deploy":
+            scheduled.add_argument("--work-pool", help="work pool whose workers run it (default: none, for `samflow schedule`)")
     return parser
 
 
@@ -167,19 +192,80 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from samflow.flows.annotate import annotate_dataset
-    from samflow.flows.config import load_config
+    from samflow.flows.lease import Lease
+    from samflow.flows.preflight import check_run
+    from samflow.flows.progress import RunProgress
 
-    from samflow.flows.resources import ResourceShortage
-
-    cfg = load_config(args.config, args.overrides, args.profile)
+    cfg = user_config(args.config, args.overrides, args.profile)
+    check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
+    lease = Lease(args.dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
+    lease.acquire(wait=args.wait)  # refuses at once when another run writes DST
     try:
-        manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
-    except ResourceShortage as exc:  # the cluster cannot host the graph: say what and how to fix
-        print(f"samflow annotate: {exc}", file=sys.stderr)
-        return 2
+        from samflow.flows.annotate import annotate_dataset
+
+        logs.quiet_ray_data(args.verbose)
+        with RunProgress() as progress:
+            manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
+                                        observer=progress, hold_lease=False)
+    finally:
+        lease.release()
+    _print_run_summary(manifest, cfg, progress)
+    # For scripts: the last thing on stdout (Ray may print its own lines there first).
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
+
+
+def _print_run_summary(manifest: dict, cfg: object, progress: object) -> None:
+    from samflow.flows import runs
+
+    console = progress.console  # type: ignore[attr-defined]
+    if not manifest.get("run_id"):
+        counts = manifest["counts"]
+        console.print(f"samflow: nothing new ({counts['listed']} listed, {counts['already_done']} already done)")
+        return
+    errors = runs.error_kinds(manifest["dst"], manifest["run_id"], cfg.storage) if manifest["counts"]["errors"] else []
+    runs.print_report(runs.build_report(manifest, errors), console)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from samflow.flows import runs
+
+    cfg = user_config(args.config, args.overrides, None)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: room for whole run ids and model names
+        console = Console(width=200)
+    if args.run_id:
+        report = runs.load_report(args.dst, args.run_id, cfg.storage)
+        if args.json:
+            print(json.dumps(runs.report_json(report), indent=1))
+        else:
+            runs.print_report(report, console)
+        return 0
+    rows = runs.history_rows(runs.manifests(args.dst, cfg.storage))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        console.print(f"no runs under {args.dst}")
+    else:
+        console.print(runs.history_table(rows, args.dst))
+    return 0
+
+
+def user_config(path: Path | None, overrides: list[str], profile: str | None):  # noqa: ANN201
+    """load_config, with a malformed file, override or profile reported as a UserError."""
+    import yaml
+
+    from samflow.flows.config import load_config
+
+    try:
+        return load_config(path, overrides, profile)
+    except (ValueError, yaml.YAMLError, OSError) as exc:
+        mapped = user_error(exc)
+        if mapped is not None:
+            raise mapped from exc
+        raise UserError(f"config: {errors.one_line(exc)}") from exc
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -220,7 +306,42 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
+def _scheduled_deployment(args: argparse.Namespace):  # noqa: ANN202
+    from samflow.flows.deployments import build_deployment
+
+    overrides = list(args.overrides) + ([f"schedule={json.dumps(args.cron)}"] if args.cron else [])
+    cfg = user_config(args.config, overrides, None)
+    try:
+        deployment = build_deployment(args.src, args.dst, config=cfg, profile=args.profile, name=args.name,
+                                      timezone=args.timezone, work_pool_name=getattr(args, "work_pool", None))
+    except ValueError as exc:  # a malformed cron or timezone
+        raise UserError(f"schedule {cfg.schedule!r} ({args.timezone}): {errors.one_line(exc)}") from exc
+    return deployment, cfg
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    deployment, cfg = _scheduled_deployment(args)
+    deployment_id = deployment.apply(work_pool_name=args.work_pool)
+    where = f"work pool {args.work_pool}" if args.work_pool else "no work pool: run `samflow schedule` with the same arguments"
+    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); "
+          f"schedule: {cfg.schedule or 'none (on demand)'} {args.timezone if cfg.schedule else ''}; {where}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    deployment, cfg = _scheduled_deployment(args)
+    if not cfg.schedule:
+        raise UserError("no schedule: set `schedule` in the config or give --cron '0 2 * * *'")
+    print(f"serving {deployment.flow_name}/{deployment.name} on '{cfg.schedule}' ({args.timezone}); Ctrl-C stops",
+          file=sys.stderr)
+    serve(deployment, print_starting_message=bool(args.verbose))
+    return 0
+
+
+HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs,
+            "deploy": _deploy, "schedule": _schedule}
 HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup, "serve": _serve, "preview": _preview})
 
 
@@ -228,10 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     # FAISS's OpenMP threads sleep instead of spinning while idle: on a busy (shared) CPU spinning
     # workers make index builds several times slower. Read once, when faiss loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
-    return HANDLERS[args.command](args)
+    args = errors.with_verbose_flag(_parser()).parse_args(argv)
+    with logs.console(args.verbose):
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
+        try:
+            return HANDLERS[args.command](args)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in one clear line and an exit code
+            return errors.report_failure(exc, f"samflow {args.command}", args.verbose)
 
 
 if __name__ == "__main__":

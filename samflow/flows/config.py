@@ -17,12 +17,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StorageRetries(_Section):
+    """How S3 requests ride out throttling and transient faults (botocore's retry modes):
+    503 / SlowDown / throttling codes, 500 / 502 / 504, connection resets and timeouts are
+    retried with exponential backoff and jitter; 403, 404 and other permanent errors are not."""
+
+    max_attempts: int = Field(10, ge=1, description="Attempts per request, the first one included.")
+    mode: Literal["standard", "adaptive"] = Field(
+        "standard", description="standard: backoff with jitter; adaptive: also rate-limits this client on throttling."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to open a connection before retrying.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Seconds without response bytes before retrying.")
+
+
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(
         None, description="S3 endpoint (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS."
     )
     region: str | None = Field(None, description="S3 region; default: the AWS chain's.")
     anon: bool = Field(False, description="Anonymous S3 access (public buckets).")
+    retries: StorageRetries = Field(default_factory=StorageRetries)
 
 
 class VideoSampling(_Section):
@@ -255,6 +269,10 @@ class RayConfig(_Section):
 
 class OutputConfig(_Section):
     shard_rows: int = Field(64, ge=1, description="Items per Parquet shard (one write task).")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Lifetime of DST's lease (one run per output), renewed every third of it; "
+        "a killed run's lease expires after this long and the next run takes over.",
+    )
 
 
 class RunConfig(BaseModel):
