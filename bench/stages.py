@@ -11,7 +11,6 @@ sizes), the part of the upscale path that does not shrink with a tiny model.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from samflow.actors.segment import SegmentStage  # noqa: E402
 from samflow.actors.upscale import UpscaleStage  # noqa: E402
 from samflow.flows.config import RunConfig, load_config  # noqa: E402
 from samflow.flows.sample_data import synthetic_scene  # noqa: E402
+from samflow.schemas import masks as mask_column  # noqa: E402
 from samflow.schemas import rle  # noqa: E402
 
 VOCABULARY = [f"object {i}" for i in range(20)]
@@ -114,7 +114,7 @@ def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
     rate, _ = images_per_s(segment, propose(upscaled), st.segment.batch_size, repeats)
     record(f"segment (upscaled x{upscale.scale}, boxes)", rate)
 
-    masks = sum(len(json.loads(v)) for v in segmented["annotations_json"])
+    masks = int(mask_column.counts(segmented[mask_column.COLUMN]).sum())
     for case, kwargs in {
         "embed (image only)": {},
         "embed + labels (20 words)": {"vocabulary": VOCABULARY, "templates": list(cfg.labels.templates)},

@@ -105,7 +105,8 @@ def test_annotations_are_valid_rle_inside_their_image(first_run, s3_fs):
     dst, _ = first_run
     images = {r["item_id"]: r for r in _read(s3_fs, dst, "images").to_pylist()}
     annotations = _read(s3_fs, dst, "annotations")
-    assert annotations.schema.equals(tables.ANNOTATIONS)
+    dim = _read(s3_fs, dst, "embeddings").schema.field("embedding").type.list_size
+    assert annotations.schema.equals(tables.annotations_schema(dim))
     assert annotations.num_rows > 0
     ids = annotations.column("annotation_id").to_pylist()
     assert len(set(ids)) == len(ids)

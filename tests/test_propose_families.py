@@ -14,6 +14,7 @@ from samflow.actors.segment import SegmentStage
 from samflow.flows.sample_data import synthetic_scene
 from samflow.models.maskrcnn import TINY_CLASSES
 from samflow.models.registry import ModelLoadError, load_model
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 
 
@@ -46,7 +47,7 @@ def test_maskrcnn_masks_become_rle_rows_with_class_names():
     out = stage(_batch([image, other, image], failed=(1,)))
     detector = load_model("maskrcnn", "tiny://maskrcnn", device="cpu")
     expected = detector.detect([image], threshold=0.0, max_boxes=5)[0]
-    records = json.loads(out["annotations_json"][0])
+    records = mask_column.records_at(out["masks"], 0)
     kept = [i for i, m in enumerate(expected.masks) if m.any()]
     assert len(records) == len(kept) > 0
     for record, i in zip(records, kept):
@@ -55,7 +56,7 @@ def test_maskrcnn_masks_become_rle_rows_with_class_names():
         assert record["area"] == int(expected.masks[i].sum())
         assert record["label"] == expected.labels[i] and record["label"] in TINY_CLASSES
         assert record["label_score"] == pytest.approx(float(expected.scores[i]))
-    assert json.loads(out["annotations_json"][1]) == []  # failed row: nothing
+    assert mask_column.records_at(out["masks"], 1) == []  # failed row: nothing
     assert json.loads(out["proposals_json"][0])["boxes"] == []  # rows mode: no prompts for SAM
 
 
@@ -63,7 +64,7 @@ def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
     (image,) = _scenes((24, 32))
     big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
     stage = ProposeStage("tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows")
-    records = json.loads(stage(_batch([big], factor=2))["annotations_json"][0])
+    records = mask_column.records_at(stage(_batch([big], factor=2))["masks"], 0)
     assert records
     for record in records:
         assert record["segmentation"]["size"] == [24, 32]
@@ -82,7 +83,7 @@ def test_closed_set_class_names_reach_the_masks_they_prompt(family):
     assert found["labels"] and set(found["labels"]) <= set(TINY_CLASSES)
     for x0, y0, x1, y1 in found["boxes"]:
         assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 48
-    records = json.loads(segment(batch)["annotations_json"][0])
+    records = mask_column.records_at(segment(batch)["masks"], 0)
     boxed = [r for r in records if r["source"] == "box"]
     assert boxed
     for record in boxed:  # the label of the proposal (same score) that prompted the mask
@@ -98,8 +99,8 @@ def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
                                                   "stability_score_thresh": 0.0}, device="cpu")
     (image,) = _scenes((48, 64))
     batch = propose(_batch([image]))
-    before = json.loads(batch["annotations_json"][0])
-    after = json.loads(segment(batch)["annotations_json"][0])
+    before = mask_column.records_at(batch["masks"], 0)
+    after = mask_column.records_at(segment(batch)["masks"], 0)
     assert after[: len(before)] == before and len(after) > len(before)
     assert {r["source"] for r in after[len(before):]} == {"grid"}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pytest
 
 from samflow.actors.decode import DecodeStage
@@ -23,6 +24,7 @@ from samflow.flows.catalog import COMMITS, Catalog, ShardResult
 from samflow.flows.config import StorageConfig
 from samflow.flows.pipeline import run_pipeline, stage_shard
 from samflow.flows.storage import StorageSource
+from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id
 from tests.accounting import (
     NOT_AN_IMAGE,
@@ -67,11 +69,11 @@ def test_a_poisoned_image_fails_alone_and_its_batch_mates_keep_their_masks(datas
 
     assert list(batch["error_stage"]) == ["", "segment", ""]
     assert "size" in batch["error_message"][1].lower()
-    assert json.loads(batch["annotations_json"][1]) == []
+    assert mask_column.records_at(batch["masks"], 1) == []
     for row in (0, 2):
         alone = segment_stage(_decoded([paths[row]]))
         assert alone["error_type"][0] == ""
-        in_batch, by_itself = (json.loads(b["annotations_json"][i]) for b, i in ((batch, row), (alone, 0)))
+        in_batch, by_itself = (mask_column.records_at(b["masks"], i) for b, i in ((batch, row), (alone, 0)))
         assert in_batch, "a healthy image lost its masks"
         # Same masks as when the image runs alone (scores may differ in the last float bits).
         assert [m["segmentation"] for m in in_batch] == [m["segmentation"] for m in by_itself]
@@ -87,8 +89,15 @@ def test_a_row_the_writer_cannot_build_becomes_a_write_error(dataset, segment_st
     src = Path(dataset["src"])
     scenes = sorted(src.glob("scene_*"))[:3]
     batch = segment_stage(_decoded(scenes))
-    batch["annotations_json"] = np.array(batch["annotations_json"], dtype=object)
-    batch["annotations_json"][1] = '[{"bbox": [0, 0, 1, 1]'  # cut short: not JSON
+    # A stage emitted masks whose area is text, and row 1's is not even a number: the writer
+    # cannot cast that row to the annotations schema.
+    records = [mask_column.records_at(batch["masks"], r) for r in range(3)]
+    for mask in (m for row in records for m in row):
+        mask["area"] = str(mask["area"])
+    assert records[1], "the scene should have masks"
+    records[1][0]["area"] = "not a number"
+    loose = pa.struct([pa.field("area", pa.string()) if f.name == "area" else f for f in mask_column.MASK])
+    batch["masks"] = pa.array(records, type=pa.list_(loose))
     dst = str(tmp_path / "out")
 
     out = stage_shard(batch, dst=dst, storage=StorageConfig(), run_id="r1", embed_model=None)

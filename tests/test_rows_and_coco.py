@@ -8,6 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from samflow.actors.batch import object_column
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
 from samflow.schemas.coco import to_coco
 from samflow.schemas.ids import item_id
@@ -34,7 +35,7 @@ def batch():
     rng = np.random.default_rng(3)
     masks = [[rng.random((12, 20)) < 0.3, rng.random((12, 20)) < 0.6], [], None]
     uris = ["s3://b/a.jpg", "s3://b/b.png", "s3://b/c.txt"]
-    annotations = [json.dumps([_record(m, "cat") for m in masks[0]]), "[]", "[]"]
+    annotations = [[_record(m, "cat") for m in masks[0]], [], []]
     return masks, {
         "uri": object_column(uris),
         "item_id": object_column([item_id(u) for u in uris]),
@@ -45,7 +46,7 @@ def batch():
         "error_stage": object_column(["", "", "decode"]),
         "error_type": object_column(["", "", "not_an_image"]),
         "error_message": object_column(["", "", "not an image: text"]),
-        "annotations_json": object_column(annotations),
+        "masks": mask_column.from_records(annotations),
         "embedding": np.eye(3, 8, dtype=np.float32),
     }
 

@@ -1,10 +1,15 @@
 """The row contract between stages, and the one way a stage turns a failure into an error row.
 
-Rows flow through Ray Data as numpy batches (``batch_format="numpy"``) with these columns:
-``uri, item_id, frame_index, timestamp_s, width, height`` (the image), ``pixels`` (raw RGB bytes,
-H*W*3, C order; empty for error rows), ``error_stage, error_type, error_message`` ("" when the row
-is healthy). Model stages add their outputs (``annotations_json``, ``embedding``) and one
-``_meta_<stage>`` column (JSON: model uri, checkpoint hash, busy seconds of the batch).
+Model stages run with ``batch_format="pyarrow"`` and decorate ``__call__`` with
+:func:`arrow_batches`, which hands them a dict of columns: ``uri, item_id, frame_index,
+timestamp_s, width, height`` (the image), ``pixels`` (raw RGB bytes, H*W*3, C order; empty for
+error rows), ``error_stage, error_type, error_message`` ("" when the row is healthy),
+``video_pending`` (True: the row stands for a whole video, no pixels yet; the track stage expands
+it into frame rows) as numpy arrays; nested Arrow columns (``masks``: every mask of the row, see ``samflow.schemas.masks``,
+the one module that owns that format) stay ``pyarrow`` arrays and are read and built only through
+that module; fixed-size float lists (``embedding``) arrive as 2-D numpy arrays and go back as
+fixed-size float32 lists. Stages add one ``_meta_<stage>`` column (JSON: model uri, checkpoint
+hash, busy seconds of the batch). No JSON text carries stage outputs.
 
 When the upscale stage runs it adds ``upscale_factor`` (a whole number, 1 for images it left
 alone) and replaces ``pixels`` with the upscaled image, (H*f)*(W*f)*3 bytes, while ``width`` and
@@ -14,23 +19,96 @@ output (masks, boxes) is reported in the original image's coordinates.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-Batch = dict[str, np.ndarray]
+# Column -> numpy array, or pyarrow array for nested Arrow-native columns (``masks``).
+Batch = dict[str, Any]
+
+
+def _stays_arrow(kind: pa.DataType) -> bool:
+    """Nested columns stay Arrow in a stage's batch (no Python object per element)."""
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_struct(kind)
+
+
+def _is_vector(kind: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(kind) and pa.types.is_floating(kind.value_type)
+
+
+def from_arrow(table: pa.Table) -> Batch:
+    """A Ray Data pyarrow batch -> the stage's dict of columns (see the module docstring)."""
+    from ray.data.block import BlockAccessor
+
+    batch: Batch = {}
+    plain = []
+    for name, column in zip(table.column_names, table.columns):
+        kind = column.type
+        if _stays_arrow(kind):
+            batch[name] = column.combine_chunks()
+        elif _is_vector(kind):
+            flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            batch[name] = flat.reshape(len(column), kind.list_size)
+        else:
+            plain.append(name)
+    if plain:  # Ray's own numpy conversion: tensor extension columns, binary, strings
+        batch.update(BlockAccessor.for_block(table.select(plain)).to_numpy())
+    return {name: batch[name] for name in table.column_names}
+
+
+def to_arrow(batch: Batch) -> pa.Table:
+    """The stage's dict of columns -> a pyarrow batch for Ray Data (2-D float arrays become
+    fixed-size float32 lists; Arrow arrays pass through)."""
+    from ray.data.block import BlockAccessor
+
+    columns = {
+        name: _vectors(column) if _is_matrix(column) else column for name, column in batch.items()
+    }
+    return BlockAccessor.batch_to_block(columns)
+
+
+def _is_matrix(column: Any) -> bool:
+    return isinstance(column, np.ndarray) and column.ndim == 2 and column.dtype.kind == "f"
+
+
+def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def arrow_batches(call: Callable[..., Batch]) -> Callable[..., Any]:
+    """Decorate a stage's ``__call__`` (or a batch function): given a ``pyarrow.Table`` (Ray Data
+    with ``batch_format="pyarrow"``) it sees a :data:`Batch` and returns a table; given a dict
+    (tests, benches) it works on the dict as is."""
+
+    @functools.wraps(call)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        *head, batch = args
+        if not isinstance(batch, pa.Table):
+            return call(*args, **kwargs)
+        return to_arrow(call(*head, from_arrow(batch), **kwargs))
+
+    wrapper.arrow_batches = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def healthy(batch: Batch) -> np.ndarray:
-    """Indices of the rows no earlier stage has failed."""
-    return np.flatnonzero(np.asarray(batch["error_type"]) == "")
+    """Indices of the rows no earlier stage has failed, and that hold pixels (a
+    ``video_pending`` row is a whole video the track stage decodes later)."""
+    ok = np.asarray(batch["error_type"]) == ""
+    pending = batch.get("video_pending")
+    if pending is not None:
+        ok &= ~np.asarray(pending, dtype=bool)
+    return np.flatnonzero(ok)
 
 
 def upscale_factor_at(batch: Batch, row: int) -> int:

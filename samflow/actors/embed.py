@@ -1,31 +1,39 @@
 """Embed stage: CLIP vectors and zero-shot labels.
 
 Per healthy row: one L2-normalised vector of the whole image (``embedding``; zeros for failed
-rows). When segment ran, each mask's bounding-box crop (cut from the pixels the stage sees,
-upscaled ones when upscale ran) is embedded too, and the mask record in ``annotations_json`` gets
-``label`` and ``label_score`` (zero-shot over the vocabulary with prompt ensembling; only with a
-non-empty vocabulary) and, with ``mask_embeddings``, its own unit ``embedding``.
+rows). When a stage emitted masks (the ``masks`` column, ``samflow.schemas.masks``), each mask's
+bounding-box crop (cut from the pixels the stage sees, upscaled ones when upscale ran) is embedded
+too, and the mask gets ``label`` and ``label_score`` (zero-shot over the vocabulary with prompt
+ensembling; only with a non-empty vocabulary) and, with ``mask_embeddings``, its own unit
+``embedding`` (a fixed-size float32 list).
+
+Concept masks (``source: "concept"``, labelled by SAM 3) keep their label and score; CLIP
+verifies them instead: ``verified`` (CLIP's top label over the vocabulary is SAM 3's) and
+``verify_score`` (CLIP's probability of SAM 3's label).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
+from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
 from samflow.models.registry import load_model
+from samflow.schemas import masks as mask_column
 
 STAGE = "embed"
 
@@ -54,6 +62,7 @@ class EmbedStage:
     ) -> None:
         self.clip = load_model("clip", model_uri, device=device)
         self.vocabulary = list(vocabulary)
+        self._index = {label: k for k, label in enumerate(self.vocabulary)}
         self.templates = list(templates) or ["{}"]
         self.mask_embeddings = mask_embeddings
         self.crops_per_batch = crops_per_batch
@@ -67,56 +76,110 @@ class EmbedStage:
     def per_mask(self) -> bool:
         return bool(self.vocabulary) or self.mask_embeddings
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
+            n = len(batch["uri"])
             rows = healthy(batch).tolist()
-            annotations = batch.get("annotations_json") if self.per_mask else None
+            masks = batch.get(mask_column.COLUMN) if self.per_mask else None
+            boxes = mask_column.boxes_per_row(masks) if masks is not None else None
 
-            def infer(chunk: list[int]) -> list[tuple[np.ndarray, str | None]]:
+            def infer(chunk: list[int]) -> list[tuple[np.ndarray, MaskOutputs | None]]:
                 images = [image_at(batch, r) for r in chunk]
                 vectors = list(self.clip.embed_images(images).float().numpy())
-                if annotations is None:
+                if boxes is None:
                     return [(vector, None) for vector in vectors]
-                records = [json.loads(annotations[r]) for r in chunk]
                 factors = [upscale_factor_at(batch, r) for r in chunk]
-                self._annotate_masks(images, factors, records)
-                return [(vector, json.dumps(recs)) for vector, recs in zip(vectors, records)]
+                per_row = self._embed_masks(images, factors, [boxes[r] for r in chunk])
+                return list(zip(vectors, per_row))
 
             results = infer_or_fail(batch, STAGE, rows, infer)
-            out = np.zeros((len(batch["uri"]), self.clip.dim), dtype=np.float32)
+            out = np.zeros((n, self.clip.dim), dtype=np.float32)
             for row, (vector, _) in results.items():
                 out[row] = vector
             batch["embedding"] = out
-            if annotations is not None:
-                batch["annotations_json"] = object_column(
-                    [results[r][1] if r in results else "[]" for r in range(len(batch["uri"]))]
-                )
+            if masks is not None:
+                batch[mask_column.COLUMN] = self._with_mask_fields(masks, results, n)
         return batch
 
-    def _annotate_masks(
-        self, images: list[np.ndarray], factors: list[int], records: list[list[dict[str, Any]]]
-    ) -> None:
-        """Add label / label_score / embedding to every record, in place."""
+    def _embed_masks(
+        self, images: list[np.ndarray], factors: list[int], boxes: list[np.ndarray]
+    ) -> list[MaskOutputs]:
+        """Per row: its masks' crop vectors and, with a vocabulary, their zero-shot labels."""
         crops = [
-            mask_crop(image, record["bbox"], factor)
-            for image, factor, recs in zip(images, factors, records)
-            for record in recs
+            mask_crop(image, bbox, factor)
+            for image, factor, row_boxes in zip(images, factors, boxes)
+            for bbox in row_boxes
         ]
         if not crops:
-            return
+            return [MaskOutputs.none(self.clip.dim, len(self.vocabulary)) for _ in images]
         vectors = torch.cat(
             [
                 self.clip.embed_images(crops[start : start + self.crops_per_batch]).float()
                 for start in range(0, len(crops), self.crops_per_batch)
             ]
         )
-        labels: list[tuple[str, float]] = []
+        probs = np.zeros((len(crops), len(self.vocabulary)), np.float32)
         if self.vocabulary:
-            indices, scores = self.clip.zero_shot(vectors, self.vocabulary, self.templates)
-            labels = [(self.vocabulary[i], float(s)) for i, s in zip(indices.tolist(), scores.tolist())]
-        flat = [record for recs in records for record in recs]
-        for k, record in enumerate(flat):
-            if labels:
-                record["label"], record["label_score"] = labels[k]
-            if self.mask_embeddings:
-                record["embedding"] = vectors[k].numpy().tolist()
+            probs = self.clip.label_probabilities(vectors, self.vocabulary, self.templates).float().numpy()
+        vectors_np = vectors.numpy()
+        out, start = [], 0
+        for row_boxes in boxes:
+            end = start + len(row_boxes)
+            out.append(MaskOutputs(probs[start:end], vectors_np[start:end]))
+            start = end
+        return out
+
+    def _with_mask_fields(self, masks: Any, results: dict[int, Any], n: int) -> Any:
+        """The masks column with label / label_score / embedding set for every mask (null for
+        masks of rows this stage did not annotate: they failed, here or earlier)."""
+        counts = mask_column.counts(masks)
+        if not counts.sum():
+            return masks
+        per_row = [results[r][1] if r in results else None for r in range(n)]
+        valid = np.repeat([found is not None for found in per_row], counts)
+        outputs = [found or MaskOutputs.none(self.clip.dim, len(self.vocabulary), int(k))
+                   for found, k in zip(per_row, counts)]
+        fields: dict[str, Any] = {}
+        if self.vocabulary:
+            probs = np.concatenate([found.probs for found in outputs])
+            fields.update(self._labels_and_verdicts(masks, probs, valid))
+        if self.mask_embeddings:
+            vectors = np.concatenate([found.vectors for found in outputs])
+            fields["embedding"] = mask_column.vectors(vectors, valid)
+        return mask_column.with_fields(masks, **fields) if fields else masks
+
+
+    def _labels_and_verdicts(self, masks: Any, probs: np.ndarray, valid: np.ndarray) -> dict[str, pa.Array]:
+        """Per mask (flat order; ``probs`` (masks, V) CLIP's softmax over the vocabulary): a
+        zero-shot label for class-agnostic masks; SAM 3's label kept and judged for concept ones."""
+        top = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+        concept = valid & (mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == CONCEPT_SOURCE)
+        own_labels = mask_column.field(masks, "label").to_pylist()
+        own = np.array([self._index.get(label, -1) for label in own_labels], np.int64)
+        known = own >= 0
+        own_prob = np.where(known, probs[np.arange(len(probs)), np.maximum(own, 0)], 0.0)
+        labels = [own_labels[k] if concept[k] else (self.vocabulary[top[k]] if valid[k] else None)
+                  for k in range(len(top))]
+        top_prob = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
+        old_scores = mask_column.field(masks, "label_score").to_numpy(zero_copy_only=False)
+        scores = np.where(concept, old_scores, top_prob)
+        return {
+            "label": pa.array(labels, pa.string()),
+            "label_score": pa.array(scores, pa.float32(), mask=~valid),
+            "verified": pa.array(known & (own == top), pa.bool_(), mask=~concept),
+            "verify_score": pa.array(own_prob, pa.float32(), mask=~concept),
+        }
+
+
+@dataclass
+class MaskOutputs:
+    """One row's per-mask outputs of the embed stage, in mask order: CLIP's probabilities over
+    the vocabulary (masks, V) and the crops' unit vectors (masks, dim)."""
+
+    probs: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def none(cls, dim: int, vocabulary: int, k: int = 0) -> "MaskOutputs":
+        return cls(np.zeros((k, vocabulary), np.float32), np.zeros((k, dim), np.float32))

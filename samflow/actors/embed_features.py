@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from samflow.actors.batch import Batch, healthy, image_at, infer_or_fail, object_column, stage_meta
+from samflow.actors.batch import Batch, arrow_batches, healthy, image_at, infer_or_fail, object_column, stage_meta
 from samflow.models.registry import load_model
 
 FEATURE_FAMILIES = ("dinov2",)
@@ -26,6 +26,7 @@ class FeatureEmbedStage:
         self.stage = f"embed_{family}"
         self.info = {"model": model_uri, "checkpoint_sha256": self.runner.checkpoint_sha256, "dim": self.runner.dim}
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, self.stage, self.info):
             rows = healthy(batch).tolist()

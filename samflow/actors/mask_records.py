@@ -1,15 +1,15 @@
-"""Mask records (SA-1B fields, COCO RLE) made by stages other than segment, and how they join the
-row's ``annotations_json``: Mask R-CNN's own masks (source "maskrcnn", from propose) and class
-regions (source "semantic"). Records already in the column are kept; new ones are appended."""
+"""Mask records (SA-1B fields, COCO RLE) made by stages other than segment: Mask R-CNN's own masks
+(source "maskrcnn", from propose) and class regions (source "semantic"). They join the row's
+``masks`` column through ``samflow.schemas.masks.add`` (masks already there stay first)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
-from samflow.actors.batch import Batch, object_column
+from samflow.actors.batch import Batch
+from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 
 
@@ -40,12 +40,5 @@ def mask_record(
 
 
 def append_records(batch: Batch, records: dict[int, list[dict[str, Any]]]) -> None:
-    """Append ``records[row]`` to each row's ``annotations_json`` (created when absent)."""
-    if not records and "annotations_json" in batch:
-        return
-    existing = batch.get("annotations_json")
-    rows = range(len(batch["uri"]))
-    batch["annotations_json"] = object_column([
-        json.dumps((json.loads(existing[r]) if existing is not None else []) + records.get(r, []))
-        for r in rows
-    ])
+    """Append ``records[row]`` to each row's masks (rows without an entry get none)."""
+    mask_column.add(batch, [records.get(r, []) for r in range(len(batch["uri"]))])

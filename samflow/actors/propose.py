@@ -26,6 +26,7 @@ import numpy as np
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
@@ -56,7 +57,7 @@ def resolve_family(family: str, model_uri: str) -> str:
 
 class ProposeStage:
     """Loads the detector once per actor and maps batches to ``proposals_json`` (and, for Mask
-    R-CNN with ``maskrcnn_masks="rows"``, its masks into ``annotations_json``)."""
+    R-CNN with ``maskrcnn_masks="rows"``, its masks into the ``masks`` column)."""
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class ProposeStage:
             found = self.detector.detect(images, threshold=self.score_thresh, **limits)
         return [_found(d.boxes, d.scores, d.labels, d.masks) for d in found]
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()

@@ -5,7 +5,7 @@ class name, ``label_score`` = the mean confidence over the region), or with
 ``connected_components`` one per connected region (8-connectivity) of each class. Classes named
 in ``skip_classes`` (default "background") give no rows; regions smaller than ``min_area`` pixels
 are dropped. The map is computed on the pixels the stage sees (upscaled when upscale ran) and the
-records are mapped back to the original image. Records are appended to ``annotations_json``.
+records are mapped back to the original image. Records are appended to the row's ``masks``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from samflow.actors.batch import Batch, healthy, image_at, infer_or_fail, stage_meta, upscale_factor_at
+from samflow.actors.batch import (
+    Batch,
+    arrow_batches,
+    healthy,
+    image_at,
+    infer_or_fail,
+    stage_meta,
+    upscale_factor_at,
+)
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
 from samflow.models.registry import ModelLoadError, load_model
@@ -53,6 +61,7 @@ class SemanticStage:
         self.info = {"model": model_uri, "checkpoint_sha256": self.model.checkpoint_sha256,
                      "classes": self.model.classes}
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()

@@ -15,6 +15,7 @@ import numpy as np
 
 from samflow.actors.batch import (
     Batch,
+    arrow_batches,
     healthy,
     image_at,
     infer_or_fail,
@@ -57,6 +58,7 @@ class UpscaleStage:
         small = min(height, width) < self.min_short_side
         return small and height * width * self.scale**2 <= self.max_output_pixels
 
+    @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
         with stage_meta(batch, STAGE, self.info):
             n = len(batch["uri"])

@@ -22,17 +22,21 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from samflow.actors.batch import describe, mark_error
+from samflow.actors.batch import arrow_batches, describe, mark_error
+from samflow.actors.concepts import ConceptsStage
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.embed_features import FeatureEmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
 from samflow.actors.semantic import SemanticStage
+from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.exemplars import ExemplarImages
 from samflow.flows.model_cache import with_model_cache
+from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -41,7 +45,6 @@ from samflow.schemas.rows import build_tables
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 8
-LOCAL_MIN_CPUS = 6
 MAX_INPUT_BLOCKS = 10_000
 
 
@@ -87,44 +90,13 @@ class PipelineStats:
             self.workers[stage].add(info["pid"])
 
 
-def ensure_ray(cfg: RayConfig, min_cpus: int = LOCAL_MIN_CPUS) -> None:
-    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
-    if ray.is_initialized():
-        return
-    runtime_env = cfg.runtime_env or None
-    if cfg.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.address, runtime_env=runtime_env)
-    else:
-        # "local": a new Ray of our own; without it ray.init() joins whatever cluster was started
-        # last on this machine. Every stage holds at least one logical CPU, and on a small
-        # machine they must all fit at once or the stream stalls: hence LOCAL_MIN_CPUS.
-        cpus = max(min_cpus, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
-
-
-def gpus_usable(cfg: RayConfig) -> bool:
-    """Whether GPU requests go to Ray as they are: the cluster has GPUs, or it may get some
-    (see ``ray.cpu_fallback``)."""
-    if ray.cluster_resources().get("GPU", 0) > 0:
-        return True
-    fallback = cfg.cpu_fallback
-    if fallback is None:  # auto: a joined cluster may add GPU nodes on demand
-        fallback = not (cfg.address or os.environ.get("RAY_ADDRESS"))
-    return not fallback
-
-
-def _pool(name: str, stage: StageConfig, gpus_present: bool) -> dict[str, Any]:
-    """map_batches arguments of one model stage's actor pool. Without ``gpus_present`` a stage
-    asking for GPUs runs on CPU (same code; the model picks its device) instead of waiting
-    forever for a GPU."""
+def _pool(stage: StageConfig, placement: StagePlacement) -> dict[str, Any]:
+    """map_batches arguments of one model stage's actor pool, with the fitted resources."""
     low, high = stage.concurrency
-    num_gpus = stage.num_gpus if gpus_present else 0.0
-    if stage.num_gpus and not num_gpus:
-        log.warning("no GPU in the Ray cluster: stage %s (num_gpus=%s) runs on CPU", name, stage.num_gpus)
     return {
         "batch_size": stage.batch_size,
-        "num_gpus": num_gpus or None,
-        "num_cpus": stage.num_cpus,
+        "num_gpus": placement.num_gpus or None,
+        "num_cpus": placement.num_cpus,
         "compute": ActorPoolStrategy(min_size=low, max_size=max(low, high)),
     }
 
@@ -140,8 +112,8 @@ class ModelStage:
 
 
 def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed -> semantic
-    (after embed, so zero-shot labels never overwrite the class names of semantic rows)."""
+    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> track -> embed
+    -> semantic (after embed, so zero-shot labels never overwrite the class names of semantic rows)."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
     candidates = [
@@ -155,6 +127,11 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "nms_iou": prop.nms_iou, "queries": list(prop.queries),
             "family": prop.family, "maskrcnn_masks": prop.maskrcnn_masks,
         }, prop),
+        ModelStage("concepts", ConceptsStage, {
+            "model_uri": stages.concepts.model, "vocabulary": list(cfg.labels.vocabulary),
+            **stages.concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
+            "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
+        }, stages.concepts),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {
             "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
@@ -171,33 +148,91 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "connected_components": stages.semantic.connected_components, "min_area": stages.semantic.min_area,
         }, stages.semantic),
     ]
+    if track_videos(cfg):  # right after segment, whose engine seeds the tracks
+        after = next(i for i, stage in enumerate(candidates) if stage.name == "segment") + 1
+        candidates.insert(after, _track_stage(cfg))
     return [stage for stage in candidates if stage.config.enabled]
 
 
-def _decode_task_args() -> dict[str, Any]:
-    return {"num_cpus": 1}
+def track_videos(cfg: RunConfig) -> bool:
+    """Whether videos go to the track stage (it needs the segment stage's model for seeds);
+    otherwise decode samples their frames and they are annotated like images."""
+    return cfg.stages.track.enabled and cfg.stages.segment.enabled
+
+
+def _track_stage(cfg: RunConfig) -> ModelStage:
+    track = cfg.stages.track
+    return ModelStage("track", TrackStage, {
+        "model_uri": track.model, "segment_model_uri": cfg.stages.segment.model,
+        "engine": cfg.engine.model_dump(), "source": StorageSource(cfg.storage), "input_cfg": cfg.input,
+        "params": {"reseed_s": track.reseed_s, "match_iou": track.match_iou, "max_objects": track.max_objects},
+    }, track)
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    runtime_env = cfg.runtime_env or None
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.address, runtime_env=runtime_env)
+    else:
+        # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
+        # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
+        ray.init(address="local", runtime_env=runtime_env, include_dashboard=False)
+
+
+def cpu_fallback(cfg: RayConfig) -> bool:
+    """Whether GPU stages run on CPU when the cluster lacks the GPUs (``ray.cpu_fallback``;
+    auto: only on a local Ray, a joined cluster may add GPU nodes on demand)."""
+    if cfg.cpu_fallback is not None:
+        return cfg.cpu_fallback
+    return not (cfg.address or os.environ.get("RAY_ADDRESS"))
+
+
+def fit_to_cluster(cfg: RunConfig, stages: list[ModelStage]) -> GraphFit:
+    """What each part of the graph asks Ray for, fitted to the connected cluster before the
+    stream starts (see samflow/flows/resources.py); raises ResourceShortage when it cannot."""
+    requests = [
+        StageRequest(s.name, s.config.num_cpus, s.config.num_gpus, s.config.concurrency[0]) for s in stages
+    ]
+    fit = wait_for_fit(
+        requests, lambda: cluster_capacity(cfg.ray.autoscaling), cpu_fallback(cfg.ray), cfg.ray.resource_wait_s
+    )
+    for note in fit.notes:
+        log.warning("%s", note)
+    return fit
+
+
+def _decode_task_args(num_cpus: float) -> Callable[[], dict[str, Any]]:
+    return lambda: {"num_cpus": num_cpus}
 
 
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
     # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
     blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
+    stages = model_stages(cfg, dst)
+    fit = fit_to_cluster(cfg, stages)
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Decode holds no model: stateless CPU tasks, which release their CPU between batches (a
     # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
     # actor, where it would run serially with the model instead of beside it.
+    # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
+    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=track_videos(cfg))
     ds = ds.map_batches(
-        DecodeStage(StorageSource(cfg.storage), cfg.input),
+        decode.stream,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
-        ray_remote_args_fn=_decode_task_args,
+        ray_remote_args_fn=_decode_task_args(fit.decode_cpus),
     )
-    gpus = gpus_usable(cfg.ray)
-    for stage in model_stages(cfg, dst):
-        pool = _pool(stage.name, stage.config, gpus)
+    # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
+    # masks column stays Arrow from the stage that emits it to the Parquet file.
+    for stage in stages:
+        pool = _pool(stage.config, fit.stages[stage.name])
         # s3:// and https:// models are fetched (once per node) by the actor before it loads
         stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
-        ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="numpy", **pool)
+        ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
     ds = ds.drop_columns(["pixels"])
     embed = cfg.stages.embed
     embed_model = embed.model if embed.enabled and "clip" in embed.models else None
@@ -205,13 +240,14 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         stage_shard,
         fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},
         batch_size=cfg.output.shard_rows,
-        batch_format="numpy",
-        num_cpus=0.5,
+        batch_format="pyarrow",
+        num_cpus=fit.write_cpus,
     )
 
 
+@arrow_batches
 def stage_shard(
-    batch: dict[str, np.ndarray], *, dst: str, storage: Any, run_id: str, embed_model: str | None
+    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None
 ) -> dict[str, np.ndarray]:
     """Write one batch's rows of every table to the staging area; return what the driver commits."""
     uris = sorted({str(u) for u in batch["uri"]})
@@ -264,7 +300,7 @@ def _tables_per_row_safe(
         log.warning("shard batch failed to build (%s); building row by row", describe(exc))
     parts: dict[str, list[pa.Table]] = defaultdict(list)
     for row in range(len(batch["uri"])):
-        one = {name: np.asarray(column)[row : row + 1] for name, column in batch.items()}
+        one = {name: column[row : row + 1] for name, column in batch.items()}
         try:
             tables = build_tables(one, run_id, embed_model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
@@ -292,8 +328,7 @@ def run_pipeline(
     stats = PipelineStats()
     if not items:
         return stats
-    # one logical CPU per model pool (the default num_cpus), decode and the writer: all at once
-    ensure_ray(cfg.ray, max(LOCAL_MIN_CPUS, len(model_stages(cfg, dst)) + 2))
+    ensure_ray(cfg.ray)
     catalog = Catalog(dst, cfg.storage)
     dataset = build_dataset(items, cfg, dst, run_id)
     held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []

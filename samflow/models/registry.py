@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
+FAMILIES = ("sam", "sam2", "sam3", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
             "maskrcnn", "detr", "grounding_dino", "unet")
 
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
@@ -32,6 +32,7 @@ FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
 _RUNNER_MODULES = {
     "sam": "samflow.models.sam",
     "sam2": "samflow.models.sam2",
+    "sam3": "samflow.models.sam3",
     "clip": "samflow.models.clip",
     "siglip": "samflow.models.clip",
     "dinov2": "samflow.models.dinov2",

@@ -1,25 +1,26 @@
 """Typed row builders: one pipeline batch -> the rows it contributes to each output table.
 
 A batch (see ``samflow.actors.batch``) holds whole items; a healthy row yields one ``images`` row,
-its masks as ``annotations`` rows and its vector as an ``embeddings`` row; a failed row yields
-exactly one ``errors`` row. So inputs = image rows + error rows, always.
+its masks (the Arrow ``masks`` column, ``samflow.schemas.masks``) as ``annotations`` rows and its
+vector as an ``embeddings`` row; a failed row yields exactly one ``errors`` row. So inputs = image
+rows + error rows, always. Mask fields go from the batch's Arrow column to the table as they are.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from samflow.schemas import masks as mask_column
 from samflow.schemas import tables
 from samflow.schemas.ids import annotation_id
 
 
 def build_tables(
-    batch: dict[str, np.ndarray], run_id: str, embed_model: str | None = None
+    batch: dict[str, Any], run_id: str, embed_model: str | None = None
 ) -> dict[str, pa.Table]:
     n = len(batch["uri"])
     error_type = [str(v) for v in batch["error_type"]]
@@ -28,7 +29,7 @@ def build_tables(
     out = {
         "images": _images(batch, ok, run_id),
         "errors": _errors(batch, failed, run_id),
-        "annotations": _annotations(batch, ok),
+        "annotations": _annotations(batch, ok, _embedding_dim(batch)),
     }
     if "embedding" in batch and embed_model:
         out["embeddings"] = _embeddings(batch, ok, embed_model)
@@ -36,6 +37,8 @@ def build_tables(
         column = f"embedding_{family}"
         if column in batch and ok:
             out[f"embeddings_{family}"] = _embeddings(batch, ok, str(batch[f"{column}_model"][ok[0]]), column)
+    if "tracks" in batch:
+        out["tracks"] = _tracks(batch, ok)
     return out
 
 
@@ -73,34 +76,37 @@ def _errors(batch: dict[str, np.ndarray], rows: list[int], run_id: str) -> pa.Ta
     )
 
 
-_RECORD_FIELDS = (
-    "bbox",
-    "area",
-    "predicted_iou",
-    "stability_score",
-    "point_coords",
-    "crop_box",
-    "source",
-    "proposal_score",
-    "label",
-    "label_score",
-    "track_id",
-    "embedding",
-)
+def _embedding_dim(batch: dict[str, Any]) -> int | None:
+    """The run's embed width: the image vectors' (the embed stage always writes them)."""
+    vectors = batch.get("embedding")
+    return None if vectors is None else int(np.asarray(vectors).shape[1])
 
 
-def _annotations(batch: dict[str, np.ndarray], rows: list[int]) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in tables.ANNOTATIONS.names}
-    masks_json = batch.get("annotations_json")
-    for r in rows if masks_json is not None else []:
-        item = str(batch["item_id"][r])
-        for index, record in enumerate(json.loads(masks_json[r])):
-            columns["annotation_id"].append(annotation_id(item, index))
-            columns["item_id"].append(item)
-            columns["segmentation"].append(record["segmentation"])
-            for name in _RECORD_FIELDS:
-                columns[name].append(record.get(name))
-    return pa.Table.from_pydict(columns, schema=tables.ANNOTATIONS)
+def _annotations(batch: dict[str, Any], rows: list[int], dim: int | None) -> pa.Table:
+    schema = tables.annotations_schema(dim)
+    column = batch.get(mask_column.COLUMN)
+    if column is None or not rows:
+        return schema.empty_table()
+    kept = column.take(pa.array(rows, pa.int64()))
+    found = mask_column.flat(kept)
+    row_of = mask_column.row_of_mask(kept)
+    offsets = mask_column.offsets_of(kept)
+    items = [str(batch["item_id"][r]) for r in rows]
+    data: dict[str, pa.Array] = {
+        "annotation_id": pa.array(
+            [annotation_id(items[r], m - int(offsets[r])) for m, r in enumerate(row_of.tolist())],
+            pa.string(),
+        ),
+        "item_id": pa.array([items[r] for r in row_of.tolist()], pa.string()),
+    }
+    for field in schema:
+        if field.name in data:
+            continue
+        if found.type.get_field_index(field.name) >= 0:
+            data[field.name] = found.field(field.name).cast(field.type)
+        else:
+            data[field.name] = pa.nulls(len(found), field.type)
+    return pa.Table.from_arrays([data[f.name] for f in schema], schema=schema)
 
 
 def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str, column: str = "embedding") -> pa.Table:
@@ -115,3 +121,13 @@ def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str, colum
         ],
         schema=tables.embeddings_schema(dim),
     )
+
+
+def _tracks(batch: dict[str, Any], rows: list[int]) -> pa.Table:
+    """The track summaries the track stage put on a video's last frame row (``tracks`` column,
+    ``tables.TRACK_LIST``)."""
+    column = batch["tracks"]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    found = column.take(pa.array(rows, pa.int64())).flatten()
+    return pa.Table.from_arrays([found.field(f.name).cast(f.type) for f in tables.TRACKS], schema=tables.TRACKS)

@@ -20,26 +20,38 @@ IMAGES = pa.schema(
     ]
 )
 
-ANNOTATIONS = pa.schema(
-    [
-        ("annotation_id", pa.string()),
-        ("item_id", pa.string()),
-        ("segmentation", RLE_TYPE),
-        ("bbox", BBOX_TYPE),
-        ("area", pa.int64()),
-        ("predicted_iou", pa.float32()),
-        ("stability_score", pa.float32()),
-        ("point_coords", pa.list_(pa.list_(pa.float32(), 2))),
-        ("crop_box", BBOX_TYPE),
-        ("source", pa.string()),
-        ("proposal_score", pa.float32()),
-        ("label", pa.string()),
-        ("label_score", pa.float32()),
-        ("track_id", pa.int64()),
-        # Variable length here: the width is the embed model's, fixed within one run.
-        ("embedding", pa.list_(pa.float32())),
-    ]
-)
+_ANNOTATION_FIELDS = [
+    ("annotation_id", pa.string()),
+    ("item_id", pa.string()),
+    ("segmentation", RLE_TYPE),
+    ("bbox", BBOX_TYPE),
+    ("area", pa.int64()),
+    ("predicted_iou", pa.float32()),
+    ("stability_score", pa.float32()),
+    ("point_coords", pa.list_(pa.list_(pa.float32(), 2))),
+    ("crop_box", BBOX_TYPE),
+    ("source", pa.string()),
+    ("proposal_score", pa.float32()),
+    ("label", pa.string()),
+    ("label_score", pa.float32()),
+    # concept masks only: whether CLIP's top label over the vocabulary agrees with SAM 3's, and
+    # CLIP's probability of SAM 3's label
+    ("verified", pa.bool_()),
+    ("verify_score", pa.float32()),
+    ("track_id", pa.int64()),
+]
+
+
+def annotations_schema(dim: int | None) -> pa.Schema:
+    """The annotations table: one row per mask. ``embedding`` (null unless mask embeddings are on)
+    is a fixed-size float32 list of the run's embed model width ``dim``; a run without an embed
+    model (``dim`` None) has a variable-length list there, always null."""
+    vector = pa.list_(pa.float32()) if dim is None else pa.list_(pa.float32(), dim)
+    return pa.schema([*_ANNOTATION_FIELDS, ("embedding", vector)])
+
+
+# The schema of a run without an embed model; use annotations_schema(dim) when one ran.
+ANNOTATIONS = annotations_schema(None)
 
 ERRORS = pa.schema(
     [
@@ -50,6 +62,28 @@ ERRORS = pa.schema(
         ("run_id", pa.string()),
     ]
 )
+
+
+# One row per object track of a video (the track stage): its id (stable within the video), the
+# video, where it starts and ends, on how many sampled frames it has a mask, its label, and its
+# mean mask score.
+TRACKS = pa.schema(
+    [
+        ("track_id", pa.int64()),
+        ("uri", pa.string()),
+        ("first_frame", pa.int32()),
+        ("last_frame", pa.int32()),
+        ("first_timestamp_s", pa.float64()),
+        ("last_timestamp_s", pa.float64()),
+        ("num_frames", pa.int32()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
+
+# Between the track stage and the writer: per row, the tracks it summarises (a video's last frame
+# row carries all of its tracks; every other row none).
+TRACK_LIST = pa.list_(pa.struct(list(TRACKS)))
 
 
 def embeddings_schema(dim: int) -> pa.Schema:
@@ -65,4 +99,5 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 # A second embedding model's vectors (stages.embed.models) have their own size: own table, same columns.
 EXTRA_EMBEDDING_FAMILIES = ("dinov2",)
-TABLES = ("images", "annotations", "embeddings", "errors", *(f"embeddings_{f}" for f in EXTRA_EMBEDDING_FAMILIES))
+TABLES = ("images", "annotations", "embeddings", "errors", "tracks",
+          *(f"embeddings_{f}" for f in EXTRA_EMBEDDING_FAMILIES))
