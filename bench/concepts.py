@@ -14,10 +14,9 @@ for pairs without instances, the common case for a large vocabulary).
 
 Without CUDA it runs tiny://sam3 on the CPU in fp32 (the same runner code; tiny weights make
 the heads, not the encoder, most of the cost, so the ratio is a pessimistic bound). With CUDA it
-runs random://sam3, the published architecture (ViT 1008 px, 840 M parameters) in bf16. FLOPs of
-that architecture (torch FlopCounterMode): encoder 5.61 TFLOP per image, heads 0.247 TFLOP per
-(image, prompt), 0.143 of them the mask decoder: 32 prompts cost 2.3x one prompt when all are
-found, 1.6x when four are (13.9x for re-encoding per prompt).
+runs random://sam3, the published architecture (ViT 1008 px, 840 M parameters) in bf16.
+``--flops`` also counts that architecture's FLOPs (encoder per image, detection heads and mask
+decoder per pair) and the 32-vs-1-prompt ratio they imply, all found and four of 32 found.
 Also reported: the encoder alone and the heads per (image, prompt).
 """
 
@@ -63,11 +62,57 @@ def timed(step, repeats: int, device: torch.device) -> float:
 REGIMES = {"all found": 0.0, "none found": 1.01}
 
 
+def architecture_flops() -> list[dict]:
+    """FLOPs of the published SAM 3 architecture (random://sam3's config), counted by torch's
+    FlopCounterMode: the vision encoder on meta tensors (no memory, no time), the heads of one
+    (image, prompt) pair on the CPU with uninitialised weights (minutes on a small CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Sam3Model
+
+    from samflow.models.tiny import reference_config
+
+    def counted(step) -> tuple[float, dict]:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            step()
+        return counter.get_total_flops() / 1e12, counter.get_flop_counts()
+
+    with torch.device("meta"):
+        meta = Sam3Model._from_config(reference_config("sam3"), attn_implementation="sdpa").eval()
+    encoder_tf, _ = counted(lambda: meta.get_vision_features(pixel_values=torch.zeros(1, 3, 1008, 1008, device="meta")))
+    runner = load_model("sam3", "random://sam3", device="cpu")
+    levels = [torch.randn(1, 256, s, s) for s in (288, 144, 72)]
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    neck = runner.model.vision_encoder.neck.position_encoding
+    positions = [neck(level.shape, level.device, level.dtype) for level in levels]
+    pairs = Sam3VisionEncoderOutput(fpn_hidden_states=(*levels, levels[-1]), fpn_position_encoding=(*positions, positions[-1]))
+    text = runner.encode_texts(["a concept"])
+    detection = {}
+    detect_tf, _ = counted(lambda: detection.update(runner._detect(pairs, text.features, text.mask)))
+    masks_tf, _ = counted(lambda: runner._mask_logits(detection, pairs, text.features, text.mask, [0]))
+    one = encoder_tf + detect_tf + masks_tf
+    print(f"random://sam3 FLOPs: encoder {encoder_tf:.3f} TF/image, detection {detect_tf:.3f} TF/pair, "
+          f"mask decoder {masks_tf:.3f} TF/pair")
+    print(f"  32 prompts vs 1: {(encoder_tf + 32 * (detect_tf + masks_tf)) / one:.2f}x all found, "
+          f"{(encoder_tf + 32 * detect_tf + 4 * masks_tf) / one:.2f}x four found")
+    return [
+        result("architecture, encoder", "compute", encoder_tf, "TFLOP/image"),
+        result("architecture, detection heads", "compute", detect_tf, "TFLOP/pair"),
+        result("architecture, mask decoder", "compute", masks_tf, "TFLOP/pair"),
+        result("architecture, 32 vs 1 prompts, all found", "cost ratio",
+               (encoder_tf + 32 * (detect_tf + masks_tf)) / one, "x"),
+        result("architecture, 32 vs 1 prompts, four found", "cost ratio",
+               (encoder_tf + 32 * detect_tf + 4 * masks_tf) / one, "x"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="seconds: 1 and 8 prompts, one repeat")
     parser.add_argument("--quick", action="store_true", help="under two minutes on a 2-core CPU")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--flops", action="store_true",
+                        help="also count the published architecture's FLOPs (minutes on a CPU)")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     uri = "random://sam3" if device.type == "cuda" else "tiny://sam3"
@@ -109,6 +154,8 @@ def main() -> None:
           f"shared features {batch / shared:.2f} images/s ({naive / shared:.1f}x)")
     results.append(result(f"{naive_n} prompts, one prompt per call", "throughput", batch / naive, "images/s"))
     results.append(result(f"{naive_n} prompts, shared vs one per call", "speedup", naive / shared, "x"))
+    if args.flops:
+        results += architecture_flops()
     emit("concepts", results)
 
 
