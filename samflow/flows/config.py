@@ -17,19 +17,42 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StorageRetries(_Section):
+    """How S3 requests ride out throttling and transient faults (botocore's retry modes):
+    503 / SlowDown / throttling codes, 500 / 502 / 504, connection resets and timeouts are
+    retried with exponential backoff and jitter; 403, 404 and other permanent errors are not."""
+
+    max_attempts: int = Field(10, ge=1, description="Attempts per request, the first one included.")
+    mode: Literal["standard", "adaptive"] = Field(
+        "standard", description="standard: backoff with jitter; adaptive: also rate-limits this client on throttling."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to open a connection before retrying.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Seconds without response bytes before retrying.")
+
+
 class StorageConfig(_Section):
     endpoint_url: str | None = Field(
         None, description="S3 endpoint (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS."
     )
     region: str | None = Field(None, description="S3 region; default: the AWS chain's.")
     anon: bool = Field(False, description="Anonymous S3 access (public buckets).")
+    retries: StorageRetries = Field(default_factory=StorageRetries)
 
 
 class VideoSampling(_Section):
     mode: Literal["fps", "every_n", "keyframes"] = "fps"
     fps: float = Field(1.0, description="Frames per second sampled when mode=fps.")
     every_n: int = Field(30, description="Keep one frame in N when mode=every_n.")
-    max_frames: int = Field(300, description="Upper bound on frames sampled per video.")
+    max_frames: int = Field(
+        0, ge=0,
+        description="Cap on frames sampled per video; 0 = no cap. A video cut by the cap gets a "
+        "frames_capped row in errors/ naming how many sampled frames were skipped.",
+    )
+    chunk_frames: int = Field(
+        16, ge=1,
+        description="Frames per chunk leaving the decoder (and the track stage): a video streams "
+        "through the pipeline in chunks, so memory does not grow with its length.",
+    )
 
 
 class InputConfig(_Section):
@@ -137,6 +160,25 @@ class SegmentStageConfig(StageConfig):
     batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
 
 
+class TrackStageConfig(StageConfig):
+    """Videos: objects the segment engine finds on the first sampled frame and every
+    ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
+    chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
+    seeded and tracked in order by one actor of this pool; still images pass through."""
+
+    model: str = Field("facebook/sam2.1-hiera-small", description="SAM 2 / 2.1 video model URI.")
+    batch_size: int = Field(
+        8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
+    )
+    reseed_s: float = Field(
+        5.0, gt=0, description="Seconds between seed frames: new objects get new ids, known ones keep theirs."
+    )
+    match_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Mask IoU at which a seed is the same object as a track."
+    )
+    max_objects: int = Field(32, ge=1, description="Objects tracked at once per video (best seeds first).")
+
+
 class EmbedStageConfig(StageConfig):
     """CLIP: one vector per image, labels (labels.vocabulary) and optional vectors per mask."""
 
@@ -154,6 +196,7 @@ class StagesConfig(_Section):
     propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
     concepts: ConceptsStageConfig = Field(default_factory=ConceptsStageConfig)
     segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
+    track: TrackStageConfig = Field(default_factory=TrackStageConfig)
     embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
 
 
@@ -226,6 +269,10 @@ class RayConfig(_Section):
 
 class OutputConfig(_Section):
     shard_rows: int = Field(64, ge=1, description="Items per Parquet shard (one write task).")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Lifetime of DST's lease (one run per output), renewed every third of it; "
+        "a killed run's lease expires after this long and the next run takes over.",
+    )
 
 
 class RunConfig(BaseModel):
@@ -258,6 +305,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stages.propose.model": "tiny://owlv2",
         "stages.concepts.model": "tiny://sam3",
         "stages.segment.model": "tiny://sam",
+        "stages.track.model": "tiny://sam2",
         "stages.embed.model": "tiny://clip",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,

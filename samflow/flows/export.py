@@ -66,3 +66,44 @@ def run_vocabulary(catalog: Catalog) -> list[str]:
     for manifest in catalog.run_manifests():
         labels += manifest.get("config", {}).get("labels", {}).get("vocabulary", [])
     return list(dict.fromkeys(labels))
+
+class NothingToExport(Exception):
+    """DST holds no committed rows the export needs (a user mistake: wrong path, no run yet)."""
+
+
+def _video_tables(dst: str, storage: StorageConfig | None) -> tuple[Any, Any]:
+    catalog = Catalog(dst, storage or StorageConfig())
+    images = catalog.read_table("images")
+    if images is None:
+        raise NothingToExport(f"no committed images under {dst}")
+    annotations = catalog.read_table("annotations")
+    if annotations is None:
+        annotations = tables.ANNOTATIONS.empty_table()
+    return images, annotations
+
+
+def export_mot(dst: str, out_dir: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """``samflow export mot DST OUT_DIR``: one MOTChallenge ``<video>.txt`` per committed video,
+    and ``videos.json`` naming the video (URI, size, frames) behind each file."""
+    from samflow.exporters.mot import to_mot
+
+    per_video = to_mot(*_video_tables(dst, storage))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for name, (video, text) in per_video.items():
+        (out_dir / f"{name}.txt").write_text(text)
+        index[name] = {"uri": video.uri, "width": video.width, "height": video.height,
+                       "frames": [f["frame_index"] for f in video.frames]}
+    (out_dir / "videos.json").write_text(json.dumps(index, indent=1))
+    lines = sum(text.count("\n") for _, text in per_video.values())
+    return {"out": str(out_dir), "videos": len(per_video), "boxes": lines}
+
+
+def export_ytvis(dst: str, out: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """``samflow export ytvis DST OUT.json``: YouTube-VIS style JSON of the committed videos."""
+    from samflow.exporters.ytvis import to_ytvis
+
+    data = to_ytvis(*_video_tables(dst, storage))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    return {"out": str(out), "videos": len(data["videos"]), "tracks": len(data["annotations"])}

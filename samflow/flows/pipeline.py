@@ -28,6 +28,7 @@ from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
+from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
@@ -108,7 +109,7 @@ class ModelStage:
 
 
 def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> embed."""
+    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> track -> embed."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
     candidates = [
@@ -133,7 +134,25 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "crops_per_batch": emb.crops_per_batch,
         }, emb),
     ]
+    if track_videos(cfg):  # right after segment, whose engine seeds the tracks
+        after = next(i for i, stage in enumerate(candidates) if stage.name == "segment") + 1
+        candidates.insert(after, _track_stage(cfg))
     return [stage for stage in candidates if stage.config.enabled]
+
+
+def track_videos(cfg: RunConfig) -> bool:
+    """Whether videos go to the track stage (it needs the segment stage's model for seeds);
+    otherwise decode samples their frames and they are annotated like images."""
+    return cfg.stages.track.enabled and cfg.stages.segment.enabled
+
+
+def _track_stage(cfg: RunConfig) -> ModelStage:
+    track = cfg.stages.track
+    return ModelStage("track", TrackStage, {
+        "model_uri": track.model, "segment_model_uri": cfg.stages.segment.model,
+        "engine": cfg.engine.model_dump(), "source": StorageSource(cfg.storage), "input_cfg": cfg.input,
+        "params": {"reseed_s": track.reseed_s, "match_iou": track.match_iou, "max_objects": track.max_objects},
+    }, track)
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -185,8 +204,10 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
     # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
     # actor, where it would run serially with the model instead of beside it.
+    # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
+    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=track_videos(cfg))
     ds = ds.map_batches(
-        DecodeStage(StorageSource(cfg.storage), cfg.input),
+        decode.stream,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         ray_remote_args_fn=_decode_task_args(fit.decode_cpus),
