@@ -8,10 +8,16 @@ decoder). Target: the 32-prompt cost per image is at most 2x the 1-prompt cost. 
 "one prompt per call" re-encodes the image for every prompt (transformers' one-image-one-text
 pairing, what a loop over `Sam3Processor(images=..., text=p)` does).
 
+Two regimes bound the cost: "all found" (every prompt's concept is in every image: the mask
+decoder runs for every pair) and "none found" (detection only: the runner skips the mask decoder
+for pairs without instances, the common case for a large vocabulary).
+
 Without CUDA it runs tiny://sam3 on the CPU in fp32 (the same runner code; tiny weights make
 the heads, not the encoder, most of the cost, so the ratio is a pessimistic bound). With CUDA it
 runs random://sam3, the published architecture (ViT 1008 px, 840 M parameters) in bf16.
-Also reported: the encoder's and the heads' share (encode_images alone vs the rest).
+``--flops`` also counts that architecture's FLOPs (encoder per image, detection heads and mask
+decoder per pair) and the 32-vs-1-prompt ratio they imply, all found and four of 32 found.
+Also reported: the encoder alone and the heads per (image, prompt).
 """
 
 from __future__ import annotations
@@ -38,8 +44,7 @@ def images(n: int, hw: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
 
 
 def timed(step, repeats: int, device: torch.device) -> float:
-    """Median seconds of ``step`` over ``repeats`` runs after one warm-up."""
-    step()
+    """Median seconds of ``step`` over ``repeats`` runs."""
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
@@ -52,49 +57,105 @@ def timed(step, repeats: int, device: torch.device) -> float:
     return float(np.median(times))
 
 
+# score_thresh per regime: 0 keeps every instance (every prompt "found": the mask decoder runs
+# for every pair, the worst case); above 1 keeps none (every concept absent: detection only)
+REGIMES = {"all found": 0.0, "none found": 1.01}
+
+
+def architecture_flops() -> list[dict]:
+    """FLOPs of the published SAM 3 architecture (random://sam3's config), counted by torch's
+    FlopCounterMode: the vision encoder on meta tensors (no memory, no time), the heads of one
+    (image, prompt) pair on the CPU with uninitialised weights (minutes on a small CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Sam3Model
+
+    from samflow.models.tiny import reference_config
+
+    def counted(step) -> tuple[float, dict]:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            step()
+        return counter.get_total_flops() / 1e12, counter.get_flop_counts()
+
+    with torch.device("meta"):
+        meta = Sam3Model._from_config(reference_config("sam3"), attn_implementation="sdpa").eval()
+    encoder_tf, _ = counted(lambda: meta.get_vision_features(pixel_values=torch.zeros(1, 3, 1008, 1008, device="meta")))
+    runner = load_model("sam3", "random://sam3", device="cpu")
+    levels = [torch.randn(1, 256, s, s) for s in (288, 144, 72)]
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    neck = runner.model.vision_encoder.neck.position_encoding
+    positions = [neck(level.shape, level.device, level.dtype) for level in levels]
+    pairs = Sam3VisionEncoderOutput(fpn_hidden_states=(*levels, levels[-1]), fpn_position_encoding=(*positions, positions[-1]))
+    text = runner.encode_texts(["a concept"])
+    detection = {}
+    detect_tf, _ = counted(lambda: detection.update(runner._detect(pairs, text.features, text.mask)))
+    masks_tf, _ = counted(lambda: runner._mask_logits(detection, pairs, text.features, text.mask, [0]))
+    one = encoder_tf + detect_tf + masks_tf
+    print(f"random://sam3 FLOPs: encoder {encoder_tf:.3f} TF/image, detection {detect_tf:.3f} TF/pair, "
+          f"mask decoder {masks_tf:.3f} TF/pair")
+    print(f"  32 prompts vs 1: {(encoder_tf + 32 * (detect_tf + masks_tf)) / one:.2f}x all found, "
+          f"{(encoder_tf + 32 * detect_tf + 4 * masks_tf) / one:.2f}x four found")
+    return [
+        result("architecture, encoder", "compute", encoder_tf, "TFLOP/image"),
+        result("architecture, detection heads", "compute", detect_tf, "TFLOP/pair"),
+        result("architecture, mask decoder", "compute", masks_tf, "TFLOP/pair"),
+        result("architecture, 32 vs 1 prompts, all found", "cost ratio",
+               (encoder_tf + 32 * (detect_tf + masks_tf)) / one, "x"),
+        result("architecture, 32 vs 1 prompts, four found", "cost ratio",
+               (encoder_tf + 32 * detect_tf + 4 * masks_tf) / one, "x"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="seconds: 1 and 8 prompts, one repeat")
     parser.add_argument("--quick", action="store_true", help="under two minutes on a 2-core CPU")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    parser.add_argument("--flops", action="store_true",
+                        help="also count the published architecture's FLOPs (minutes on a CPU)")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     uri = "random://sam3" if device.type == "cuda" else "tiny://sam3"
     runner = load_model("sam3", uri, device=device)
     if device.type == "cuda":
         runner.pairs_per_decode = 32
-    batch, hw = (4, (720, 960)) if device.type == "cuda" else (2 if args.smoke else 4, (96, 128))
+    batch, hw = (4, (720, 960)) if device.type == "cuda" else (2, (96, 128))
     counts = (1, 8) if args.smoke else (1, 8, 32)
-    repeats = 1 if args.smoke else (2 if args.quick else 5)
+    repeats = 1 if (args.smoke or args.quick) else 3
     batch_images = images(batch, hw)
     runner.encode_texts(PROMPTS)  # the vocabulary is encoded once per actor, not per batch
+    runner.segment(batch_images, PROMPTS[:2], score_thresh=0.0)  # warm-up
     print(f"{uri} on {device} ({runner.dtype}), {batch} images of {hw[1]}x{hw[0]} per call")
 
     results = []
-    per_image: dict[int, float] = {}
-    for n in counts:
-        seconds = timed(lambda: runner.segment(batch_images, PROMPTS[:n], score_thresh=0.5), repeats, device)
-        per_image[n] = seconds / batch
-        print(f"{n:3d} prompts/image: {batch / seconds:8.2f} images/s  {1000 * per_image[n]:8.1f} ms/image")
-        results.append(result(f"{n} prompts per image", "throughput", batch / seconds, "images/s"))
-        results.append(result(f"{n} prompts per image", "latency", 1000 * per_image[n], "ms/image"))
-    top = max(counts)
-    ratio = per_image[top] / per_image[1]
-    print(f"cost per image, {top} prompts vs 1: {ratio:.2f}x (target <= 2x)")
-    results.append(result(f"{top} vs 1 prompts", "cost ratio", ratio, "x"))
-
-    encode_s = timed(lambda: runner.encode_images(batch_images), repeats, device) / batch
-    heads_s = (per_image[top] - encode_s) / top
-    print(f"encoder {1000 * encode_s:.1f} ms/image; heads {1000 * heads_s:.1f} ms per (image, prompt)")
+    encode_s = timed(lambda: runner.encode_images(batch_images), max(repeats, 2), device) / batch
+    print(f"encoder alone: {1000 * encode_s:.1f} ms/image")
     results.append(result("encoder", "latency", 1000 * encode_s, "ms/image"))
-    results.append(result("heads", "latency", 1000 * heads_s, "ms/pair"))
+    for regime, thresh in REGIMES.items():
+        per_image: dict[int, float] = {}
+        for n in counts:
+            seconds = timed(lambda: runner.segment(batch_images, PROMPTS[:n], score_thresh=thresh), repeats, device)
+            per_image[n] = seconds / batch
+            case = f"{n} prompts per image, {regime}"
+            print(f"{case:34s} {batch / seconds:8.2f} images/s  {1000 * per_image[n]:8.1f} ms/image")
+            results.append(result(case, "throughput", batch / seconds, "images/s"))
+        top = max(counts)
+        ratio = per_image[top] / per_image[1]
+        heads = (per_image[top] - encode_s) / top
+        print(f"  cost per image, {top} prompts vs 1: {ratio:.2f}x (target <= 2x); heads {1000 * heads:.1f} ms/pair")
+        results.append(result(f"{top} vs 1 prompts, {regime}", "cost ratio", ratio, "x"))
+        results.append(result(f"heads, {regime}", "latency", 1000 * heads, "ms/pair"))
 
     naive_n = 8
-    naive = timed(lambda: [runner.segment(batch_images, [p], score_thresh=0.5) for p in PROMPTS[:naive_n]],
+    naive = timed(lambda: [runner.segment(batch_images, [p], score_thresh=0.0) for p in PROMPTS[:naive_n]],
                   1, device)
-    print(f"{naive_n} prompts, one prompt per call (re-encoding): {batch / naive:.2f} images/s; "
-          f"shared features: {per_image[1] and 1 / per_image[naive_n]:.2f} images/s")
+    shared = timed(lambda: runner.segment(batch_images, PROMPTS[:naive_n], score_thresh=0.0), 1, device)
+    print(f"{naive_n} prompts, all found: one prompt per call (re-encoding) {batch / naive:.2f} images/s, "
+          f"shared features {batch / shared:.2f} images/s ({naive / shared:.1f}x)")
     results.append(result(f"{naive_n} prompts, one prompt per call", "throughput", batch / naive, "images/s"))
+    results.append(result(f"{naive_n} prompts, shared vs one per call", "speedup", naive / shared, "x"))
+    if args.flops:
+        results += architecture_flops()
     emit("concepts", results)
 
 

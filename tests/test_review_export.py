@@ -133,3 +133,11 @@ def test_concept_run_exports_review_and_coco(tmp_path, capsys, ray_cluster, pref
             decoded = decode_rle(region["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 0
             ours = coco.annToMask(by_id[region["meta"]["samflow_annotation_id"]]).astype(bool)
             np.testing.assert_array_equal(decoded, ours)
+
+
+def test_review_of_an_empty_destination_is_a_user_error(tmp_path, capsys):
+    from samflow.flows.cli import main
+
+    assert main(["export", "review", str(tmp_path / "nothing"), str(tmp_path / "review.json")]) == 2
+    err = capsys.readouterr().err
+    assert "no committed images" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""``samflow export coco DST OUT.json`` and ``samflow export review DST OUT.json``."""
+"""``samflow export coco|review|mot|ytvis DST OUT``: committed tables -> other tools' formats."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def export_coco(dst: str, out: Path, storage: StorageConfig | None = None) -> di
     catalog = Catalog(dst, storage or StorageConfig())
     images = catalog.read_table("images")
     if images is None:
-        raise SystemExit(f"samflow export: no committed images under {dst}")
+        raise NothingToExport(f"no committed images under {dst}")
     annotations = catalog.read_table("annotations")
     if annotations is None:
         annotations = tables.ANNOTATIONS.empty_table()
@@ -38,7 +38,7 @@ def export_review(
     catalog = Catalog(dst, storage or StorageConfig())
     images = catalog.read_table("images")
     if images is None:
-        raise SystemExit(f"samflow export: no committed images under {dst}")
+        raise NothingToExport(f"no committed images under {dst}")
     annotations = catalog.read_table("annotations")
     if annotations is None:
         annotations = tables.ANNOTATIONS.empty_table()
@@ -66,6 +66,7 @@ def run_vocabulary(catalog: Catalog) -> list[str]:
     for manifest in catalog.run_manifests():
         labels += manifest.get("config", {}).get("labels", {}).get("vocabulary", [])
     return list(dict.fromkeys(labels))
+
 
 class NothingToExport(Exception):
     """DST holds no committed rows the export needs (a user mistake: wrong path, no run yet)."""

@@ -217,11 +217,13 @@ class Sam3Runner(HfRunner):
         chosen = self._select(detection, sizes, score_thresh, max_instances, nms_iou)
         with_masks = [k for k, (query, _, _) in enumerate(chosen) if len(query)]
         logits = self._mask_logits(detection, vision, text_features, text_mask, with_masks)
-        found = []
+        kept = []
         for k, (query, scores, boxes) in enumerate(chosen):
             low_res = logits[with_masks.index(k), query] if len(query) else logits.new_zeros(0, 1, 1)
-            found.append(self._instances(low_res, scores, boxes, sizes[k], mask_thresh))
-        return found
+            masks = _binary_masks(low_res, sizes[k], mask_thresh)
+            nonempty = masks.flatten(1).any(dim=1)  # an instance whose mask vanished is no instance
+            kept.append((masks[nonempty], scores[nonempty], boxes[nonempty]))
+        return _encode(kept, sizes)
 
     def _detect(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """DETR encoder and decoder, boxes and scores of the last decoder layer (as forward does)."""
@@ -275,25 +277,42 @@ class Sam3Runner(HfRunner):
             chosen.append((query, scores[k, query], boxes[k, query]))
         return chosen
 
-    @staticmethod
-    def _instances(low_res: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, hw: tuple[int, int],
-                   mask_thresh: float) -> ConceptInstances:
-        if low_res.shape[0]:
-            logits = F.interpolate(low_res.float()[None], size=hw, mode="bilinear", align_corners=False)[0]
-            masks = logits.sigmoid() > mask_thresh
-        else:
-            masks = torch.zeros(0, *hw, dtype=torch.bool, device=low_res.device)
-        nonempty = masks.flatten(1).any(dim=1)  # an instance whose mask vanished is no instance
-        masks, scores, boxes = masks[nonempty], scores[nonempty], boxes[nonempty]
+
+def _binary_masks(low_res: torch.Tensor, hw: tuple[int, int], mask_thresh: float) -> torch.Tensor:
+    """(n, h, w) mask logits -> (n, H, W) bool at the output size."""
+    if not low_res.shape[0]:
+        return torch.zeros(0, *hw, dtype=torch.bool, device=low_res.device)
+    logits = F.interpolate(low_res.float()[None], size=hw, mode="bilinear", align_corners=False)[0]
+    return logits.sigmoid() > mask_thresh
+
+
+def _encode(kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+            sizes: list[tuple[int, int]]) -> list[ConceptInstances]:
+    """ConceptInstances per pair; the masks of all pairs of one output size are RLE-encoded in
+    one call (the device RLE's cost is per call, not per mask)."""
+    found: list[ConceptInstances | None] = [None] * len(kept)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(k)
+    for (h, w), pairs in groups.items():
+        masks = torch.cat([kept[k][0] for k in pairs])
         runs, lengths = rle_torch.masks_to_runs(masks)
-        size = [int(hw[0]), int(hw[1])]
-        return ConceptInstances(
-            scores=scores.cpu().numpy().astype(np.float32),
-            boxes=boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
-            segmentations=[{"size": list(size), "counts": c} for c in rle_torch.runs_to_strings(runs, lengths)],
-            mask_boxes=masks_to_boxes(masks).cpu().numpy(),
-            areas=rle_torch.areas(runs, lengths).cpu().numpy(),
-        )
+        strings = rle_torch.runs_to_strings(runs, lengths)
+        areas = rle_torch.areas(runs, lengths).cpu().numpy()
+        mask_boxes = masks_to_boxes(masks).cpu().numpy()
+        start = 0
+        for k in pairs:
+            _, scores, boxes = kept[k]
+            end = start + len(scores)
+            found[k] = ConceptInstances(
+                scores=scores.cpu().numpy().astype(np.float32),
+                boxes=boxes.cpu().numpy().astype(np.float32).reshape(-1, 4),
+                segmentations=[{"size": [int(h), int(w)], "counts": c} for c in strings[start:end]],
+                mask_boxes=mask_boxes[start:end],
+                areas=areas[start:end],
+            )
+            start = end
+    return found  # type: ignore[return-value]
 
 
 def _tokenizer(loaded: LoadedModel):
