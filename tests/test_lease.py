@@ -117,7 +117,7 @@ def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
     src = tmp_path / "in"
     written = write_sample_dataset(src, n_synthetic=2, seed=2, include_skimage=False)
     dst = str(tmp_path / "out")
-    ttl = 20.0
+    ttl = 60.0
     # A run on another machine (its owner names another host): only the expiry can free DST.
     killed_holder(dst, ttl, owner="node-b:4242:feedbeef")
     killed = Lease(dst, StorageConfig()).read()
