@@ -103,13 +103,16 @@ class Lease:
     def acquire(self, *, wait: bool = False, poll_s: float = 2.0, timeout_s: float | None = None) -> None:
         """Hold the lease, or raise LeaseHeld (at once, or after ``timeout_s`` when waiting)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        told = False
         while True:
             holder = self.try_acquire()
             if holder is None:
                 break
             if not wait or (deadline is not None and time.monotonic() >= deadline):
                 raise LeaseHeld(self._held_message(holder))
-            log.warning("waiting: %s", self._held_message(holder))
+            if not told:  # once: the holder may hold it for hours
+                log.warning("waiting: %s", self._held_message(holder))
+                told = True
             time.sleep(poll_s)
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name="samflow-lease", daemon=True)
