@@ -95,14 +95,45 @@ class SamRunner(HfRunner):
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
-        """(N, K, h_lr, w_lr) -> (N, K, H, W) float logits at the image's original size."""
-        n, k = low_res_logits.shape[:2]
-        flat = low_res_logits.float().reshape(n * k, 1, *low_res_logits.shape[2:])
-        padded = F.interpolate(flat, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        h, w = enc.input_sizes[image_index]
+        """(N, K, h_lr, w_lr) -> (N, K, H, W) float logits at the image's original size.
+
+        SAM's two bilinear resizes: low-res -> padded model input, crop the padding, -> original
+        size. For images smaller than the model input (the common case) both are composed into
+        one linear map per axis and applied as two matmuls, so no model-size intermediate is
+        built: 2-3x faster on CPU, same values up to float rounding (the composed weights are
+        exact in float64, where F.interpolate rounds its source positions in float32)."""
+        n, k, h_lr, w_lr = low_res_logits.shape
         original = enc.original_sizes[image_index]
-        logits = F.interpolate(padded[..., :h, :w], original, mode="bilinear", align_corners=False)
-        return logits.reshape(n, k, *original)
+        h, w = enc.input_sizes[image_index]
+        if original[0] * original[1] >= h * w:  # not smaller than the model input: resize twice
+            flat = low_res_logits.float().reshape(n * k, 1, h_lr, w_lr)
+            padded = F.interpolate(flat, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(padded[..., :h, :w], original, mode="bilinear", align_corners=False)
+            return logits.reshape(n, k, *original)
+        rows = self._resize_matrix(h_lr, h, original[0])
+        cols = self._resize_matrix(w_lr, w, original[1])
+        flat = low_res_logits.float().reshape(n * k, h_lr, w_lr)
+        return torch.matmul(torch.matmul(rows, flat), cols.t()).reshape(n, k, *original)
+
+    def _resize_matrix(self, low_res: int, valid: int, out: int) -> torch.Tensor:
+        key = (low_res, valid, out)
+        cache = self.__dict__.setdefault("_resize_matrices", {})
+        if key not in cache:
+            cache[key] = resize_matrix(low_res, self.image_size, valid, out).to(self.device, torch.float32)
+        return cache[key]
+
+
+def _interp_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of 1-D linear interpolation (align_corners=False): the
+    per-axis factor of F.interpolate(mode="bilinear")."""
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].t()
+
+
+def resize_matrix(low_res: int, model_size: int, valid: int, out: int) -> torch.Tensor:
+    """One axis of SAM's mask resize as a matrix (out, low_res): low_res -> model_size, keep
+    the first ``valid`` (the rest is padding), -> out."""
+    return _interp_matrix(valid, out) @ _interp_matrix(low_res, model_size)[:valid]
 
 
 def _normalisation(loaded: LoadedModel) -> Normalisation:

@@ -33,3 +33,23 @@ def test_decoder_equals_sammodel(sam_runner, multimask: bool, prompt: str, chunk
     assert masks.shape == expected.pred_masks.shape and iou.shape == expected.iou_scores.shape
     torch.testing.assert_close(masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(iou, expected.iou_scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("original", [(30, 50), (64, 40), (90, 120)])
+def test_postprocess_masks_equals_sams_two_resizes(sam_runner, original) -> None:
+    """The composed resize (one matmul per axis) gives SAM's resize-crop-resize logits."""
+    import torch.nn.functional as F
+
+    from samflow.models.sam import SamEncoding
+
+    size = sam_runner.image_size
+    scale = size / max(original)
+    input_size = (int(original[0] * scale + 0.5), int(original[1] * scale + 0.5))
+    enc = SamEncoding(torch.zeros(1), [original], [input_size])
+    low_res = torch.randn(4, 3, size // 4 * 1, size // 4 * 1, generator=torch.Generator().manual_seed(1)) * 4
+    flat = low_res.reshape(12, 1, *low_res.shape[-2:])
+    padded = F.interpolate(flat, (size, size), mode="bilinear", align_corners=False)
+    expected = F.interpolate(padded[..., : input_size[0], : input_size[1]], original, mode="bilinear",
+                             align_corners=False).reshape(4, 3, *original)
+    got = sam_runner.postprocess_masks(low_res, enc, 0)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-4)
