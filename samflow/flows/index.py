@@ -370,4 +370,6 @@ def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: i
             searches[query] = _cards(run, hits, [f"score {h['score']:.3f}" for h in hits])
     summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
     write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
+    if "://" not in out or out.startswith("file://"):
+        os.chmod(out.removeprefix("file://"), 0o644)  # a report to open and share, not a private temp file
     return {"out": out, **summary, "searches": {q: len(c) for q, c in searches.items()}}
