@@ -5,7 +5,7 @@
 Per case (each in its own process, so peak RSS is that case's alone): build time (collect,
 train, add, recall check), peak RSS, single-query latency p50/p99, batched queries/s, and
 recall@10 against exact search on 300 held-out queries drawn from the same clusters.
-Vectors are generated and streamed to the builder in 50k-row "files", never held whole.
+Vectors are generated and streamed to the builder in 20k-row "files", never held whole.
 Targets on a 2-core CPU at 1M: build <= 4 min, peak RSS <= 1.5 GB and flat in N,
 recall@10 >= 0.95, p50 <= 2 ms. Prints figures; the last line is the JSON summary.
 """
@@ -29,7 +29,7 @@ from bench.common import emit, result  # noqa: E402
 
 DIM = 512
 CLUSTERS = 1000
-FILE_ROWS = 50_000
+FILE_ROWS = 20_000
 QUERIES = 300
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -25,7 +26,7 @@ from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import StorageConfig
 from samflow.flows.storage import read_bytes
 from samflow.index import store
-from samflow.index.build import Build, BuildParams, IndexBuildError
+from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
 from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
 
@@ -245,7 +246,7 @@ DEDUP_DIR = "dedup"
 HASH_THREADS = 8
 
 
-def content_digests(uris: "pa.ChunkedArray", storage: StorageConfig) -> np.ndarray:
+def content_digests(uris: pa.ChunkedArray, storage: StorageConfig) -> np.ndarray:
     """16-byte BLAKE2b of each row's file, ``b""`` where the file is not an image of its own:
     a URI named by several rows (frames of one video) or one that cannot be read."""
     from concurrent.futures import ThreadPoolExecutor
@@ -370,4 +371,6 @@ def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: i
             searches[query] = _cards(run, hits, [f"score {h['score']:.3f}" for h in hits])
     summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
     write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
+    if "://" not in out or out.startswith("file://"):
+        os.chmod(out.removeprefix("file://"), 0o644)  # a report to open and share, not a private temp file
     return {"out": out, **summary, "searches": {q: len(c) for q, c in searches.items()}}

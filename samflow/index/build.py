@@ -31,7 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from samflow.index.search import Searcher
+from samflow.index.search import Searcher, auto_nprobe
 from samflow.index.source import VectorBatch, normalise
 from samflow.index.store import (
     INDEX,
@@ -61,12 +61,12 @@ class BuildParams:
     flat_max: int = 200_000
     nlist: int = 0  # IVF lists; 0: 2 * sqrt(count), at most count / 39
     pq_m: int = 0  # PQ bytes per vector; 0: dim / 8 (a divisor of dim)
-    nprobe: int = 16
+    nprobe: int = 0  # IVF lists probed per query; 0: max(16, nlist / 32)
     refine_factor: int = 10  # IVF-PQ: candidates per result re-ranked exactly
     hnsw_m: int = 32
     ef_search: int = 128
     train_sample: int = 65_536
-    chunk_rows: int = 65_536
+    chunk_rows: int = 32_768
     recall_queries: int = 200
     seed: int = 0
 
@@ -160,6 +160,7 @@ class Build:
         nlist = self.params.nlist or max(1, min(int(2 * math.sqrt(count)), count // 39))
         pq_m = self.params.pq_m or largest_divisor_at_most(dim, max(1, dim // 8))
         self.params.nlist, self.params.pq_m = nlist, pq_m
+        self.params.nprobe = self.params.nprobe or auto_nprobe(nlist)
         # Unit vectors: L2 order = inner-product order, and L2 residual codes are FAISS's best-kept
         # path (precomputed tables). Candidates are re-ranked by exact inner product anyway.
         index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 8)

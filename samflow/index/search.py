@@ -17,7 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samflow.index.source import normalise
-from samflow.index.store import IDS, INDEX, VECTORS
+from samflow.index.store import IDS, INDEX, VECTORS, VectorFile
+
+
+def auto_nprobe(nlist: int) -> int:
+    """Lists probed per query when not set: 1/32 of them, at least 16 (recall@10 >= 0.95 on
+    clustered data with exact re-ranking, bench/index.py)."""
+    return max(16, nlist // 32)
 
 
 class Searcher:
@@ -29,10 +35,10 @@ class Searcher:
         self.index = index if index is not None else faiss.read_index(str(folder / INDEX))
         self.refine_factor = int(params.get("refine_factor", 1))
         if self.type == "ivfpq":
-            faiss.extract_index_ivf(self.index).nprobe = int(params["nprobe"])
+            faiss.extract_index_ivf(self.index).nprobe = int(params["nprobe"]) or auto_nprobe(int(params["nlist"]))
         if self.type == "hnsw":
             self.index.hnsw.efSearch = int(params["ef_search"])
-        self.vectors = np.memmap(folder / VECTORS, dtype=np.float32, mode="r").reshape(-1, self.dim)
+        self.vectors = VectorFile(folder / VECTORS, self.dim)
 
     @property
     def count(self) -> int:
@@ -53,8 +59,8 @@ class Searcher:
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
         for row, (query, found) in enumerate(zip(queries, candidates)):
-            found = np.unique(found[found >= 0])  # sorted: sequential page reads
-            exact = self.vectors[found] @ query
+            found = np.unique(found[found >= 0])  # sorted: forward reads
+            exact = self.vectors.rows_at(found) @ query
             best = np.argsort(-exact, kind="stable")[:k]
             scores[row, : len(best)] = exact[best]
             ids[row, : len(best)] = found[best]
