@@ -251,3 +251,17 @@ def test_video_streams_from_s3_without_a_full_download(s3_bucket: str) -> None:
     with open_file(uri, storage) as source:
         frames = list(sample_frames(source, VideoSampling(mode="every_n", every_n=12), 10**8))
     assert [f.index for f in frames] == [0, 12, 24]
+
+
+@pytest.mark.parametrize(("container", "codec", "kind"), [
+    ("mpegts", "libx264", "mpegts"), ("flv", "flv", "flv"), ("asf", "wmv2", "asf"),
+    ("mpeg", "mpeg1video", "mpeg"), ("yuv4mpegpipe", "rawvideo", "y4m"),
+])
+def test_other_containers_are_sniffed_as_video_and_sampled(tmp_path: Path, container: str, codec: str, kind: str) -> None:
+    from samflow.actors.filetypes import sniff_kind
+
+    data = make_video(container, codec, rate=25, n_frames=25)
+    assert sniff_kind(data[:64]) == kind
+    out = _decode_files(tmp_path, {"clip.bin": data}, mode="fps", fps=5.0)
+    assert list(out["error_type"]) == [""] * 5
+    assert list(out["timestamp_s"]) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=0.02)

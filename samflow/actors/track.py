@@ -99,6 +99,13 @@ class TrackStage:
         failure: tuple[str, str] | None = None
         try:
             for frame in self.decoder.video_frames(uri):
+                if chunk and frame.rgb.shape != chunk[-1].rgb.shape:
+                    # The picture size changed mid-stream: masks cannot carry over, so the
+                    # chunk ends here and the tracker starts again from new seeds.
+                    if ready is not None:
+                        yield ready
+                    ready, chunk = self._chunk(batch, row, run, chunk), []
+                    run.restart()
                 chunk.append(frame)
                 if len(chunk) >= self.chunk_frames:
                     if ready is not None:
@@ -128,8 +135,7 @@ class TrackStage:
                 per_frame = run.tracker.track([f.rgb for f in frames], seeds)
             except Exception as exc:  # noqa: BLE001 - the chunk's frames become error rows
                 failed, per_frame = exc, [[] for _ in frames]
-                run.tracker.reset()
-                run.next_seed_s = -math.inf
+                run.restart()
             out.update(_frame_rows(batch, row, frames, per_frame))
             if failed is not None:
                 for r in range(len(frames)):
@@ -143,7 +149,7 @@ class TrackStage:
         ``reseed_s`` seconds) with the segment stage's engine."""
         due = []
         for position, frame in enumerate(frames):
-            if run.seed_due(frame.timestamp_s, frame.index):
+            if run.seed_due(frame.timestamp_s):
                 due.append(position)
                 run.next_seed_s = frame.timestamp_s + self.params.reseed_s
         if not due:
@@ -182,7 +188,12 @@ class _VideoRun:
         self.next_seed_s = -math.inf
         self.tracks: dict[int, _TrackLog] = {}
 
-    def seed_due(self, timestamp_s: float, index: int) -> bool:
+    def restart(self) -> None:
+        """Drop the live objects; the next frame is a seed frame (ids keep counting)."""
+        self.tracker.reset()
+        self.next_seed_s = -math.inf
+
+    def seed_due(self, timestamp_s: float) -> bool:
         if self.next_seed_s == -math.inf:
             return True
         return not math.isnan(timestamp_s) and timestamp_s >= self.next_seed_s
