@@ -60,12 +60,19 @@ class TrackStage:
         self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], source: ByteSource,
         input_cfg: InputLimits, params: dict[str, Any] | None = None, device: str | None = None,
     ) -> None:
-        self.video_model = load_sam2_video(model_uri, device=device)
-        sam = load_model("sam", segment_model_uri, device=device)
-        self.seeder = MaskGenerator(sam, AmgParams(**engine))
         self.decoder = DecodeStage(source, input_cfg, stage_name="decode")
         self.chunk_frames = self.decoder.chunk_rows
         self.params = TrackParams(**(params or {}))
+        self.info = {"model": model_uri, "checkpoint_sha256": None}
+        # The models load with the first video: an image-only run pays for an idle actor only.
+        self._load = lambda: self._load_models(model_uri, segment_model_uri, engine, device)
+        self.video_model: Any = None
+        self.seeder: MaskGenerator | None = None
+
+    def _load_models(self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], device: str | None) -> None:
+        self.video_model = load_sam2_video(model_uri, device=device)
+        sam = load_model("sam", segment_model_uri, device=device)
+        self.seeder = MaskGenerator(sam, AmgParams(**engine))
         self.info = {"model": model_uri, "checkpoint_sha256": self.video_model.checkpoint_sha256}
 
     def __call__(self, batch: Batch | pa.Table) -> Iterator[Batch | pa.Table]:
@@ -91,6 +98,8 @@ class TrackStage:
     # -- one video -------------------------------------------------------------------------------
 
     def _video(self, batch: Batch, row: int) -> Iterator[Batch]:
+        if self.video_model is None:
+            self._load()
         uri = str(batch["uri"][row])
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
