@@ -88,7 +88,7 @@ def full_run(inputs, tmp_path_factory, ray_cluster):
 @pytest.fixture(scope="module")
 def lean_run(inputs, tmp_path_factory, ray_cluster):
     dst = tmp_path_factory.mktemp("lean-out")
-    cfg = load_config(profile="tiny", overrides=["output.shard_rows=4"])
+    cfg = load_config(profile="tiny", overrides=["output.shard_rows=4", "stages.track.enabled=false"])
     stats = run_pipeline(_items(inputs), cfg, str(dst), "run-lean")
     return dst, stats, cfg
 
@@ -109,7 +109,7 @@ def test_every_input_is_accounted_for_and_the_broken_one_fails_in_decode(full_ru
     assert set(_images_by_name(dst)) == {"small", "large"}
     errors = _read(dst, "errors").to_pylist()
     assert [(Path(e["uri"]).stem, e["stage"]) for e in errors] == [("broken", "decode")]
-    assert set(stats.models) == {"upscale", "propose", "segment", "embed"}
+    assert set(stats.models) == {"upscale", "propose", "segment", "track", "embed"}  # track: on for videos
     assert stats.models["propose"]["model"] == "tiny://owlv2"
 
 

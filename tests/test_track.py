@@ -181,3 +181,22 @@ def _assert_tracks_agree(tracks, annotations, images) -> None:
         assert row["first_timestamp_s"] == pytest.approx(min(time_of[i] for i in items))
         assert row["last_timestamp_s"] == pytest.approx(max(time_of[i] for i in items))
         assert len(set(items)) == len(items)  # one mask per track per frame
+
+
+def test_a_picture_size_change_mid_stream_restarts_tracking_without_errors(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.videos import make_video
+
+    # MPEG-TS concatenates byte-wise: 6 frames at 64x48, then 6 at 48x32 (a new SPS mid-stream)
+    video = tmp_path / "resized.ts"
+    video.write_bytes(make_video("mpegts", "libx264", n_frames=6) + make_video("mpegts", "libx264", n_frames=6, width=48, height=32))
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(still)
+    chunks = list(_stage(chunk_frames=4, reseed_s=100.0)(_pending_batch([video], still)))[1:]
+    rows = {name: _concat([c[name] for c in chunks]) for name in chunks[0]}
+    assert list(rows["error_type"]) == [""] * 12
+    sizes = list(zip(rows["height"].tolist(), rows["width"].tolist()))
+    assert sizes == [(48, 64)] * 6 + [(32, 48)] * 6
+    for r, records in enumerate(rows["masks"].to_pylist()):
+        assert all(rec["segmentation"]["size"] == [sizes[r][0], sizes[r][1]] for rec in records)

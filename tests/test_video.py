@@ -251,3 +251,41 @@ def test_video_streams_from_s3_without_a_full_download(s3_bucket: str) -> None:
     with open_file(uri, storage) as source:
         frames = list(sample_frames(source, VideoSampling(mode="every_n", every_n=12), 10**8))
     assert [f.index for f in frames] == [0, 12, 24]
+
+
+@pytest.mark.parametrize(("container", "codec", "kind"), [
+    ("mpegts", "libx264", "mpegts"), ("flv", "flv", "flv"), ("asf", "wmv2", "asf"),
+    ("mpeg", "mpeg1video", "mpeg"), ("yuv4mpegpipe", "rawvideo", "y4m"),
+])
+def test_other_containers_are_sniffed_as_video_and_sampled(tmp_path: Path, container: str, codec: str, kind: str) -> None:
+    from samflow.actors.filetypes import sniff_kind
+
+    data = make_video(container, codec, rate=25, n_frames=25)
+    assert sniff_kind(data[:64]) == kind
+    out = _decode_files(tmp_path, {"clip.bin": data}, mode="fps", fps=5.0)
+    assert list(out["error_type"]) == [""] * 5
+    assert list(out["timestamp_s"]) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8], abs=0.02)
+
+
+class _CountingFile(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mp4", "libx264"), ("matroska", "libx264"), ("webm", "libvpx-vp9")])
+def test_sparse_fps_sampling_seeks_past_what_it_does_not_need(container: str, codec: str) -> None:
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(4)]
+    data = make_video(container, codec, rate=10, n_frames=300, gop=10, noise=noise, width=160, height=120)  # 30 s
+    source = _CountingFile(data)
+    frames = list(sample_frames(source, VideoSampling(mode="fps", fps=0.1), 10**8))  # ticks 0, 10, 20 s
+    assert [f.timestamp_s for f in frames] == pytest.approx([0.0, 10.0, 20.0], abs=1e-3)
+    assert [f.index for f in frames] == [0, 100, 200]
+    assert [int(f.rgb[60, 80, 0]) for f in frames] == pytest.approx([0, 1000 % 256, 2000 % 256], abs=3)
+    assert source.read_bytes < len(data) // 2  # two thirds of every 10 s never read

@@ -20,6 +20,7 @@ from samflow.flows.config import StorageConfig, load_config
 from tests.test_track import _assert_tracks_agree
 
 av = pytest.importorskip("av")
+pytestmark = pytest.mark.slow  # a whole annotate run on Ray: about a minute
 
 from tests.videos import make_video  # noqa: E402
 

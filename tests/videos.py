@@ -16,17 +16,19 @@ import numpy as np
 WIDTH, HEIGHT = 64, 48
 
 
-def frame_rgb(i: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+def frame_rgb(i: int, width: int = WIDTH, height: int = HEIGHT, noise: Sequence[np.ndarray] | None = None) -> np.ndarray:
     rgb = np.zeros((height, width, 3), dtype=np.uint8)
     rgb[:, :, 0] = (10 * i) % 256
     rgb[: height // 3, : width // 4] = 255
+    if noise:  # heavy frames (noise in the bottom third), so bytes read say what was decoded
+        rgb[-(height // 3) :] = noise[i % len(noise)][-(height // 3) :]
     return rgb
 
 
 def make_video(
     container: str = "mp4", codec: str = "libx264", *, rate: int = 10, n_frames: int = 25, gop: int = 10,
     width: int = WIDTH, height: int = HEIGHT, times_ms: Sequence[int] | None = None,
-    last_ms: int | None = None,
+    last_ms: int | None = None, noise: Sequence[np.ndarray] | None = None,
 ) -> bytes:
     """A video of ``n_frames`` frames at ``rate`` fps; or, with ``times_ms``, one frame at each of
     those times (variable frame rate, each packet lasting until the next; the last ``last_ms``)."""
@@ -41,7 +43,7 @@ def make_video(
             durations = {t: b - t for t, b in zip(times_ms, times_ms[1:])} | {times_ms[-1]: last_ms or 40}
         count = len(times_ms) if times_ms is not None else n_frames
         for i in range(count):
-            frame = av.VideoFrame.from_ndarray(frame_rgb(i, width, height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_rgb(i, width, height, noise), format="rgb24")
             if times_ms is not None:
                 frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
             _mux(out, stream.encode(frame), durations if times_ms is not None else None)

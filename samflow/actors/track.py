@@ -60,12 +60,19 @@ class TrackStage:
         self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], source: ByteSource,
         input_cfg: InputLimits, params: dict[str, Any] | None = None, device: str | None = None,
     ) -> None:
-        self.video_model = load_sam2_video(model_uri, device=device)
-        sam = load_model("sam", segment_model_uri, device=device)
-        self.seeder = MaskGenerator(sam, AmgParams(**engine))
         self.decoder = DecodeStage(source, input_cfg, stage_name="decode")
         self.chunk_frames = self.decoder.chunk_rows
         self.params = TrackParams(**(params or {}))
+        self.info = {"model": model_uri, "checkpoint_sha256": None}
+        # The models load with the first video: an image-only run pays for an idle actor only.
+        self._load = lambda: self._load_models(model_uri, segment_model_uri, engine, device)
+        self.video_model: Any = None
+        self.seeder: MaskGenerator | None = None
+
+    def _load_models(self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], device: str | None) -> None:
+        self.video_model = load_sam2_video(model_uri, device=device)
+        sam = load_model("sam", segment_model_uri, device=device)
+        self.seeder = MaskGenerator(sam, AmgParams(**engine))
         self.info = {"model": model_uri, "checkpoint_sha256": self.video_model.checkpoint_sha256}
 
     def __call__(self, batch: Batch | pa.Table) -> Iterator[Batch | pa.Table]:
@@ -91,6 +98,8 @@ class TrackStage:
     # -- one video -------------------------------------------------------------------------------
 
     def _video(self, batch: Batch, row: int) -> Iterator[Batch]:
+        if self.video_model is None:
+            self._load()
         uri = str(batch["uri"][row])
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
@@ -99,6 +108,13 @@ class TrackStage:
         failure: tuple[str, str] | None = None
         try:
             for frame in self.decoder.video_frames(uri):
+                if chunk and frame.rgb.shape != chunk[-1].rgb.shape:
+                    # The picture size changed mid-stream: masks cannot carry over, so the
+                    # chunk ends here and the tracker starts again from new seeds.
+                    if ready is not None:
+                        yield ready
+                    ready, chunk = self._chunk(batch, row, run, chunk), []
+                    run.restart()
                 chunk.append(frame)
                 if len(chunk) >= self.chunk_frames:
                     if ready is not None:
@@ -128,8 +144,7 @@ class TrackStage:
                 per_frame = run.tracker.track([f.rgb for f in frames], seeds)
             except Exception as exc:  # noqa: BLE001 - the chunk's frames become error rows
                 failed, per_frame = exc, [[] for _ in frames]
-                run.tracker.reset()
-                run.next_seed_s = -math.inf
+                run.restart()
             out.update(_frame_rows(batch, row, frames, per_frame))
             if failed is not None:
                 for r in range(len(frames)):
@@ -143,7 +158,7 @@ class TrackStage:
         ``reseed_s`` seconds) with the segment stage's engine."""
         due = []
         for position, frame in enumerate(frames):
-            if run.seed_due(frame.timestamp_s, frame.index):
+            if run.seed_due(frame.timestamp_s):
                 due.append(position)
                 run.next_seed_s = frame.timestamp_s + self.params.reseed_s
         if not due:
@@ -182,7 +197,12 @@ class _VideoRun:
         self.next_seed_s = -math.inf
         self.tracks: dict[int, _TrackLog] = {}
 
-    def seed_due(self, timestamp_s: float, index: int) -> bool:
+    def restart(self) -> None:
+        """Drop the live objects; the next frame is a seed frame (ids keep counting)."""
+        self.tracker.reset()
+        self.next_seed_s = -math.inf
+
+    def seed_due(self, timestamp_s: float) -> bool:
         if self.next_seed_s == -math.inf:
             return True
         return not math.isnan(timestamp_s) and timestamp_s >= self.next_seed_s

@@ -26,6 +26,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 # A stream this many undecodable packets in a row is garbage, not a damaged patch: stop there.
 _MAX_BAD_RUN = 25
+# fps sampling seeks ahead only over at least this many seconds (and two keyframe intervals).
+_SEEK_MIN_S = 2.0
 # Packets a decoder may hold before it outputs their frames (B-frame reorder, frame threads).
 _REORDER_DEPTH = 64
 
@@ -161,6 +163,9 @@ class _StreamDecoder:
         self.kept, self.last_index, self.last_kept_s = 0, -1, 0.0
         self.bad_packets, self.bad_run, self.first_bad_s = 0, 0, None
         self.packets_seen = 0
+        self.can_seek, self.seeked = True, False
+        self.gop_s: float | None = None  # longest keyframe interval seen
+        self.last_key_s: float | None = None
         # (time, keyframe) of the latest packets: the decoder may still hold their frames
         self.recent: deque[tuple[float, bool]] = deque(maxlen=_REORDER_DEPTH)
 
@@ -181,7 +186,29 @@ class _StreamDecoder:
                 yield kept
                 if self.sampling.max_frames and self.kept >= self.sampling.max_frames:
                     raise self._capped(packets)
+            self._skip_ahead(packet)
         self._finish()
+
+    def _skip_ahead(self, packet: Any) -> None:
+        """fps mode: when the next tick lies several keyframe intervals past this packet, seek
+        to the keyframe before it instead of decoding everything in between (containers with an
+        index; a failed seek just means decoding on). Frames still inside the decoder are all
+        earlier than the tick, so dropping them loses nothing."""
+        now = self._relative(_seconds(packet.pts, packet.time_base))
+        if self.sampling.mode != "fps" or not self.can_seek or now is None or self.gop_s is None:
+            return
+        target = self.sampler.next_time
+        if target - now < max(_SEEK_MIN_S, 2.0 * self.gop_s):
+            return
+        try:
+            offset = int((target + self.start_s) / self.stream.time_base)
+            self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
+            self.stream.codec_context.flush_buffers()
+        except (av.error.FFmpegError, OSError, ValueError):
+            self.can_seek = False
+            return
+        self.seeked = True
+        self.last_key_s = None  # the jump is not a keyframe interval
 
     def _decode(self, packet: Any) -> list[Any]:
         try:
@@ -206,6 +233,11 @@ class _StreamDecoder:
             return
         self.packets_seen += 1
         self.recent.append((self._relative(start), bool(packet.is_keyframe)))
+        if packet.is_keyframe:
+            seconds = self._relative(start)
+            if self.last_key_s is not None and seconds > self.last_key_s:
+                self.gop_s = max(self.gop_s or 0.0, seconds - self.last_key_s)
+            self.last_key_s = seconds
         duration = _seconds(packet.duration, packet.time_base) or (1.0 / self.rate if self.rate else 0.0)
         end = self._relative(start) + duration
         self.end_s = end if self.end_s is None else max(self.end_s, end)
@@ -218,9 +250,9 @@ class _StreamDecoder:
         if timestamp is None:
             timestamp = self.frames_seen / self.rate if self.rate else float("nan")
         index = self.frames_seen
-        if self.keyframes_only:
-            # Skipped frames are never decoded, so the position comes from the timestamp (kept
-            # strictly increasing so frame ids never collide).
+        if self.keyframes_only or self.seeked:
+            # Skipped frames are never decoded (or were sought past), so the position comes from
+            # the timestamp (kept strictly increasing so frame ids never collide).
             estimate = round(timestamp * self.rate) if self.rate and not math.isnan(timestamp) else 0
             index = max(self.last_index + 1, estimate)
         self.frames_seen += 1
