@@ -319,13 +319,24 @@ class DecodeStage:
         self.stage_name = stage_name
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Optional columns: ``data`` (the bytes, read already from a tar or Parquet file) and
+        # ``error_type`` / ``error_message`` (an input found broken before decode).
+        n = len(batch["uri"])
+        inline = batch.get("data", [None] * n)
+        failed = batch.get("error_type", [""] * n)
+        messages = batch.get("error_message", [""] * n)
         rows: list[dict[str, Any]] = []
-        for uri, size in zip(batch["uri"], batch["size"]):
-            rows.extend(self._rows(str(uri), int(size)))
+        for row, (uri, size) in enumerate(zip(batch["uri"], batch["size"])):
+            if failed[row]:
+                rows.append(_error_row(str(uri), "read", str(failed[row]), str(messages[row])))
+            else:
+                rows.extend(self._rows(str(uri), int(size), inline[row]))
         return _columns(rows)
 
-    def _rows(self, uri: str, size: int) -> list[dict[str, Any]]:
+    def _rows(self, uri: str, size: int, data: bytes | None = None) -> list[dict[str, Any]]:
         try:
+            if data is not None:
+                return self._decode_inline(uri, bytes(data))
             return self._decode(uri, size)
         except (DecodeError, VideoError) as err:
             return [_error_row(uri, self.stage_name, err.error_type, err.message)]
@@ -350,6 +361,14 @@ class DecodeStage:
             data = self._read(uri, lambda: self.source.read(uri))
         if len(data) > max_bytes:  # the file grew since it was listed
             raise _too_large(len(data), max_bytes)
+        return [_image_row(uri, decode_image(data, self.input_cfg.max_pixels))]
+
+    def _decode_inline(self, uri: str, data: bytes) -> list[dict[str, Any]]:
+        if len(data) > self.input_cfg.max_bytes:
+            raise _too_large(len(data), self.input_cfg.max_bytes)
+        kind = sniff_kind(data[:_HEAD_BYTES])
+        if kind in VIDEO_KINDS:
+            return self._video_rows(uri, kind, data)
         return [_image_row(uri, decode_image(data, self.input_cfg.max_pixels))]
 
     def _video_rows(self, uri: str, kind: str, data: bytes | None) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import samflow
 
+INPUT_FORMATS = ("auto", "files", "manifest", "webdataset", "parquet")  # samflow.flows.inputs.FORMATS
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samflow", description=__doc__)
@@ -23,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument("--set", action="append", default=[], dest="overrides",
                           metavar="KEY=VALUE", help="override one config key (repeatable)")
     annotate.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
+    annotate.add_argument("--input-format", choices=INPUT_FORMATS,
+                          help="what SRC holds (config input.format; default auto: detected)")
+
+    plan = commands.add_parser("plan", help="print what an annotate run would do, without running it")
+    plan.add_argument("src", help="source URI")
+    plan.add_argument("--out", required=True, dest="dst", help="output URI")
+    plan.add_argument("--config", type=Path, help="YAML run config")
+    plan.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    plan.add_argument("--input-format", choices=INPUT_FORMATS, help="what SRC holds (default auto)")
 
     export = commands.add_parser("export", help="export annotations")
     export_formats = export.add_subparsers(dest="format", required=True)
@@ -52,13 +63,33 @@ def _annotate(args: argparse.Namespace) -> int:
 
     from samflow.flows.resources import ResourceShortage
 
-    cfg = load_config(args.config, args.overrides, args.profile)
+    cfg = load_config(args.config, _with_format(args), args.profile)
     try:
         manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
     except ResourceShortage as exc:  # the cluster cannot host the graph: say what and how to fix
         print(f"samflow annotate: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
+    return 0
+
+
+def _with_format(args: argparse.Namespace) -> list[str]:
+    return args.overrides + ([f"input.format={args.input_format}"] if args.input_format else [])
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from samflow.flows.annotate import make_plan
+    from samflow.flows.config import load_config
+    from samflow.flows.inputs import InputFormatError
+
+    cfg = load_config(args.config, _with_format(args))
+    try:
+        plan = make_plan(args.src, args.dst, cfg, read_only=True)
+    except (InputFormatError, FileNotFoundError) as exc:
+        print(f"samflow plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"format": plan.format, "new": plan.new, "done": plan.already_done,
+                      "excluded": plan.excluded, "seconds": round(plan.seconds, 3)}))
     return 0
 
 
@@ -92,7 +123,7 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
+HANDLERS = {"plan": _plan, "annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
 
 
 def main(argv: list[str] | None = None) -> int:
