@@ -218,9 +218,22 @@ class TarKeys:
                 for member in tar:
                     if member.isfile() and _is_image(member.name):
                         rows.append(_key(f"{tar_uri}#{member.name}", tar_uri, member.size))
+                if tar_uri.lower().endswith(".tar"):
+                    _check_tail(fh, tar.offset)
         except Exception as exc:  # noqa: BLE001 - a broken shard is an error row, not a failed run
             rows.append(_key(tar_uri, tar_uri, 0, "corrupt_tar", _tar_error(exc, len(rows))))
         return rows
+
+
+def _check_tail(fh: Any, end: int) -> None:
+    """tarfile stops quietly at a header it cannot parse; only zero padding may follow the
+    last member of a whole tar."""
+    left = fh.size - end
+    if left > tarfile.RECORDSIZE:
+        raise tarfile.ReadError(f"{left:,} bytes after byte {end:,} are not a tar member header")
+    fh.seek(end)
+    if fh.read(left).strip(b"\0"):
+        raise tarfile.ReadError(f"garbage after byte {end:,} instead of a tar member header")
 
 
 def _tar_error(exc: BaseException, read: int) -> str:
