@@ -84,8 +84,7 @@ def _error_types(s3_fs, dst: str) -> dict[str, str]:
 
 def _files(s3_fs, prefix: str) -> set[str]:
     s3_fs.invalidate_cache()
-    # _runs/ gets a manifest per run; _done/ is compacted by every plan (same keys).
-    return {p for p in s3_fs.find(prefix) if "/_runs/" not in p and "/_done/" not in p}
+    return {p for p in s3_fs.find(prefix) if "/_runs/" not in p}
 
 
 # ------------------------------------------------------------------------------ no cluster

@@ -45,7 +45,8 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     removed = [] if read_only else catalog.remove_uncommitted(committed)
     source = resolve_source(src, cfg, dst)
     ensure_ray(cfg.ray)
-    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=read_only)
+    # Read-only either way: a plan never rewrites DST's done-set (the run compacts it at its end).
+    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=True)
     items = items_from_keys(result.todo, source.format, cfg.storage) if result.new else []
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
                 new=result.new, excluded=source.excluded, format=source.format)
@@ -135,6 +136,7 @@ def annotate_dataset(
         return {"run_id": None, "counts": {"listed": plan.listed, "already_done": plan.already_done, "inputs": 0}}
     pipeline_start = time.perf_counter()
     stats = run_pipeline_task(plan, cfg, dst, run_id)
+    doneset.compact_done(dst, cfg.storage)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
     manifest["path"] = commit_run(manifest, cfg, dst)
     _artifact(manifest)

@@ -100,6 +100,13 @@ def plan(
     return PlanResult(todo=todo, listed=listed, new=new, seconds=time.perf_counter() - start)
 
 
+def compact_done(dst: str, storage: StorageConfig) -> int:
+    """After a run: fold the committed per-shard done files into the bucketed table, so the next
+    plan reads few files. Returns how many were folded."""
+    catalog = Catalog(dst, storage)
+    return compact(catalog, _arrow_fs(dst, storage), catalog.committed_names(), catalog.path(DONE), delete=True)
+
+
 def compact(
     catalog: Catalog, arrow_fs: pafs.FileSystem, committed: set[str], into: str, delete: bool
 ) -> int:
