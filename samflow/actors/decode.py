@@ -334,14 +334,14 @@ class DecodeStage:
         self.chunk_rows = max(1, int(getattr(input_cfg.video, "chunk_frames", _DEFAULT_CHUNK_ROWS)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _columns([row for uri, size in _listed(batch) for row in self._rows(uri, size)])
+        return _columns([row for item in _listed(batch) for row in self._rows(*item)])
 
     def stream(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The rows of ``batch``'s files in bounded chunks (always at least one, maybe empty)."""
         pending: list[dict[str, Any]] = []
         emitted = False
-        for uri, size in _listed(batch):
-            for row in self._rows(uri, size):
+        for item in _listed(batch):
+            for row in self._rows(*item):
                 pending.append(row)
                 if len(pending) >= self.chunk_rows:
                     yield _columns(pending)
@@ -349,10 +349,18 @@ class DecodeStage:
         if pending or not emitted:
             yield _columns(pending)
 
-    def _rows(self, uri: str, size: int) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, uri: str, size: int, data: bytes | None = None, failure: tuple[str, str] = ("", "")
+    ) -> Iterator[dict[str, Any]]:
         """The file's rows; whatever fails becomes one error row after the rows it had."""
+        if failure[0]:  # found broken before decode (a bad tar member, an unreadable Parquet row)
+            yield _error_row(uri, "read", failure[0], failure[1])
+            return
         try:
-            yield from self._decode(uri, size)
+            if data is not None:
+                yield from self._decode_inline(uri, bytes(data))
+            else:
+                yield from self._decode(uri, size)
         except (DecodeError, VideoError) as err:
             yield _error_row(uri, self.stage_name, err.error_type, err.message)
         except Exception as exc:  # noqa: BLE001 - a bad row must never fail the batch
@@ -377,6 +385,15 @@ class DecodeStage:
             data = self._read(uri, lambda: self.source.read(uri))
         if len(data) > max_bytes:  # the file grew since it was listed
             raise _too_large(len(data), max_bytes)
+        yield _image_row(uri, decode_image(data, self.input_cfg.max_pixels))
+
+    def _decode_inline(self, uri: str, data: bytes) -> Iterator[dict[str, Any]]:
+        if len(data) > self.input_cfg.max_bytes:
+            raise _too_large(len(data), self.input_cfg.max_bytes)
+        kind = sniff_kind(data[:_HEAD_BYTES])
+        if kind in VIDEO_KINDS:
+            yield from self._video_rows(uri, kind, data)
+            return
         yield _image_row(uri, decode_image(data, self.input_cfg.max_pixels))
 
     def _video_rows(self, uri: str, kind: str, data: bytes | None) -> Iterator[dict[str, Any]]:
@@ -488,5 +505,14 @@ _ORDER = (
 )
 
 
-def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int]]:
-    return ((str(uri), int(size)) for uri, size in zip(batch["uri"], batch["size"]))
+def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, bytes | None, tuple[str, str]]]:
+    """(uri, size, inline bytes, preset failure) of each input row. Tar and Parquet inputs carry
+    their bytes in ``data``; an input found broken before decode carries ``error_type`` /
+    ``error_message``. Plain files have neither column."""
+    n = len(batch["uri"])
+    inline = batch.get("data", [None] * n)
+    failed = batch.get("error_type", [""] * n)
+    messages = batch.get("error_message", [""] * n)
+    for row, (uri, size) in enumerate(zip(batch["uri"], batch["size"], strict=True)):
+        failure = (str(failed[row] or ""), str(messages[row] or ""))
+        yield str(uri), int(size or 0), inline[row], failure

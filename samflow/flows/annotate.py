@@ -15,20 +15,24 @@ from prefect.cache_policies import NO_CACHE
 import samflow
 from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import RunConfig, config_from
+from samflow.flows import doneset
 from samflow.flows.errors import retry_unless_permanent
+from samflow.flows.inputs import items_from_keys, key_dataset, resolve_source
 from samflow.flows.lease import Lease
-from samflow.flows.pipeline import CommitHook, PipelineStats, run_pipeline
+from samflow.flows.pipeline import CommitHook, PipelineStats, ensure_ray, run_pipeline
 from samflow.flows.runs import build_report, error_kinds, report_markdown
-from samflow.flows.storage import list_files
 
 
 @dataclass
 class Plan:
-    items: list[dict[str, Any]]
+    items: list[dict[str, Any]] | Any  # a Ray Dataset of items (samflow/flows/inputs.py)
     listed: int
     already_done: int
     removed_uncommitted: int
     seconds: float
+    new: int = 0
+    excluded: int = 0
+    format: str = "files"
 
 
 def new_run_id() -> str:
@@ -36,23 +40,27 @@ def new_run_id() -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
+def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Plan:
+    """Resolve SRC's format, then anti-join its item keys with DST's done-set, in Ray (see
+    samflow/flows/doneset.py). Unless ``read_only``, clear leftovers of killed runs first."""
+    start = time.perf_counter()
+    catalog = Catalog(dst, cfg.storage)
+    committed = catalog.committed_names()
+    removed = [] if read_only else catalog.remove_uncommitted(committed)
+    source = resolve_source(src, cfg, dst)
+    ensure_ray(cfg.ray)
+    # Read-only either way: a plan never rewrites DST's done-set (the run compacts it at its end).
+    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=True)
+    items = items_from_keys(result.todo, source.format, cfg.storage) if result.new else []
+    return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
+                new=result.new, excluded=source.excluded, format=source.format)
+
+
 # Permanent errors (missing source, denied bucket, ...) are not retried: they cannot succeed.
 @task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def plan_run(src: str, dst: str, cfg: RunConfig) -> Plan:
-    """List SRC, drop what DST has committed already, clear leftovers of killed runs."""
-    start = time.perf_counter()
-    catalog = Catalog(dst, cfg.storage)
-    shards = catalog.committed_shards()
-    removed = catalog.remove_uncommitted(shards)
-    done = catalog.done_uris(shards)
-    listed = list_files(src, cfg.storage, cfg.input.include, cfg.input.exclude)
-    dst_prefix = dst.rstrip("/") + "/"
-    items = [
-        {"uri": uri, "size": size}
-        for uri, size in listed
-        if uri not in done and not uri.startswith(dst_prefix)
-    ]
-    return Plan(items, len(listed), len(listed) - len(items), len(removed), time.perf_counter() - start)
+    """Plan the run: what SRC holds that DST has not committed; clear leftovers of killed runs."""
+    return make_plan(src, dst, cfg)
 
 
 # NO_CACHE: the run has side effects and its inputs (a progress hook) need not be hashable.
@@ -89,7 +97,7 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
         "counts": {
             "listed": plan.listed,
             "already_done": plan.already_done,
-            "inputs": len(plan.items),
+            "inputs": plan.new,
             "images": stats.rows.get("images", 0),
             "errors": stats.rows.get("errors", 0),
             "annotations": stats.rows.get("annotations", 0),
@@ -144,13 +152,14 @@ def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any) -> dict[str, An
     run_id = new_run_id()
     plan = plan_run(src, dst, cfg)
     logger.info("run %s: %d listed, %d already done, %d to process",
-                run_id, plan.listed, plan.already_done, len(plan.items))
+                run_id, plan.listed, plan.already_done, plan.new)
     if observer is not None:
-        observer.planned(run_id, len(plan.items))
-    if not plan.items:
+        observer.planned(run_id, plan.new)
+    if not plan.new:
         return {"run_id": None, "counts": {"listed": plan.listed, "already_done": plan.already_done, "inputs": 0}}
     pipeline_start = time.perf_counter()
     stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed if observer is not None else None)
+    doneset.compact_done(dst, cfg.storage)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
     manifest["path"] = commit_run(manifest, cfg, dst)
     _artifact(manifest, cfg)

@@ -40,6 +40,7 @@ from samflow.schemas.ids import shard_id
 from samflow.schemas.tables import TABLES
 
 COMMITS = "_commits"
+DONE = "_done"  # committed item keys, one file per shard (see samflow/flows/doneset.py)
 STAGING = "_staging"
 RUNS = "_runs"
 
@@ -73,9 +74,10 @@ class Catalog:
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         self.fs.pipe_file(path, data)
 
-    def committed_shards(self) -> dict[str, dict]:
+    def committed_shards(self, markers: list[str] | None = None) -> dict[str, dict]:
         """Marker contents by shard name (markers that do not parse count as absent)."""
-        markers = self._ls(self.path(COMMITS), suffix=".json")
+        if markers is None:
+            markers = self._ls(self.path(COMMITS), suffix=".json")
         if not markers:
             return {}
         blobs = self.fs.cat(markers)
@@ -90,14 +92,23 @@ class Catalog:
             shards[posixpath.basename(path)[: -len(".json")]] = marker
         return shards
 
+    def committed_names(self) -> set[str]:
+        """Names of the committed shards, from the marker names alone (only group markers,
+        written for videos, are read): cheap with millions of markers."""
+        markers = self._ls(self.path(COMMITS), suffix=".json")
+        groups = [p for p in markers if posixpath.basename(p).startswith("group-")]
+        plain = {posixpath.basename(p)[: -len(".json")] for p in markers if p not in set(groups)}
+        return plain | self.shard_names(self.committed_shards(groups)) if groups else plain
+
     def done_uris(self, shards: dict[str, dict]) -> set[str]:
         return {uri for marker in shards.values() for uri in marker["uris"]}
 
-    def remove_uncommitted(self, shards: dict[str, dict]) -> list[str]:
-        """Delete table files of shards that never got a marker, and stale staging folders."""
+    def remove_uncommitted(self, shards: dict[str, dict] | set[str]) -> list[str]:
+        """Delete table files of shards that never got a marker, and stale staging folders.
+        ``shards``: markers, or the committed shard names."""
         removed = []
-        committed = self.shard_names(shards)
-        for table in TABLES:
+        committed = shards if isinstance(shards, set) else self.shard_names(shards)
+        for table in (*TABLES, DONE):
             for path in self._ls(self.path(table), suffix=".parquet"):
                 if posixpath.basename(path)[: -len(".parquet")] not in committed:
                     self.fs.rm(path)

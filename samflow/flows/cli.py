@@ -13,6 +13,8 @@ import samflow
 from samflow.flows import errors, logs
 from samflow.flows.errors import UserError, user_error
 
+INPUT_FORMATS = ("auto", "files", "manifest", "webdataset", "parquet")  # samflow.flows.inputs.FORMATS
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samflow", description=__doc__)
@@ -28,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
     annotate.add_argument("--wait", action="store_true",
                           help="if another run holds DST, wait for it instead of refusing")
+    annotate.add_argument("--input-format", choices=INPUT_FORMATS,
+                          help="what SRC holds (config input.format; default auto: detected)")
+
+    plan = commands.add_parser("plan", help="print what an annotate run would do, without running it")
+    plan.add_argument("src", help="source URI")
+    plan.add_argument("--out", required=True, dest="dst", help="output URI")
+    plan.add_argument("--config", type=Path, help="YAML run config")
+    plan.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    plan.add_argument("--input-format", choices=INPUT_FORMATS, help="what SRC holds (default auto)")
 
     export = commands.add_parser("export", help="export annotations")
     export_formats = export.add_subparsers(dest="format", required=True)
@@ -196,7 +207,7 @@ def _annotate(args: argparse.Namespace) -> int:
     from samflow.flows.preflight import check_run
     from samflow.flows.progress import RunProgress
 
-    cfg = user_config(args.config, args.overrides, args.profile)
+    cfg = user_config(args.config, _with_format(args), args.profile)
     check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
     lease = Lease(args.dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
     lease.acquire(wait=args.wait)  # refuses at once when another run writes DST
@@ -212,6 +223,25 @@ def _annotate(args: argparse.Namespace) -> int:
     _print_run_summary(manifest, cfg, progress)
     # For scripts: the last thing on stdout (Ray may print its own lines there first).
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
+    return 0
+
+
+def _with_format(args: argparse.Namespace) -> list[str]:
+    return args.overrides + ([f"input.format={args.input_format}"] if args.input_format else [])
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from samflow.flows.annotate import make_plan
+    from samflow.flows.inputs import InputFormatError
+
+    cfg = user_config(args.config, _with_format(args), None)
+    try:
+        plan = make_plan(args.src, args.dst, cfg, read_only=True)
+    except (InputFormatError, FileNotFoundError) as exc:
+        print(f"samflow plan: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"format": plan.format, "new": plan.new, "done": plan.already_done,
+                      "excluded": plan.excluded, "seconds": round(plan.seconds, 3)}))
     return 0
 
 
@@ -345,7 +375,7 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs,
+HANDLERS = {"plan": _plan, "annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs,
             "deploy": _deploy, "schedule": _schedule}
 HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup, "serve": _serve, "preview": _preview})
 

@@ -56,6 +56,11 @@ class VideoSampling(_Section):
 
 
 class InputConfig(_Section):
+    format: Literal["auto", "files", "manifest", "webdataset", "parquet"] = Field(
+        "auto",
+        description="What SRC holds: files (images/videos), manifest (Parquet/CSV/JSONL with a "
+        "'uri' column), webdataset (tar shards), parquet (a column of image bytes); auto detects.",
+    )
     include: list[str] = Field(
         default_factory=lambda: ["**"], description="Globs (relative to SRC) of files to read."
     )

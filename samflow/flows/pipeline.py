@@ -32,7 +32,9 @@ from samflow.actors.segment import SegmentStage
 from samflow.actors.semantic import SemanticStage
 from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
-from samflow.flows.catalog import Catalog, ShardResult
+from samflow.flows.catalog import DONE, Catalog, ShardResult
+from samflow.flows.doneset import done_table
+from samflow.flows.inputs import container_of
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
 from samflow.flows.exemplars import ExemplarImages
 from samflow.flows.model_cache import with_model_cache
@@ -208,12 +210,19 @@ def _decode_task_args(num_cpus: float) -> Callable[[], dict[str, Any]]:
     return lambda: {"num_cpus": num_cpus}
 
 
-def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
-    # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
-    blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
+def build_dataset(
+    items: list[dict[str, Any]] | ray.data.Dataset, cfg: RunConfig, dst: str, run_id: str
+) -> ray.data.Dataset:
+    """``items``: {uri, size} rows, or a dataset of them (from samflow/flows/inputs.py, with
+    inline ``data`` and preset errors)."""
     stages = model_stages(cfg, dst)
     fit = fit_to_cluster(cfg, stages)
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    if isinstance(items, ray.data.Dataset):
+        # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
+        ds = items.repartition(target_num_rows_per_block=DECODE_BATCH)
+    else:
+        blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Decode holds no model: stateless CPU tasks, which release their CPU between batches (a
     # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
@@ -260,6 +269,11 @@ def stage_shard(
             buffer = io.BytesIO()
             pq.write_table(data, buffer, compression="zstd")
             catalog.put_staged(run_id, table, shard, buffer.getvalue())
+    # The keys this shard finishes: committed with it, they are what the next plan skips.
+    buffer = io.BytesIO()
+    pq.write_table(done_table(uris, [container_of(uri) for uri in uris]), buffer)
+    catalog.put_staged(run_id, DONE, shard, buffer.getvalue())
+    rows[DONE] = len(uris)
     meta = {
         column[len("_meta_"):]: sorted({str(v) for v in batch[column]})
         for column in batch
@@ -315,7 +329,7 @@ CommitHook = Callable[[ShardResult, dict[str, list[dict[str, Any]]]], None]
 
 
 def run_pipeline(
-    items: list[dict[str, Any]],
+    items: list[dict[str, Any]] | ray.data.Dataset,
     cfg: RunConfig,
     dst: str,
     run_id: str,
@@ -326,7 +340,7 @@ def run_pipeline(
     ``on_commit(result, meta)`` is called after each shard's commit (progress reporting).
     """
     stats = PipelineStats()
-    if not items:
+    if isinstance(items, list) and not items:
         return stats
     ensure_ray(cfg.ray)
     catalog = Catalog(dst, cfg.storage)

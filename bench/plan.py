@@ -1,0 +1,124 @@
+"""Plan time and driver peak memory for synthetic manifests of 10k, 100k and 1M items.
+
+Each case writes a manifest (Parquet, synthetic s3:// URIs) and a done-set holding half of its
+keys, then runs `samflow plan`'s code (make_plan, read-only) in a fresh driver process on a local
+Ray, so every case's peak RSS is its own. The driver's memory must stay flat as the item count
+grows (the listing and the done-set live in Ray, not on the driver): the bench prints the growth
+from 100k to 1M (target: under 20 %).
+
+    python bench/plan.py [--smoke | --quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import emit, result  # noqa: E402
+
+ROWS_PER_FILE = 100_000
+DONE_FILES = 4
+
+
+def _uris(start: int, stop: int) -> pa.Array:
+    return pa.array([f"s3://synthetic-bucket/images/{n // 1000:06d}/{n:09d}.jpg" for n in range(start, stop)])
+
+
+def write_case(folder: Path, items: int) -> tuple[str, str]:
+    """A manifest of ``items`` URIs and a DST whose done-set commits every second one."""
+    src, dst = folder / "manifest", folder / "out"
+    src.mkdir(parents=True)
+    for first in range(0, items, ROWS_PER_FILE):
+        last = min(items, first + ROWS_PER_FILE)
+        pq.write_table(pa.table({"uri": _uris(first, last)}), src / f"part-{first // ROWS_PER_FILE:05d}.parquet")
+    (dst / "_done").mkdir(parents=True)
+    (dst / "_commits").mkdir()
+    done = _uris(0, items).filter(pa.array([n % 2 == 0 for n in range(items)]))
+    step = -(-len(done) // DONE_FILES)
+    for index in range(DONE_FILES):
+        shard = f"bench{index:04d}"
+        part = done.slice(index * step, step)
+        pq.write_table(pa.table({"key": part, "container": pa.array([""] * len(part))}),
+                       dst / "_done" / f"{shard}.parquet")
+        marker = {"shard": shard, "run_id": "bench", "uris": [], "rows": {"_done": len(part)}}
+        (dst / "_commits" / f"{shard}.json").write_text(json.dumps(marker))
+    return str(src), str(dst)
+
+
+def run_case(src: str, dst: str) -> dict[str, float]:
+    """In this (fresh) process: start Ray, then plan; time and peak RSS of the driver."""
+    from samflow.flows.annotate import make_plan
+    from samflow.flows.config import load_config
+    from samflow.flows.pipeline import ensure_ray
+
+    cfg = load_config()
+    ensure_ray(cfg.ray)
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    plan = make_plan(src, dst, cfg, read_only=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "new": plan.new,
+            "done": plan.already_done, "format": plan.format}
+
+
+def _child(items: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="sfplan") as tmp:
+        src, dst = write_case(Path(tmp), items)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+        env["PYTHONPATH"] = str(ROOT)
+        done = subprocess.run([sys.executable, __file__, "--case", src, dst], env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise SystemExit(f"case {items} failed:\n{done.stderr[-3000:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+    if (figures["new"], figures["done"]) != (items // 2, items - items // 2):
+        raise SystemExit(f"case {items}: wrong plan {figures}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(*args.case)))
+        return
+    sizes = [10_000] if args.smoke else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    results, peaks = [], {}
+    for items in sizes:
+        figures = _child(items)
+        label = f"{items // 1000}k" if items < 1_000_000 else f"{items // 1_000_000}M"
+        peaks[items] = figures["peak_rss_mb"]
+        print(f"{label:>5} manifest items: plan {figures['seconds']:.1f} s, driver peak RSS "
+              f"{figures['peak_rss_mb']:.0f} MiB (before plan {figures['rss_before_mb']:.0f} MiB), "
+              f"{figures['new']} new / {figures['done']} done")
+        results.append(result(label, "plan_s", figures["seconds"], "s"))
+        results.append(result(label, "driver_peak_rss", figures["peak_rss_mb"], "MiB"))
+    if 100_000 in peaks and 1_000_000 in peaks:
+        growth = 100 * (peaks[1_000_000] / peaks[100_000] - 1)
+        print(f"driver memory growth 100k -> 1M: {growth:+.1f} % (target < 20 %)")
+        results.append(result("100k->1M", "driver_rss_growth", growth, "%"))
+    emit("plan", results)
+
+
+if __name__ == "__main__":
+    main()
