@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from samflow.flows.sample_data import write_sample_dataset
+from tests.cli_summary import summary_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CHATTER = ("HTTP Request", "logging_progress", "Execution plan", "streaming_executor", "Started a local Ray",
@@ -32,7 +33,7 @@ def test_sample_run_shows_progress_and_summary_then_runs_lists_and_reports_it(tm
 
     done = samflow("annotate", str(src), "--out", str(out), "--profile", "tiny", "--set", "stages.embed.enabled=false")
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])
+    result = summary_of(done.stdout)
     run_id = result["run_id"]
     assert result["counts"]["inputs"] == inputs
     assert result["counts"]["errors"] >= 1  # the broken file

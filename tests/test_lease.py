@@ -17,6 +17,7 @@ import pytest
 from samflow.flows.config import StorageConfig
 from samflow.flows.lease import Lease, LeaseHeld
 from samflow.flows.sample_data import write_sample_dataset
+from tests.cli_summary import summary_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +129,6 @@ def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
                    "--set", "stages.embed.enabled=false", "--set", f"output.lease_ttl_s={ttl}")
     assert done.returncode == 0, done.stderr
     assert "waiting: output" in done.stderr and "node-b:4242:feedbeef" in done.stderr  # it waited for expiry
-    counts = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])["counts"]
+    counts = summary_of(done.stdout)["counts"]
     assert counts["inputs"] == len(written) == counts["images"] + counts["errors"]
     assert Lease(dst, StorageConfig()).read() is None  # released at the end

@@ -17,6 +17,7 @@ from samflow.flows.config import StorageConfig
 from samflow.flows.sample_data import write_sample_dataset
 from samflow.flows.storage import list_files, read_bytes, write_bytes
 from tests.s3_proxy import FaultProxy, Faults
+from tests.cli_summary import summary_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def test_annotate_run_through_flaky_storage_completes_exactly(s3_server, s3_buck
             capture_output=True, text=True, env=env, timeout=900,
         )
     assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout[done.stdout.rindex('{\n "run_id"'):])["counts"]
+    counts = summary_of(done.stdout)["counts"]
     assert counts["inputs"] == len(written) == counts["images"] and counts["errors"] == 0
     assert faults.counts["slowdown"] + faults.counts["reset"] >= 3, faults.counts
     committed = s3_fs.ls(f"{s3_bucket}/run-out/_commits")
