@@ -63,7 +63,7 @@ def run(tmp_path_factory, ray_cluster, served_checkpoint):
         "stages.propose.enabled=true", "stages.propose.model=tiny://maskrcnn", "stages.propose.maskrcnn_masks=rows",
         "stages.propose.score_thresh=0.0", "stages.propose.max_boxes=3",
         "stages.semantic.enabled=true", "stages.semantic.skip_classes=[]",
-        "stages.embed.models=[clip, dinov2]", "output.shard_rows=2",
+        "stages.embed.models=[clip, dinov2]", "output.shard_rows=2", "stages.track.enabled=false",
         # six model pools on the session cluster's six logical CPUs, with decode and the writer
         *(f"stages.{name}.num_cpus=0.5" for name in ("upscale", "propose", "segment", "embed", "semantic")),
     ])
