@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import emit, result  # noqa: E402
 from samflow.flows.sample_data import synthetic_scene  # noqa: E402
 from samflow.models.amg import AmgParams, MaskGenerator  # noqa: E402
-from samflow.models.hf import build_tiny  # noqa: E402
+from samflow.models.hf import build_in_code as build_tiny  # noqa: E402
 from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation  # noqa: E402
 from samflow.models.sam import SamRunner  # noqa: E402
 
@@ -225,6 +225,7 @@ def bench_model(name: str, device: torch.device, dtype: torch.dtype, images: lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small run (< 2 minutes on a 2-core CPU)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny image, coarse grid (seconds)")
     parser.add_argument("--models", default=None, help="comma list of tiny, vit-b, vit-l, vit-h")
     parser.add_argument("--images", type=int, default=None, help="images per case")
     parser.add_argument("--batch", type=int, default=None, help="images per engine call")
@@ -246,6 +247,8 @@ def main() -> None:
         models = (args.models or "tiny").split(",")
         n_images, batch, (h, w) = args.images or (4 if args.quick else 16), args.batch or 4, (144, 192)
         base = AmgParams(points_per_side=16 if args.quick else 32, crop_n_layers=args.crop_layers)
+    if args.smoke and not cuda:
+        n_images, batch, (h, w), base = 1, 1, (48, 64), AmgParams(points_per_side=4)
     images = make_images(n_images, h, w)
     results = []
     for name in models:

@@ -146,13 +146,15 @@ def run_case(case: Case, device: torch.device, scheme: str, seconds: float, min_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short timing windows (< 2 min on 2 CPU cores)")
+    parser.add_argument("--smoke", action="store_true", help="one step per case (seconds)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=None, help="timing window per case")
     parser.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help="run only these families")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    seconds = args.seconds if args.seconds is not None else (0.3 if args.quick else 3.0)
+    args.quick = args.quick or args.smoke
+    seconds = args.seconds if args.seconds is not None else (0.0 if args.smoke else 0.3 if args.quick else 3.0)
     torch.manual_seed(0)
     peak_dtype = torch.bfloat16 if gpu else torch.float32
     peak = matmul_peak_flops(device, peak_dtype, args.quick)
@@ -160,7 +162,7 @@ def main() -> None:
     results = [result(f"matmul peak ({str(peak_dtype).removeprefix('torch.')})", "peak", peak / scale, unit)]
     print(f"matmul peak: {peak / scale:.3f} {unit} ({peak_dtype})", flush=True)
     scheme = "random" if gpu else "tiny"
-    min_steps = 2 if args.quick else 5
+    min_steps = 1 if args.smoke else 2 if args.quick else 5
     for case in cases(gpu):
         if args.only and case.family not in args.only:
             continue
