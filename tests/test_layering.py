@@ -13,6 +13,8 @@ FORBIDDEN = {
     "models": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
     "actors": {"samflow.flows", "prefect", "fsspec", "s3fs"},
     "exporters": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
+    # Storage reaches the index as a pyarrow filesystem or local files handed over by flows.
+    "index": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
 }
 
 

@@ -24,7 +24,8 @@ from samflow.actors.propose import ProposeStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.actors.rescale import downscale_mask, records_to_original
 from samflow.flows.config import RayConfig, StageConfig, load_config
-from samflow.flows.pipeline import _pool, build_dataset, gpus_usable, model_stages, run_pipeline
+from samflow.flows.pipeline import _pool, build_dataset, cpu_fallback, model_stages, run_pipeline
+from samflow.flows.resources import StagePlacement
 from samflow.flows.sample_data import synthetic_scene
 from samflow.flows.upscaled import upscaled_uri
 from samflow.models.registry import load_model
@@ -254,23 +255,21 @@ def test_mask_crop_covers_the_box_in_upscaled_pixels():
     np.testing.assert_array_equal(crop, image[4:8, 2:10])
 
 
-def test_gpu_stages_fall_back_to_cpu_only_when_the_cluster_has_no_gpu():
+def test_pool_asks_for_the_fitted_resources():
     stage = StageConfig(num_gpus=0.5, concurrency=(1, 3))
-    assert _pool("segment", stage, gpus_present=True)["num_gpus"] == 0.5
-    assert _pool("segment", stage, gpus_present=False)["num_gpus"] is None
-    compute = _pool("segment", stage, gpus_present=True)["compute"]
+    pool = _pool(stage, StagePlacement(num_cpus=0.25, num_gpus=0.5))
+    assert (pool["num_gpus"], pool["num_cpus"]) == (0.5, 0.25)
+    assert _pool(stage, StagePlacement(num_cpus=1.0, num_gpus=0.0))["num_gpus"] is None
+    compute = pool["compute"]
     assert (compute.min_size, compute.max_size) == (1, 3)
 
 
-def test_cpu_fallback_is_automatic_only_on_a_local_ray(ray_cluster, monkeypatch):
-    import ray
-
-    assert not ray.cluster_resources().get("GPU")  # the test cluster has no GPU
+def test_cpu_fallback_is_automatic_only_on_a_local_ray(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert gpus_usable(RayConfig()) is False  # local: GPU stages run on CPU
-    assert gpus_usable(RayConfig(address="ray://head:10001")) is True  # joined: wait for GPU nodes
-    assert gpus_usable(RayConfig(address="ray://head:10001", cpu_fallback=True)) is False
-    assert gpus_usable(RayConfig(cpu_fallback=False)) is True
+    assert cpu_fallback(RayConfig()) is True  # local: GPU stages run on CPU
+    assert cpu_fallback(RayConfig(address="ray://head:10001")) is False  # joined: GPU nodes may come
+    assert cpu_fallback(RayConfig(address="ray://head:10001", cpu_fallback=True)) is True
+    assert cpu_fallback(RayConfig(cpu_fallback=False)) is False
 
 
 def test_a_partly_given_stage_section_keeps_that_stage_defaults():

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -208,6 +209,13 @@ def _stop_head(starter: subprocess.Popen, temp_dir: str) -> None:
 
 @pytest.fixture(scope="session")
 def ray_head() -> Iterator[RayHead]:
+    with running_head(num_cpus=1) as head:
+        yield head
+
+
+@contextmanager
+def running_head(num_cpus: int) -> Iterator[RayHead]:
+    """A `ray start --head` with ``num_cpus`` CPUs, no GPU, token auth, in its own temp dir."""
     ray_bin = Path(sys.executable).with_name("ray")
     gcs, dashboard, client, agent = _free_ports(4)
     token = secrets.token_hex(24)
@@ -232,7 +240,7 @@ def ray_head() -> Iterator[RayHead]:
             [str(ray_bin), "start", "--head", "--block", f"--port={gcs}",
              f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
              f"--dashboard-agent-listen-port={agent}", "--dashboard-host=127.0.0.1",
-             "--num-cpus=1", "--num-gpus=0", "--include-dashboard=true",
+             f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true",
              f"--temp-dir={temp_dir}", "--disable-usage-stats"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )

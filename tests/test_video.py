@@ -1,5 +1,6 @@
-"""Video frame sampling (PyAV): which frames each policy keeps, their pixels and timestamps, and
-cut-short or broken videos as error rows. Skipped where PyAV is not installed."""
+"""Video frame sampling (PyAV): which frames each policy keeps, their pixels and timestamps,
+rotation, streaming in bounded chunks, caps that are never silent, and broken videos as error
+rows that keep the frames before the damage. Skipped where PyAV is not installed."""
 
 from __future__ import annotations
 
@@ -16,37 +17,58 @@ from samflow.actors.video import VideoError, sample_frames  # noqa: E402
 from samflow.flows.config import InputConfig, StorageConfig, VideoSampling  # noqa: E402
 from samflow.flows.storage import StorageSource, join, open_file, write_bytes  # noqa: E402
 from samflow.schemas.ids import item_id  # noqa: E402
+from tests.videos import (  # noqa: E402
+    damaged_packet_avi,
+    fake_video,
+    make_video,
+    rotated_mp4,
+    unknown_codec_avi,
+    zero_frame_avi,
+)
 
 N_FRAMES, RATE = 25, 10  # 2.5 s
-
-
-def make_video(container: str = "mp4", codec: str = "libx264", gop: int = 10, n_frames: int = N_FRAMES) -> bytes:
-    """Frame i is flat with red = 10 * i, so a decoded frame tells which one it is."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as out:
-        stream = out.add_stream(codec, rate=RATE)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.gop_size = gop
-        for i in range(n_frames):
-            rgb = np.zeros((48, 64, 3), dtype=np.uint8)
-            rgb[:, :, 0] = 10 * i
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buffer.getvalue()
+CONTAINERS = [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mjpeg"), ("matroska", "mpeg4")]
+VFR_MS = [0, 40, 160, 230, 270, 400, 900]  # frame times of the variable-frame-rate clip
 
 
 def _sample(data: bytes, **policy) -> list:
     return list(sample_frames(io.BytesIO(data), VideoSampling(**policy), max_pixels=10**8))
 
 
+def _sample_until_error(data: bytes, **policy) -> tuple[list, VideoError | None]:
+    frames = []
+    try:
+        for frame in sample_frames(io.BytesIO(data), VideoSampling(**policy), 10**8):
+            frames.append(frame)
+    except VideoError as err:
+        return frames, err
+    return frames, None
+
+
 def _which(frames: list) -> list[int]:
     """The source frame number each decoded frame shows (from its red level)."""
-    return [int(round(f.rgb[24, 32, 0] / 10)) for f in frames]
+    return [int(round(f.rgb[f.rgb.shape[0] // 2, f.rgb.shape[1] // 2, 0] / 10)) for f in frames]
 
 
-@pytest.mark.parametrize(("container", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9"), ("matroska", "mpeg4")])
+def _decode_files(tmp_path: Path, files: dict[str, bytes], **video) -> dict[str, np.ndarray]:
+    paths = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    cfg = InputConfig(video=VideoSampling(**video))
+    return DecodeStage(StorageSource(StorageConfig()), cfg)(
+        {"uri": np.array([str(p) for p in paths], dtype=object), "size": np.array([p.stat().st_size for p in paths])}
+    )
+
+
+def _rows_of(out: dict[str, np.ndarray], uri: str) -> list[tuple[int, str]]:
+    return [(int(f), str(e)) for u, f, e in zip(out["uri"], out["frame_index"], out["error_type"]) if u.endswith(uri)]
+
+
+# --- sampling modes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("container", "codec"), CONTAINERS)
 def test_every_n_keeps_every_nth_frame_with_its_time(container: str, codec: str) -> None:
     frames = _sample(make_video(container, codec), mode="every_n", every_n=5)
     assert [f.index for f in frames] == [0, 5, 10, 15, 20]
@@ -55,31 +77,109 @@ def test_every_n_keeps_every_nth_frame_with_its_time(container: str, codec: str)
     assert all(f.rgb.shape == (48, 64, 3) and f.rgb.dtype == np.uint8 for f in frames)
 
 
-def test_fps_sampling_picks_one_frame_per_period() -> None:
-    frames = _sample(make_video(), mode="fps", fps=2.0)
+@pytest.mark.parametrize(("container", "codec"), CONTAINERS)
+def test_fps_sampling_picks_one_frame_per_period(container: str, codec: str) -> None:
+    frames = _sample(make_video(container, codec), mode="fps", fps=2.0)
     assert [f.index for f in frames] == [0, 5, 10, 15, 20]
-    frames = _sample(make_video(), mode="fps", fps=0.75)  # ticks at 0, 1.33, 2.67 s
+    assert _which(frames) == [0, 5, 10, 15, 20]
+    frames = _sample(make_video(container, codec), mode="fps", fps=0.75)  # ticks at 0, 1.33, 2.67 s
     assert [f.index for f in frames] == [0, 14]
 
 
-def test_keyframes_mode_returns_only_keyframes_at_their_true_position() -> None:
-    frames = _sample(make_video(gop=10), mode="keyframes")
+def test_fps_sampling_follows_pts_on_a_variable_frame_rate_video() -> None:
+    data = make_video("matroska", "libx264", times_ms=VFR_MS, last_ms=600)
+    every = _sample(data, mode="every_n", every_n=1)
+    assert [f.timestamp_s for f in every] == pytest.approx([t / 1000 for t in VFR_MS], abs=1e-3)
+    frames = _sample(data, mode="fps", fps=5.0)  # ticks every 0.2 s: 0, 0.2, 0.4, (0.6, 0.8 empty)
+    assert [f.timestamp_s for f in frames] == pytest.approx([0.0, 0.23, 0.4, 0.9], abs=1e-3)
+    assert [f.index for f in frames] == [0, 3, 5, 6]
+    assert _which(frames) == [0, 3, 5, 6]
+
+
+@pytest.mark.parametrize(("container", "codec"), [("mp4", "libx264"), ("webm", "libvpx-vp9")])
+def test_keyframes_mode_returns_only_keyframes_at_their_true_position(container: str, codec: str) -> None:
+    frames = _sample(make_video(container, codec, gop=10), mode="keyframes")
     assert [f.index for f in frames] == [0, 10, 20]
+    assert [f.timestamp_s for f in frames] == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
     assert _which(frames) == [0, 10, 20]
 
 
-def test_max_frames_caps_the_sample() -> None:
-    assert [f.index for f in _sample(make_video(), mode="every_n", every_n=1, max_frames=3)] == [0, 1, 2]
+def test_rotation_metadata_is_applied() -> None:
+    frames = _sample(rotated_mp4(), mode="every_n", every_n=1)
+    assert len(frames) == 5
+    for frame in frames:
+        assert frame.rgb.shape == (64, 48, 3)  # stored 64x48 landscape, shown portrait
+        # the white square stored top-left shows top-right after a clockwise quarter turn
+        assert frame.rgb[2, 45].min() > 200 and frame.rgb[2, 2].max() < 80
+        assert frame.rgb[62, 2].max() < 80
+
+
+# --- caps are opt-in and never silent ----------------------------------------------------------
+
+
+def test_no_cap_by_default_a_long_video_keeps_every_sampled_frame() -> None:
+    assert VideoSampling().max_frames == 0
+    data = make_video("matroska", "mpeg4", rate=30, n_frames=400, gop=30)
+    frames, err = _sample_until_error(data, mode="every_n", every_n=1)
+    assert err is None and len(frames) == 400
+
+
+@pytest.mark.parametrize(("policy", "kept", "skipped"), [
+    ({"mode": "every_n", "every_n": 1}, [0, 1, 2], 22),
+    ({"mode": "every_n", "every_n": 4}, [0, 4, 8], 4),  # 12, 16, 20, 24
+    ({"mode": "fps", "fps": 2.0}, [0, 5, 10], 2),  # 1.5 s, 2.0 s
+    ({"mode": "keyframes"}, [0, 5, 10], 2),  # gop 5: 15, 20
+])
+def test_a_user_cap_keeps_the_first_frames_and_names_what_it_skipped(policy, kept, skipped) -> None:
+    frames, err = _sample_until_error(make_video(gop=5), max_frames=3, **policy)
+    assert [f.index for f in frames] == kept
+    assert err is not None and err.error_type == "frames_capped"
+    assert f"{skipped} more sampled frames were skipped" in err.message and "max_frames=3" in err.message
+
+
+# --- good files that must not be called broken -------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(make_video("avi", "mjpeg", rate=6, n_frames=30), id="6fps-avi"),
+    pytest.param(make_video("matroska", "libx264", times_ms=VFR_MS, last_ms=600), id="vfr-mkv-long-last-frame"),
+    pytest.param(make_video("matroska", "libx264", times_ms=VFR_MS, last_ms=40), id="vfr-mkv"),
+    pytest.param(make_video("webm", "libvpx-vp9", rate=6, n_frames=13), id="6fps-webm"),
+])
+def test_good_low_and_variable_rate_videos_are_not_truncated(data: bytes) -> None:
+    frames, err = _sample_until_error(data, mode="every_n", every_n=1)
+    assert err is None, err
+    assert frames and [f.index for f in frames] == list(range(len(frames)))
+
+
+# --- broken videos -----------------------------------------------------------------------------
 
 
 def test_cut_short_stream_raises_after_the_frames_it_had() -> None:
     data = make_video("webm", "libvpx-vp9")
-    frames = []
-    with pytest.raises(VideoError) as caught:
-        for frame in sample_frames(io.BytesIO(data[: len(data) // 2]), VideoSampling(mode="every_n", every_n=1), 10**8):
-            frames.append(frame)
-    assert caught.value.error_type == "truncated" and "2.50s" in caught.value.message
+    frames, err = _sample_until_error(data[: len(data) // 2], mode="every_n", every_n=1)
+    assert err is not None and err.error_type == "truncated" and "2.50s" in err.message
     assert 0 < len(frames) < N_FRAMES
+    assert _which(frames) == list(range(len(frames)))
+
+
+def test_a_damaged_packet_costs_its_frame_only_and_is_reported() -> None:
+    frames, err = _sample_until_error(damaged_packet_avi(n_frames=12, bad=5), mode="every_n", every_n=1)
+    assert err is not None and err.error_type == "corrupt" and "1 damaged packets" in err.message
+    assert 5 not in _which(frames) and len(frames) == 11
+    assert _which(frames)[:5] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("data", "error_type", "words"), [
+    (b"", "empty_file", "0 bytes"),
+    (fake_video(), "corrupt", "cannot read the container"),
+    (zero_frame_avi(), "empty_video", "no frames"),
+    (unknown_codec_avi(), "unsupported_codec", "no decoder"),
+])
+def test_unreadable_videos_become_one_clear_error_row(tmp_path: Path, data: bytes, error_type: str, words: str) -> None:
+    out = _decode_files(tmp_path, {"bad.video": data}, mode="every_n", every_n=1)
+    assert list(out["error_type"]) == [error_type]
+    assert words in out["error_message"][0]
 
 
 def test_frame_size_over_max_pixels_is_refused_before_decoding() -> None:
@@ -89,29 +189,59 @@ def test_frame_size_over_max_pixels_is_refused_before_decoding() -> None:
 
 
 def test_stage_emits_one_row_per_sampled_frame_and_error_rows(tmp_path: Path) -> None:
-    good = tmp_path / "clip.mp4"
-    good.write_bytes(make_video())
-    cut = tmp_path / "cut.webm"
     whole = make_video("webm", "libvpx-vp9")
-    cut.write_bytes(whole[: len(whole) // 2])
-    moov_lost = tmp_path / "moov_lost.mp4"
-    moov_lost.write_bytes(good.read_bytes()[:2000])
-    files = [good, cut, moov_lost]
-    cfg = InputConfig(video=VideoSampling(mode="every_n", every_n=10))
-    out = DecodeStage(StorageSource(StorageConfig()), cfg)(
-        {"uri": np.array([str(p) for p in files], dtype=object), "size": np.array([p.stat().st_size for p in files])}
-    )
-    rows = list(zip(out["uri"], out["frame_index"], out["error_type"], out["item_id"], out["timestamp_s"]))
-    clip_rows = [r for r in rows if r[0] == str(good)]
-    assert [(r[1], r[2]) for r in clip_rows] == [(0, ""), (10, ""), (20, "")]
-    assert [r[3] for r in clip_rows] == [item_id(str(good), i) for i in (0, 10, 20)]
-    assert [r[4] for r in clip_rows] == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
-    cut_rows = [r for r in rows if r[0] == str(cut)]
-    assert [r[2] for r in cut_rows] == ["", "truncated"]  # the frame it had, then why it stopped
-    assert [r[2] for r in rows if r[0] == str(moov_lost)] == ["corrupt"]
-    for i, uri in enumerate(out["uri"]):
+    files = {
+        "clip.mp4": make_video(),
+        "cut.webm": whole[: len(whole) // 2],
+        "moov_lost.mp4": make_video()[:2000],
+        "damaged.avi": damaged_packet_avi(n_frames=12, bad=5),
+        "capped.mkv": make_video("matroska", "mpeg4"),
+    }
+    out = _decode_files(tmp_path, files, mode="every_n", every_n=10)
+    good = str(tmp_path / "clip.mp4")
+    assert _rows_of(out, "clip.mp4") == [(0, ""), (10, ""), (20, "")]
+    assert [out["item_id"][i] for i, u in enumerate(out["uri"]) if u == good] == [item_id(good, i) for i in (0, 10, 20)]
+    assert [t for t, u in zip(out["timestamp_s"], out["uri"]) if u == good] == pytest.approx([0.0, 1.0, 2.0], abs=1e-3)
+    assert [e for _, e in _rows_of(out, "cut.webm")] == ["", "truncated"]  # the frame it had, then why it stopped
+    assert _rows_of(out, "moov_lost.mp4") == [(0, "truncated")]  # cut inside its header
+    assert _rows_of(out, "damaged.avi") == [(0, ""), (10, ""), (0, "corrupt")]
+    for i in range(len(out["uri"])):
         if out["error_type"][i] == "":
             assert len(out["pixels"][i]) == out["height"][i] * out["width"][i] * 3
+    capped = _decode_files(tmp_path, {"capped.mkv": files["capped.mkv"]}, mode="every_n", every_n=10, max_frames=1)
+    assert _rows_of(capped, "capped.mkv") == [(0, ""), (0, "frames_capped")]
+    assert "2 more sampled frames were skipped" in capped["error_message"][1]
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+
+def test_stage_streams_a_video_in_bounded_chunks_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "long.mkv"
+    path.write_bytes(make_video("matroska", "mpeg4", rate=30, n_frames=100, gop=30))
+    stage = DecodeStage(StorageSource(StorageConfig()), InputConfig(video=VideoSampling(mode="every_n", every_n=1, chunk_frames=8)))
+    chunks = stage.stream({"uri": np.array([str(path)], dtype=object), "size": np.array([path.stat().st_size])})
+    first = next(chunks)  # a generator: the first chunk leaves before the rest is decoded
+    sizes, indices = [len(first["uri"])], list(first["frame_index"])
+    for chunk in chunks:
+        sizes.append(len(chunk["uri"]))
+        indices.extend(chunk["frame_index"])
+    assert max(sizes) == 8 and sum(sizes) == 100
+    assert indices == list(range(100))
+
+
+def test_deferred_videos_become_one_pending_row_and_images_decode(tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "clip.webm").write_bytes(make_video("webm", "libvpx-vp9"))
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "still.png")
+    paths = [tmp_path / "clip.webm", tmp_path / "still.png"]
+    stage = DecodeStage(StorageSource(StorageConfig()), InputConfig(), defer_videos=True)
+    out = stage({"uri": np.array([str(p) for p in paths], dtype=object), "size": np.array([p.stat().st_size for p in paths])})
+    assert list(out["video_pending"]) == [True, False]
+    assert list(out["error_type"]) == ["", ""] and out["pixels"][0] == b"" and len(out["pixels"][1]) == 8 * 6 * 3
+    frames = list(stage.video_frames(str(paths[0])))
+    assert len(frames) == 3  # input.video default: 1 fps over 2.5 s
 
 
 def test_video_streams_from_s3_without_a_full_download(s3_bucket: str) -> None:

@@ -3,8 +3,9 @@
 Model stages run with ``batch_format="pyarrow"`` and decorate ``__call__`` with
 :func:`arrow_batches`, which hands them a dict of columns: ``uri, item_id, frame_index,
 timestamp_s, width, height`` (the image), ``pixels`` (raw RGB bytes, H*W*3, C order; empty for
-error rows), ``error_stage, error_type, error_message`` ("" when the row is healthy) as numpy
-arrays; nested Arrow columns (``masks``: every mask of the row, see ``samflow.schemas.masks``,
+error rows), ``error_stage, error_type, error_message`` ("" when the row is healthy),
+``video_pending`` (True: the row stands for a whole video, no pixels yet; the track stage expands
+it into frame rows) as numpy arrays; nested Arrow columns (``masks``: every mask of the row, see ``samflow.schemas.masks``,
 the one module that owns that format) stay ``pyarrow`` arrays and are read and built only through
 that module; fixed-size float lists (``embedding``) arrive as 2-D numpy arrays and go back as
 fixed-size float32 lists. Stages add one ``_meta_<stage>`` column (JSON: model uri, checkpoint
@@ -101,8 +102,13 @@ def arrow_batches(call: Callable[..., Batch]) -> Callable[..., Any]:
 
 
 def healthy(batch: Batch) -> np.ndarray:
-    """Indices of the rows no earlier stage has failed."""
-    return np.flatnonzero(np.asarray(batch["error_type"]) == "")
+    """Indices of the rows no earlier stage has failed, and that hold pixels (a
+    ``video_pending`` row is a whole video the track stage decodes later)."""
+    ok = np.asarray(batch["error_type"]) == ""
+    pending = batch.get("video_pending")
+    if pending is not None:
+        ok &= ~np.asarray(pending, dtype=bool)
+    return np.flatnonzero(ok)
 
 
 def upscale_factor_at(batch: Batch, row: int) -> int:

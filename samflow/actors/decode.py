@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any, Protocol
 
 import numpy as np
@@ -304,36 +304,62 @@ class InputLimits(Protocol):
     video: VideoPolicy
 
 
+# Rows per output chunk when the video policy does not say (images are small next to a chunk).
+_DEFAULT_CHUNK_ROWS = 16
+
+
 class DecodeStage:
     """Ray Data ``map_batches`` callable (``batch_format="numpy"``): ``uri``, ``size`` in; out,
     one row per image, one per sampled video frame (``input.video``), or an error row. Holds no
     model, so it can run as tasks or as an actor pool.
 
+    :meth:`stream` is the form the pipeline runs: it yields the rows in chunks of at most
+    ``input.video.chunk_frames`` rows as the frames leave the decoder, so a long video never
+    sits whole in one block or in memory. Calling the stage returns all rows at once (tests).
+
     A video whose stream breaks after some frames keeps those frames and adds one error row
-    saying where it broke, so the damage is never silent.
+    saying where it broke, so the damage is never silent. With ``defer_videos`` (the track
+    stage is on) a video becomes one ``video_pending`` row with no pixels: the track stage
+    decodes it, in order, as it tracks.
     """
 
-    def __init__(self, source: ByteSource, input_cfg: InputLimits, stage_name: str = "decode"):
+    def __init__(
+        self, source: ByteSource, input_cfg: InputLimits, stage_name: str = "decode",
+        defer_videos: bool = False,
+    ):
         self.source = source
         self.input_cfg = input_cfg
         self.stage_name = stage_name
+        self.defer_videos = defer_videos
+        self.chunk_rows = max(1, int(getattr(input_cfg.video, "chunk_frames", _DEFAULT_CHUNK_ROWS)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows: list[dict[str, Any]] = []
-        for uri, size in zip(batch["uri"], batch["size"]):
-            rows.extend(self._rows(str(uri), int(size)))
-        return _columns(rows)
+        return _columns([row for uri, size in _listed(batch) for row in self._rows(uri, size)])
 
-    def _rows(self, uri: str, size: int) -> list[dict[str, Any]]:
+    def stream(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """The rows of ``batch``'s files in bounded chunks (always at least one, maybe empty)."""
+        pending: list[dict[str, Any]] = []
+        emitted = False
+        for uri, size in _listed(batch):
+            for row in self._rows(uri, size):
+                pending.append(row)
+                if len(pending) >= self.chunk_rows:
+                    yield _columns(pending)
+                    pending, emitted = [], True
+        if pending or not emitted:
+            yield _columns(pending)
+
+    def _rows(self, uri: str, size: int) -> Iterator[dict[str, Any]]:
+        """The file's rows; whatever fails becomes one error row after the rows it had."""
         try:
-            return self._decode(uri, size)
+            yield from self._decode(uri, size)
         except (DecodeError, VideoError) as err:
-            return [_error_row(uri, self.stage_name, err.error_type, err.message)]
+            yield _error_row(uri, self.stage_name, err.error_type, err.message)
         except Exception as exc:  # noqa: BLE001 - a bad row must never fail the batch
             message = f"unexpected {type(exc).__name__} while decoding: {exc}"
-            return [_error_row(uri, self.stage_name, "internal_error", message)]
+            yield _error_row(uri, self.stage_name, "internal_error", message)
 
-    def _decode(self, uri: str, size: int) -> list[dict[str, Any]]:
+    def _decode(self, uri: str, size: int) -> Iterator[dict[str, Any]]:
         max_bytes = self.input_cfg.max_bytes
         if size > max_bytes:
             raise _too_large(size, max_bytes)
@@ -345,27 +371,30 @@ class DecodeStage:
             head = data[:_HEAD_BYTES]
         kind = sniff_kind(head)
         if kind in VIDEO_KINDS:
-            return self._video_rows(uri, kind, data)
+            yield from self._video_rows(uri, kind, data)
+            return
         if data is None:
             data = self._read(uri, lambda: self.source.read(uri))
         if len(data) > max_bytes:  # the file grew since it was listed
             raise _too_large(len(data), max_bytes)
-        return [_image_row(uri, decode_image(data, self.input_cfg.max_pixels))]
+        yield _image_row(uri, decode_image(data, self.input_cfg.max_pixels))
 
-    def _video_rows(self, uri: str, kind: str, data: bytes | None) -> list[dict[str, Any]]:
+    def _video_rows(self, uri: str, kind: str, data: bytes | None) -> Iterator[dict[str, Any]]:
         reason = video_support()
         if reason:
             raise DecodeError("unsupported_video", f"{kind.upper()} video: {reason}")
-        rows: list[dict[str, Any]] = []
-        try:
-            with self._open(uri, data) as source:
-                for frame in sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels):
-                    rows.append(_image_row(uri, frame.rgb, frame.index, frame.timestamp_s))
-        except VideoError as err:
-            if not rows:
-                raise
-            rows.append(_error_row(uri, self.stage_name, err.error_type, err.message))
-        return rows
+        if self.defer_videos:
+            yield _pending_video_row(uri)
+            return
+        with self._open(uri, data) as source:
+            for frame in sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels):
+                yield _image_row(uri, frame.rgb, frame.index, frame.timestamp_s)
+
+    def video_frames(self, uri: str) -> Iterator[Any]:
+        """The sampled frames of a video (``video.Frame``), opened from storage; for the track
+        stage, which decodes the videos this stage deferred. Raises DecodeError / VideoError."""
+        with self._open(uri, None) as source:
+            yield from sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels)
 
     def _open(self, uri: str, data: bytes | None) -> IO[bytes]:
         if data is not None:
@@ -407,7 +436,13 @@ def _image_row(
         "error_stage": "",
         "error_type": "",
         "error_message": "",
+        "video_pending": False,
     }
+
+
+def _pending_video_row(uri: str) -> dict[str, Any]:
+    """A whole video, not decoded yet (the track stage decodes it); no pixels, not an error."""
+    return dict(_error_row(uri, "", "", ""), video_pending=True)
 
 
 def _error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
@@ -422,6 +457,7 @@ def _error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str,
         "error_stage": stage,
         "error_type": error_type,
         "error_message": message,
+        "video_pending": False,
     }
 
 
@@ -439,6 +475,7 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     out["timestamp_s"] = np.array([r["timestamp_s"] for r in rows], dtype=np.float64)
     out["width"] = np.array([r["width"] for r in rows], dtype=np.int32)
     out["height"] = np.array([r["height"] for r in rows], dtype=np.int32)
+    out["video_pending"] = np.array([r["video_pending"] for r in rows], dtype=bool)
     pixels = np.empty(len(rows), dtype=object if rows else "S1")
     pixels[:] = [r["pixels"] for r in rows]
     out["pixels"] = pixels
@@ -447,5 +484,9 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 _ORDER = (
     "uri", "item_id", "frame_index", "timestamp_s", "width", "height",
-    "pixels", "error_stage", "error_type", "error_message",
+    "pixels", "error_stage", "error_type", "error_message", "video_pending",
 )
+
+
+def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int]]:
+    return ((str(uri), int(size)) for uri, size in zip(batch["uri"], batch["size"]))

@@ -6,6 +6,10 @@ bounding-box crop (cut from the pixels the stage sees, upscaled ones when upscal
 too, and the mask gets ``label`` and ``label_score`` (zero-shot over the vocabulary with prompt
 ensembling; only with a non-empty vocabulary) and, with ``mask_embeddings``, its own unit
 ``embedding`` (a fixed-size float32 list).
+
+Concept masks (``source: "concept"``, labelled by SAM 3) keep their label and score; CLIP
+verifies them instead: ``verified`` (CLIP's top label over the vocabulary is SAM 3's) and
+``verify_score`` (CLIP's probability of SAM 3's label).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from samflow.actors.batch import (
     stage_meta,
     upscale_factor_at,
 )
+from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
 from samflow.models.registry import load_model
 from samflow.schemas import masks as mask_column
 
@@ -57,6 +62,7 @@ class EmbedStage:
     ) -> None:
         self.clip = load_model("clip", model_uri, device=device)
         self.vocabulary = list(vocabulary)
+        self._index = {label: k for k, label in enumerate(self.vocabulary)}
         self.templates = list(templates) or ["{}"]
         self.mask_embeddings = mask_embeddings
         self.crops_per_batch = crops_per_batch
@@ -106,22 +112,21 @@ class EmbedStage:
             for bbox in row_boxes
         ]
         if not crops:
-            return [MaskOutputs.none(self.clip.dim) for _ in images]
+            return [MaskOutputs.none(self.clip.dim, len(self.vocabulary)) for _ in images]
         vectors = torch.cat(
             [
                 self.clip.embed_images(crops[start : start + self.crops_per_batch]).float()
                 for start in range(0, len(crops), self.crops_per_batch)
             ]
         )
-        labels, scores = [], np.zeros(len(crops), np.float32)
+        probs = np.zeros((len(crops), len(self.vocabulary)), np.float32)
         if self.vocabulary:
-            indices, top = self.clip.zero_shot(vectors, self.vocabulary, self.templates)
-            labels, scores = [self.vocabulary[i] for i in indices.tolist()], top.float().numpy()
+            probs = self.clip.label_probabilities(vectors, self.vocabulary, self.templates).float().numpy()
         vectors_np = vectors.numpy()
         out, start = [], 0
         for row_boxes in boxes:
             end = start + len(row_boxes)
-            out.append(MaskOutputs(labels[start:end], scores[start:end], vectors_np[start:end]))
+            out.append(MaskOutputs(probs[start:end], vectors_np[start:end]))
             start = end
         return out
 
@@ -133,28 +138,48 @@ class EmbedStage:
             return masks
         per_row = [results[r][1] if r in results else None for r in range(n)]
         valid = np.repeat([found is not None for found in per_row], counts)
-        outputs = [found or MaskOutputs.none(self.clip.dim, int(k)) for found, k in zip(per_row, counts)]
+        outputs = [found or MaskOutputs.none(self.clip.dim, len(self.vocabulary), int(k))
+                   for found, k in zip(per_row, counts)]
         fields: dict[str, Any] = {}
         if self.vocabulary:
-            labels = [label for found in per_row if found is not None for label in found.labels]
-            named = iter(labels)
-            fields["label"] = pa.array([next(named) if ok else None for ok in valid], pa.string())
-            scores = np.concatenate([found.scores for found in outputs])
-            fields["label_score"] = pa.array(scores, pa.float32(), mask=~valid)
+            probs = np.concatenate([found.probs for found in outputs])
+            fields.update(self._labels_and_verdicts(masks, probs, valid))
         if self.mask_embeddings:
             vectors = np.concatenate([found.vectors for found in outputs])
             fields["embedding"] = mask_column.vectors(vectors, valid)
         return mask_column.with_fields(masks, **fields) if fields else masks
 
 
+    def _labels_and_verdicts(self, masks: Any, probs: np.ndarray, valid: np.ndarray) -> dict[str, pa.Array]:
+        """Per mask (flat order; ``probs`` (masks, V) CLIP's softmax over the vocabulary): a
+        zero-shot label for class-agnostic masks; SAM 3's label kept and judged for concept ones."""
+        top = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+        concept = valid & (mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == CONCEPT_SOURCE)
+        own_labels = mask_column.field(masks, "label").to_pylist()
+        own = np.array([self._index.get(label, -1) for label in own_labels], np.int64)
+        known = own >= 0
+        own_prob = np.where(known, probs[np.arange(len(probs)), np.maximum(own, 0)], 0.0)
+        labels = [own_labels[k] if concept[k] else (self.vocabulary[top[k]] if valid[k] else None)
+                  for k in range(len(top))]
+        top_prob = probs.max(axis=1) if len(probs) else np.zeros(0, np.float32)
+        old_scores = mask_column.field(masks, "label_score").to_numpy(zero_copy_only=False)
+        scores = np.where(concept, old_scores, top_prob)
+        return {
+            "label": pa.array(labels, pa.string()),
+            "label_score": pa.array(scores, pa.float32(), mask=~valid),
+            "verified": pa.array(known & (own == top), pa.bool_(), mask=~concept),
+            "verify_score": pa.array(own_prob, pa.float32(), mask=~concept),
+        }
+
+
 @dataclass
 class MaskOutputs:
-    """One row's per-mask outputs of the embed stage, in mask order."""
+    """One row's per-mask outputs of the embed stage, in mask order: CLIP's probabilities over
+    the vocabulary (masks, V) and the crops' unit vectors (masks, dim)."""
 
-    labels: list[str]
-    scores: np.ndarray
+    probs: np.ndarray
     vectors: np.ndarray
 
     @classmethod
-    def none(cls, dim: int, k: int = 0) -> "MaskOutputs":
-        return cls([], np.zeros(k, np.float32), np.zeros((k, dim), np.float32))
+    def none(cls, dim: int, vocabulary: int, k: int = 0) -> "MaskOutputs":
+        return cls(np.zeros((k, vocabulary), np.float32), np.zeros((k, dim), np.float32))

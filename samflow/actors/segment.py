@@ -2,7 +2,8 @@
 
 With the propose stage's boxes (``proposals_json``) the engine runs its semi-automatic path: one
 mask per box (source "box", with its proposal_score), then the point grid for the rest. Masks
-come out in the original image's coordinates even when the pixels were upscaled.
+come out in the original image's coordinates even when the pixels were upscaled. Masks of the
+concepts stage (SAM 3) stay first in the row, and the point grid skips the pixels they cover.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from samflow.actors.batch import (
     stage_meta,
     upscale_factor_at,
 )
+from samflow.actors.concepts import concept_coverage
 from samflow.actors.propose import proposals_at
 from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
@@ -31,8 +33,9 @@ class SegmentStage:
     """Loads SAM once per actor; appends each row's masks to the batch's ``masks`` column
     (``samflow.schemas.masks``; no masks for rows that failed here or earlier)."""
 
-    def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None) -> None:
-        self.sam = load_model("sam", model_uri, device=device)
+    def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None, runner: Any = None) -> None:
+        # ``runner``: an already loaded SAM runner (or one with its interface) instead of model_uri's
+        self.sam = runner if runner is not None else load_model("sam", model_uri, device=device)
         self.generator = MaskGenerator(self.sam, AmgParams(**engine))
         self.info = {"model": model_uri, "checkpoint_sha256": self.sam.checkpoint_sha256}
 
@@ -46,7 +49,8 @@ class SegmentStage:
                 proposals = [proposals_at(batch, r) for r in chunk]
                 boxes = [None if p is None else p[0] for p in proposals]
                 scores = [None if p is None else p[1] for p in proposals]
-                masks = self.generator.generate(images, boxes=boxes, box_scores=scores)
+                covered = [concept_coverage(batch, r, upscale_factor_at(batch, r)) for r in chunk]
+                masks = self.generator.generate(images, boxes=boxes, box_scores=scores, covered=covered)
                 return [records_to_original(m, upscale_factor_at(batch, r)) for m, r in zip(masks, chunk)]
 
             masks = infer_or_fail(batch, STAGE, rows, infer)

@@ -1,5 +1,10 @@
 """Video -> sampled RGB frames with PyAV (FFmpeg), by fps, every N-th frame, or keyframes.
 
+Frames are yielded one at a time as the demuxer reaches them, so memory does not grow with the
+video's length. Damage never passes silently and never costs the frames before it: the frames
+decoded so far are yielded, then a :class:`VideoError` says what went wrong (``truncated``,
+``corrupt``, ``frames_capped`` when the user's ``max_frames`` cut the sample short, ...).
+
 PyAV is optional: without it, :func:`video_support` says why and the decode stage turns each
 video into an ``unsupported_video`` error row instead of frames.
 """
@@ -7,17 +12,22 @@ video into an ``unsupported_video`` error row instead of frames.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 import numpy as np
 
-
 try:
     import av
 except ImportError:  # pragma: no cover - depends on the environment
     av = None
+
+# A stream this many undecodable packets in a row is garbage, not a damaged patch: stop there.
+_MAX_BAD_RUN = 25
+# Packets a decoder may hold before it outputs their frames (B-frame reorder, frame threads).
+_REORDER_DEPTH = 64
 
 
 class VideoPolicy(Protocol):
@@ -26,7 +36,7 @@ class VideoPolicy(Protocol):
     mode: str  # "fps" | "every_n" | "keyframes"
     fps: float
     every_n: int
-    max_frames: int
+    max_frames: int  # 0 = no cap
 
 
 class VideoError(Exception):
@@ -43,9 +53,9 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class Frame:
-    index: int  # position among all decoded frames of the stream, 0-based
-    timestamp_s: float
-    rgb: np.ndarray  # HxWx3 uint8, C-contiguous
+    index: int  # position among all frames of the stream, 0-based
+    timestamp_s: float  # presentation time from the stream's start (pts x time_base)
+    rgb: np.ndarray  # HxWx3 uint8, C-contiguous, display orientation (rotation applied)
 
 
 def video_support() -> str | None:
@@ -55,7 +65,7 @@ def video_support() -> str | None:
     return None
 
 
-class _Sampler:
+class Sampler:
     """Decides, frame by frame, which frames a sampling policy keeps."""
 
     def __init__(self, sampling: VideoPolicy):
@@ -67,117 +77,240 @@ class _Sampler:
         if mode == "every_n":
             return index % max(1, self.sampling.every_n) == 0
         if mode == "keyframes":
-            return True  # the decoder is told to skip everything else
+            return True  # the caller passes keyframes only
         # fps: the first frame at or after each tick k / fps; ticks missed in a gap are skipped,
-        # not burst out afterwards.
+        # not burst out afterwards. Times come from pts, so variable frame rates sample right.
         if timestamp_s + 1e-6 < self.next_time:
             return False
-        period = 1.0 / self.sampling.fps
-        self.next_time = (math.floor(timestamp_s / period + 1e-6) + 1) * period
+        self.next_time = (self.tick(timestamp_s) + 1) / self.sampling.fps
         return True
+
+    def tick(self, timestamp_s: float) -> int:
+        return math.floor(timestamp_s * self.sampling.fps + 1e-6)
 
 
 def _seconds(value: Any, time_base: Any) -> float | None:
     return float(value * time_base) if value is not None and time_base else None
 
 
-def _rotated(rgb: np.ndarray, rotation: int) -> np.ndarray:
-    """Apply the container's display rotation (degrees counter-clockwise, as FFmpeg reports)."""
-    turns = (rotation // 90) % 4
+def _rotated(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """Apply the display matrix's rotation (degrees counter-clockwise, as FFmpeg reports it)."""
+    turns = int(round(rotation / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
 
 
 def sample_frames(source: IO[bytes], sampling: VideoPolicy, max_pixels: int) -> Iterator[Frame]:
     """Decode the first video stream of ``source`` (a seekable binary file) and yield the frames
-    the sampling policy keeps, at most ``sampling.max_frames``.
+    the sampling policy keeps (at most ``sampling.max_frames`` when that is above 0).
 
     Raises VideoError before the first frame for a file with no decodable video; a stream that
-    breaks after some frames raises VideoError after yielding them.
+    breaks, ends before its declared duration, or is capped raises VideoError after yielding
+    the frames it had.
     """
     if av is None:
         raise VideoError("unsupported_video", video_support() or "")
     try:
         container = av.open(source, mode="r")
+    except av.error.EOFError as exc:
+        message = "truncated video: the file ends inside its container header, before any frame"
+        raise VideoError("truncated", f"{message} ({exc})") from exc
     except av.error.FFmpegError as exc:
         raise VideoError("corrupt", f"corrupt video: FFmpeg cannot read the container ({exc})") from exc
     with container:
-        if not container.streams.video:
-            raise VideoError("no_video_stream", "the container holds no video stream (audio only?)")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > max_pixels:
-            pixels = width * height
-            message = f"video frames are {width}x{height} = {pixels:,} pixels, above the limit of {max_pixels:,}"
-            raise VideoError("too_many_pixels", message + " (input.max_pixels)")
-        if sampling.mode == "keyframes":
+        stream = _video_stream(container, max_pixels)
+        yield from _StreamDecoder(container, stream, sampling, max_pixels).frames()
+
+
+def _video_stream(container: Any, max_pixels: int) -> Any:
+    """The first video stream, checked for a decoder and the pixel limit before any decoding."""
+    if not container.streams.video:
+        raise VideoError("no_video_stream", "the container holds no video stream (audio only?)")
+    stream = container.streams.video[0]
+    codec = getattr(stream.codec_context, "codec", None) if stream.codec_context else None
+    if codec is None:
+        tag = getattr(stream.codec_context, "codec_tag", "") if stream.codec_context else ""
+        message = "unsupported codec: this FFmpeg build has no decoder for the video stream"
+        raise VideoError("unsupported_codec", message + (f" (tag {tag!r})" if tag else ""))
+    _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        pixels = width * height
+        message = f"video frames are {width}x{height} = {pixels:,} pixels, above the limit of {max_pixels:,}"
+        raise VideoError("too_many_pixels", message + " (input.max_pixels)")
+
+
+class _StreamDecoder:
+    """Demux packet by packet (so the end of the stream is known even when frames are skipped),
+    decode, keep what the sampler keeps, then check the stream reached its declared end."""
+
+    def __init__(self, container: Any, stream: Any, sampling: VideoPolicy, max_pixels: int):
+        self.container, self.stream, self.sampling = container, stream, sampling
+        self.max_pixels = max_pixels
+        self.rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+        self.start_s = _seconds(stream.start_time, stream.time_base) or 0.0
+        self.sampler = Sampler(sampling)
+        self.keyframes_only = sampling.mode == "keyframes"
+        if self.keyframes_only:  # the decoder drops everything else without decoding it
             stream.codec_context.skip_frame = "NONKEY"
-        rate = float(stream.average_rate) if stream.average_rate else None
-        yield from _decode(container, stream, sampling, rate)
+        self.end_s: float | None = None  # latest packet end (pts + its own duration) seen
+        self.frames_seen = 0  # frames decoded, or lost to an undecodable packet
+        self.kept, self.last_index, self.last_kept_s = 0, -1, 0.0
+        self.bad_packets, self.bad_run, self.first_bad_s = 0, 0, None
+        self.packets_seen = 0
+        # (time, keyframe) of the latest packets: the decoder may still hold their frames
+        self.recent: deque[tuple[float, bool]] = deque(maxlen=_REORDER_DEPTH)
 
-
-def _duration_s(container: Any, stream: Any) -> float | None:
-    """The duration the container declares (stream's, else the file's), if any."""
-    declared = _seconds(stream.duration, stream.time_base)
-    if declared is None and container.duration:
-        declared = container.duration / 1_000_000  # AV_TIME_BASE
-    return declared
-
-
-def _decode(container: Any, stream: Any, sampling: VideoPolicy, rate: float | None) -> Iterator[Frame]:
-    """Demux packet by packet (so the last packet's time is known even when the decoder skips
-    frames), decode, keep what the sampler keeps; then check the stream reached its declared end."""
-    sampler = _Sampler(sampling)
-    keyframes_only = sampling.mode == "keyframes"
-    kept, decoded, last_index = 0, 0, -1
-    last_packet_s = None
-    try:
-        for packet in container.demux(stream):
-            packet_s = _seconds(packet.pts, packet.time_base)
-            if packet_s is not None:
-                last_packet_s = packet_s if last_packet_s is None else max(last_packet_s, packet_s)
-            for frame in packet.decode():
-                timestamp = _seconds(frame.pts, frame.time_base)
-                if timestamp is None:
-                    timestamp = decoded / rate if rate else float("nan")
-                # Every frame is decoded except in keyframe mode, where the position comes from
-                # the timestamp (kept strictly increasing so frame ids never collide).
-                index = decoded
-                if keyframes_only:
-                    estimate = round(timestamp * rate) if rate and not math.isnan(timestamp) else 0
-                    index = max(last_index + 1, estimate)
-                decoded += 1
-                if keyframes_only and not frame.key_frame:
+    def frames(self) -> Iterator[Frame]:
+        packets = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:  # the container itself is damaged from here on
+                raise self._broken(f"reading the container failed ({exc})") from exc
+            self._note_packet(packet)
+            for frame in self._decode(packet):
+                kept = self._sample(frame)
+                if kept is None:
                     continue
-                if not sampler.keep(index, timestamp):
-                    continue
-                last_index = index
-                rgb = _rotated(frame.to_ndarray(format="rgb24"), int(getattr(frame, "rotation", 0) or 0))
-                yield Frame(index, timestamp, np.ascontiguousarray(rgb))
-                kept += 1
-                if kept >= sampling.max_frames:
-                    return
-    except av.error.FFmpegError as exc:
-        where = f"after {kept} sampled frames" if kept else "before any frame"
-        raise VideoError("corrupt", f"corrupt video: decoding failed {where} ({exc})") from exc
-    if kept == 0:
-        raise VideoError("corrupt", "corrupt video: the stream holds no decodable frame")
-    _check_complete(container, stream, last_packet_s, rate, kept)
+                yield kept
+                if self.sampling.max_frames and self.kept >= self.sampling.max_frames:
+                    raise self._capped(packets)
+        self._finish()
 
+    def _decode(self, packet: Any) -> list[Any]:
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            # One damaged packet costs its own frame, not the rest of the video.
+            self.bad_packets += 1
+            self.bad_run += 1
+            self.frames_seen += 1
+            if self.first_bad_s is None:
+                self.first_bad_s = self._relative(_seconds(packet.pts, packet.time_base))
+            if self.bad_run >= _MAX_BAD_RUN:
+                raise self._broken(f"{self.bad_run} packets in a row cannot be decoded ({exc})") from exc
+            return []
+        if frames:
+            self.bad_run = 0
+        return frames
 
-def _check_complete(
-    container: Any, stream: Any, last_packet_s: float | None, rate: float | None, kept: int
-) -> None:
-    """FFmpeg stops quietly at the end of the bytes; a stream ending well before the duration its
-    container declares was cut short, and that must not pass as a complete video."""
-    declared = _duration_s(container, stream)
-    if declared is None or last_packet_s is None:
-        return
-    start = _seconds(stream.start_time, stream.time_base) or 0.0
-    slack = 2.0 / rate if rate else 0.5
-    if last_packet_s - start + slack < declared:
-        raise VideoError(
-            "truncated",
-            f"truncated video: the stream ends at {last_packet_s - start:.2f}s of the {declared:.2f}s "
-            f"its container declares ({kept} frames sampled before the cut)",
+    def _note_packet(self, packet: Any) -> None:
+        start = _seconds(packet.pts, packet.time_base)
+        if start is None or packet.size == 0:
+            return
+        self.packets_seen += 1
+        self.recent.append((self._relative(start), bool(packet.is_keyframe)))
+        duration = _seconds(packet.duration, packet.time_base) or (1.0 / self.rate if self.rate else 0.0)
+        end = self._relative(start) + duration
+        self.end_s = end if self.end_s is None else max(self.end_s, end)
+
+    def _relative(self, seconds: float | None) -> float | None:
+        return None if seconds is None else seconds - self.start_s
+
+    def _sample(self, frame: Any) -> Frame | None:
+        timestamp = self._relative(_seconds(frame.pts, frame.time_base))
+        if timestamp is None:
+            timestamp = self.frames_seen / self.rate if self.rate else float("nan")
+        index = self.frames_seen
+        if self.keyframes_only:
+            # Skipped frames are never decoded, so the position comes from the timestamp (kept
+            # strictly increasing so frame ids never collide).
+            estimate = round(timestamp * self.rate) if self.rate and not math.isnan(timestamp) else 0
+            index = max(self.last_index + 1, estimate)
+        self.frames_seen += 1
+        if self.keyframes_only and not frame.key_frame:
+            return None
+        if not self.sampler.keep(index, timestamp):
+            return None
+        self.last_index, self.last_kept_s = index, timestamp
+        self.kept += 1
+        rgb = frame.to_ndarray(format="rgb24")
+        _check_pixels(rgb.shape[1], rgb.shape[0], self.max_pixels)
+        return Frame(index, timestamp, _rotated(rgb, float(getattr(frame, "rotation", 0) or 0)))
+
+    def _capped(self, packets: Iterator[Any]) -> VideoError:
+        """The cap was reached: count (from packet headers, without decoding) how many more
+        frames the policy would have kept, so the cut is named, never silent. Packets already
+        demuxed whose frames the decoder still held count too (``recent``)."""
+        keyframes, ticks = 0, set()
+
+        def later(seconds: float, key: bool) -> None:
+            nonlocal keyframes
+            if seconds <= self.last_kept_s + 1e-6:
+                return
+            keyframes += key
+            if seconds + 1e-6 >= self.sampler.next_time:
+                ticks.add(self.sampler.tick(seconds))
+
+        for seconds, key in self.recent:
+            later(seconds, key)
+        try:
+            for packet in packets:
+                self._note_packet(packet)
+                seconds = self._relative(_seconds(packet.pts, packet.time_base))
+                if packet.size and seconds is not None:
+                    later(seconds, bool(packet.is_keyframe))
+        except av.error.FFmpegError:
+            pass  # a damaged tail: the count covers what could be read
+        mode = self.sampling.mode
+        if mode == "keyframes":
+            skipped = keyframes
+        elif mode == "every_n":
+            n, first, total = max(1, self.sampling.every_n), self.last_index + 1, self.packets_seen
+            skipped = max(0, (total - 1) // n - (first - 1) // n) if total > first else 0
+        else:
+            skipped = len(ticks)
+        cap = self.sampling.max_frames
+        return VideoError(
+            "frames_capped",
+            f"input.video.max_frames={cap} kept the first {cap} sampled frames (up to "
+            f"{self.last_kept_s:.2f}s); {skipped} more sampled frames were skipped",
         )
+
+    def _broken(self, why: str) -> VideoError:
+        where = f"after {self.kept} sampled frames" if self.kept else "before any frame"
+        return VideoError("corrupt", f"corrupt video: {why}, {where}")
+
+    def _finish(self) -> None:
+        if self.frames_seen == 0:
+            raise VideoError("empty_video", "the video stream holds no frames")
+        if self.kept == 0 and self.bad_packets == self.frames_seen:
+            raise self._broken(f"none of its {self.bad_packets} packets can be decoded")
+        if self.bad_packets:
+            raise VideoError(
+                "corrupt",
+                f"corrupt video: {self.bad_packets} damaged packets could not be decoded (the first at "
+                f"{self.first_bad_s or 0.0:.2f}s); their frames are missing, the other "
+                f"{self.kept} sampled frames were kept",
+            )
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        """FFmpeg stops quietly at the end of the bytes; a stream ending well before the duration
+        its container declares was cut short, and that must not pass as a complete video. The
+        end is the last packet's time plus its own duration (a 6 fps frame lasts 0.17 s, a
+        variable-rate frame as long as the container says)."""
+        declared = self._declared_s()
+        if declared is None or self.end_s is None:
+            return
+        slack = max(1.0 / self.rate, 0.25) if self.rate else 0.5
+        if self.end_s + slack < declared:
+            raise VideoError(
+                "truncated",
+                f"truncated video: the stream ends at {self.end_s:.2f}s of the {declared:.2f}s its "
+                f"container declares ({self.kept} frames sampled before the cut)",
+            )
+
+    def _declared_s(self) -> float | None:
+        """The video stream's declared duration; the file's only when the video is its one
+        stream (an audio track may outlast the picture in a perfectly good file)."""
+        declared = _seconds(self.stream.duration, self.stream.time_base)
+        if declared is None and self.container.duration and len(self.container.streams) == 1:
+            declared = self.container.duration / 1_000_000  # AV_TIME_BASE
+        return declared

@@ -10,11 +10,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 import samflow
 from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import RunConfig, config_from
-from samflow.flows.pipeline import PipelineStats, run_pipeline
+from samflow.flows.errors import retry_unless_permanent
+from samflow.flows.lease import Lease
+from samflow.flows.pipeline import CommitHook, PipelineStats, run_pipeline
+from samflow.flows.runs import build_report, error_kinds, report_markdown
 from samflow.flows.storage import list_files
 
 
@@ -32,7 +36,8 @@ def new_run_id() -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-@task(name="plan", retries=2, retry_delay_seconds=5)
+# Permanent errors (missing source, denied bucket, ...) are not retried: they cannot succeed.
+@task(name="plan", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def plan_run(src: str, dst: str, cfg: RunConfig) -> Plan:
     """List SRC, drop what DST has committed already, clear leftovers of killed runs."""
     start = time.perf_counter()
@@ -50,14 +55,17 @@ def plan_run(src: str, dst: str, cfg: RunConfig) -> Plan:
     return Plan(items, len(listed), len(listed) - len(items), len(removed), time.perf_counter() - start)
 
 
-@task(name="pipeline")
-def run_pipeline_task(plan: Plan, cfg: RunConfig, dst: str, run_id: str) -> PipelineStats:
+# NO_CACHE: the run has side effects and its inputs (a progress hook) need not be hashable.
+@task(name="pipeline", cache_policy=NO_CACHE)
+def run_pipeline_task(
+    plan: Plan, cfg: RunConfig, dst: str, run_id: str, on_commit: CommitHook | None = None
+) -> PipelineStats:
     # No task retries: every shard commits as it finishes, so a failed run is resumed by running
     # the flow again, which plans only what is missing.
-    return run_pipeline(plan.items, cfg, dst, run_id)
+    return run_pipeline(plan.items, cfg, dst, run_id, on_commit=on_commit)
 
 
-@task(name="commit", retries=2, retry_delay_seconds=5)
+@task(name="commit", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
 def commit_run(manifest: dict[str, Any], cfg: RunConfig, dst: str) -> str:
     catalog = Catalog(dst, cfg.storage)
     path = catalog.path(RUNS, f"{manifest['run_id']}.json")
@@ -72,6 +80,7 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
         "samflow_version": samflow.__version__,
         "src": src,
         "dst": dst,
+        "started_at": (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=time.perf_counter() - started)).isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "config": cfg.model_dump(mode="json"),
         "models": stats.models,
@@ -98,12 +107,11 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
     }
 
 
-def _artifact(manifest: dict[str, Any]) -> None:
-    counts = manifest["counts"]
-    lines = [f"# samflow run `{manifest['run_id']}`", "", "| count | value |", "|---|---|"]
-    lines += [f"| {key} | {value} |" for key, value in counts.items()]
-    lines += ["", f"Output: `{manifest['dst']}`"]
-    create_markdown_artifact("\n".join(lines), key="samflow-annotate-run", description="samflow annotate")
+def _artifact(manifest: dict[str, Any], cfg: RunConfig) -> None:
+    """The run report (the same one ``samflow runs DST RUN_ID`` prints) as a markdown artifact."""
+    errors = error_kinds(manifest["dst"], manifest["run_id"], cfg.storage) if manifest["counts"]["errors"] else []
+    markdown = report_markdown(build_report(manifest, errors))
+    create_markdown_artifact(markdown, key="samflow-annotate-run", description="samflow annotate")
 
 
 @flow(name="annotate-dataset")
@@ -112,24 +120,39 @@ def annotate_dataset(
     dst: str,
     config: dict[str, Any] | None = None,
     profile: str | None = None,
+    observer: Any = None,
+    hold_lease: bool = True,
 ) -> dict[str, Any]:
     """Annotate every new image under ``src`` into Parquet tables under ``dst``.
 
     Returns the run manifest; when nothing is new, returns a summary and writes nothing.
+    ``observer`` (in-process callers only, e.g. the CLI's progress display) gets
+    ``planned(run_id, total)`` and ``committed(result, meta)`` after every shard commit.
+    The run holds DST's lease (one run per output; see flows/lease.py) unless ``hold_lease`` is
+    false because the caller holds it already (the CLI takes it before Prefect starts).
     """
+    cfg = config_from(config, profile=profile)
+    if not hold_lease:
+        return _annotate(src, dst, cfg, observer)
+    with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s):
+        return _annotate(src, dst, cfg, observer)
+
+
+def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any) -> dict[str, Any]:
     started = time.perf_counter()
     logger = get_run_logger()
-    cfg = config_from(config, profile=profile)
     run_id = new_run_id()
     plan = plan_run(src, dst, cfg)
     logger.info("run %s: %d listed, %d already done, %d to process",
                 run_id, plan.listed, plan.already_done, len(plan.items))
+    if observer is not None:
+        observer.planned(run_id, len(plan.items))
     if not plan.items:
         return {"run_id": None, "counts": {"listed": plan.listed, "already_done": plan.already_done, "inputs": 0}}
     pipeline_start = time.perf_counter()
-    stats = run_pipeline_task(plan, cfg, dst, run_id)
+    stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed if observer is not None else None)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
     manifest["path"] = commit_run(manifest, cfg, dst)
-    _artifact(manifest)
+    _artifact(manifest, cfg)
     logger.info("run %s done: %s", run_id, manifest["counts"])
     return manifest

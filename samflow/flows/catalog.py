@@ -156,6 +156,12 @@ class Catalog:
         if self.fs.exists(root) and not self.fs.ls(root, detail=False):
             self.fs.rmdir(root)
 
+    def run_manifests(self) -> list[dict]:
+        """Every finished run's manifest (``_runs/<run_id>.json``), oldest first."""
+        paths = self._ls(self.path(RUNS), suffix=".json")
+        manifests = [json.loads(self.fs.cat_file(p)) for p in paths]
+        return sorted(manifests, key=lambda m: m.get("finished_at", ""))
+
     def _ls(self, folder: str, suffix: str, hidden: bool = False) -> list[str]:
         """Entries of ``folder`` ending in ``suffix``; hidden names (temporaries) only if asked."""
         self.fs.invalidate_cache(folder)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import samflow
+from samflow.flows import errors, logs
+from samflow.flows.errors import UserError, user_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,12 +26,27 @@ def _parser() -> argparse.ArgumentParser:
     annotate.add_argument("--set", action="append", default=[], dest="overrides",
                           metavar="KEY=VALUE", help="override one config key (repeatable)")
     annotate.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
+    annotate.add_argument("--wait", action="store_true",
+                          help="if another run holds DST, wait for it instead of refusing")
 
     export = commands.add_parser("export", help="export annotations")
     export_formats = export.add_subparsers(dest="format", required=True)
     coco = export_formats.add_parser("coco", help="COCO / SA-1B JSON")
     coco.add_argument("dst", help="output URI of an annotate run")
     coco.add_argument("out", type=Path, help="JSON file to write")
+    review = export_formats.add_parser(
+        "review", help="Label Studio tasks (brush predictions) of masks that failed verification or score low")
+    review.add_argument("dst", help="output URI of an annotate run")
+    review.add_argument("out", type=Path, help="tasks JSON to import (the labeling config goes beside it, .xml)")
+    review.add_argument("--min-score", type=float, default=0.5, help="masks scoring under this go to review")
+    review.add_argument("--source", action="append", dest="sources", metavar="SOURCE",
+                        help="annotation sources considered (repeatable; default: concept)")
+    mot = export_formats.add_parser("mot", help="MOTChallenge text, one file per video (tracked masks)")
+    mot.add_argument("dst", help="output URI of an annotate run")
+    mot.add_argument("out", type=Path, help="directory to write <video>.txt files into")
+    ytvis = export_formats.add_parser("ytvis", help="YouTube-VIS JSON (videos, per-track per-frame RLE)")
+    ytvis.add_argument("dst", help="output URI of an annotate run")
+    ytvis.add_argument("out", type=Path, help="JSON file to write")
 
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="action", required=True)
@@ -43,23 +61,225 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-pip", action="store_true",
                         help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
     submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
+    _add_index_parsers(commands)
+
+    runs = commands.add_parser("runs", help="list the runs under DST, or show one run's report")
+    runs.add_argument("dst", help="output URI of annotate runs")
+    runs.add_argument("run_id", nargs="?", help="show this run's report")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    runs.add_argument("--config", type=Path, help="YAML run config (its storage settings)")
+    runs.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+
+    for name, text in (("deploy", "register a Prefect deployment of annotate on the config's cron"),
+                       ("schedule", "serve annotate's schedule in the foreground (no worker needed)")):
+        scheduled = commands.add_parser(name, help=text)
+        scheduled.add_argument("src", help="source URI")
+        scheduled.add_argument("--out", required=True, dest="dst", help="output URI")
+        scheduled.add_argument("--config", type=Path, help="YAML run config; its `schedule` is the cron")
+        scheduled.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+        scheduled.add_argument("--profile", choices=["tiny"])
+        scheduled.add_argument("--cron", help="cron string (overrides the config's `schedule`)")
+        scheduled.add_argument("--timezone", default="UTC", help="timezone of the cron")
+        scheduled.add_argument("--name", default="annotate", help="deployment name")
+        if name == "deploy":
+            scheduled.add_argument("--work-pool", help="work pool whose workers run it (default: none, for `samflow schedule`)")
     return parser
 
 
-def _annotate(args: argparse.Namespace) -> int:
-    from samflow.flows.annotate import annotate_dataset
-    from samflow.flows.config import load_config
+def _add_index_parsers(commands) -> None:
+    """index build|add, search, dedup, serve, preview (samflow.index, samflow.flows.index)."""
+    index = commands.add_parser("index", help="build or extend the vector index of a run")
+    index_commands = index.add_subparsers(dest="action", required=True)
+    build = index_commands.add_parser("build", help="build the FAISS index under DST/_index/<kind>/")
+    build.add_argument("dst", help="output URI of an annotate run")
+    build.add_argument("--kind", choices=["image", "mask"], default="image")
+    build.add_argument("--index", choices=["auto", "flat", "ivfpq", "hnsw"], default="auto", dest="index_type")
+    add = index_commands.add_parser("add", help="add vectors of runs committed since the last build")
+    add.add_argument("dst")
+    add.add_argument("--kind", choices=["image", "mask"], default="image")
+    add.add_argument("--retrain", action="store_true", help="retrain the index on all vectors")
 
-    cfg = load_config(args.config, args.overrides, args.profile)
-    manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"))
+    search = commands.add_parser("search", help="search the index by text or image")
+    search.add_argument("dst")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image", help="image path or URI")
+    search.add_argument("-k", type=int, default=20)
+    search.add_argument("--kind", choices=["image", "mask"], default="image")
+    search.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+
+    dedup = commands.add_parser("dedup", help="exact and near-duplicate groups -> DST/dedup/")
+    dedup.add_argument("dst")
+    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
+    dedup.add_argument("--kind", choices=["image", "mask"], default="image")
+
+    serve = commands.add_parser("serve", help="HTTP search / embed / segment over a run (Ray Serve)")
+    serve.add_argument("dst")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8000)
+
+    preview = commands.add_parser("preview", help="static HTML gallery of a run, with search results")
+    preview.add_argument("dst")
+    preview.add_argument("--out", required=True, help="HTML file to write (path or URI)")
+    preview.add_argument("--search", action="append", default=[], metavar="TEXT",
+                         help="add a search-results page for this text (repeatable; needs the image index)")
+    preview.add_argument("--limit", type=int, default=500, help="images in the gallery (default 500)")
+
+
+def _index(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, add_to_index, build_index
+    from samflow.index.build import BuildParams, IndexBuildError
+
+    try:
+        if args.action == "build":
+            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type))
+        else:
+            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow index {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in manifest.items() if k != "sources"}, indent=1))
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, search
+
+    try:
+        hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind)
+    except IndexUserError as exc:
+        print(f"samflow search: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(hits))
+        return 0
+    for hit in hits:
+        extra = f"  {hit['annotation_id']} {hit.get('label') or ''}" if args.kind == "mask" else ""
+        print(f"{hit['score']:.4f}  {hit['uri']}{extra}")
+    return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, dedup
+    from samflow.index.build import IndexBuildError
+
+    try:
+        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow dedup: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from samflow.flows.serve import TOKEN_ENV, serve_forever
+
+    serve_forever(args.dst, args.host, args.port, token=os.environ.get(TOKEN_ENV) or None)
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from samflow.flows.index import IndexUserError, write_preview
+
+    try:
+        summary = write_preview(args.dst, args.out, queries=args.search, limit=args.limit)
+    except IndexUserError as exc:
+        print(f"samflow preview: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from samflow.flows.lease import Lease
+    from samflow.flows.preflight import check_run
+    from samflow.flows.progress import RunProgress
+
+    cfg = user_config(args.config, args.overrides, args.profile)
+    check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
+    lease = Lease(args.dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
+    lease.acquire(wait=args.wait)  # refuses at once when another run writes DST
+    try:
+        from samflow.flows.annotate import annotate_dataset
+
+        logs.quiet_ray_data(args.verbose)
+        with RunProgress() as progress:
+            manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
+                                        observer=progress, hold_lease=False)
+    finally:
+        lease.release()
+    _print_run_summary(manifest, cfg, progress)
+    # For scripts: the last thing on stdout (Ray may print its own lines there first).
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    from samflow.flows.export import export_coco
+def _print_run_summary(manifest: dict, cfg: object, progress: object) -> None:
+    from samflow.flows import runs
 
-    summary = export_coco(args.dst, args.out)
+    console = progress.console  # type: ignore[attr-defined]
+    if not manifest.get("run_id"):
+        counts = manifest["counts"]
+        console.print(f"samflow: nothing new ({counts['listed']} listed, {counts['already_done']} already done)")
+        return
+    errors = runs.error_kinds(manifest["dst"], manifest["run_id"], cfg.storage) if manifest["counts"]["errors"] else []
+    runs.print_report(runs.build_report(manifest, errors), console)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from samflow.flows import runs
+
+    cfg = user_config(args.config, args.overrides, None)
+    console = Console()
+    if not console.is_terminal:  # piped or captured: room for whole run ids and model names
+        console = Console(width=200)
+    if args.run_id:
+        report = runs.load_report(args.dst, args.run_id, cfg.storage)
+        if args.json:
+            print(json.dumps(runs.report_json(report), indent=1))
+        else:
+            runs.print_report(report, console)
+        return 0
+    rows = runs.history_rows(runs.manifests(args.dst, cfg.storage))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        console.print(f"no runs under {args.dst}")
+    else:
+        console.print(runs.history_table(rows, args.dst))
+    return 0
+
+
+def user_config(path: Path | None, overrides: list[str], profile: str | None):  # noqa: ANN201
+    """load_config, with a malformed file, override or profile reported as a UserError."""
+    import yaml
+
+    from samflow.flows.config import load_config
+
+    try:
+        return load_config(path, overrides, profile)
+    except (ValueError, yaml.YAMLError, OSError) as exc:
+        mapped = user_error(exc)
+        if mapped is not None:
+            raise mapped from exc
+        raise UserError(f"config: {errors.one_line(exc)}") from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    from samflow.flows.export import NothingToExport, export_coco, export_mot, export_review, export_ytvis
+
+    exporters = {
+        "coco": export_coco, "mot": export_mot, "ytvis": export_ytvis,
+        "review": lambda dst, out: export_review(dst, out, min_score=args.min_score, sources=args.sources),
+    }
+    try:
+        summary = exporters[args.format](args.dst, args.out)
+    except NothingToExport as exc:
+        print(f"samflow export {args.format}: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 
@@ -86,13 +306,56 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit}
+def _scheduled_deployment(args: argparse.Namespace):  # noqa: ANN202
+    from samflow.flows.deployments import build_deployment
+
+    overrides = list(args.overrides) + ([f"schedule={json.dumps(args.cron)}"] if args.cron else [])
+    cfg = user_config(args.config, overrides, None)
+    try:
+        deployment = build_deployment(args.src, args.dst, config=cfg, profile=args.profile, name=args.name,
+                                      timezone=args.timezone, work_pool_name=getattr(args, "work_pool", None))
+    except ValueError as exc:  # a malformed cron or timezone
+        raise UserError(f"schedule {cfg.schedule!r} ({args.timezone}): {errors.one_line(exc)}") from exc
+    return deployment, cfg
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    deployment, cfg = _scheduled_deployment(args)
+    deployment_id = deployment.apply(work_pool_name=args.work_pool)
+    where = f"work pool {args.work_pool}" if args.work_pool else "no work pool: run `samflow schedule` with the same arguments"
+    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); "
+          f"schedule: {cfg.schedule or 'none (on demand)'} {args.timezone if cfg.schedule else ''}; {where}")
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    deployment, cfg = _scheduled_deployment(args)
+    if not cfg.schedule:
+        raise UserError("no schedule: set `schedule` in the config or give --cron '0 2 * * *'")
+    print(f"serving {deployment.flow_name}/{deployment.name} on '{cfg.schedule}' ({args.timezone}); Ctrl-C stops",
+          file=sys.stderr)
+    serve(deployment, print_starting_message=bool(args.verbose))
+    return 0
+
+
+HANDLERS = {"annotate": _annotate, "export": _export, "models": _models, "submit": _submit, "runs": _runs,
+            "deploy": _deploy, "schedule": _schedule}
+HANDLERS.update({"index": _index, "search": _search, "dedup": _dedup, "serve": _serve, "preview": _preview})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return HANDLERS[args.command](args)
+    # FAISS's OpenMP threads sleep instead of spinning while idle: on a busy (shared) CPU spinning
+    # workers make index builds several times slower. Read once, when faiss loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = errors.with_verbose_flag(_parser()).parse_args(argv)
+    with logs.console(args.verbose):
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing
+        try:
+            return HANDLERS[args.command](args)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in one clear line and an exit code
+            return errors.report_failure(exc, f"samflow {args.command}", args.verbose)
 
 
 if __name__ == "__main__":

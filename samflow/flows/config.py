@@ -10,11 +10,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StorageRetries(_Section):
+    """How S3 requests ride out throttling and transient faults (botocore's retry modes):
+    503 / SlowDown / throttling codes, 500 / 502 / 504, connection resets and timeouts are
+    retried with exponential backoff and jitter; 403, 404 and other permanent errors are not."""
+
+    max_attempts: int = Field(10, ge=1, description="Attempts per request, the first one included.")
+    mode: Literal["standard", "adaptive"] = Field(
+        "standard", description="standard: backoff with jitter; adaptive: also rate-limits this client on throttling."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to open a connection before retrying.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Seconds without response bytes before retrying.")
 
 
 class StorageConfig(_Section):
@@ -23,13 +36,23 @@ class StorageConfig(_Section):
     )
     region: str | None = Field(None, description="S3 region; default: the AWS chain's.")
     anon: bool = Field(False, description="Anonymous S3 access (public buckets).")
+    retries: StorageRetries = Field(default_factory=StorageRetries)
 
 
 class VideoSampling(_Section):
     mode: Literal["fps", "every_n", "keyframes"] = "fps"
     fps: float = Field(1.0, description="Frames per second sampled when mode=fps.")
     every_n: int = Field(30, description="Keep one frame in N when mode=every_n.")
-    max_frames: int = Field(300, description="Upper bound on frames sampled per video.")
+    max_frames: int = Field(
+        0, ge=0,
+        description="Cap on frames sampled per video; 0 = no cap. A video cut by the cap gets a "
+        "frames_capped row in errors/ naming how many sampled frames were skipped.",
+    )
+    chunk_frames: int = Field(
+        16, ge=1,
+        description="Frames per chunk leaving the decoder (and the track stage): a video streams "
+        "through the pipeline in chunks, so memory does not grow with its length.",
+    )
 
 
 class InputConfig(_Section):
@@ -108,11 +131,52 @@ class ProposeStageConfig(StageConfig):
     )
 
 
+class ConceptsStageConfig(StageConfig):
+    """SAM 3: every instance of each ``labels.vocabulary`` concept (the prompts), labelled."""
+
+    enabled: bool = Field(False, description="Off by default; needs a non-empty labels.vocabulary.")
+    model: str = Field(
+        "facebook/sam3",
+        description="SAM 3 model URI (the Hub repository is gated: accept its licence, set HF_TOKEN).",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per SAM 3 call (every prompt of each).")
+
+    score_thresh: float = Field(
+        0.5, ge=0.0, le=1.0, description="Keep instances whose score (detection x presence) is above this."
+    )
+    mask_thresh: float = Field(0.5, gt=0.0, lt=1.0, description="Mask probability above which a pixel is in.")
+    max_instances: int = Field(100, ge=1, description="At most this many instances per concept and image.")
+    nms_iou: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Instances of one concept overlapping a better one above this box IoU are duplicates "
+        "(instances of different concepts are all kept).",
+    )
+
+
 class SegmentStageConfig(StageConfig):
     """SAM through the mask-generation engine (parameters under ``engine``)."""
 
     model: str = Field("facebook/sam-vit-base", description="SAM model URI.")
     batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
+
+
+class TrackStageConfig(StageConfig):
+    """Videos: objects the segment engine finds on the first sampled frame and every
+    ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
+    chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
+    seeded and tracked in order by one actor of this pool; still images pass through."""
+
+    model: str = Field("facebook/sam2.1-hiera-small", description="SAM 2 / 2.1 video model URI.")
+    batch_size: int = Field(
+        8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
+    )
+    reseed_s: float = Field(
+        5.0, gt=0, description="Seconds between seed frames: new objects get new ids, known ones keep theirs."
+    )
+    match_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Mask IoU at which a seed is the same object as a track."
+    )
+    max_objects: int = Field(32, ge=1, description="Objects tracked at once per video (best seeds first).")
 
 
 class EmbedStageConfig(StageConfig):
@@ -130,7 +194,9 @@ class EmbedStageConfig(StageConfig):
 class StagesConfig(_Section):
     upscale: UpscaleStageConfig = Field(default_factory=UpscaleStageConfig)
     propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
+    concepts: ConceptsStageConfig = Field(default_factory=ConceptsStageConfig)
     segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
+    track: TrackStageConfig = Field(default_factory=TrackStageConfig)
     embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
 
 
@@ -152,6 +218,15 @@ class EngineConfig(_Section):
     max_masks_per_image: int = Field(0, description="Keep the best N masks per image; 0 = all.")
 
 
+class ExemplarConfig(_Section):
+    """Example boxes of a concept on one reference image (a visual prompt for SAM 3)."""
+
+    image: str = Field(description="URI of the reference image (local path, file://, s3://).")
+    boxes: list[tuple[float, float, float, float]] = Field(
+        min_length=1, description="Boxes [x0, y0, x1, y1] in the reference image's pixels, each one instance."
+    )
+
+
 class LabelsConfig(_Section):
     vocabulary: list[str] = Field(
         default_factory=list,
@@ -161,6 +236,12 @@ class LabelsConfig(_Section):
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}."],
         description="Prompt templates ({} = the label); a label's text vector is their mean.",
+    )
+    exemplars: dict[str, list[ExemplarConfig]] = Field(
+        default_factory=dict,
+        description="Concept -> example boxes on reference images: the concepts stage prompts SAM 3 "
+        "with the concept's text and these boxes (for concepts words describe badly). Keys must be "
+        "in the vocabulary.",
     )
 
 
@@ -173,10 +254,25 @@ class RayConfig(_Section):
         "run starts. null = only on a local Ray that samflow starts itself (a joined cluster may "
         "start GPU nodes on demand, e.g. KubeRay autoscaling from zero: there the stage waits).",
     )
+    resource_wait_s: float = Field(
+        300.0, ge=0,
+        description="How long a run waits, before its stream starts, for resources only an "
+        "autoscaler could add (GPU nodes for GPU stages); then it fails with a message naming the "
+        "short resource. A cluster that cannot autoscale fails at once.",
+    )
+    autoscaling: bool | None = Field(
+        None,
+        description="Whether the cluster may add nodes (decides between waiting and failing at "
+        "once); null = ask the cluster (the node types its autoscaler publishes).",
+    )
 
 
 class OutputConfig(_Section):
     shard_rows: int = Field(64, ge=1, description="Items per Parquet shard (one write task).")
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="Lifetime of DST's lease (one run per output), renewed every third of it; "
+        "a killed run's lease expires after this long and the next run takes over.",
+    )
 
 
 class RunConfig(BaseModel):
@@ -191,6 +287,15 @@ class RunConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     schedule: str | None = Field(None, description="Cron string for the Prefect deployment.")
 
+    @model_validator(mode="after")
+    def _concepts_have_prompts(self) -> RunConfig:
+        if self.stages.concepts.enabled and not self.labels.vocabulary:
+            raise ValueError("stages.concepts is enabled but labels.vocabulary is empty: its concepts are the prompts")
+        unknown = sorted(set(self.labels.exemplars) - set(self.labels.vocabulary))
+        if unknown:
+            raise ValueError(f"labels.exemplars names concepts not in labels.vocabulary: {unknown}")
+        return self
+
 
 # `--profile tiny`: every stage on its tiny:// model, and thresholds a random model can pass,
 # so an offline dry run exercises every stage and writes masks.
@@ -198,7 +303,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {
         "stages.upscale.model": "tiny://realesrgan",
         "stages.propose.model": "tiny://owlv2",
+        "stages.concepts.model": "tiny://sam3",
         "stages.segment.model": "tiny://sam",
+        "stages.track.model": "tiny://sam2",
         "stages.embed.model": "tiny://clip",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,

@@ -23,13 +23,17 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from samflow.actors.batch import arrow_batches, describe, mark_error
+from samflow.actors.concepts import ConceptsStage
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
+from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import Catalog, ShardResult
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
+from samflow.flows.exemplars import ExemplarImages
+from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -38,7 +42,6 @@ from samflow.schemas.rows import build_tables
 log = logging.getLogger(__name__)
 
 DECODE_BATCH = 8
-LOCAL_MIN_CPUS = 6
 MAX_INPUT_BLOCKS = 10_000
 
 
@@ -84,44 +87,13 @@ class PipelineStats:
             self.workers[stage].add(info["pid"])
 
 
-def ensure_ray(cfg: RayConfig) -> None:
-    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
-    if ray.is_initialized():
-        return
-    runtime_env = cfg.runtime_env or None
-    if cfg.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=cfg.address, runtime_env=runtime_env)
-    else:
-        # "local": a new Ray of our own; without it ray.init() joins whatever cluster was started
-        # last on this machine. Every stage holds at least one logical CPU, and on a small
-        # machine they must all fit at once or the stream stalls: hence LOCAL_MIN_CPUS.
-        cpus = max(LOCAL_MIN_CPUS, os.cpu_count() or 1)
-        ray.init(address="local", num_cpus=cpus, runtime_env=runtime_env, include_dashboard=False)
-
-
-def gpus_usable(cfg: RayConfig) -> bool:
-    """Whether GPU requests go to Ray as they are: the cluster has GPUs, or it may get some
-    (see ``ray.cpu_fallback``)."""
-    if ray.cluster_resources().get("GPU", 0) > 0:
-        return True
-    fallback = cfg.cpu_fallback
-    if fallback is None:  # auto: a joined cluster may add GPU nodes on demand
-        fallback = not (cfg.address or os.environ.get("RAY_ADDRESS"))
-    return not fallback
-
-
-def _pool(name: str, stage: StageConfig, gpus_present: bool) -> dict[str, Any]:
-    """map_batches arguments of one model stage's actor pool. Without ``gpus_present`` a stage
-    asking for GPUs runs on CPU (same code; the model picks its device) instead of waiting
-    forever for a GPU."""
+def _pool(stage: StageConfig, placement: StagePlacement) -> dict[str, Any]:
+    """map_batches arguments of one model stage's actor pool, with the fitted resources."""
     low, high = stage.concurrency
-    num_gpus = stage.num_gpus if gpus_present else 0.0
-    if stage.num_gpus and not num_gpus:
-        log.warning("no GPU in the Ray cluster: stage %s (num_gpus=%s) runs on CPU", name, stage.num_gpus)
     return {
         "batch_size": stage.batch_size,
-        "num_gpus": num_gpus or None,
-        "num_cpus": stage.num_cpus,
+        "num_gpus": placement.num_gpus or None,
+        "num_cpus": placement.num_cpus,
         "compute": ActorPoolStrategy(min_size=low, max_size=max(low, high)),
     }
 
@@ -137,7 +109,7 @@ class ModelStage:
 
 
 def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> segment -> embed."""
+    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> track -> embed."""
     stages = cfg.stages
     up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
     candidates = [
@@ -150,6 +122,11 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
             "nms_iou": prop.nms_iou, "queries": list(prop.queries),
         }, prop),
+        ModelStage("concepts", ConceptsStage, {
+            "model_uri": stages.concepts.model, "vocabulary": list(cfg.labels.vocabulary),
+            **stages.concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
+            "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
+        }, stages.concepts),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {
             "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
@@ -157,32 +134,88 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "crops_per_batch": emb.crops_per_batch,
         }, emb),
     ]
+    if track_videos(cfg):  # right after segment, whose engine seeds the tracks
+        after = next(i for i, stage in enumerate(candidates) if stage.name == "segment") + 1
+        candidates.insert(after, _track_stage(cfg))
     return [stage for stage in candidates if stage.config.enabled]
 
 
-def _decode_task_args() -> dict[str, Any]:
-    return {"num_cpus": 1}
+def track_videos(cfg: RunConfig) -> bool:
+    """Whether videos go to the track stage (it needs the segment stage's model for seeds);
+    otherwise decode samples their frames and they are annotated like images."""
+    return cfg.stages.track.enabled and cfg.stages.segment.enabled
+
+
+def _track_stage(cfg: RunConfig) -> ModelStage:
+    track = cfg.stages.track
+    return ModelStage("track", TrackStage, {
+        "model_uri": track.model, "segment_model_uri": cfg.stages.segment.model,
+        "engine": cfg.engine.model_dump(), "source": StorageSource(cfg.storage), "input_cfg": cfg.input,
+        "params": {"reseed_s": track.reseed_s, "match_iou": track.match_iou, "max_objects": track.max_objects},
+    }, track)
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    runtime_env = cfg.runtime_env or None
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.address, runtime_env=runtime_env)
+    else:
+        # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
+        # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
+        ray.init(address="local", runtime_env=runtime_env, include_dashboard=False)
+
+
+def cpu_fallback(cfg: RayConfig) -> bool:
+    """Whether GPU stages run on CPU when the cluster lacks the GPUs (``ray.cpu_fallback``;
+    auto: only on a local Ray, a joined cluster may add GPU nodes on demand)."""
+    if cfg.cpu_fallback is not None:
+        return cfg.cpu_fallback
+    return not (cfg.address or os.environ.get("RAY_ADDRESS"))
+
+
+def fit_to_cluster(cfg: RunConfig, stages: list[ModelStage]) -> GraphFit:
+    """What each part of the graph asks Ray for, fitted to the connected cluster before the
+    stream starts (see samflow/flows/resources.py); raises ResourceShortage when it cannot."""
+    requests = [
+        StageRequest(s.name, s.config.num_cpus, s.config.num_gpus, s.config.concurrency[0]) for s in stages
+    ]
+    fit = wait_for_fit(
+        requests, lambda: cluster_capacity(cfg.ray.autoscaling), cpu_fallback(cfg.ray), cfg.ray.resource_wait_s
+    )
+    for note in fit.notes:
+        log.warning("%s", note)
+    return fit
+
+
+def _decode_task_args(num_cpus: float) -> Callable[[], dict[str, Any]]:
+    return lambda: {"num_cpus": num_cpus}
 
 
 def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id: str) -> ray.data.Dataset:
     # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
     blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
+    stages = model_stages(cfg, dst)
+    fit = fit_to_cluster(cfg, stages)
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     # Decode holds no model: stateless CPU tasks, which release their CPU between batches (a
     # long-lived decode actor on a GPU node could keep a restarting GPU actor from its CPU).
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
     # actor, where it would run serially with the model instead of beside it.
+    # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
+    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=track_videos(cfg))
     ds = ds.map_batches(
-        DecodeStage(StorageSource(cfg.storage), cfg.input),
+        decode.stream,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
-        ray_remote_args_fn=_decode_task_args,
+        ray_remote_args_fn=_decode_task_args(fit.decode_cpus),
     )
-    gpus = gpus_usable(cfg.ray)
     # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
     # masks column stays Arrow from the stage that emits it to the Parquet file.
-    for stage in model_stages(cfg, dst):
-        pool = _pool(stage.name, stage.config, gpus)
+    for stage in stages:
+        pool = _pool(stage.config, fit.stages[stage.name])
         ds = ds.map_batches(stage.cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
     ds = ds.drop_columns(["pixels"])
     embed_model = cfg.stages.embed.model if cfg.stages.embed.enabled else None
@@ -191,7 +224,7 @@ def build_dataset(items: list[dict[str, Any]], cfg: RunConfig, dst: str, run_id:
         fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},
         batch_size=cfg.output.shard_rows,
         batch_format="pyarrow",
-        num_cpus=0.5,
+        num_cpus=fit.write_cpus,
     )
 
 

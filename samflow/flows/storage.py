@@ -41,6 +41,19 @@ def _s3_options(storage: StorageConfig) -> dict:
         "client_kwargs": client_kwargs,
         # A run lists after it writes (incremental runs, commits): never answer from a stale cache.
         "use_listings_cache": False,
+        "config_kwargs": _retry_options(storage),
+    }
+
+
+def _retry_options(storage: StorageConfig) -> dict:
+    """botocore's retry policy and timeouts from ``storage.retries``: throttling (SlowDown, 503)
+    and transient faults (5xx, connection resets, timeouts) are retried with backoff, permanent
+    errors (403, 404) fail at once."""
+    retries = storage.retries
+    return {
+        "retries": {"max_attempts": retries.max_attempts, "mode": retries.mode},
+        "connect_timeout": retries.connect_timeout_s,
+        "read_timeout": retries.read_timeout_s,
     }
 
 

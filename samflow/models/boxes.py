@@ -1,13 +1,14 @@
-"""Box helpers for detection outputs (no torchvision).
+"""Box helpers for detection outputs.
 
-IoU, area and exact greedy NMS live in `samflow.models.amg.boxes` (the mask engine's, exact on
-the device) and are re-exported here; this module adds what detectors need on top: format
-conversion, clipping to the image, and NMS within groups (per image / per label) in one call.
+IoU, area and NMS are torchvision.ops' (re-exported through `samflow.models.amg.boxes`, which
+adds NMS with protected boxes for the mask engine); this module adds what detectors need on top:
+format conversion, clipping to the image, and NMS within groups (per image / per label).
 """
 
 from __future__ import annotations
 
 import torch
+import torchvision.ops as tvops
 
 from samflow.models.amg.boxes import box_area, box_iou, nms
 
@@ -26,9 +27,8 @@ def clip_xyxy(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """NMS within each group in one call: groups are shifted apart so they never overlap.
-    Returns kept indices by score descending."""
+    """NMS within each group in one call (``torchvision.ops.batched_nms``). Returns kept
+    indices by score descending."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    offset = groups.to(boxes.dtype)[:, None] * (boxes.max() + 1)
-    return nms(boxes + offset, scores, iou_threshold)
+    return tvops.batched_nms(boxes.float(), scores.float(), groups, iou_threshold)

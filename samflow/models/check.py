@@ -20,6 +20,7 @@ _MODEL_TYPES = {
     "sam": "sam",
     "sam2": "sam2",
     "sam2_video": "sam2",
+    "sam3": "sam3",
     "clip": "clip",
     "siglip": "siglip",
     "dinov2": "dinov2",
@@ -37,6 +38,7 @@ def check_model(uri: str, family: str | None = None) -> dict:
         "dtype": str(runner.dtype).removeprefix("torch."),
         "device": str(runner.device),
         "checkpoint_sha256": runner.checkpoint_sha256,
+        **({"checkpoint_mapping": runner.checkpoint_mapping} if getattr(runner, "checkpoint_mapping", None) else {}),
     }
 
 
@@ -73,13 +75,29 @@ def _single_checkpoint(path: Path) -> Path | None:
 
 def _family_of_checkpoint(uri: str, path: Path) -> str:
     from samflow.models.esrgan_arch import infer_architecture
+    from samflow.models.meta_checkpoints import is_meta_file
     from samflow.models.realesrgan import load_generator_state
+
+    if is_meta_file(path):  # Meta's SAM (.pth) / SAM 2 (.pt): the keys say which
+        layout = _meta_layout_or_none(path)
+        if layout is not None:
+            return layout
 
     try:
         infer_architecture(load_generator_state(path))
     except ValueError:
         raise ModelLoadError(f"{uri}: checkpoint {path.name} is not a known architecture; pass --family") from None
     return "realesrgan"
+
+
+def _meta_layout_or_none(path: Path) -> str | None:
+    from samflow.models.checkpoint import UnsafeCheckpointError
+    from samflow.models.meta_checkpoints import read_meta_checkpoint
+
+    try:
+        return read_meta_checkpoint(path)[1]
+    except UnsafeCheckpointError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 __all__ = ["check_model", "infer_family"]

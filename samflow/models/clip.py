@@ -95,17 +95,22 @@ class ClipRunner(HfRunner):
         return self._class_cache[key]
 
     @torch.inference_mode()
-    def zero_shot(
+    def label_probabilities(
         self, image_embeddings: torch.Tensor, vocabulary: Sequence[str], templates: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices (B,) long, scores (B,) softmax probability of the chosen label)."""
+    ) -> torch.Tensor:
+        """(B, V) softmax over the vocabulary of the scaled cosine similarities."""
         if len(vocabulary) == 0:
             raise ValueError("zero_shot needs a non-empty vocabulary")
         classes = self.class_embeddings(vocabulary, templates)
         scale = float(self.model.logit_scale.float().exp().item())
         logits = scale * image_embeddings.float().cpu() @ classes.T
-        probs = logits.softmax(dim=-1)
-        scores, indices = probs.max(dim=-1)
+        return logits.softmax(dim=-1)
+
+    def zero_shot(
+        self, image_embeddings: torch.Tensor, vocabulary: Sequence[str], templates: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices (B,) long, scores (B,) softmax probability of the chosen label)."""
+        scores, indices = self.label_probabilities(image_embeddings, vocabulary, templates).max(dim=-1)
         return indices, scores
 
 

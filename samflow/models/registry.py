@@ -24,13 +24,14 @@ from typing import Any, Literal
 
 import torch
 
-FAMILIES = ("sam", "sam2", "clip", "siglip", "dinov2", "owlv2", "realesrgan")
+FAMILIES = ("sam", "sam2", "sam3", "clip", "siglip", "dinov2", "owlv2", "realesrgan")
 
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
 # that loading CLIP never pays for importing SAM 2 and friends.
 _RUNNER_MODULES = {
     "sam": "samflow.models.sam",
     "sam2": "samflow.models.sam2",
+    "sam3": "samflow.models.sam3",
     "clip": "samflow.models.clip",
     "siglip": "samflow.models.clip",
     "dinov2": "samflow.models.dinov2",

@@ -28,7 +28,9 @@ from samflow.models.preprocess import (
     resize_longest_pad,
     scale_xy,
 )
+from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.registry import ModelSource
+from samflow.models.sam_decoder import decode_prompts
 
 
 @dataclass
@@ -43,6 +45,8 @@ class SamEncoding:
 
 class SamRunner(HfRunner):
     family = "sam"
+    # Set when the weights came from Meta's own checkpoint: how its keys were mapped.
+    checkpoint_mapping: dict | None = None
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype, norm: Normalisation):
         super().__init__(loaded, uri, device, dtype)
@@ -80,11 +84,14 @@ class SamRunner(HfRunner):
         if points is not None:
             coords = scaled.unsqueeze(2)  # one positive point per mask prompt
             labels = torch.ones(coords.shape[:3], dtype=torch.long, device=self.device)
-            out = self.model(image_embeddings=embeddings, input_points=coords, input_labels=labels,
-                             multimask_output=multimask_output)
+            sparse, dense = self.model.prompt_encoder(input_points=coords.to(self.dtype), input_labels=labels,
+                                                      input_boxes=None, input_masks=None)
         else:
-            out = self.model(image_embeddings=embeddings, input_boxes=scaled, multimask_output=multimask_output)
-        return out.pred_masks.float(), out.iou_scores.float()
+            sparse, dense = self.model.prompt_encoder(input_points=None, input_labels=None,
+                                                      input_boxes=scaled.to(self.dtype), input_masks=None)
+        # the model's own decoder maths, without one copy of the image per prompt (sam_decoder)
+        masks, iou = decode_prompts(self.model, embeddings, sparse, dense, multimask_output)
+        return masks.float(), iou.float()
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
@@ -110,6 +117,11 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
         from samflow.models.tiny import in_code_config
 
         loaded = build_in_code(SamModel, in_code_config("sam", source.kind), device, dtype)
+    elif source.kind == "local" and is_meta_file(source.location):  # Meta's own .pth / .pt
+        loaded, report = load_meta_checkpoint("sam", source.location, device, dtype)
+        runner = SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))
+        runner.checkpoint_mapping = report.as_dict()
+        return runner
     else:
         loaded = load_pretrained(SamModel, source, device, dtype)
     return SamRunner(loaded, source.uri, device, dtype, _normalisation(loaded))

@@ -39,6 +39,7 @@ from samflow.models.preprocess import (
     resize_square,
     scale_xy,
 )
+from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.registry import ModelSource, build_runner
 
 
@@ -64,6 +65,8 @@ def _image_size(model) -> int:
 
 
 class Sam2Runner(HfRunner):
+    # Set when the weights came from Meta's own checkpoint: how its keys were mapped.
+    checkpoint_mapping: dict | None = None
     family = "sam2"
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
@@ -178,6 +181,11 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
         from samflow.models.tiny import in_code_config
 
         loaded = build_in_code(Sam2Model, in_code_config("sam2", source.kind), device, dtype)
+    elif source.kind == "local" and is_meta_file(source.location):  # Meta's own .pth / .pt
+        loaded, report = load_meta_checkpoint("sam2", source.location, device, dtype)
+        runner = Sam2Runner(loaded, source.uri, device, dtype)
+        runner.checkpoint_mapping = report.as_dict()
+        return runner
     else:
         loaded = load_pretrained(Sam2Model, source, device, dtype)
     return Sam2Runner(loaded, source.uri, device, dtype)

@@ -132,6 +132,25 @@ def tiny_sam2_video_config():
     )
 
 
+def tiny_sam3_config():
+    from transformers import Sam3Config
+
+    # ViT 56x56 input, 7px patches -> 8x8 tokens; FPN levels 32, 16, 8 (masks 32x32); windows of
+    # 4 with one global layer, as the real backbone alternates them
+    backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=56, patch_size=7, window_size=4, global_attn_indexes=[1],
+                    pretrain_image_size=28)
+    heads = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    return Sam3Config(
+        vision_config=dict(backbone_config=backbone, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
+        text_config=dict(_tiny_text_config(), projection_dim=32),
+        geometry_encoder_config=dict(heads, num_layers=1, roi_size=2),
+        detr_encoder_config=dict(heads, num_layers=1),
+        detr_decoder_config=dict(heads, num_layers=2, num_queries=16),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+
+
 def tiny_dinov2_config():
     from transformers import Dinov2Config
 
@@ -147,6 +166,12 @@ def _reference_text_ids() -> dict:
     return dict(bos_token_id=TINY_BOS_ID, eos_token_id=TINY_EOS_ID, pad_token_id=TINY_EOS_ID)
 
 
+# Sam3Config's own text-tower defaults (a CLIP-L text encoder), restated because passing the
+# special-token ids replaces them
+_SAM3_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, projection_dim=512,
+                  num_hidden_layers=24, num_attention_heads=16, max_position_embeddings=32, hidden_act="gelu")
+
+
 def reference_config(name: str):
     """Config of the default published model of a family (sam-vit-base, sam2.1-hiera-tiny,
     clip-vit-base-patch32, siglip-base-patch16-224, dinov2-base, owlv2-base-patch16)."""
@@ -158,6 +183,8 @@ def reference_config(name: str):
         return tf.Sam2Config()
     if name == "sam2_video":
         return tf.Sam2VideoConfig()
+    if name == "sam3":
+        return tf.Sam3Config(text_config=dict(_SAM3_TEXT, **_reference_text_ids()))
     if name == "clip":
         return tf.CLIPConfig(text_config=_reference_text_ids())
     if name == "siglip":
@@ -173,6 +200,7 @@ _TINY = {
     "sam": tiny_sam_config,
     "sam2": tiny_sam2_config,
     "sam2_video": tiny_sam2_video_config,
+    "sam3": tiny_sam3_config,
     "clip": tiny_clip_config,
     "siglip": tiny_siglip_config,
     "dinov2": tiny_dinov2_config,

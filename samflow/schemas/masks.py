@@ -46,6 +46,8 @@ MASK = pa.struct(
         ("proposal_score", pa.float32()),
         ("label", pa.string()),
         ("label_score", pa.float32()),
+        ("verified", pa.bool_()),  # concept masks: CLIP's verdict on SAM 3's label (embed)
+        ("verify_score", pa.float32()),
         ("track_id", pa.int64()),
     ]
 )

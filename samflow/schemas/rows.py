@@ -33,6 +33,8 @@ def build_tables(
     }
     if "embedding" in batch and embed_model:
         out["embeddings"] = _embeddings(batch, ok, embed_model)
+    if "tracks" in batch:
+        out["tracks"] = _tracks(batch, ok)
     return out
 
 
@@ -115,3 +117,13 @@ def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str) -> pa
         ],
         schema=tables.embeddings_schema(dim),
     )
+
+
+def _tracks(batch: dict[str, Any], rows: list[int]) -> pa.Table:
+    """The track summaries the track stage put on a video's last frame row (``tracks`` column,
+    ``tables.TRACK_LIST``)."""
+    column = batch["tracks"]
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    found = column.take(pa.array(rows, pa.int64())).flatten()
+    return pa.Table.from_arrays([found.field(f.name).cast(f.type) for f in tables.TRACKS], schema=tables.TRACKS)

@@ -34,6 +34,10 @@ _ANNOTATION_FIELDS = [
     ("proposal_score", pa.float32()),
     ("label", pa.string()),
     ("label_score", pa.float32()),
+    # concept masks only: whether CLIP's top label over the vocabulary agrees with SAM 3's, and
+    # CLIP's probability of SAM 3's label
+    ("verified", pa.bool_()),
+    ("verify_score", pa.float32()),
     ("track_id", pa.int64()),
 ]
 
@@ -60,6 +64,28 @@ ERRORS = pa.schema(
 )
 
 
+# One row per object track of a video (the track stage): its id (stable within the video), the
+# video, where it starts and ends, on how many sampled frames it has a mask, its label, and its
+# mean mask score.
+TRACKS = pa.schema(
+    [
+        ("track_id", pa.int64()),
+        ("uri", pa.string()),
+        ("first_frame", pa.int32()),
+        ("last_frame", pa.int32()),
+        ("first_timestamp_s", pa.float64()),
+        ("last_timestamp_s", pa.float64()),
+        ("num_frames", pa.int32()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+    ]
+)
+
+# Between the track stage and the writer: per row, the tracks it summarises (a video's last frame
+# row carries all of its tracks; every other row none).
+TRACK_LIST = pa.list_(pa.struct(list(TRACKS)))
+
+
 def embeddings_schema(dim: int) -> pa.Schema:
     """The embeddings table: one L2-normalised vector per item and model."""
     return pa.schema(
@@ -71,4 +97,4 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
-TABLES = ("images", "annotations", "embeddings", "errors")
+TABLES = ("images", "annotations", "embeddings", "errors", "tracks")

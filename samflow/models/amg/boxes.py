@@ -1,9 +1,17 @@
-"""Box ops in torch: boxes of masks, IoU, greedy NMS (exact, batched on the device)."""
+"""Box ops: boxes of masks, IoU, greedy NMS.
+
+torchvision.ops does the standard work (``box_iou``, ``box_area``, ``nms``: SAM's own generator
+calls the same kernels, so results match it exactly, ties included). What torchvision lacks is
+kept here: NMS with *protected* boxes (box-prompt masks survive the small-region NMS) and the
+crop-edge test. ``masks_to_boxes`` stays ours: it returns SAM's integer boxes and reads the masks
+as bytes, several times faster on CPU than torchvision's float version (same values).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torchvision.ops as tvops
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -29,13 +37,13 @@ def _first_last(present: torch.Tensor, length: int) -> tuple[torch.Tensor, torch
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return tvops.box_area(boxes)
 
 
-def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
-    """(N, 4) float xyxy -> (N, N) IoU, computed as torchvision's NMS does (0/0 gives NaN,
-    which never suppresses)."""
-    return box_iou(boxes, boxes)
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) x (M, 4) float xyxy -> (N, M) IoU (torchvision's; 0/0 gives NaN, which never
+    suppresses, as in torchvision's NMS kernel)."""
+    return tvops.box_iou(a, b)
 
 
 def nms(
@@ -47,17 +55,20 @@ def nms(
     """Greedy NMS: indices of kept boxes, by score descending (ties keep input order).
 
     A box is dropped when its IoU with a kept, higher-ranked box is > ``iou_threshold``.
-    ``protected`` boxes are always kept (they still suppress others). Exact greedy result,
-    computed without a per-box loop: iterate ``keep = protected | no kept earlier box overlaps``
-    to its fixed point, which is reached after as many rounds as the longest suppression chain.
+    Without ``protected`` this is ``torchvision.ops.nms``. ``protected`` boxes are always kept
+    (they still suppress others), which torchvision cannot express: the exact greedy result is
+    then computed without a per-box loop, iterating ``keep = protected | no kept earlier box
+    overlaps`` to its fixed point (as many rounds as the longest suppression chain).
     """
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if protected is None or not bool(protected.any()):
+        return tvops.nms(boxes.float(), scores.float(), iou_threshold)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order].float()
     earlier = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(diagonal=1)
-    overlaps = (pairwise_iou(sorted_boxes) > iou_threshold) & earlier  # [j, i]: j ranks before i
+    overlaps = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold) & earlier  # [j, i]: j ranks before i
     forced = (
         protected[order] if protected is not None else torch.zeros(n, dtype=torch.bool, device=boxes.device)
     )
@@ -102,11 +113,3 @@ def near_crop_edge(
     at_image = (in_image - image).abs() <= atol
     return (at_crop & ~at_image).any(dim=1)
 
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x (M, 4) float xyxy -> (N, M) IoU (same formula as :func:`pairwise_iou`)."""
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)

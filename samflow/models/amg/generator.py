@@ -8,6 +8,9 @@ With proposal boxes for an image, each box is decoded first (one mask per propos
 "box"); grid points that fall inside a *confident* box mask are then skipped (SAM's
 semi-automatic stage), and grid masks duplicating a box mask (box IoU > box_nms_thresh) are
 dropped.
+
+Pixels already covered by masks found elsewhere (``covered``: the concept stage's SAM 3 masks)
+work like confident box masks: grid points there are skipped, so the grid covers only the rest.
 """
 
 from __future__ import annotations
@@ -95,16 +98,20 @@ class MaskGenerator:
         images: Sequence[np.ndarray],
         boxes: Sequence[np.ndarray | None] | None = None,
         box_scores: Sequence[np.ndarray | None] | None = None,
+        covered: Sequence[np.ndarray | None] | None = None,
     ) -> list[list[dict[str, Any]]]:
+        """``covered``: per image an (H, W) bool array of pixels no grid point should prompt, or None."""
         self.timings = {"encode_s": 0.0, "decode_s": 0.0, "postprocess_s": 0.0}
         images = [_check_image(im) for im in images]
-        for name, per_image in (("boxes", boxes), ("box_scores", box_scores)):
+        for name, per_image in (("boxes", boxes), ("box_scores", box_scores), ("covered", covered)):
             if per_image is not None and len(per_image) != len(images):
                 raise ValueError(f"{name} has {len(per_image)} entries for {len(images)} images")
         states = [
             _ImageState(im.shape[:2], _boxes_of(boxes, i), _scores_of(box_scores, boxes, i))
             for i, im in enumerate(images)
         ]
+        for i, state in enumerate(states):
+            state.coverage = _coverage_of(covered, i, state.hw, self.runner.device)
         crops = self._plan_crops(states)
         records: list[list[dict[str, Any]]] = []
         step = self.params.crops_per_encode
@@ -156,7 +163,8 @@ class MaskGenerator:
         for j, results in parts.items():
             state = states[chunk[j].image]
             state.box_set = MaskSet.cat([r[0] for r in results])
-            state.coverage = torch.stack([r[1] for r in results]).any(dim=0)
+            boxed = torch.stack([r[1] for r in results]).any(dim=0)
+            state.coverage = boxed if state.coverage is None else state.coverage | boxed
 
     # -- point grid -----------------------------------------------------------------------
 
@@ -357,6 +365,17 @@ def _scores_of(
     if len(s) != len(b):
         raise ValueError(f"image {i}: {len(b)} boxes but {len(s)} box scores")
     return s
+
+
+def _coverage_of(
+    covered: Sequence[np.ndarray | None] | None, i: int, hw: tuple[int, int], device: torch.device
+) -> torch.Tensor | None:
+    if covered is None or covered[i] is None:
+        return None
+    mask = np.asarray(covered[i], dtype=bool)
+    if mask.shape != tuple(hw):
+        raise ValueError(f"image {i}: covered mask {mask.shape} does not match the image {tuple(hw)}")
+    return torch.as_tensor(mask, device=device)
 
 
 def _sync(device: torch.device | str) -> None:

@@ -1,0 +1,144 @@
+"""Vector index builds and queries (samflow.index): clustered unit vectors, d=512.
+
+    python bench/index.py [--smoke | --quick]      smoke: 20k; quick: 100k; full: 100k and 1M
+
+Per case (each in its own process, so peak RSS is that case's alone): build time (collect,
+train, add, recall check), peak RSS, single-query latency p50/p99, batched queries/s, and
+recall@10 against exact search on 300 held-out queries drawn from the same clusters.
+Vectors are generated and streamed to the builder in 50k-row "files", never held whole.
+Targets on a 2-core CPU at 1M: build <= 4 min, peak RSS <= 1.5 GB and flat in N,
+recall@10 >= 0.95, p50 <= 2 ms. Prints figures; the last line is the JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import emit, result  # noqa: E402
+
+DIM = 512
+CLUSTERS = 1000
+FILE_ROWS = 50_000
+QUERIES = 300
+
+
+def _centres(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLUSTERS, DIM)).astype(np.float32)
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def _points(centres: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Points around random centres; the spread keeps clusters overlapping enough that the
+    nearest neighbours inside one are not trivially separable."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n, DIM), dtype=np.float32) * np.float32(0.8 / np.sqrt(DIM))
+    points = centres[rng.integers(0, CLUSTERS, n)] + noise
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def _sources(n: int, centres: np.ndarray):
+    import pyarrow as pa
+
+    from samflow.index.source import VectorBatch
+
+    def one_file(start: int, rows: int):
+        vectors = _points(centres, rows, seed=1000 + start // FILE_ROWS)
+        ids = pa.array([f"item-{start + i}" for i in range(rows)])
+        meta = pa.table({"item_id": ids, "annotation_id": pa.nulls(rows, pa.string()), "uri": ids})
+        yield VectorBatch(vectors, meta)
+
+    return [(f"file-{start}", lambda s=start: one_file(s, min(FILE_ROWS, n - s))) for start in range(0, n, FILE_ROWS)]
+
+
+def run_case(n: int, index_type: str) -> dict:
+    """One case in this process: build, then query; returns the figures."""
+    from samflow.index.build import Build, BuildParams, exact_top_k, peak_rss_mb
+    from samflow.index.search import Searcher
+    from samflow.index.store import VECTORS, VectorFile
+
+    centres = _centres()
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
+        work = Path(tmp)
+        build = Build(work, BuildParams(index=index_type), "image", "bench")
+        start = time.perf_counter()
+        manifest = build.run(_sources(n, centres))
+        build_s = time.perf_counter() - start
+        searcher = Searcher(work, manifest)
+        queries = _points(centres, QUERIES, seed=7)
+        truth = exact_top_k(VectorFile(work / VECTORS, DIM), n, queries, 10, 65_536)
+        for query in queries[:20]:  # warm-up (page cache, thread pool)
+            searcher.search(query[None], 10)
+        latencies = []
+        for query in queries:
+            t0 = time.perf_counter()
+            searcher.search(query[None], 10)
+            latencies.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _, found = searcher.search(queries, 10)
+        qps = len(queries) / (time.perf_counter() - t0)
+        recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth.tolist(), found.tolist())]))
+        return {
+            "type": manifest["type"], "params": {k: manifest["params"][k] for k in ("nlist", "pq_m", "nprobe", "refine_factor")},
+            "build_s": build_s, "peak_rss_mb": peak_rss_mb(), "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "p99_ms": 1000 * float(np.percentile(latencies, 99)), "qps": qps, "recall_at_10": recall,
+            "manifest_recall_at_10": manifest["recall_at_10"],
+        }
+
+
+def _in_child(n: int, index_type: str) -> dict:
+    # Sleeping, not spinning, OpenMP workers: on a shared CPU spinning threads slow FAISS ~5x.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    out = subprocess.run([sys.executable, __file__, "--case", str(n), "--type", index_type],
+                         check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true")
+    mode.add_argument("--quick", action="store_true")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--type", default="ivfpq", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    if args.case:
+        print(json.dumps(run_case(args.case, args.type)))
+        return
+    cases = [(20_000, "ivfpq")] if args.smoke else [(100_000, "flat"), (100_000, "ivfpq")]
+    if not (args.smoke or args.quick):
+        cases.append((1_000_000, "ivfpq"))
+    results = []
+    for n, index_type in cases:
+        figures = _in_child(n, index_type)
+        case = f"{_label(n)} {figures['type']}"
+        print(f"{case}: {json.dumps(figures)}", flush=True)
+        results += [
+            result(case, "build_time", figures["build_s"], "s"),
+            result(case, "peak_rss", figures["peak_rss_mb"], "MB"),
+            result(case, "query_p50", figures["p50_ms"], "ms"),
+            result(case, "query_p99", figures["p99_ms"], "ms"),
+            result(case, "queries_per_s", figures["qps"], "1/s"),
+            result(case, "recall_at_10", figures["recall_at_10"], "fraction"),
+        ]
+    emit("index", results)
+
+
+if __name__ == "__main__":
+    main()

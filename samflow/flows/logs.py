@@ -1,0 +1,94 @@
+"""What the terminal shows: samflow's own warnings by default, everything with ``-v``.
+
+Quiet by default means: no HTTP request line per Prefect API call, no Ray Data operator dumps or
+progress logs, no Ray start-up chatter, no worker output forwarded to the driver, no library
+deprecation warnings. All of it still goes to the usual files (Ray's session logs; Prefect's API
+holds the flow's logs), and ``-v`` brings it back to the terminal (``-vv`` adds debug).
+
+Some of these switches are environment variables the libraries read when they are imported (or
+pass on to Ray's worker processes): :func:`console` must be entered before Prefect or Ray is imported,
+and only sets a variable the user has not set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+
+# Library loggers that speak once per request or per tick: WARNING unless -v.
+CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
+
+_QUIET_ENV = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LOG_PRINTS": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "RAY_LOGGER_LEVEL": "error",
+    "RAY_LOG_TO_DRIVER": "0",
+    "RAY_BACKEND_LOG_LEVEL": "fatal",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+}
+
+
+@contextlib.contextmanager
+def console(verbose: int) -> Iterator[None]:
+    """Logging for one CLI command: ``verbose`` 0 = quiet, 1 = INFO from everything, 2 = DEBUG.
+    What it changes (environment, logger levels, warning filters) is put back on exit, so an
+    in-process caller (a test, a notebook) keeps its own settings."""
+    saved_env = dict(os.environ)
+    root = logging.getLogger()
+    saved_levels = {name: logging.getLogger(name).level for name in ("", *CHATTY_LOGGERS)}
+    with warnings.catch_warnings():
+        _configure(verbose)
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+            root.setLevel(saved_levels[""])
+
+
+def _configure(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # no-op if set up
+    logging.getLogger().setLevel(level)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here anyway
+    # The embedded Prefect server starts in seconds, unless the machine is busy: wait for it
+    # rather than fail the run (Prefect's default gives up after 20 s).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if verbose:
+        return
+    for name, value in _QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _ignore_library_warnings()
+
+
+def _ignore_library_warnings() -> None:
+    # Ray adds its own filter for its deprecations when imported: run again after importing it.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def quiet_ray_data(verbose: int) -> None:
+    """After Ray Data is imported: no progress bars or periodic operator dumps on the terminal
+    (the progress display replaces them); its own log file keeps everything."""
+    if verbose:
+        return
+    from ray.data import DataContext
+
+    _ignore_library_warnings()
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
+            handler.setLevel(logging.ERROR)

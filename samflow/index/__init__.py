@@ -1,0 +1,11 @@
+"""Vector index, search and semantic dedup over the embedding tables (FAISS).
+
+Storage comes in from flows as a ``pyarrow.fs.FileSystem`` plus paths, or as a local work
+folder; nothing here imports Ray, Prefect or the flows' storage helpers.
+
+    source.py    stream vectors + id columns from committed Parquet files, batch by batch
+    store.py     the on-disk layout of one index (vectors file, id map, manifest), publish/fetch
+    build.py     build (flat / IVF-PQ / HNSW), resume, add, recall against exact search
+    search.py    a loaded index: top-k ids and exact scores, id -> row lookup
+    dedup.py     exact byte duplicates, then SemDeDup (k-means, similarity within clusters)
+"""

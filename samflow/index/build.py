@@ -1,0 +1,275 @@
+"""Build an index from streamed vector batches, resumably, and add to it later.
+
+The build is a small state machine kept in ``<work>/state.json``, so a crashed build resumes:
+
+    collect   each source (a committed Parquet file) appends its vectors to vectors.f32 and its
+              id-map part; the state records the source and the new row count after each one
+              (a crash mid-source is cut back to the last recorded count)
+    train     the index type is chosen from the count; IVF-PQ trains its coarse quantizer and
+              codebooks on a random sample read back from vectors.f32
+    add       vectors are added from the file in chunks; the index is checkpointed every few
+              chunks and ``index.ntotal`` says where to go on
+    evaluate  recall@10 of the index against exact search on held-out queries
+
+``index add`` runs the same machine on a fetched build: new sources are collected, training is
+skipped (the trained index is kept), and adding starts at ``ntotal``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from samflow.index.search import Searcher
+from samflow.index.source import VectorBatch, normalise
+from samflow.index.store import (
+    INDEX,
+    STATE,
+    VECTORS,
+    VectorFile,
+    drop_id_parts_from,
+    merge_id_parts,
+    read_json,
+    write_id_part,
+    write_json,
+)
+
+TYPES = ("auto", "flat", "ivfpq", "hnsw")
+MIN_IVFPQ_VECTORS = 10_000  # 256 codewords per sub-quantizer need a few thousand training rows
+RECALL_K = 10
+CHECKPOINT_CHUNKS = 4
+
+
+class IndexBuildError(ValueError):
+    """A build that cannot go ahead as asked (user-facing message)."""
+
+
+@dataclass
+class BuildParams:
+    index: str = "auto"  # auto: flat below flat_max vectors, IVF-PQ above
+    flat_max: int = 200_000
+    nlist: int = 0  # IVF lists; 0: 2 * sqrt(count), at most count / 39
+    pq_m: int = 0  # PQ bytes per vector; 0: dim / 8 (a divisor of dim)
+    nprobe: int = 16
+    refine_factor: int = 10  # IVF-PQ: candidates per result re-ranked exactly
+    hnsw_m: int = 32
+    ef_search: int = 128
+    train_sample: int = 65_536
+    chunk_rows: int = 65_536
+    recall_queries: int = 200
+    seed: int = 0
+
+
+# A source: a name recorded in the state (the Parquet file) and a function streaming its batches.
+Source = tuple[str, Callable[[], Iterator[VectorBatch]]]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Build:
+    def __init__(self, work: Path, params: BuildParams, kind: str, model: str | None) -> None:
+        if params.index not in TYPES:
+            raise IndexBuildError(f"unknown index type {params.index!r}; expected one of {', '.join(TYPES)}")
+        self.work = work
+        self.params = params
+        work.mkdir(parents=True, exist_ok=True)
+        self.state = read_json(work / STATE) or {
+            "kind": kind, "model": model, "sources": [], "count": 0, "dim": 0, "type": None,
+            "trained_count": 0, "build_s": 0.0,
+        }
+        if model and not self.state.get("model"):
+            self.state["model"] = model
+
+    # --- collect --------------------------------------------------------------------------
+
+    def collect(self, sources: Iterable[Source]) -> int:
+        """Append every source not yet in; returns the number of vectors added by this call."""
+        done = set(self.state["sources"])
+        self._cut_back()
+        added = 0
+        for name, batches in sources:
+            if name in done:
+                continue
+            start = self.state["count"]
+            count = start
+            for batch in batches():
+                count += self._append(batch, count)
+            self.state["sources"].append(name)
+            self.state["count"] = count
+            self._save()
+            added += count - start
+        return added
+
+    def _append(self, batch: VectorBatch, start: int) -> int:
+        dim = batch.vectors.shape[1]
+        if self.state["dim"] and dim != self.state["dim"]:
+            raise IndexBuildError(f"vectors of width {dim} do not fit an index of width {self.state['dim']}")
+        self.state["dim"] = dim
+        VectorFile(self.work / VECTORS, dim).append(normalise(batch.vectors))
+        write_id_part(self.work, start, batch.meta)
+        return len(batch.vectors)
+
+    def _cut_back(self) -> None:
+        """Drop what a crashed collect wrote past the last recorded count."""
+        if self.state["dim"]:
+            VectorFile(self.work / VECTORS, self.state["dim"]).truncate(self.state["count"])
+        if (self.work / "ids").exists():
+            drop_id_parts_from(self.work, self.state["count"])
+
+    # --- train and add --------------------------------------------------------------------
+
+    def choose_type(self) -> str:
+        count, asked = self.state["count"], self.params.index
+        if asked == "auto":
+            return "flat" if count < max(self.params.flat_max, MIN_IVFPQ_VECTORS) else "ivfpq"
+        if asked == "ivfpq" and count < MIN_IVFPQ_VECTORS:
+            raise IndexBuildError(
+                f"ivfpq needs at least {MIN_IVFPQ_VECTORS} vectors to train (have {count}); use --index flat or auto"
+            )
+        return asked
+
+    def train(self) -> faiss.Index:
+        """The trained, empty index (also written as the first checkpoint)."""
+        count, dim = self.state["count"], self.state["dim"]
+        kind = self.choose_type()
+        self.state["type"] = kind
+        if kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = self._trained_ivfpq(count, dim)
+        self.state["trained_count"] = count
+        self._checkpoint(index)
+        return index
+
+    def _trained_ivfpq(self, count: int, dim: int) -> faiss.Index:
+        nlist = self.params.nlist or max(1, min(int(2 * math.sqrt(count)), count // 39))
+        pq_m = self.params.pq_m or largest_divisor_at_most(dim, max(1, dim // 8))
+        self.params.nlist, self.params.pq_m = nlist, pq_m
+        # Unit vectors: L2 order = inner-product order, and L2 residual codes are FAISS's best-kept
+        # path (precomputed tables). Candidates are re-ranked by exact inner product anyway.
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 8)
+        rng = np.random.default_rng(self.params.seed)
+        rows = np.sort(rng.choice(count, size=min(count, self.params.train_sample), replace=False))
+        index.train(VectorFile(self.work / VECTORS, dim).take(rows))
+        return index
+
+    def add(self, index: faiss.Index) -> faiss.Index:
+        """Add vectors past ``index.ntotal`` from the file, chunk by chunk, with checkpoints."""
+        vectors = VectorFile(self.work / VECTORS, self.state["dim"])
+        chunks = vectors.chunks(int(index.ntotal), self.state["count"], self.params.chunk_rows)
+        for number, (_, chunk) in enumerate(chunks, start=1):
+            index.add(chunk)
+            if number % CHECKPOINT_CHUNKS == 0:
+                self._checkpoint(index)
+        self._checkpoint(index)
+        return index
+
+    def _checkpoint(self, index: faiss.Index) -> None:
+        tmp = self.work / f".{INDEX}.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, self.work / INDEX)
+        self._save()
+
+    def _save(self) -> None:
+        self.state["params"] = asdict(self.params)
+        write_json(self.work / STATE, self.state)
+
+    # --- the whole run --------------------------------------------------------------------
+
+    def run(self, sources: Iterable[Source], retrain: bool = False) -> dict[str, Any]:
+        """Collect, train (first build, or when asked), add, evaluate; returns the manifest."""
+        started = time.perf_counter()
+        self.collect(sources)
+        if not self.state["count"]:
+            raise IndexBuildError("no vectors to index (run annotate first; masks need stages.embed.mask_embeddings=true)")
+        if (self.work / INDEX).exists() and not retrain and self.state.get("type"):
+            self._restore_params()
+            index = faiss.read_index(str(self.work / INDEX))
+        else:
+            index = self.train()
+        index = self.add(index)
+        merge_id_parts(self.work)
+        self.state["build_s"] = self.state.get("build_s", 0.0) + time.perf_counter() - started
+        return self.manifest(index)
+
+    def _restore_params(self) -> None:
+        saved = self.state.get("params") or {}
+        for key in ("nlist", "pq_m", "nprobe", "refine_factor", "hnsw_m", "ef_search"):
+            if key in saved:
+                setattr(self.params, key, saved[key])
+
+    def manifest(self, index: faiss.Index) -> dict[str, Any]:
+        manifest = {
+            "build_id": f"b-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}",
+            "kind": self.state["kind"],
+            "type": self.state["type"],
+            "params": asdict(self.params),
+            "count": int(index.ntotal),
+            "dim": self.state["dim"],
+            "model": self.state.get("model"),
+            "sources": self.state["sources"],
+            "trained_count": self.state["trained_count"],
+            "built_at": datetime.now(timezone.utc).isoformat(),
+            "build_s": round(self.state["build_s"], 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
+        searcher = Searcher(self.work, manifest, index=index)
+        recall, queries = recall_at_k(searcher, VectorFile(self.work / VECTORS, manifest["dim"]),
+                                      manifest["count"], self.params, RECALL_K)
+        manifest.update({"recall_at_10": round(recall, 4), "recall_queries": queries})
+        return manifest
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if n % d == 0)
+
+
+def held_out_queries(vectors: VectorFile, count: int, params: BuildParams) -> np.ndarray:
+    """Stored vectors outside the training sample, each nudged off its own point (noise of norm
+    0.1), so a query is near data without being a copy of it."""
+    rng = np.random.default_rng(params.seed + 1)
+    n = min(params.recall_queries, count)
+    rows = np.sort(rng.choice(count, size=n, replace=False))
+    base = vectors.take(rows)
+    noise = rng.standard_normal(base.shape).astype(np.float32)
+    noise *= 0.1 / np.linalg.norm(noise, axis=1, keepdims=True)
+    return normalise(base + noise)
+
+
+def exact_top_k(vectors: VectorFile, count: int, queries: np.ndarray, k: int, chunk_rows: int) -> np.ndarray:
+    """Exact inner-product top-k ids, streaming the vectors file (bounded memory)."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    for start, chunk in vectors.chunks(0, count, chunk_rows):
+        scores, ids = faiss.knn(queries, chunk, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+        all_scores = np.concatenate([best_scores, scores], axis=1)
+        all_ids = np.concatenate([best_ids, ids + start], axis=1)
+        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(all_scores, order, axis=1)
+        best_ids = np.take_along_axis(all_ids, order, axis=1)
+    return best_ids
+
+
+def recall_at_k(searcher: Searcher, vectors: VectorFile, count: int, params: BuildParams, k: int) -> tuple[float, int]:
+    """Mean fraction of the exact top-k that the index returns in its top-k."""
+    queries = held_out_queries(vectors, count, params)
+    k = min(k, count)
+    truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
+    _, found = searcher.search(queries, k)
+    hits = [len(set(t.tolist()) & set(f.tolist())) / k for t, f in zip(truth, found)]
+    return float(np.mean(hits)), len(queries)

@@ -1,0 +1,94 @@
+"""A built index, loaded for queries: top-k ids with exact cosine scores, and id -> row lookup.
+
+IVF-PQ finds ``k * refine_factor`` candidates from compressed codes, then re-ranks them exactly
+against the float32 vectors file (memory-mapped: only the candidates' pages are read). Flat and
+HNSW indexes hold the float vectors themselves, so their scores are already exact.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from samflow.index.source import normalise
+from samflow.index.store import IDS, INDEX, VECTORS
+
+
+class Searcher:
+    def __init__(self, folder: Path, manifest: dict[str, Any], index: faiss.Index | None = None) -> None:
+        self.manifest = manifest
+        self.type = manifest["type"]
+        self.dim = int(manifest["dim"])
+        params = manifest["params"]
+        self.index = index if index is not None else faiss.read_index(str(folder / INDEX))
+        self.refine_factor = int(params.get("refine_factor", 1))
+        if self.type == "ivfpq":
+            faiss.extract_index_ivf(self.index).nprobe = int(params["nprobe"])
+        if self.type == "hnsw":
+            self.index.hnsw.efSearch = int(params["ef_search"])
+        self.vectors = np.memmap(folder / VECTORS, dtype=np.float32, mode="r").reshape(-1, self.dim)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (q, k) float32, ids (q, k) int64); missing slots (fewer than k vectors) are -1."""
+        queries = normalise(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"query vectors have {queries.shape[1]} dimensions; the index has {self.dim}")
+        k = max(1, min(int(k), self.count)) if self.count else 1
+        if self.type != "ivfpq":
+            return self.index.search(queries, k)
+        _, candidates = self.index.search(queries, k * self.refine_factor)
+        return self._rerank(queries, candidates, k)
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for row, (query, found) in enumerate(zip(queries, candidates)):
+            found = np.unique(found[found >= 0])  # sorted: sequential page reads
+            exact = self.vectors[found] @ query
+            best = np.argsort(-exact, kind="stable")[:k]
+            scores[row, : len(best)] = exact[best]
+            ids[row, : len(best)] = found[best]
+        return scores, ids
+
+
+class IdMap:
+    """Rows of ids.parquet by id, reading only the row groups that hold the asked ids."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = pq.ParquetFile(path)
+        meta = self.file.metadata
+        self.starts = [0]
+        for group in range(meta.num_row_groups):
+            self.starts.append(self.starts[-1] + meta.row_group(group).num_rows)
+
+    def rows(self, ids: list[int]) -> list[dict[str, Any]]:
+        groups: dict[int, pa.Table] = {}
+        out = []
+        for id_ in ids:
+            group = bisect.bisect_right(self.starts, id_) - 1
+            if group not in groups:
+                groups[group] = self.file.read_row_group(group)
+            out.append(groups[group].slice(id_ - self.starts[group], 1).to_pylist()[0])
+        return out
+
+
+def load(folder: Path, manifest: dict[str, Any]) -> tuple[Searcher, IdMap]:
+    return Searcher(folder, manifest), IdMap(folder / IDS)
+
+
+def results(searcher: Searcher, ids_map: IdMap, query: np.ndarray, k: int) -> list[dict[str, Any]]:
+    """One query's top-k as id-map rows with their ``score``, best first."""
+    scores, ids = searcher.search(query, k)
+    hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+    rows = ids_map.rows([i for i, _ in hits])
+    return [{**row, "score": round(score, 6)} for row, (_, score) in zip(rows, hits)]

@@ -1,0 +1,171 @@
+"""SAM's prompt decoder for many prompts per image, without repeating the image per prompt.
+
+transformers' `SamMaskDecoder` (like Meta's) copies the image embedding and its positional
+encoding once per prompt, then projects every copy to queries, keys and values (4096 tokens x
+256 channels per prompt, several times per block). The same result is computed here (same
+weights, same maths; equal up to float rounding), with far less work per prompt:
+
+- attention between the few prompt tokens (N = 7) and the image tokens is re-associated so
+  the image tokens are never projected: for token->image attention, scores are
+  ``(q W_k) . x`` and the output is ``(A x) W_v^T``; for image->token attention, scores are
+  ``x . (W_q^T k)`` and the output is ``A (v W_o^T)``. The per-prompt products are then
+  (N * heads) x 256 x 4096 matrices instead of 4096 x 256 x 128 ones, and no (4096, 128)
+  query / key / value tensors are materialised per prompt;
+- in the first block the image tokens are not yet prompt-dependent: they are shared by all
+  prompts of an image (one matmul for all prompts' scores, no copy per prompt);
+- the output upscaling (two stride-2 transposed convolutions) runs as two matmuls with the bias
+  fused, and the hypernetwork product is taken before the pixels are put in raster order, so
+  only the K output masks are rearranged, not the 32-channel feature map;
+- prompts go through in chunks, so the per-prompt working set stays small.
+
+`decode_prompts(model, embeddings, sparse, dense, multimask)` returns what
+`SamModel.forward(image_embeddings=...)` returns as (pred_masks, iou_scores).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Prompts decoded together: bounds the per-prompt tensors (~60 MB per 16 prompts in fp32).
+PROMPT_CHUNK = 16
+
+
+def decode_prompts(
+    model, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool,
+    chunk: int = PROMPT_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """embeddings (B, C, h, w), sparse (B, P, T, C), dense (B or 1, C, h, w) ->
+    (masks (B, P, K, 4h, 4w), iou (B, P, K)), K = 3 with ``multimask`` else 1."""
+    pos = model.get_image_wide_positional_embeddings().to(embeddings.dtype)[0]
+    pos = pos.flatten(1).transpose(0, 1)  # (HW, C)
+    decoder = model.mask_decoder
+    upscale = _Upscale(decoder)
+    masks, ious = [], []
+    for b in range(embeddings.shape[0]):
+        src = (embeddings[b] + dense[b if dense.shape[0] > 1 else 0]).flatten(1).transpose(0, 1).contiguous()
+        parts = [_decode_chunk(decoder, upscale, src, pos, sparse[b, s : s + chunk], multimask, embeddings.shape[-2:])
+                 for s in range(0, sparse.shape[1], chunk)]
+        masks.append(torch.cat([m for m, _ in parts]))
+        ious.append(torch.cat([i for _, i in parts]))
+    return torch.stack(masks), torch.stack(ious)
+
+
+def _decode_chunk(decoder, upscale: "_Upscale", src: torch.Tensor, pos: torch.Tensor, sparse: torch.Tensor,
+                  multimask: bool, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    p = sparse.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(sparse.dtype)
+    tokens = torch.cat([output_tokens.expand(p, -1, -1), sparse], dim=1)  # (p, N, C)
+    queries, keys = tokens, src[None]  # keys: (1, HW, C) while shared by all prompts
+    for layer in decoder.transformer.layers:
+        queries, keys = _two_way_block(layer, queries, keys, tokens, pos)
+    transformer = decoder.transformer
+    attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
+    queries = transformer.layer_norm_final_attn(queries + attn)
+    selected = slice(1, None) if multimask else slice(0, 1)
+    mask_tokens = queries[:, 1 : 1 + decoder.num_mask_tokens][:, selected]
+    first_mlp = 1 if multimask else 0
+    hyper = torch.stack([decoder.output_hypernetworks_mlps[first_mlp + i](mask_tokens[:, i])
+                         for i in range(mask_tokens.shape[1])], dim=1)  # (p, K, C / 8)
+    masks = upscale(keys, hyper, hw)
+    iou = decoder.iou_prediction_head(queries[:, 0])[:, selected]
+    return masks, iou
+
+
+def _two_way_block(layer, queries: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor,
+                   pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # self-attention of the prompt tokens (small: the library module as is)
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])[0][0]
+    else:
+        q = (queries + tokens)[None]
+        queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
+    queries = layer.layer_norm1(queries)
+    with_pos = keys + pos  # the image tokens as keys (token->image) and queries (image->token)
+    attn = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, with_pos, keys)
+    queries = layer.layer_norm2(queries + attn)
+    queries = layer.layer_norm3(queries + layer.mlp(queries))
+    keys = _image_to_token(layer.cross_attn_image_to_token, with_pos, queries + tokens, queries, residual=keys)
+    keys = layer.layer_norm4(keys)  # (p, HW, C): per prompt from here on
+    return queries, keys
+
+
+def _head_weights(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear(C -> heads * d) as (heads, d, C) weight and (heads, d) bias."""
+    out, c = linear.weight.shape
+    return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads)
+
+
+def _scores(per_prompt: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """(p, M, C) x image tokens (p or 1, HW, C) -> (p, M, HW); shared image tokens take one
+    matmul for all prompts."""
+    if image.shape[0] == 1:
+        p, m, c = per_prompt.shape
+        return (per_prompt.reshape(p * m, c) @ image[0].t()).view(p, m, -1)
+    return torch.bmm(per_prompt, image.transpose(1, 2))
+
+
+def _token_to_image(attention, token_q: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
+    """SamAttention(query=tokens, key=image + pos, value=image): (p, N, C)."""
+    heads = attention.num_attention_heads
+    p, n, _ = token_q.shape
+    q = F.linear(token_q, attention.q_proj.weight, attention.q_proj.bias).unflatten(-1, (heads, -1))
+    w_k, _ = _head_weights(attention.k_proj, heads)  # the key bias shifts every score of a row: no effect
+    reach = torch.einsum("pnhd,hdc->phnc", q, w_k).flatten(1, 2) * attention.scaling  # (p, heads * N, C)
+    weights = _scores(reach, image_k).softmax(dim=-1)  # (p, heads * N, HW)
+    if image_v.shape[0] == 1:
+        pooled = (weights.flatten(0, 1) @ image_v[0]).view(p, heads, n, -1)
+    else:
+        pooled = torch.bmm(weights, image_v).view(p, heads, n, -1)  # (p, heads, N, C)
+    w_v, b_v = _head_weights(attention.v_proj, heads)
+    values = torch.einsum("phnc,hdc->pnhd", pooled, w_v) + b_v  # rows of weights sum to 1
+    return F.linear(values.flatten(2), attention.out_proj.weight, attention.out_proj.bias)
+
+
+def _image_to_token(attention, image_q: torch.Tensor, token_k: torch.Tensor, token_v: torch.Tensor,
+                    residual: torch.Tensor) -> torch.Tensor:
+    """``residual`` + SamAttention(query=image + pos, key=tokens, value=tokens): (p, HW, C), the
+    residual added by the same matmul (it reads the image tokens once)."""
+    heads = attention.num_attention_heads
+    p, n, _ = token_k.shape
+    k = F.linear(token_k, attention.k_proj.weight, attention.k_proj.bias).unflatten(-1, (heads, -1))
+    v = F.linear(token_v, attention.v_proj.weight, attention.v_proj.bias).unflatten(-1, (heads, -1))
+    w_q, b_q = _head_weights(attention.q_proj, heads)
+    reach = torch.einsum("pnhd,hdc->phnc", k, w_q).flatten(1, 2) * attention.scaling  # (p, heads * N, C)
+    shift = torch.einsum("pnhd,hd->phn", k, b_q).reshape(p, heads * n, 1) * attention.scaling
+    scores = _scores(reach, image_q) + shift  # (p, heads * N, HW)
+    weights = scores.view(p, heads, n, -1).softmax(dim=2).view(p, heads * n, -1)
+    w_o = attention.out_proj.weight.view(-1, heads, k.shape[-1])  # (C, heads, d)
+    carried = torch.einsum("pnhd,chd->phnc", v, w_o).flatten(1, 2)  # (p, heads * N, C)
+    # each head's weights sum to 1 per image token: the output bias rides along as bias / heads
+    carried = carried + attention.out_proj.bias / heads
+    return torch.baddbmm(residual, weights.transpose(1, 2), carried)
+
+
+class _Upscale:
+    """Two ConvTranspose2d(k=2, s=2) with LayerNorm + GELU on the image tokens, then the
+    hypernetwork product: (p, HW, C) tokens, (p, K, C / 8) -> (p, K, 4h, 4w) masks.
+    Weights reordered once so each convolution is one matmul with its bias, output channels
+    last (where the LayerNorm and the product want them)."""
+
+    def __init__(self, decoder) -> None:
+        conv1, conv2 = decoder.upscale_conv1, decoder.upscale_conv2
+        self.c1, self.c2 = conv1.weight.shape[1], conv2.weight.shape[1]
+        # (C_in, C_out, 2, 2) -> (4 * C_out, C_in), row (a * 2 + b) * C_out + o
+        self.w1 = conv1.weight.permute(2, 3, 1, 0).reshape(4 * self.c1, -1)
+        self.b1 = conv1.bias.repeat(4)
+        self.w2 = conv2.weight.permute(2, 3, 1, 0).reshape(4 * self.c2, -1)
+        self.b2 = conv2.bias.repeat(4)
+        self.norm = decoder.upscale_layer_norm
+        self.activation = decoder.activation
+
+    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        p = keys.shape[0]
+        h, w = hw
+        y = F.linear(keys, self.w1, self.b1).unflatten(-1, (4, self.c1))  # (p, HW, 4 [a b], c1)
+        y = self.activation(F.layer_norm(y, (self.c1,), self.norm.weight, self.norm.bias, self.norm.eps))
+        z = self.activation(F.linear(y, self.w2, self.b2))  # (p, HW, 4 [a b], 4 [a' b'] * c2)
+        masks = torch.bmm(z.view(p, -1, self.c2), hyper.transpose(1, 2))  # (p, HW * 16, K)
+        k = hyper.shape[1]
+        masks = masks.view(p, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # p K i a a' j b b'
+        return masks.reshape(p, k, 4 * h, 4 * w)

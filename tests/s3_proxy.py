@@ -1,0 +1,127 @@
+"""A small fault-injecting HTTP proxy in front of the test S3 server.
+
+It forwards every request to the real (moto) server, except that it
+- answers ``403 AccessDenied`` for every request to a bucket in ``denied``,
+- answers ``503 SlowDown`` to a share of requests (``slowdown_rate``), and
+- cuts the connection without an answer for another share (``reset_rate``).
+Faults are drawn from a seeded generator and counted, so a test can check that they happened.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+    "<BucketName>{bucket}</BucketName></Error>"
+)
+
+
+@dataclass
+class Faults:
+    denied: set[str] = field(default_factory=set)
+    slowdown_rate: float = 0.0
+    reset_rate: float = 0.0
+    seed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0})
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def draw(self, bucket: str, method: str) -> str | None:
+        with self.lock:
+            self.counts["requests"] += 1
+            if bucket in self.denied:
+                self.counts["denied"] += 1
+                return "denied"
+            roll = self.rng.random()
+            if roll < self.slowdown_rate:
+                self.counts["slowdown"] += 1
+                return "slowdown"
+            # A reset happens before forwarding: the request never reached the server.
+            if roll < self.slowdown_rate + self.reset_rate:
+                self.counts["reset"] += 1
+                return "reset"
+            return None
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, faults: Faults) -> None:
+        self.upstream = urlsplit(upstream)
+        self.faults = faults
+        handler = _handler(self)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # quiet
+            pass
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            bucket = urlsplit(self.path).path.lstrip("/").split("/", 1)[0]
+            fault = proxy.faults.draw(bucket, self.command)
+            if fault == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.connection.close()
+                self.close_connection = True
+                return
+            if fault == "denied":
+                return self._error(403, "AccessDenied", "Access Denied", bucket)
+            if fault == "slowdown":
+                return self._error(503, "SlowDown", "Please reduce your request rate.", bucket)
+            self._forward(body)
+
+        def _error(self, status: int, code: str, message: str, bucket: str) -> None:
+            payload = _ERROR_XML.format(code=code, message=message, bucket=bucket).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        def _forward(self, body: bytes) -> None:
+            upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+            upstream.request(self.command, self.path, body=body or None, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            self.send_response(response.status, response.reason)
+            skip = {"connection", "keep-alive", "transfer-encoding"}
+            if self.command != "HEAD":  # a HEAD answer keeps the object's length
+                skip.add("content-length")
+                self.send_header("Content-Length", str(len(data)))
+            for key, value in response.getheaders():
+                if key.lower() not in skip:
+                    self.send_header(key, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            upstream.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    return Handler

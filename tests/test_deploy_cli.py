@@ -1,0 +1,43 @@
+"""`samflow deploy` against Prefect's ephemeral server: the deployment exists with the config's
+cron and the run's parameters; a malformed cron is a user error."""
+
+from __future__ import annotations
+
+from samflow.flows.cli import main
+
+
+def test_deploy_registers_annotate_with_the_cron(prefect_server, tmp_path, capsys):
+    from prefect.client.orchestration import get_client
+
+    config = tmp_path / "run.yaml"
+    config.write_text('schedule: "0 3 * * *"\nstages: {segment: {batch_size: 3}}\n')
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--config", str(config),
+                 "--profile", "tiny", "--name", "nightly-test", "--timezone", "Europe/Paris"]) == 0
+    printed = capsys.readouterr().out
+    assert "annotate-dataset/nightly-test" in printed and "0 3 * * *" in printed
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("annotate-dataset/nightly-test")
+    crons = [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]
+    assert crons == [("0 3 * * *", "Europe/Paris")]
+    assert deployment.parameters["src"] == "s3://raw/images"
+    assert deployment.parameters["dst"] == "s3://annotated/out"
+    assert deployment.parameters["profile"] == "tiny"
+    assert deployment.parameters["config"]["stages"]["segment"]["batch_size"] == 3
+    assert deployment.global_concurrency_limit.limit == 1  # nightly runs never overlap
+
+    # --cron overrides the config; re-deploying updates the same deployment
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--config", str(config),
+                 "--name", "nightly-test", "--cron", "30 1 * * *"]) == 0
+    with get_client(sync_client=True) as client:
+        again = client.read_deployment_by_name("annotate-dataset/nightly-test")
+    assert again.id == deployment.id
+    assert [s.schedule.cron for s in again.schedules] == ["30 1 * * *"]
+
+
+def test_malformed_cron_is_a_user_error(prefect_server, capsys):
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--cron", "every night"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every night" in err[0] and err[0].startswith("samflow deploy: schedule")
+    assert main(["schedule", "s3://raw/images", "--out", "s3://annotated/out"]) == 2
+    assert "no schedule" in capsys.readouterr().err
