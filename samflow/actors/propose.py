@@ -1,17 +1,17 @@
 """Propose stage: OWLv2 boxes per healthy image, handed to segment as box prompts.
 
-Adds ``proposals_json`` per row: ``{"boxes": [[x0, y0, x1, y1], ...], "scores": [...]}`` in the
+Adds ``proposals`` per row, an Arrow ``list<struct<box: [x0, y0, x1, y1], score>>`` in the
 pixels the stage saw (upscaled ones when upscale ran: segment works on those same pixels), best
 first. Rows that failed here or earlier get no boxes.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from samflow.actors.batch import (
     Batch,
@@ -19,13 +19,13 @@ from samflow.actors.batch import (
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
 )
 from samflow.models.registry import load_model
 
 STAGE = "propose"
-NO_PROPOSALS = json.dumps({"boxes": [], "scores": []})
+COLUMN = "proposals"
+PROPOSAL = pa.struct([("box", pa.list_(pa.float32(), 4)), ("score", pa.float32())])
 
 
 class ProposeStage:
@@ -64,28 +64,30 @@ class ProposeStage:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
 
-            def infer(chunk: list[int]) -> list[str]:
+            def infer(chunk: list[int]) -> list[list[dict[str, Any]]]:
                 found = self._boxes([image_at(batch, r) for r in chunk])
-                return [_proposals_json(boxes, scores) for boxes, scores in found]
+                return [_proposals(boxes, scores) for boxes, scores in found]
 
             proposals = infer_or_fail(batch, STAGE, rows, infer)
-            batch["proposals_json"] = object_column(
-                [proposals.get(r, NO_PROPOSALS) for r in range(len(batch["uri"]))]
+            batch[COLUMN] = pa.array(
+                [proposals.get(r, []) for r in range(len(batch["uri"]))], type=pa.list_(PROPOSAL)
             )
         return batch
 
 
-def _proposals_json(boxes: Any, scores: Any) -> str:
+def _proposals(boxes: Any, scores: Any) -> list[dict[str, Any]]:
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-    return json.dumps({"boxes": boxes.tolist(), "scores": scores.tolist()})
+    return [{"box": box, "score": score} for box, score in zip(boxes.tolist(), scores.tolist(), strict=True)]
 
 
 def proposals_at(batch: Batch, row: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The row's (boxes (N, 4) xyxy, scores (N,)), or None when propose did not run."""
-    column = batch.get("proposals_json")
+    column = batch.get(COLUMN)
     if column is None:
         return None
-    parsed = json.loads(column[row])
-    boxes = np.asarray(parsed["boxes"], dtype=np.float64).reshape(-1, 4)
-    return boxes, np.asarray(parsed["scores"], dtype=np.float32).reshape(-1)
+    found = column[row].values
+    if found is None or len(found) == 0:
+        return np.zeros((0, 4), np.float64), np.zeros(0, np.float32)
+    boxes = found.field("box").flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4)
+    return boxes, found.field("score").to_numpy(zero_copy_only=False).astype(np.float32)
