@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import threading
 import time
@@ -34,14 +35,28 @@ def emit(bench: str, results: list[dict[str, Any]]) -> dict[str, Any]:
     return payload
 
 
+def annotate_env(code: Path | None = None) -> dict[str, str]:
+    """Environment for a `samflow annotate` subprocess: its own ephemeral Prefect server, given
+    time to start on a loaded machine; ``code``, when given, is the checkout whose samflow runs."""
+    env = dict(os.environ)
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
+    return env
+
+
 def result(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
     return {"case": case, "metric": metric, "value": round(float(value), 4), "unit": unit}
 
 
 class TreeMemory:
-    """Peak resident memory of a process and all its descendants (Ray's raylet and workers)."""
+    """Peak proportional set size (PSS) of a process and all its descendants (Ray's raylet and
+    workers): shared pages (torch's libraries, Ray's plasma store mapped by every worker) count
+    once over the tree, not once per process as summed RSS would."""
 
-    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.3) -> None:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak_bytes = 0
@@ -69,7 +84,7 @@ class TreeMemory:
         total = 0
         for proc in processes:
             try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
+                total += proc.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return total

@@ -91,9 +91,11 @@ def bench_stage(n_good: int, min_seconds: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short run (well under two minutes)")
+    parser.add_argument("--smoke", action="store_true", help="a few files, tiny windows (seconds)")
     args = parser.parse_args()
-    min_seconds = 1.0 if args.quick else 5.0
-    results = bench_formats(min_seconds) + bench_stage(40 if args.quick else 200, min_seconds)
+    min_seconds = 0.05 if args.smoke else 1.0 if args.quick else 5.0
+    files = 8 if args.smoke else 40 if args.quick else 200
+    results = bench_formats(min_seconds) + bench_stage(files, min_seconds)
     for row in results:
         print(f"{row['case']:<60} {row['value']:>10.1f} {row['unit']}")
     emit("decode", results)  # one process, one core: decode is single-threaded per worker

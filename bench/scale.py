@@ -126,10 +126,11 @@ def report(cases: list[dict]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="12 images, 1 and 2 actors (< 2 min)")
+    parser.add_argument("--smoke", action="store_true", help="4 images, 1 actor (seconds plus Ray's start)")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
-    n_images, pool_sizes = (12, [1, 2]) if args.quick else (args.images, args.actors)
+    n_images, pool_sizes = (4, [1]) if args.smoke else (12, [1, 2]) if args.quick else (args.images, args.actors)
 
     import ray
     import torch

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,14 +64,23 @@ def images_per_s(
     """Run ``stage`` over ``batch`` in slices of ``batch_size``, ``repeats`` times; return the
     best images/s (the machine may be shared) and the output."""
     n = len(batch["uri"])
-    stage({k: v[:1].copy() for k, v in batch.items()})  # warm-up (lazy init, caches)
+    stage(_rows(batch, 0, 1))  # warm-up (lazy init, caches)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        parts = [stage({k: v[i : i + batch_size].copy() for k, v in batch.items()}) for i in range(0, n, batch_size)]
+        parts = [stage(_rows(batch, i, i + batch_size)) for i in range(0, n, batch_size)]
         best = min(best, time.perf_counter() - start)
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    merged = {k: _concat([p[k] for p in parts]) for k in parts[0]}
     return n / best, merged
+
+
+def _rows(batch: Batch, start: int, end: int) -> Batch:
+    """Rows start..end as a stage's own batch (numpy columns copied; Arrow ones are immutable)."""
+    return {k: v[start:end].copy() if isinstance(v, np.ndarray) else v[start:end] for k, v in batch.items()}
+
+
+def _concat(parts: list) -> object:
+    return pa.concat_arrays(parts) if isinstance(parts[0], pa.Array) else np.concatenate(parts)
 
 
 def rescale_ms_per_mask(side: int, factor: int, masks: int) -> float:
@@ -134,13 +144,14 @@ def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="8 images of 64 px (< 2 min on 2 cores)")
+    parser.add_argument("--smoke", action="store_true", help="2 images of 32 px (seconds)")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--side", type=int, default=128)
     parser.add_argument("--config", help="run config YAML with real models (default: the tiny profile)")
     args = parser.parse_args()
     cfg = load_config(args.config, profile=None if args.config else "tiny")
-    n, side = (8, 64) if args.quick else (args.images, args.side)
-    emit("stages", run(cfg, n, side, repeats=1 if args.quick else 2))
+    n, side = (2, 32) if args.smoke else (8, 64) if args.quick else (args.images, args.side)
+    emit("stages", run(cfg, n, side, repeats=1 if args.quick or args.smoke else 2))
 
 
 if __name__ == "__main__":

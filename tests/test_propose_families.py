@@ -3,13 +3,12 @@ RLE rows, closed-set class names carried onto the masks they prompt, family auto
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from samflow.actors.batch import object_column
-from samflow.actors.propose import ProposeStage
+from samflow.actors.propose import ProposeStage, proposal_labels_at, proposals_at
 from samflow.actors.segment import SegmentStage
 from samflow.flows.sample_data import synthetic_scene
 from samflow.models.maskrcnn import TINY_CLASSES
@@ -40,6 +39,12 @@ def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
     return [synthetic_scene(rng, h, w, n_shapes=2)[0] for h, w in sizes]
 
 
+def _found(batch) -> dict:
+    """The first row's proposals as plain lists."""
+    boxes, scores = proposals_at(batch, 0)
+    return {"boxes": boxes.tolist(), "scores": scores.tolist(), "labels": proposal_labels_at(batch, 0)}
+
+
 def test_maskrcnn_masks_become_rle_rows_with_class_names():
     stage = ProposeStage("tiny://maskrcnn", max_boxes=5, score_thresh=0.0, maskrcnn_masks="rows")
     assert stage.family == "maskrcnn"  # auto-detected from the URI
@@ -57,7 +62,7 @@ def test_maskrcnn_masks_become_rle_rows_with_class_names():
         assert record["label"] == expected.labels[i] and record["label"] in TINY_CLASSES
         assert record["label_score"] == pytest.approx(float(expected.scores[i]))
     assert mask_column.records_at(out["masks"], 1) == []  # failed row: nothing
-    assert json.loads(out["proposals_json"][0])["boxes"] == []  # rows mode: no prompts for SAM
+    assert _found(out)["boxes"] == []  # rows mode: no prompts for SAM
 
 
 def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
@@ -79,7 +84,7 @@ def test_closed_set_class_names_reach_the_masks_they_prompt(family):
                                                   "stability_score_thresh": 0.0}, device="cpu")
     (image,) = _scenes((48, 64))
     batch = propose(_batch([image]))
-    found = json.loads(batch["proposals_json"][0])
+    found = _found(batch)
     assert found["labels"] and set(found["labels"]) <= set(TINY_CLASSES)
     for x0, y0, x1, y1 in found["boxes"]:
         assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 48
@@ -115,5 +120,5 @@ def test_grounding_dino_needs_queries_and_labels_boxes_with_them():
         ProposeStage("tiny://grounding_dino")
     stage = ProposeStage("tiny://grounding_dino", max_boxes=3, score_thresh=0.0, queries=["a cone", "a ball"])
     (image,) = _scenes((30, 44))
-    found = json.loads(stage(_batch([image]))["proposals_json"][0])
+    found = _found(stage(_batch([image])))
     assert 0 < len(found["boxes"]) <= 3 and set(found["labels"]) <= {"a cone", "a ball"}

@@ -20,7 +20,7 @@ import json
 
 from samflow.actors.batch import object_column
 from samflow.actors.embed import EmbedStage, mask_crop
-from samflow.actors.propose import ProposeStage
+from samflow.actors.propose import PROPOSAL, ProposeStage, proposals_at
 from samflow.actors.upscale import UpscaleStage
 from samflow.actors.rescale import downscale_mask, records_to_original
 from samflow.flows.config import RayConfig, StageConfig, load_config
@@ -322,11 +322,12 @@ def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none
     stage = ProposeStage("tiny://owlv2", max_boxes=2, score_thresh=0.0, queries=["a cone", "a ball"])
     (image,) = _scenes((30, 44))
     out = stage(_batch([image, image], failed=(1,)))
-    found = json.loads(out["proposals_json"][0])
-    assert 0 < len(found["boxes"]) <= 2 and len(found["scores"]) == len(found["boxes"])
-    for x0, y0, x1, y1 in found["boxes"]:
+    boxes, scores = proposals_at(out, 0)
+    assert 0 < len(boxes) <= 2 and len(scores) == len(boxes)
+    for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 <= x1 <= 44 and 0 <= y0 <= y1 <= 30
-    assert json.loads(out["proposals_json"][1]) == {"boxes": [], "scores": []}
+    assert [len(found) for found in proposals_at(out, 1)] == [0, 0]
+    assert out["proposals"].type == pa.list_(PROPOSAL)  # Arrow, not JSON text
 
 
 def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():

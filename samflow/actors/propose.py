@@ -9,8 +9,8 @@ Families (``family``; "auto" reads it from the model URI / checkpoint config, se
                   "prompts" hands the boxes to segment (SAM draws the masks), "rows" keeps
                   Mask R-CNN's own masks as ``source = "maskrcnn"`` annotation rows instead
 
-Adds ``proposals_json`` per row: ``{"boxes": [[x0, y0, x1, y1], ...], "scores": [...],
-"labels": [...]}`` in the pixels the stage saw (upscaled ones when upscale ran: segment works on
+Adds ``proposals`` per row, an Arrow ``list<struct<box: [x0, y0, x1, y1], score, label>>`` in
+the pixels the stage saw (upscaled ones when upscale ran: segment works on
 those same pixels), best first; ``labels`` holds class names (or the matched query) and "" for
 class-agnostic boxes. Segment copies a box's label and score onto the mask it prompts
 (``label`` / ``label_score``). Rows that failed here or earlier get no boxes.
@@ -18,11 +18,11 @@ class-agnostic boxes. Segment copies a box's label and score onto the mask it pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from samflow.actors.batch import (
     Batch,
@@ -30,7 +30,6 @@ from samflow.actors.batch import (
     healthy,
     image_at,
     infer_or_fail,
-    object_column,
     stage_meta,
     upscale_factor_at,
 )
@@ -39,7 +38,8 @@ from samflow.actors.rescale import records_to_original
 from samflow.models.registry import ModelLoadError, load_model
 
 STAGE = "propose"
-NO_PROPOSALS = json.dumps({"boxes": [], "scores": []})
+COLUMN = "proposals"
+PROPOSAL = pa.struct([("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()), ("label", pa.string())])
 PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 
@@ -56,7 +56,7 @@ def resolve_family(family: str, model_uri: str) -> str:
 
 
 class ProposeStage:
-    """Loads the detector once per actor and maps batches to ``proposals_json`` (and, for Mask
+    """Loads the detector once per actor and maps batches to ``proposals`` (and, for Mask
     R-CNN with ``maskrcnn_masks="rows"``, its masks into the ``masks`` column)."""
 
     def __init__(
@@ -105,27 +105,27 @@ class ProposeStage:
         with stage_meta(batch, STAGE, self.info):
             rows = healthy(batch).tolist()
 
-            def infer(chunk: list[int]) -> list[tuple[str, list[dict[str, Any]]]]:
+            def infer(chunk: list[int]) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
                 found = self._detect([image_at(batch, r) for r in chunk])
                 return [self._outputs(f, upscale_factor_at(batch, r)) for f, r in zip(found, chunk)]
 
             results = infer_or_fail(batch, STAGE, rows, infer)
-            batch["proposals_json"] = object_column(
-                [results[r][0] if r in results else NO_PROPOSALS for r in range(len(batch["uri"]))]
+            batch[COLUMN] = pa.array(
+                [results[r][0] if r in results else [] for r in range(len(batch["uri"]))], type=pa.list_(PROPOSAL)
             )
             if self.mask_rows:
                 append_records(batch, {r: records for r, (_, records) in results.items()})
         return batch
 
     def _outputs(self, found: dict[str, Any], factor: int) -> tuple[str, list[dict[str, Any]]]:
-        """(proposals_json, mask records): Mask R-CNN rows replace its boxes as prompts."""
+        """(proposals, mask records): Mask R-CNN rows replace its boxes as prompts."""
         if not self.mask_rows:
-            return _proposals_json(found["boxes"], found["scores"], found["labels"]), []
+            return _proposals(found["boxes"], found["scores"], found["labels"]), []
         records = [
             mask_record(mask, source="maskrcnn", label=label, label_score=score, proposal_score=score)
             for mask, label, score in zip(found["masks"], found["labels"], found["scores"].tolist())
         ]
-        return NO_PROPOSALS, records_to_original([r for r in records if r is not None], factor)
+        return [], records_to_original([r for r in records if r is not None], factor)
 
 
 def _found(boxes: Any, scores: Any, labels: Sequence[str], masks: Any = None) -> dict[str, Any]:
@@ -137,26 +137,34 @@ def _found(boxes: Any, scores: Any, labels: Sequence[str], masks: Any = None) ->
     }
 
 
-def _proposals_json(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> str:
-    return json.dumps({"boxes": boxes.tolist(), "scores": scores.tolist(), "labels": list(labels)})
+def _proposals(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {"box": box, "score": score, "label": label}
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels, strict=True)
+    ]
 
 
 def proposals_at(batch: Batch, row: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The row's (boxes (N, 4) xyxy, scores (N,)), or None when propose did not run."""
-    column = batch.get("proposals_json")
+    column = batch.get(COLUMN)
     if column is None:
         return None
-    parsed = json.loads(column[row])
-    boxes = np.asarray(parsed["boxes"], dtype=np.float64).reshape(-1, 4)
-    return boxes, np.asarray(parsed["scores"], dtype=np.float32).reshape(-1)
+    found = column[row].values
+    if found is None or len(found) == 0:
+        return np.zeros((0, 4), np.float64), np.zeros(0, np.float32)
+    boxes = found.field("box").flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4)
+    return boxes, found.field("score").to_numpy(zero_copy_only=False).astype(np.float32)
 
 
 def proposal_labels_at(batch: Batch, row: int) -> list[str]:
     """The row's proposal class names ("" = class-agnostic), aligned with :func:`proposals_at`."""
-    column = batch.get("proposals_json")
+    column = batch.get(COLUMN)
     if column is None:
         return []
-    return list(json.loads(column[row]).get("labels", []))
+    found = column[row].values
+    if found is None or len(found) == 0:
+        return []
+    return [label or "" for label in found.field("label").to_pylist()]
 
 
 def label_box_records(

@@ -1,6 +1,6 @@
 """Segment stage: automatic masks for every healthy image of a batch (SAM through the engine).
 
-With the propose stage's boxes (``proposals_json``) the engine runs its semi-automatic path: one
+With the propose stage's boxes (its ``proposals`` column) the engine runs its semi-automatic path: one
 mask per box (source "box", with its proposal_score), then the point grid for the rest. Masks
 come out in the original image's coordinates even when the pixels were upscaled. Masks of the
 concepts stage (SAM 3) stay first in the row, and the point grid skips the pixels they cover.

@@ -1,0 +1,142 @@
+"""Pipeline overhead on the CLIP path: the model alone vs `samflow annotate`, in one run.
+
+    python bench/overhead.py [--smoke|--quick] [--images N] [--model random://clip] [--threads 2]
+
+1. model only: this process decodes the JPEGs (untimed), then embeds them with the registry's
+   CLIP in batches of ``--batch`` on ``--threads`` torch threads: images/s.
+2. pipeline: `samflow annotate` on the same files, segment off, embed on the same model, batch and
+   threads (``stages.embed.num_cpus`` = threads: an actor's torch threads follow its reserved
+   CPUs); images/s over the run's pipeline phase, with the embed actor's busy seconds and Ray
+   Data's per-operator figures from the run manifest.
+Prints both rates and their ratio (the goal: the pipeline at >= 80 % of the model alone), the
+model's load time, and the streaming rate over the embed operator's span (first batch to last):
+pipeline time also holds Ray's start, actor start and the model load, which a short run cannot
+amortise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import annotate_env, emit, result  # noqa: E402
+
+
+def write_jpegs(folder: Path, n: int, height: int, width: int) -> list[Path]:
+    """Smooth random colour fields (compress like photos, unlike noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        small = rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
+        path = folder / f"img_{i:05d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_only(paths: list[Path], model: str, batch: int, threads: int) -> dict[str, float]:
+    import torch
+
+    from samflow.models.registry import load_model
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    clip = load_model("clip", model, device="cpu")
+    load_s = time.perf_counter() - start
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    clip.embed_images(images[:batch])  # warm-up: first-call allocations and kernel selection
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        clip.embed_images(images[i : i + batch])
+    seconds = time.perf_counter() - start
+    return {"images_per_s": len(images) / seconds, "seconds": seconds, "load_s": load_s}
+
+
+def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: list[str]) -> dict:
+    settings = [
+        "stages.segment.enabled=false",
+        f"stages.embed.model={model}",
+        f"stages.embed.batch_size={batch}",
+        f"stages.embed.num_cpus={threads}",
+        *extra,
+    ]
+    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", str(src), "--out", str(dst)]
+    for setting in settings:
+        command += ["--set", setting]
+    proc = subprocess.run(command, capture_output=True, text=True, env=annotate_env())
+    if proc.returncode != 0:
+        raise SystemExit(f"annotate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    manifest = json.loads(next((dst / "_runs").glob("*.json")).read_text())
+    timings = manifest["timings_s"]
+    operators = timings.get("ray_operators", {})
+    embed_span = next((f["span_s"] for name, f in operators.items() if "EmbedStage" in name), 0.0)
+    return {
+        "embed_span_s": embed_span,
+        "images_per_s": manifest["counts"]["images"] / timings["pipeline"],
+        "pipeline_s": timings["pipeline"],
+        "embed_busy_s": timings["stage_busy"].get("embed", 0.0),
+        "operators": timings.get("ray_operators", {}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="8 small images, tiny://clip (seconds + Ray start)")
+    parser.add_argument("--quick", action="store_true", help="64 images (< 2 min on 2 cores)")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--model", default="random://clip")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra annotate --set KEY=VALUE")
+    args = parser.parse_args()
+    n, (h, w), model = args.images, (480, 640), args.model
+    if args.smoke:
+        n, (h, w), model = 8, (96, 128), "tiny://clip"
+    elif args.quick:
+        n = 64
+    with tempfile.TemporaryDirectory(prefix="samflow-overhead-") as tmp:
+        paths = write_jpegs(Path(tmp) / "src", n, h, w)
+        alone = model_only(paths, model, args.batch, args.threads)
+        print(f"model only:  {alone['images_per_s']:8.2f} images/s ({n} images, {args.threads} threads, "
+              f"batches of {args.batch})", flush=True)
+        run = pipeline(Path(tmp) / "src", Path(tmp) / "out", model, args.batch, args.threads, args.extra)
+    ratio = run["images_per_s"] / alone["images_per_s"]
+    # The embed actor loads the same model before its first batch: that part of the pipeline
+    # time is model start, not per-image overhead.
+    after_load = n / max(run["pipeline_s"] - alone["load_s"], 1e-9)
+    print(f"pipeline:    {run['images_per_s']:8.2f} images/s over {run['pipeline_s']:.1f} s "
+          f"(embed busy {run['embed_busy_s']:.1f} s) = {100 * ratio:.0f} % of the model alone")
+    print(f"model load:  {alone['load_s']:8.1f} s in this process; pipeline without it: "
+          f"{after_load:.2f} images/s = {100 * after_load / alone['images_per_s']:.0f} % of the model alone")
+    steady = n / max(run["embed_span_s"], 1e-9)
+    print(f"streaming:   {steady:8.2f} images/s over the embed operator's span ({run['embed_span_s']:.1f} s, "
+          f"first batch to last) = {100 * steady / alone['images_per_s']:.0f} % of the model alone")
+    for name, figures in run["operators"].items():
+        print(f"  {name:<48} task wall {figures['task_wall_s']:7.1f} s  span {figures['span_s']:7.1f} s")
+    case = f"{model}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
+    emit("overhead", [
+        result(case, "model_only_throughput", alone["images_per_s"], "images/s"),
+        result(case, "pipeline_throughput", run["images_per_s"], "images/s"),
+        result(case, "pipeline_over_model", ratio, "ratio"),
+        result(case, "model_load", alone["load_s"], "s"),
+        result(case, "pipeline_throughput_after_model_load", after_load, "images/s"),
+        result(case, "streaming_throughput_embed_span", steady, "images/s"),
+        result(case, "pipeline_time", run["pipeline_s"], "s"),
+        result(case, "embed_busy", run["embed_busy_s"], "s"),
+    ])
+
+
+if __name__ == "__main__":
+    main()
