@@ -27,16 +27,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Prompts decoded together: bounds the per-prompt tensors (~60 MB per 16 prompts in fp32).
-PROMPT_CHUNK = 16
+# Image-token elements (prompts x HW x C) decoded together: bounds the per-prompt tensors
+# (16 prompts of SAM's 64 x 64 x 256 tokens, ~64 MB in fp32) while small models, whose cost is
+# per-op overhead, go through in one chunk.
+CHUNK_ELEMENTS = 16 * 64 * 64 * 256
 
 
 def decode_prompts(
     model, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool,
-    chunk: int = PROMPT_CHUNK,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """embeddings (B, C, h, w), sparse (B, P, T, C), dense (B or 1, C, h, w) ->
-    (masks (B, P, K, 4h, 4w), iou (B, P, K)), K = 3 with ``multimask`` else 1."""
+    (masks (B, P, K, 4h, 4w), iou (B, P, K)), K = 3 with ``multimask`` else 1. ``chunk``:
+    prompts per pass (default: as many as CHUNK_ELEMENTS allows)."""
+    chunk = chunk or max(1, CHUNK_ELEMENTS // embeddings[0].numel())
     pos = model.get_image_wide_positional_embeddings().to(embeddings.dtype)[0]
     pos = pos.flatten(1).transpose(0, 1)  # (HW, C)
     decoder = model.mask_decoder
