@@ -137,7 +137,6 @@ def test_unexpected_failure_exits_1_and_says_where_the_details_are(tmp_path):
 
 def test_plan_task_does_not_retry_a_permanent_error(prefect_server, tmp_path):
     from prefect import flow
-    from prefect.client.orchestration import get_client
 
     from samflow.flows.annotate import plan_run
     from samflow.flows.config import RunConfig
@@ -149,9 +148,30 @@ def test_plan_task_does_not_retry_a_permanent_error(prefect_server, tmp_path):
 
     failed, task_run_id = plan_only()
     assert failed
+    assert _final_task_run(task_run_id).run_count == 1  # retries=2 stays for transient errors
+
+
+def _final_task_run(task_run_id, timeout_s: float = 30.0):
+    """The task run as the server records it: Prefect writes task runs from events, after the
+    flow returns, so the first reads may answer 404 or a not-yet-final state."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        task_run = client.read_task_run(task_run_id)
-    assert task_run.run_count == 1  # retries=2 stays for transient errors
+        while True:
+            try:
+                task_run = client.read_task_run(task_run_id)
+                if task_run.state is not None and task_run.state.is_final():
+                    return task_run
+            except (ObjectNotFound, PrefectHTTPStatusError):
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                return task_run
+            time.sleep(0.5)
 
 
 def test_permanent_errors_are_recognised_through_wrappers_and_transient_ones_are_not():

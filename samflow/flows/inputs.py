@@ -282,12 +282,19 @@ def _parquet_keys(file_uri: str, table: pa.Table, first_row: int = 0) -> list[st
 # ------------------------------------------------------------------------ items (the pipeline)
 
 
+# Turning key rows into items is light (column renames; reading tar members or Parquet bytes is
+# I/O): its tasks must not take a whole CPU from decode and write on a 1- or 2-CPU cluster, or
+# Ray Data's resource budget backpressures decode forever (seen on `ray start --num-cpus=1`).
+ITEM_TASK_CPUS = 0.05
+
+
 def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) -> ray.data.Dataset:
     """The items decode reads (``uri``, ``size``, ``data``, ``error_type``, ``error_message``)
     from the key rows still to do."""
     if fmt in ("files", "manifest"):
-        return todo.map_batches(_loose_items, batch_format="pyarrow")
-    return todo.map_batches(ContainerItems(storage, fmt), batch_size=None, batch_format="pyarrow")
+        return todo.map_batches(_loose_items, batch_format="pyarrow", num_cpus=ITEM_TASK_CPUS)
+    return todo.map_batches(ContainerItems(storage, fmt), batch_size=None, batch_format="pyarrow",
+                            num_cpus=ITEM_TASK_CPUS)
 
 
 def _loose_items(batch: pa.Table) -> pa.Table:

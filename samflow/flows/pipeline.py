@@ -242,7 +242,9 @@ def build_dataset(
         # s3:// and https:// models are fetched (once per node) by the actor before it loads
         stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
         ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
-    ds = ds.drop_columns(["pixels"])
+    # With the writer's resources it fuses into the writer's tasks; with Ray's default of a whole
+    # CPU it could never be scheduled beside the actors on a 1-CPU cluster.
+    ds = ds.drop_columns(["pixels"], num_cpus=fit.write_cpus)
     embed = cfg.stages.embed
     embed_model = embed.model if embed.enabled and "clip" in embed.models else None
     return ds.map_batches(
