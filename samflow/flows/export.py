@@ -16,12 +16,7 @@ from samflow.schemas.coco import to_coco
 
 def export_coco(dst: str, out: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
     catalog = Catalog(dst, storage or StorageConfig())
-    images = catalog.read_table("images")
-    if images is None:
-        raise NothingToExport(f"no committed images under {dst}")
-    annotations = catalog.read_table("annotations")
-    if annotations is None:
-        annotations = tables.ANNOTATIONS.empty_table()
+    images, annotations = committed_tables(catalog, dst)
     coco = to_coco(images, annotations, vocabulary=run_vocabulary(catalog))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(coco))
@@ -35,13 +30,7 @@ def export_review(
     """Label Studio tasks for the masks to review (OUT.json) and their labeling config (OUT.xml)."""
     from samflow.exporters.review import to_label_studio
 
-    catalog = Catalog(dst, storage or StorageConfig())
-    images = catalog.read_table("images")
-    if images is None:
-        raise NothingToExport(f"no committed images under {dst}")
-    annotations = catalog.read_table("annotations")
-    if annotations is None:
-        annotations = tables.ANNOTATIONS.empty_table()
+    images, annotations = committed_tables(Catalog(dst, storage or StorageConfig()), dst)
     tasks, config = to_label_studio(images, _with_columns(annotations), min_score=min_score,
                                     sources=sources or ["concept"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +61,9 @@ class NothingToExport(Exception):
     """DST holds no committed rows the export needs (a user mistake: wrong path, no run yet)."""
 
 
-def _video_tables(dst: str, storage: StorageConfig | None) -> tuple[Any, Any]:
-    catalog = Catalog(dst, storage or StorageConfig())
+def committed_tables(catalog: Catalog, dst: str) -> tuple[pa.Table, pa.Table]:
+    """The committed images and annotations of DST (annotations may be empty); a DST without
+    images is the user's mistake (wrong path, no run yet)."""
     images = catalog.read_table("images")
     if images is None:
         raise NothingToExport(f"no committed images under {dst}")
@@ -81,6 +71,10 @@ def _video_tables(dst: str, storage: StorageConfig | None) -> tuple[Any, Any]:
     if annotations is None:
         annotations = tables.ANNOTATIONS.empty_table()
     return images, annotations
+
+
+def _video_tables(dst: str, storage: StorageConfig | None) -> tuple[pa.Table, pa.Table]:
+    return committed_tables(Catalog(dst, storage or StorageConfig()), dst)
 
 
 def export_mot(dst: str, out_dir: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
