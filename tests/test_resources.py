@@ -35,7 +35,7 @@ def _total_cpus(fit, requests) -> float:
 # ----------------------------------------------------------------------------- plain numbers
 
 
-@pytest.mark.parametrize("cpus", [1.0, 2.0, 3.0, 4.0, 6.0])
+@pytest.mark.parametrize("cpus", [2.0, 3.0, 4.0, 6.0])
 def test_decode_and_write_always_find_room_next_to_the_actors(cpus):
     requests = [SEG, EMB]
     fit = fit_graph(requests, Capacity(cpus=cpus, gpus=0.0), cpu_fallback=False)
@@ -95,6 +95,13 @@ def test_gpu_shortage_without_fallback_names_the_resource_and_the_fix(capacity, 
     assert caught.value.resource == "GPU" and not caught.value.may_resolve
     assert "segment" in message and why in message
     assert "ray.cpu_fallback=true" in message and "no autoscaler" in message
+
+
+@pytest.mark.parametrize("cpus", [1.0, 1.5])
+def test_a_cluster_under_two_cpus_is_refused_with_the_fix(cpus):
+    with pytest.raises(ResourceShortage, match="at least 2 logical CPUs") as caught:
+        fit_graph([SEG, EMB], Capacity(cpus=cpus, gpus=0.0), cpu_fallback=False)
+    assert caught.value.resource == "CPU" and "ray start --num-cpus=2" in str(caught.value)
 
 
 def test_a_cluster_without_cpus_is_short_of_cpu():
@@ -172,7 +179,7 @@ def _uris(dst: Path, table: str) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("num_cpus", [2, 1])
+@pytest.mark.parametrize("num_cpus", [2])
 def test_submitted_run_finishes_exactly_on_a_small_cluster(num_cpus, small_dataset, tmp_path):
     dst = tmp_path / "out"
     with running_head(num_cpus=num_cpus) as head:
@@ -204,4 +211,16 @@ def test_gpu_stage_on_a_gpu_less_cluster_fails_fast_with_the_fix(small_dataset, 
     assert "ray.cpu_fallback=true" in logs
     # Nothing could have been placed: no autoscaler, so no 600 s wait either.
     assert elapsed < 240
+    assert not (dst / "images").exists()
+
+
+@pytest.mark.slow
+def test_a_one_cpu_cluster_is_refused_at_once_with_the_fix(small_dataset, tmp_path):
+    dst = tmp_path / "out"
+    with running_head(num_cpus=1) as head:
+        done = _submit(head.address, head.token,
+                       ["annotate", str(small_dataset), "--out", str(dst), "--profile", "tiny"], timeout=300)
+    logs = done.stdout + done.stderr
+    assert done.returncode == 1, logs[-4000:]
+    assert "samflow annotate: the Ray cluster has 1 CPU" in logs and "ray start --num-cpus=2" in logs
     assert not (dst / "images").exists()

@@ -38,7 +38,7 @@ from samflow.flows.inputs import container_of
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
 from samflow.flows.exemplars import ExemplarImages
 from samflow.flows.model_cache import with_model_cache
-from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
+from samflow.flows.resources import MIN_CLUSTER_CPUS, GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -181,7 +181,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     else:
         # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
         # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
-        ray.init(address="local", runtime_env=runtime_env, include_dashboard=False)
+        cpus = max(MIN_CLUSTER_CPUS, os.cpu_count() or 1)  # a 1-core machine still gets a graph that runs
+        ray.init(address="local", num_cpus=int(cpus), runtime_env=runtime_env, include_dashboard=False)
 
 
 def cpu_fallback(cfg: RayConfig) -> bool:

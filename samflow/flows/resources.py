@@ -32,6 +32,11 @@ WRITE_CPUS = 0.5  # per shard-write task when the cluster has room for it
 # On a small cluster decode and write together may take at most this share of the CPUs: the
 # rest is left to the model actors.
 TASK_SHARE = 0.75
+# Below this many logical CPUs Ray Data's per-operator resource budget never admits a decode task
+# beside the model actors and the writer (seen on `ray start --num-cpus=1`: the stream stalls at
+# 0 items), so such a cluster is refused at once instead of hanging. Logical CPUs may exceed the
+# cores: `ray start --num-cpus=2` on one core works.
+MIN_CLUSTER_CPUS = 2.0
 # Ray refuses fractional resources finer than 1/10000; keep every amount a clean multiple.
 _GRAIN = 1e-4
 
@@ -100,6 +105,14 @@ def fit_graph(requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback
         raise ResourceShortage(
             "the Ray cluster has no CPU: decoding and writing need at least one. Fix: start the "
             "head or a worker with CPUs (ray start --num-cpus=N)" + _autoscale_hint(capacity),
+            resource="CPU", may_resolve=capacity.autoscaling,
+        )
+    if capacity.cpus < MIN_CLUSTER_CPUS:
+        raise ResourceShortage(
+            f"the Ray cluster has {capacity.cpus:g} CPU: the streaming graph needs at least "
+            f"{MIN_CLUSTER_CPUS:g} logical CPUs (decode and write beside the model actors). Fix: "
+            f"ray start --num-cpus={MIN_CLUSTER_CPUS:g} (logical CPUs may exceed the cores), or add a node"
+            + _autoscale_hint(capacity),
             resource="CPU", may_resolve=capacity.autoscaling,
         )
     decode, write = _task_cpus(capacity.cpus)
