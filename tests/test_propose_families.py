@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samflow.actors.batch import object_column
 from samflow.actors.propose import ProposeStage, proposal_labels_at, proposals_at
 from samflow.actors.segment import SegmentStage
 from samflow.flows.sample_data import synthetic_scene
@@ -15,23 +14,9 @@ from samflow.models.maskrcnn import TINY_CLASSES
 from samflow.models.registry import ModelLoadError, load_model
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
+from tests.stage_batches import image_batch
 
 
-def _batch(images: list[np.ndarray], failed: tuple[int, ...] = (), factor: int = 1) -> dict[str, np.ndarray]:
-    n = len(images)
-    batch = {
-        "uri": object_column([f"mem://{i}.png" for i in range(n)]),
-        "item_id": object_column([f"item{i}" for i in range(n)]),
-        "width": np.array([im.shape[1] // factor for im in images], dtype=np.int32),
-        "height": np.array([im.shape[0] // factor for im in images], dtype=np.int32),
-        "pixels": object_column([im.tobytes() for im in images]),
-        "error_stage": object_column(["decode" if i in failed else "" for i in range(n)]),
-        "error_type": object_column(["corrupt" if i in failed else "" for i in range(n)]),
-        "error_message": object_column(["boom" if i in failed else "" for i in range(n)]),
-    }
-    if factor != 1:
-        batch["upscale_factor"] = np.full(n, float(factor))
-    return batch
 
 
 def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
@@ -49,7 +34,7 @@ def test_maskrcnn_masks_become_rle_rows_with_class_names():
     stage = ProposeStage("tiny://maskrcnn", max_boxes=5, score_thresh=0.0, maskrcnn_masks="rows")
     assert stage.family == "maskrcnn"  # auto-detected from the URI
     image, other = _scenes((48, 64), (40, 40))
-    out = stage(_batch([image, other, image], failed=(1,)))
+    out = stage(image_batch([image, other, image], failed=(1,)))
     detector = load_model("maskrcnn", "tiny://maskrcnn", device="cpu")
     expected = detector.detect([image], threshold=0.0, max_boxes=5)[0]
     records = mask_column.records_at(out["masks"], 0)
@@ -69,7 +54,7 @@ def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
     (image,) = _scenes((24, 32))
     big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
     stage = ProposeStage("tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows")
-    records = mask_column.records_at(stage(_batch([big], factor=2))["masks"], 0)
+    records = mask_column.records_at(stage(image_batch([big], factor=2))["masks"], 0)
     assert records
     for record in records:
         assert record["segmentation"]["size"] == [24, 32]
@@ -83,7 +68,7 @@ def test_closed_set_class_names_reach_the_masks_they_prompt(family):
     segment = SegmentStage("tiny://sam", engine={"points_per_side": 2, "pred_iou_thresh": 0.0,
                                                   "stability_score_thresh": 0.0}, device="cpu")
     (image,) = _scenes((48, 64))
-    batch = propose(_batch([image]))
+    batch = propose(image_batch([image]))
     found = _found(batch)
     assert found["labels"] and set(found["labels"]) <= set(TINY_CLASSES)
     for x0, y0, x1, y1 in found["boxes"]:
@@ -103,7 +88,7 @@ def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
     segment = SegmentStage("tiny://sam", engine={"points_per_side": 4, "pred_iou_thresh": 0.0,
                                                   "stability_score_thresh": 0.0}, device="cpu")
     (image,) = _scenes((48, 64))
-    batch = propose(_batch([image]))
+    batch = propose(image_batch([image]))
     before = mask_column.records_at(batch["masks"], 0)
     after = mask_column.records_at(segment(batch)["masks"], 0)
     assert after[: len(before)] == before and len(after) > len(before)
@@ -120,5 +105,5 @@ def test_grounding_dino_needs_queries_and_labels_boxes_with_them():
         ProposeStage("tiny://grounding_dino")
     stage = ProposeStage("tiny://grounding_dino", max_boxes=3, score_thresh=0.0, queries=["a cone", "a ball"])
     (image,) = _scenes((30, 44))
-    found = _found(stage(_batch([image])))
+    found = _found(stage(image_batch([image])))
     assert 0 < len(found["boxes"]) <= 3 and set(found["labels"]) <= {"a cone", "a ball"}

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.actors.batch import object_column
 from samflow.actors.semantic import SemanticStage
 from samflow.models.check import check_model
 from samflow.models.registry import ModelLoadError, load_model
 from samflow.models.unet import UNet, save_checkpoint
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
+from tests.stage_batches import image_batch
 
 CLASSES = ["background", "road", "building"]
 
@@ -46,27 +46,12 @@ def _paint(labels: np.ndarray) -> np.ndarray:
     return (np.eye(3, dtype=np.uint8)[labels] * 255).astype(np.uint8)
 
 
-def _batch(images: list[np.ndarray], failed: tuple[int, ...] = (), factor: int = 1) -> dict[str, np.ndarray]:
-    n = len(images)
-    batch = {
-        "uri": object_column([f"mem://{i}.png" for i in range(n)]),
-        "item_id": object_column([f"item{i}" for i in range(n)]),
-        "width": np.array([im.shape[1] // factor for im in images], dtype=np.int32),
-        "height": np.array([im.shape[0] // factor for im in images], dtype=np.int32),
-        "pixels": object_column([im.tobytes() for im in images]),
-        "error_stage": object_column(["decode" if i in failed else "" for i in range(n)]),
-        "error_type": object_column(["corrupt" if i in failed else "" for i in range(n)]),
-        "error_message": object_column(["boom" if i in failed else "" for i in range(n)]),
-    }
-    if factor != 1:
-        batch["upscale_factor"] = np.full(n, float(factor))
-    return batch
 
 
 def test_class_regions_match_the_label_map_exactly(identity_checkpoint):
     labels = _label_map()
     stage = SemanticStage(identity_checkpoint, device="cpu")
-    out = stage(_batch([_paint(labels), _paint(labels)], failed=(1,)))
+    out = stage(image_batch([_paint(labels), _paint(labels)], failed=(1,)))
     records = mask_column.records_at(out["masks"], 0)
     assert sorted(r["label"] for r in records) == ["building", "road"]  # background skipped
     for record in records:
@@ -80,7 +65,7 @@ def test_class_regions_match_the_label_map_exactly(identity_checkpoint):
 def test_connected_components_split_a_class_into_its_regions(identity_checkpoint):
     labels = _label_map()
     stage = SemanticStage(identity_checkpoint, connected_components=True, skip_classes=(), device="cpu")
-    records = mask_column.records_at(stage(_batch([_paint(labels)]))["masks"], 0)
+    records = mask_column.records_at(stage(image_batch([_paint(labels)]))["masks"], 0)
     roads = [rle.decode(r["segmentation"]) for r in records if r["label"] == "road"]
     assert len(roads) == 2
     assert np.array_equal(roads[0] | roads[1], labels == 1) and not (roads[0] & roads[1]).any()
@@ -91,7 +76,7 @@ def test_upscaled_pixels_give_regions_in_original_coordinates(identity_checkpoin
     labels = _label_map()
     big = np.repeat(np.repeat(_paint(labels), 2, axis=0), 2, axis=1)
     stage = SemanticStage(identity_checkpoint, input_size=(96, 128), device="cpu")
-    records = mask_column.records_at(stage(_batch([big], factor=2))["masks"], 0)
+    records = mask_column.records_at(stage(image_batch([big], factor=2))["masks"], 0)
     for record in records:
         assert np.array_equal(rle.decode(record["segmentation"]), labels == CLASSES.index(record["label"]))
 
