@@ -141,37 +141,19 @@ def test_plan_task_does_not_retry_a_permanent_error(prefect_server, tmp_path):
     from samflow.flows.annotate import plan_run
     from samflow.flows.config import RunConfig
 
+    # Counted in-process: the server learns of task runs only through the events stream, which
+    # may drop events under load, so its run_count is not a reliable witness.
+    attempts: list[int] = []
+    counted = plan_run.with_options(on_running=[lambda task, run, state: attempts.append(run.run_count)])
+
     @flow
-    def plan_only() -> tuple[bool, object]:
-        state = plan_run(str(tmp_path / "nowhere"), str(tmp_path / "out"), RunConfig(), return_state=True)
-        return state.is_failed(), state.state_details.task_run_id
+    def plan_only() -> bool:
+        state = counted(str(tmp_path / "nowhere"), str(tmp_path / "out"), RunConfig(), return_state=True)
+        return state.is_failed()
 
-    failed, task_run_id = plan_only()
-    assert failed
-    assert _final_task_run(task_run_id).run_count == 1  # retries=2 stays for transient errors
-
-
-def _final_task_run(task_run_id, timeout_s: float = 30.0):
-    """The task run as the server records it: Prefect writes task runs from events, after the
-    flow returns, so the first reads may answer 404 or a not-yet-final state."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                task_run = client.read_task_run(task_run_id)
-                if task_run.state is not None and task_run.state.is_final():
-                    return task_run
-            except (ObjectNotFound, PrefectHTTPStatusError):
-                if time.monotonic() > deadline:
-                    raise
-            if time.monotonic() > deadline:
-                return task_run
-            time.sleep(0.5)
+    assert plan_only()
+    assert plan_run.retries == 2  # retries stay for transient errors...
+    assert len(attempts) == 1, attempts  # ...but a missing source is permanent: one attempt
 
 
 def test_permanent_errors_are_recognised_through_wrappers_and_transient_ones_are_not():
