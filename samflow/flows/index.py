@@ -179,7 +179,7 @@ def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
     if drift:
         log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
     if retrain or drift:
-        params.nlist = params.pq_m = 0  # sized again for the new count
+        params.nlist = params.pq_m = params.nprobe = params.refine_factor = 0  # sized and tuned again
     updated = build.run([], retrain=retrain or drift)
     updated["added"] = updated["count"] - manifest["count"]
     return _publish(run, kind, work, updated, model)
