@@ -52,6 +52,15 @@ def test_ivfpq_reranks_exactly_and_reports_recall(tmp_path):
     assert manifest["params"]["nlist"] > 1 and manifest["params"]["pq_m"] >= 1
     assert manifest["recall_queries"] == 200
     assert 0.9 <= manifest["recall_at_10"] <= 1.0
+    # nprobe and the refine factor were tuned on held-out queries: the pair chosen is the first
+    # trial that reached the target (else the best one), and the manifest says how it searches.
+    trials, chosen = manifest["tuning"], (manifest["params"]["nprobe"], manifest["params"]["refine_factor"])
+    reached = [t for t in trials if t["recall_at_10"] >= manifest["params"]["target_recall"]]
+    pick = reached[0] if reached else max(trials, key=lambda t: t["recall_at_10"])
+    assert chosen == (pick["nprobe"], pick["refine_factor"])
+    assert "SQ8" in manifest["method"] and f"IVF{manifest['params']['nlist']}" in manifest["method"]
+    fixed = build_index(dst, "image", BuildParams(index="ivfpq", nprobe=3, refine_factor=5))
+    assert fixed["tuning"] == [] and (fixed["params"]["nprobe"], fixed["params"]["refine_factor"]) == (3, 5)
     assert manifest["peak_rss_mb"] > 0 and manifest["build_s"] > 0
     index = OpenIndex(dst, "image")
     query = vectors[123]
