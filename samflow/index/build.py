@@ -261,10 +261,11 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, limit + 1) if n % d == 0)
 
 
-def held_out_queries(vectors: VectorFile, count: int, params: BuildParams) -> np.ndarray:
-    """Stored vectors outside the training sample, each nudged off its own point (noise of norm
-    0.1), so a query is near data without being a copy of it."""
-    rng = np.random.default_rng(params.seed + 1)
+def held_out_queries(vectors: VectorFile, count: int, params: BuildParams, salt: int = 1) -> np.ndarray:
+    """Stored vectors picked at random, each nudged off its own point (noise of norm 0.1), so a
+    query is near data without being a copy of it. ``salt`` draws another set (tuning uses its
+    own queries, so the recall reported is not the recall tuned for)."""
+    rng = np.random.default_rng(params.seed + salt)
     n = min(params.recall_queries, count)
     rows = np.sort(rng.choice(count, size=n, replace=False))
     base = vectors.take(rows)
@@ -302,6 +303,7 @@ def overlap(truth: np.ndarray, found: np.ndarray) -> float:
 
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TUNING_SALT = 2
 REFINE_FACTORS = (4, 8, 16, 32, 64)
 
 
@@ -310,7 +312,7 @@ def tune(index: faiss.Index, work: Path, count: int, params: BuildParams) -> lis
     that reaches ``target_recall`` on held-out queries: refine factors from small to large, and
     for each, nprobe doubled until recall reaches the target or stops rising. Returns the trials."""
     vectors = VectorFile(work / VECTORS, index.d)
-    queries = held_out_queries(vectors, count, params)
+    queries = held_out_queries(vectors, count, params, salt=TUNING_SALT)
     k = min(RECALL_K, count)
     truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
     nlist = int(params.nlist)
