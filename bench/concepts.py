@@ -36,6 +36,7 @@ from bench.common import emit, result  # noqa: E402
 from samflow.models.registry import load_model  # noqa: E402
 
 PROMPTS = [f"concept {k}" for k in range(32)]
+KEPT_PER_PAIR = 10  # instances found per (image, prompt) pair in the FLOP count
 
 
 def images(n: int, hw: tuple[int, int], seed: int = 0) -> list[np.ndarray]:
@@ -89,7 +90,14 @@ def architecture_flops() -> list[dict]:
     text = runner.encode_texts(["a concept"])
     detection = {}
     detect_tf, _ = counted(lambda: detection.update(runner._detect(pairs, text.features, text.mask)))
-    masks_tf, _ = counted(lambda: runner._mask_logits(detection, pairs, text.features, text.mask, [0]))
+    from samflow.models.sam3_masks import ImageTerms
+
+    image_terms = ImageTerms(runner._mask_head, levels)
+    image_tf, _ = counted(lambda: image_terms.for_pairs(torch.zeros(1, dtype=torch.long)))
+    encoder_tf += image_tf  # the mask head's lateral convolutions run once per image
+    kept = [torch.arange(KEPT_PER_PAIR)]  # a mask for each instance kept, not for every query
+    masks_tf, _ = counted(lambda: runner._mask_logits(detection, image_terms, torch.zeros(1, dtype=torch.long),
+                                                      text.features, text.mask, [0], kept))
     one = encoder_tf + detect_tf + masks_tf
     print(f"random://sam3 FLOPs: encoder {encoder_tf:.3f} TF/image, detection {detect_tf:.3f} TF/pair, "
           f"mask decoder {masks_tf:.3f} TF/pair")
