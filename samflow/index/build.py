@@ -55,7 +55,7 @@ from samflow.index.store import (
 )
 
 TYPES = ("auto", "flat", "ivfpq", "hnsw")
-MIN_IVFPQ_VECTORS = 10_000  # 256 codewords per sub-quantizer need a few thousand training rows
+MIN_IVFPQ_VECTORS = 10_000  # below this, IVF lists are too small to train and flat search is fast anyway
 RECALL_K = 10
 CHECKPOINT_S = 30.0  # seconds of adding between index checkpoints (an IVF-PQ index is ~d bytes/vector)
 METHOD_IVFPQ = ("IVF{nlist} + PQ{pq_m}x4 fast scan -> top {refine_factor} x 2k re-ranked by SQ8 codes (IndexRefine) "
@@ -316,7 +316,7 @@ def tune(index: faiss.Index, work: Path, count: int, params: BuildParams) -> lis
     k = min(RECALL_K, count)
     truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
     nlist = int(params.nlist)
-    nprobes = [params.nprobe] if params.nprobe else [n for n in NPROBES if n < nlist] + [min(nlist, NPROBES[-1])]
+    nprobes = [params.nprobe] if params.nprobe else sorted({min(n, nlist) for n in NPROBES})
     factors = [params.refine_factor] if params.refine_factor else list(REFINE_FACTORS)
     trials: list[dict[str, Any]] = []
     best = None
