@@ -99,9 +99,10 @@ def embeddings_schema(dim: int) -> pa.Schema:
 
 # The embeddings table holds one row per image per model of stages.embed.models. Each model's
 # vectors have their own size and a Parquet column of fixed-size vectors holds one size, so the
-# table is split by model: CLIP's rows in embeddings/<shard>.parquet (where they always were, so
-# every reader of CLIP vectors is unchanged), every further model's in embeddings/<model>/.
-# Readers pick a model (embeddings_table); the `model` column names the checkpoint (its URI).
+# table is split by model: CLIP's rows in embeddings/<shard>.parquet (where they always were;
+# samflow's readers list the folder's own files), every further model's in embeddings/<model>/.
+# Readers pick a model (embeddings_table): a recursive read of embeddings/ would mix vector sizes.
+# The `model` column names the checkpoint (its URI).
 EMBEDDING_MODELS = ("clip", "dinov2")
 EXTRA_EMBEDDING_FAMILIES = EMBEDDING_MODELS[1:]
 # Where a build before this layout put a further model's rows (read for old outputs, cleaned up alike).
