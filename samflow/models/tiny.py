@@ -152,20 +152,21 @@ def tiny_sam3_config():
 
 
 def tiny_sam3_tracker_video_config():
-    """SAM 3's tracker (``Sam3TrackerVideoModel``) on tiny SAM 3's ViT (56x56 input, 7px patches,
-    FPN levels 32, 16, 8); memory sizes as tiny SAM 2 video's (width 128: see there)."""
+    """SAM 3's tracker (``Sam3TrackerVideoModel``) on a ViT like tiny SAM 3's at 28x28 input (7px
+    patches: 4x4 tokens, as tiny SAM 2 video's embedding; FPN levels 16, 8, 4); memory sizes as
+    tiny SAM 2 video's (width 128: see there)."""
     from transformers import Sam3TrackerVideoConfig
 
     hidden = 128
     backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, image_size=56, patch_size=7, window_size=4, global_attn_indexes=[1],
+                    num_attention_heads=2, image_size=28, patch_size=7, window_size=2, global_attn_indexes=[1],
                     pretrain_image_size=28)
     return Sam3TrackerVideoConfig(
         vision_config=dict(model_type="sam3_vision_model", backbone_config=backbone, fpn_hidden_size=hidden,
-                           backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]),
-        prompt_encoder_config=dict(hidden_size=hidden, image_size=56, patch_size=7, mask_input_channels=8),
+                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=28, patch_size=7, mask_input_channels=8),
         mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
-        image_size=56, num_maskmem=3, max_object_pointers_in_encoder=4,
+        image_size=28, num_maskmem=3, max_object_pointers_in_encoder=4,
         memory_attention_hidden_size=hidden, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
         memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64,
         mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64,
