@@ -18,6 +18,18 @@ RED, GREEN, BLUE = (200, 0, 0), (0, 200, 0), (0, 0, 200)
 VOCABULARY = ["red square", "blue square"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """As in a Ray actor with num_cpus=1. Tiny models cost per op, and on a busy 2-core machine
+    two OpenMP threads waiting on each other made these tests 30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def sam3_tracker():
     return load_video_model("tiny://sam3", device="cpu")
@@ -60,6 +72,34 @@ def test_the_uri_family_picks_the_backend(tmp_path: Path, sam3_tracker) -> None:
         model.add_masks(session, 0, [7], masks)
         outputs.append([logits for _, _, logits in model.propagate(session, start_frame=0)])
     assert all(np.allclose(a.numpy(), b.numpy(), atol=1e-5) for a, b in zip(*outputs))
+
+
+def test_a_sam3_video_checkpoint_serves_the_tracker(tmp_path: Path) -> None:
+    """facebook/sam3's layout: one ``sam3_video`` checkpoint, detector and tracker, the tracker
+    sharing the detector's ViT. The tracker loads from it with the detector's backbone weights."""
+    import torch
+    from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
+
+    from samflow.models.tiny import tiny_sam3_config, tiny_sam3_tracker_video_config
+
+    detector = tiny_sam3_config().to_dict()
+    width = 128  # the tracker's neck is the detector's FPN: one width (the tracker needs 128)
+    detector["vision_config"]["fpn_hidden_size"] = detector["text_config"]["projection_dim"] = width
+    for part in ("geometry_encoder_config", "detr_encoder_config", "detr_decoder_config", "mask_decoder_config"):
+        detector[part]["hidden_size"] = width
+    tracker = tiny_sam3_tracker_video_config()
+    tracker.image_size = 56
+    tracker.vision_config.backbone_config = Sam3Config(**detector).vision_config.backbone_config
+    whole = Sam3VideoModel(Sam3VideoConfig(detector_config=detector, tracker_config=tracker.to_dict()))
+    whole.save_pretrained(tmp_path)
+    video = load_video_model(str(tmp_path), device="cpu")
+    assert type(video.model).__name__ == "Sam3TrackerVideoModel" and video.image_size == 56
+    key = "vision_encoder.backbone.embeddings.patch_embeddings.projection.weight"
+    assert torch.equal(video.model.state_dict()[key], whole.state_dict()[f"detector_model.{key}"])
+    frames = [scene(t, {RED: (0, 5, 3)}) for t in range(3)]
+    session = video.start_session(frames)
+    video.add_masks(session, 0, [1], np.stack([s.mask for s in colour_seeds(frames[0])]))
+    assert [idx for idx, _, _ in video.propagate(session, start_frame=0)] == [0, 1, 2]
 
 
 def _track(tracker: VideoTracker, frames: list[np.ndarray], seeds: dict[int, list[Seed]], chunk: int):
