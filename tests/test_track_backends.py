@@ -261,3 +261,14 @@ def test_embed_keeps_the_label_of_a_concept_track_and_labels_the_rest() -> None:
     assert (named["label"], named["label_score"]) == ("blue square", pytest.approx(0.4))  # kept, and judged
     assert named["verified"] is not None and named["verify_score"] is not None
     assert unnamed["label"] in VOCABULARY and unnamed["verified"] is None  # a zero-shot label
+
+
+def test_a_track_model_that_cannot_track_is_refused_before_the_run() -> None:
+    from samflow.flows.config import config_from
+    from samflow.flows.errors import UserError
+    from samflow.flows.preflight import check_models
+
+    for ok in ("tiny://sam2", "tiny://sam3", "random://sam3"):
+        check_models(config_from({}, profile="tiny", overrides=[f"stages.track.model={ok}"]))
+    with pytest.raises(UserError, match=r"stages.track.model: tiny://clip cannot track videos.*tiny://sam3"):
+        check_models(config_from({}, profile="tiny", overrides=["stages.track.model=tiny://clip"]))
