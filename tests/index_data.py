@@ -30,10 +30,20 @@ def _put(catalog: Catalog, table: str, shard: str, data: pa.Table) -> None:
     catalog.fs.pipe_file(catalog.path(table, f"{shard}.parquet"), sink.getvalue())
 
 
+def _embeddings(items: list[str], model: str, vectors: np.ndarray) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
+    return pa.table({"item_id": items, "model": [model] * len(items),
+                     "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
+                    schema=tables.embeddings_schema(dim))
+
+
 def write_image_shard(dst: str, shard: str, vectors: np.ndarray, first: int,
                       storage: StorageConfig | None = None, model: str = "tiny://clip",
-                      uris: list[str] | None = None) -> list[str]:
-    """One committed shard of ``len(vectors)`` images named img-<first..>; returns their item ids."""
+                      uris: list[str] | None = None,
+                      more: dict[str, np.ndarray] | None = None) -> list[str]:
+    """One committed shard of ``len(vectors)`` images named img-<first..>; returns their item ids.
+    ``more``: vectors of further embedding models by table (``embeddings/dinov2``), same shard."""
     catalog = Catalog(dst, storage or StorageConfig())
     n = len(vectors)
     items = [f"item-{first + i:07d}" for i in range(n)]
@@ -44,15 +54,13 @@ def write_image_shard(dst: str, shard: str, vectors: np.ndarray, first: int,
         "height": pa.array([64] * n, pa.int32()), "upscale_factor": pa.array([1.0] * n, pa.float32()),
         "run_id": ["run"] * n,
     }, schema=tables.IMAGES)
-    dim = vectors.shape[1]
-    flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
-    embeddings = pa.table({"item_id": items, "model": [model] * n,
-                           "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
-                          schema=tables.embeddings_schema(dim))
     _put(catalog, "images", shard, images)
-    _put(catalog, "embeddings", shard, embeddings)
+    _put(catalog, "embeddings", shard, _embeddings(items, model, vectors))
+    for table, extra in (more or {}).items():
+        _put(catalog, table, shard, _embeddings(items, f"tiny://{table.rsplit('/', 1)[-1]}", extra))
+    rows = {"images": n, "embeddings": n, **{table: n for table in more or {}}}
     catalog.write_json(catalog.path(COMMITS, f"{shard}.json"),
-                       {"shard": shard, "run_id": "run", "uris": uris, "rows": {"images": n, "embeddings": n}})
+                       {"shard": shard, "run_id": "run", "uris": uris, "rows": rows})
     return items
 
 
@@ -100,16 +108,16 @@ def write_scenes(folder, n: int = 4, seed: int = 3) -> list:
     return paths + [folder / "copy.png"]
 
 
-def tiny_annotate_run(root) -> str:
+def tiny_annotate_run(root, overrides: tuple[str, ...] = ()) -> str:
     """A real annotate run on tiny models (Ray + Prefect fixtures must be up): image vectors,
-    mask vectors and labels. Returns DST."""
+    mask vectors and labels (plus ``overrides``). Returns DST."""
     from samflow.flows.annotate import annotate_dataset
     from samflow.flows.config import load_config
 
     write_scenes(root / "src")
     cfg = load_config(profile="tiny", overrides=[
         "stages.embed.mask_embeddings=true", "labels.vocabulary=[cat,dog,car]",
-        "engine.points_per_side=4",
+        "engine.points_per_side=4", *overrides,
     ])
     dst = str(root / "out")
     annotate_dataset(str(root / "src"), dst, config=cfg.model_dump(mode="json"))

@@ -98,7 +98,7 @@ def test_one_embedding_row_per_image_per_model(run):
     dst, _, _, _ = run
     images = sorted(_read(dst, "images").column("item_id").to_pylist())
     clip = _read(dst, "embeddings")
-    dino = _read(dst, "embeddings_dinov2")
+    dino = _read(dst, "embeddings/dinov2")  # the embeddings table's DINOv2 part (own vector size)
     assert sorted(clip.column("item_id").to_pylist()) == images
     assert sorted(dino.column("item_id").to_pylist()) == images
     assert set(dino.column("model").to_pylist()) == {"tiny://dinov2"}

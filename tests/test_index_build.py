@@ -52,12 +52,49 @@ def test_ivfpq_reranks_exactly_and_reports_recall(tmp_path):
     assert manifest["params"]["nlist"] > 1 and manifest["params"]["pq_m"] >= 1
     assert manifest["recall_queries"] == 200
     assert 0.9 <= manifest["recall_at_10"] <= 1.0
+    # nprobe and the refine factor were tuned on held-out queries: the pair chosen is the first
+    # trial that reached the target (else the best one), and the manifest says how it searches.
+    trials, chosen = manifest["tuning"], (manifest["params"]["nprobe"], manifest["params"]["refine_factor"])
+    reached = [t for t in trials if t["recall_at_10"] >= manifest["params"]["target_recall"]]
+    pick = reached[0] if reached else max(trials, key=lambda t: t["recall_at_10"])
+    assert chosen == (pick["nprobe"], pick["refine_factor"])
+    assert "SQ8" in manifest["method"] and f"IVF{manifest['params']['nlist']}" in manifest["method"]
+    fixed = build_index(dst, "image", BuildParams(index="ivfpq", nprobe=3, refine_factor=5))
+    assert fixed["tuning"] == [] and (fixed["params"]["nprobe"], fixed["params"]["refine_factor"]) == (3, 5)
     assert manifest["peak_rss_mb"] > 0 and manifest["build_s"] > 0
     index = OpenIndex(dst, "image")
     query = vectors[123]
     hits = index.query(query[None], k=5)
     assert _item_index(hits[0]["item_id"]) == 123
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)  # re-ranked on the float vectors
+
+
+def test_an_ivfpq_index_built_before_the_sq8_stage_still_answers_exactly(tmp_path):
+    """Published builds hold a plain IndexIVFPQ whose k x refine_factor candidates are re-ranked
+    against the float32 file: they are read and searched as they were."""
+    import faiss
+
+    from samflow.index import store
+
+    dst = str(tmp_path / "run")
+    vectors = clustered(12_000, DIM, seed=4, clusters=30)
+    write_image_shard(dst, "a", vectors, first=0)
+    manifest = build_index(dst, "image", BuildParams(index="ivfpq"))
+    old = faiss.IndexIVFPQ(faiss.IndexFlatL2(DIM), DIM, 64, 8, 8)
+    old.train(vectors)
+    old.add(vectors)
+    folder = tmp_path / "run/_index/image" / manifest["build_id"]
+    faiss.write_index(old, str(folder / store.INDEX))
+    path = tmp_path / "run/_index/image/manifest.json"
+    saved = json.loads(path.read_text())
+    saved["params"].update(nlist=64, pq_m=8, nprobe=16, refine_factor=10)
+    path.write_text(json.dumps(saved))
+    index = OpenIndex(dst, "image")
+    assert not index.searcher.refined
+    query = vectors[77]
+    hits = index.query(query[None], k=5)
+    assert [_item_index(h["item_id"]) for h in hits] == _exact(vectors, query, 5)
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_ivfpq_refuses_too_few_vectors_with_a_clear_message(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +14,7 @@ from tests.index_data import tiny_annotate_run
 
 @pytest.fixture(scope="module")
 def run_dst(tmp_path_factory, ray_cluster, prefect_server):
-    dst = tiny_annotate_run(tmp_path_factory.mktemp("index-run"))
+    dst = tiny_annotate_run(tmp_path_factory.mktemp("index-run"), ("stages.embed.models=[clip, dinov2]",))
     assert main(["index", "build", dst]) == 0
     assert main(["index", "build", dst, "--kind", "mask"]) == 0
     return dst
@@ -71,6 +72,30 @@ def test_dedup_on_a_run_flags_the_byte_copy(run_dst, capsys):
               and r["nearest_kept_id"] == next(o["id"] for o in pair if o is not r)]
     assert len(copies) == 1
     assert summary["kept"] + summary["dropped"] == 5
+
+
+def test_dinov2_vectors_index_search_and_dedup(run_dst, capsys):
+    """stages.embed.models: [clip, dinov2]: one embeddings row per image per model, committed
+    exactly once; the DINOv2 index is searched by image through the run's DINOv2 model."""
+    from tests.accounting import assert_exactly_once
+
+    src = Path(run_dst).parent / "src"
+    tables = assert_exactly_once(run_dst, [str(p) for p in sorted(src.iterdir())])
+    dino = tables["embeddings/dinov2"]
+    assert sorted(r["item_id"] for r in dino) == sorted(r["item_id"] for r in tables["embeddings"])
+    assert {r["model"] for r in dino} == {"tiny://dinov2"}
+
+    assert main(["index", "build", run_dst, "--model", "dinov2"]) == 0
+    manifest = _json_out(capsys)
+    assert manifest["model"] == "tiny://dinov2" and manifest["count"] == 5 and manifest["embedding_model"] == "dinov2"
+    assert manifest["dim"] == len(dino[0]["embedding"])
+    assert main(["search", run_dst, "--model", "dinov2", "--image", f"{src}/scene_3.png", "-k", "2", "--json"]) == 0
+    hits = _json_out(capsys)
+    assert hits[0]["uri"].endswith("scene_3.png") and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert main(["dedup", run_dst, "--model", "dinov2"]) == 0
+    summary = _json_out(capsys)
+    assert summary["byte_duplicates"] == 1 and summary["output"].endswith("/dedup/image-dinov2.parquet")
+    assert pq.read_table(f"{run_dst}/dedup/image-dinov2.parquet").num_rows == 5
 
 
 CHROMIUM = "/usr/bin/chromium"

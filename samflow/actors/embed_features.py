@@ -2,8 +2,9 @@
 
 Adds ``embedding_<family>`` (L2-normalised float32, zeros for failed rows) and
 ``embedding_<family>_model`` (the model URI) columns; the writer turns them into the
-``embeddings_<family>`` table (one row per image, same columns as ``embeddings``: a second model
-has its own vector size, and a Parquet column of fixed-size vectors holds one size).
+``embeddings/<family>/`` part of the embeddings table (one row per image per model, same columns
+as CLIP's rows in ``embeddings/``: a second model has its own vector size, and a Parquet column of
+fixed-size vectors holds one size).
 """
 
 from __future__ import annotations

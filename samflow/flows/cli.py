@@ -105,10 +105,12 @@ def _add_index_parsers(commands) -> None:
     build.add_argument("dst", help="output URI of an annotate run")
     build.add_argument("--kind", choices=["image", "mask"], default="image")
     build.add_argument("--index", choices=["auto", "flat", "ivfpq", "hnsw"], default="auto", dest="index_type")
+    _add_model_option(build)
     add = index_commands.add_parser("add", help="add vectors of runs committed since the last build")
     add.add_argument("dst")
     add.add_argument("--kind", choices=["image", "mask"], default="image")
     add.add_argument("--retrain", action="store_true", help="retrain the index on all vectors")
+    _add_model_option(add)
 
     search = commands.add_parser("search", help="search the index by text or image")
     search.add_argument("dst")
@@ -118,11 +120,13 @@ def _add_index_parsers(commands) -> None:
     search.add_argument("-k", type=int, default=20)
     search.add_argument("--kind", choices=["image", "mask"], default="image")
     search.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    _add_model_option(search)
 
     dedup = commands.add_parser("dedup", help="exact and near-duplicate groups -> DST/dedup/")
     dedup.add_argument("dst")
     dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
     dedup.add_argument("--kind", choices=["image", "mask"], default="image")
+    _add_model_option(dedup)
 
     serve = commands.add_parser("serve", help="HTTP search / embed / segment over a run (Ray Serve)")
     serve.add_argument("dst")
@@ -137,15 +141,22 @@ def _add_index_parsers(commands) -> None:
     preview.add_argument("--limit", type=int, default=500, help="images in the gallery (default 500)")
 
 
+def _add_model_option(parser: argparse.ArgumentParser) -> None:
+    from samflow.schemas.tables import EMBEDDING_MODELS
+
+    parser.add_argument("--model", choices=list(EMBEDDING_MODELS), default="clip",
+                        help="whose vectors (stages.embed.models; default clip)")
+
+
 def _index(args: argparse.Namespace) -> int:
     from samflow.flows.index import IndexUserError, add_to_index, build_index
     from samflow.index.build import BuildParams, IndexBuildError
 
     try:
         if args.action == "build":
-            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type))
+            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type), model=args.model)
         else:
-            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain)
+            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain, model=args.model)
     except (IndexUserError, IndexBuildError) as exc:
         print(f"samflow index {args.action}: {exc}", file=sys.stderr)
         return 2
@@ -157,7 +168,7 @@ def _search(args: argparse.Namespace) -> int:
     from samflow.flows.index import IndexUserError, search
 
     try:
-        hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind)
+        hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind, model=args.model)
     except IndexUserError as exc:
         print(f"samflow search: {exc}", file=sys.stderr)
         return 2
@@ -175,7 +186,7 @@ def _dedup(args: argparse.Namespace) -> int:
     from samflow.index.build import IndexBuildError
 
     try:
-        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind)
+        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind, model=args.model)
     except (IndexUserError, IndexBuildError) as exc:
         print(f"samflow dedup: {exc}", file=sys.stderr)
         return 2

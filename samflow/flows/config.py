@@ -225,7 +225,8 @@ class EmbedStageConfig(StageConfig):
     models: list[Literal["clip", "dinov2"]] = Field(
         default_factory=lambda: ["clip"],
         description="Embedding models: clip = `model` (vectors, labels, mask vectors -> embeddings/); "
-        "dinov2 = `dinov2_model` (one image vector per image -> embeddings_dinov2/, same columns).",
+        "dinov2 = `dinov2_model` (one image vector per image -> embeddings/dinov2/, same columns; "
+        "the embeddings table then has one row per image per model).",
     )
     dinov2_model: str = Field(
         "facebook/dinov2-base", description="DINOv2 model URI used when `models` lists dinov2."

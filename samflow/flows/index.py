@@ -29,6 +29,7 @@ from samflow.index import store
 from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
 from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
+from samflow.schemas.tables import EMBEDDING_MODELS, LEGACY_EMBEDDING_TABLES, embeddings_table
 
 INDEX_DIR = "_index"
 DRIFT_FACTOR = 4  # IVF-PQ retrains on `index add` once it holds this many times its training count
@@ -64,16 +65,16 @@ class RunIndex:
         return sorted(p for p in entries if p.endswith(".parquet")
                       and posixpath.basename(p)[: -len(".parquet")] in committed)
 
-    def root(self, kind: str) -> str:
-        return self.catalog.path(INDEX_DIR, kind)
+    def root(self, kind: str, model: str = "clip") -> str:
+        return self.catalog.path(INDEX_DIR, index_name(kind, model))
 
-    def cache(self, kind: str) -> Path:
+    def cache(self, kind: str, model: str = "clip") -> Path:
         """Local folder for work and downloaded builds: inside DST when DST is a local folder."""
         if self.local:
-            return Path(self.root(kind))
+            return Path(self.root(kind, model))
         home = Path(os.environ.get("SAMFLOW_CACHE", Path.home() / ".cache" / "samflow"))
         key = hashlib.sha1(self.dst.rstrip("/").encode()).hexdigest()[:16]
-        return home / "index" / key / kind
+        return home / "index" / key / index_name(kind, model)
 
     def run_models(self) -> dict[str, Any]:
         """Stage -> {model, checkpoint_sha256} of the newest run (manifests under ``_runs/``)
@@ -89,21 +90,42 @@ class RunIndex:
                 return models
         return {}
 
-    def model(self) -> str | None:
-        """The CLIP model of the newest run."""
-        return (self.run_models().get("embed") or {}).get("model")
+    def model(self, name: str = "clip") -> str | None:
+        """The URI of embedding model ``name`` (clip, dinov2) in the newest run that recorded it."""
+        stage = "embed" if name == "clip" else f"embed_{name}"
+        return (self.run_models().get(stage) or {}).get("model")
 
-    def manifest(self, kind: str) -> dict[str, Any] | None:
-        return store.read_manifest(self.fs, self.root(kind))
+    def manifest(self, kind: str, model: str = "clip") -> dict[str, Any] | None:
+        return store.read_manifest(self.fs, self.root(kind, model))
 
 
-def _check_kind(kind: str) -> None:
+def index_name(kind: str, model: str = "clip") -> str:
+    """The index's folder under DST/_index/ (and its dedup file's name): ``image``, ``mask``
+    for CLIP vectors (as always), ``image-dinov2`` for another model's."""
+    return kind if model == "clip" else f"{kind}-{model}"
+
+
+def _check_kind(kind: str, model: str = "clip") -> None:
     if kind not in KINDS:
         raise IndexUserError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if model not in EMBEDDING_MODELS:
+        raise IndexUserError(f"unknown embedding model {model!r}; expected one of {', '.join(EMBEDDING_MODELS)}")
+    if kind == "mask" and model != "clip":
+        raise IndexUserError(f"{model} vectors are per image only; mask vectors come from clip")
 
 
-def _sources(run: RunIndex, kind: str, skip: set[str]):
-    files = [f for f in run.committed_files(TABLE_OF_KIND[kind]) if posixpath.basename(f) not in skip]
+def _tables(kind: str, model: str) -> list[str]:
+    """The tables holding ``kind`` vectors of ``model`` (for DINOv2 also its pre-partition folder)."""
+    if kind == "mask":
+        return [TABLE_OF_KIND[kind]]
+    legacy = LEGACY_EMBEDDING_TABLES.get(model)
+    return [embeddings_table(model), *([legacy] if legacy else [])]
+
+
+def _sources(run: RunIndex, kind: str, skip: set[str], model: str = "clip"):
+    # Source names are the shard file names: a shard's rows of one model sit in one file.
+    files = [f for table in _tables(kind, model) for f in run.committed_files(table)
+             if posixpath.basename(f) not in skip]
     if not files:
         return []
     uris = UriLookup(run.fs, run.committed_files("images"))
@@ -114,32 +136,38 @@ def _sources(run: RunIndex, kind: str, skip: set[str]):
 
 
 def build_index(dst: str, kind: str = "image", params: BuildParams | None = None,
-                storage: StorageConfig | None = None) -> dict[str, Any]:
-    """Build (or resume building) the ``kind`` index of DST and publish it; returns its manifest."""
-    _check_kind(kind)
+                storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
+    """Build (or resume building) the ``kind`` index of DST's ``model`` vectors and publish it;
+    returns its manifest."""
+    _check_kind(kind, model)
     run = RunIndex(dst, storage)
-    work = run.cache(kind) / "_work"
-    if not (work / store.STATE).exists() and run.manifest(kind) is not None:
-        log.info("replacing the existing %s index of %s", kind, dst)
-    build = Build(work, params or BuildParams(), kind, run.model())
-    manifest = build.run(_sources(run, kind, skip=set()))
-    return _publish(run, kind, work, manifest)
+    work = run.cache(kind, model) / "_work"
+    if not (work / store.STATE).exists() and run.manifest(kind, model) is not None:
+        log.info("replacing the existing %s index of %s", index_name(kind, model), dst)
+    build = Build(work, params or BuildParams(), kind, run.model(model))
+    manifest = build.run(_sources(run, kind, skip=set(), model=model))
+    return _publish(run, kind, work, manifest, model)
+
+
+def _no_index(dst: str, kind: str, model: str) -> IndexUserError:
+    flags = f" --kind {kind}" + (f" --model {model}" if model != "clip" else "")
+    return IndexUserError(f"no {index_name(kind, model)} index under {dst} yet; run `samflow index build {dst}{flags}`")
 
 
 def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
-                 storage: StorageConfig | None = None) -> dict[str, Any]:
+                 storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
     """Add the vectors of files committed since the last build, without retraining (unless
     asked, or IVF-PQ has grown past DRIFT_FACTOR x its training count)."""
-    _check_kind(kind)
+    _check_kind(kind, model)
     run = RunIndex(dst, storage)
-    manifest = run.manifest(kind)
+    manifest = run.manifest(kind, model)
     if manifest is None:
-        raise IndexUserError(f"no {kind} index under {dst} yet; run `samflow index build {dst} --kind {kind}`")
-    new = _sources(run, kind, skip=set(manifest["sources"]))
-    work = run.cache(kind) / "_work"
+        raise _no_index(dst, kind, model)
+    new = _sources(run, kind, skip=set(manifest["sources"]), model=model)
+    work = run.cache(kind, model) / "_work"
     if not (work / store.STATE).exists():  # else: resume an add that crashed
         shutil.rmtree(work, ignore_errors=True)
-        store.copy_build(store.fetch(run.fs, run.root(kind), run.cache(kind), manifest), work)
+        store.copy_build(store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest), work)
         store.split_ids_into_parts(work)
         state = {key: manifest[key] for key in ("kind", "model", "sources", "count", "dim", "type",
                                                 "trained_count", "params")}
@@ -151,14 +179,15 @@ def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
     if drift:
         log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
     if retrain or drift:
-        params.nlist = params.pq_m = 0  # sized again for the new count
+        params.nlist = params.pq_m = params.nprobe = params.refine_factor = 0  # sized and tuned again
     updated = build.run([], retrain=retrain or drift)
     updated["added"] = updated["count"] - manifest["count"]
-    return _publish(run, kind, work, updated)
+    return _publish(run, kind, work, updated, model)
 
 
-def _publish(run: RunIndex, kind: str, work: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    store.publish(work, run.fs, run.root(kind), manifest)
+def _publish(run: RunIndex, kind: str, work: Path, manifest: dict[str, Any], model: str) -> dict[str, Any]:
+    manifest["embedding_model"] = model
+    store.publish(work, run.fs, run.root(kind, model), manifest)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -169,33 +198,38 @@ def _publish(run: RunIndex, kind: str, work: Path, manifest: dict[str, Any]) -> 
 class OpenIndex:
     """A published index, loaded for queries, with the model that made its vectors."""
 
-    def __init__(self, dst: str, kind: str = "image", storage: StorageConfig | None = None) -> None:
-        _check_kind(kind)
+    def __init__(self, dst: str, kind: str = "image", storage: StorageConfig | None = None,
+                 model: str = "clip") -> None:
+        _check_kind(kind, model)
         self.run = RunIndex(dst, storage)
         self.kind = kind
-        manifest = self.run.manifest(kind)
+        self.model_name = model
+        manifest = self.run.manifest(kind, model)
         if manifest is None:
-            raise IndexUserError(f"no {kind} index under {dst}; run `samflow index build {dst} --kind {kind}`")
+            raise _no_index(dst, kind, model)
         self.manifest = manifest
-        folder = store.fetch(self.run.fs, self.run.root(kind), self.run.cache(kind), manifest)
+        folder = store.fetch(self.run.fs, self.run.root(kind, model), self.run.cache(kind, model), manifest)
         self.searcher = Searcher(folder, manifest)
         self.ids = IdMap(folder / store.IDS)
         self._clip = None
 
     @property
     def clip(self):
+        """The model that made the index's vectors (CLIP, or DINOv2 for an image-dinov2 index)."""
         if self._clip is None:
             from samflow.models.registry import load_model
 
-            model = self.manifest.get("model") or self.run.model()
+            model = self.manifest.get("model") or self.run.model(self.model_name)
             if not model:
-                raise IndexUserError(f"no CLIP model recorded for {self.run.dst} (no run manifest under _runs/)")
-            self._clip = load_model("clip", model)
+                raise IndexUserError(f"no {self.model_name} model recorded for {self.run.dst} (no run manifest under _runs/)")
+            self._clip = load_model(self.model_name, model)
         return self._clip
 
     def text_vector(self, text: str) -> np.ndarray:
         if not text.strip():
             raise IndexUserError("the text query is empty")
+        if self.model_name != "clip":
+            raise IndexUserError(f"{self.model_name} has no text tower: search its index with --image")
         return self.clip.embed_texts([text]).float().numpy()
 
     def image_vector(self, data: bytes) -> np.ndarray:
@@ -224,11 +258,11 @@ def _clean(row: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def search(dst: str, text: str | None = None, image: str | None = None, k: int = 20,
-           kind: str = "image", storage: StorageConfig | None = None) -> list[dict[str, Any]]:
+           kind: str = "image", storage: StorageConfig | None = None, model: str = "clip") -> list[dict[str, Any]]:
     """Top-k by a text (CLIP text tower) or an image (path or URI)."""
     if (text is None) == (image is None):
         raise IndexUserError("give exactly one of --text or --image")
-    index = OpenIndex(dst, kind, storage)
+    index = OpenIndex(dst, kind, storage, model)
     if text is not None:
         vector = index.text_vector(text)
     else:
@@ -274,8 +308,10 @@ def content_digests(uris: pa.ChunkedArray, storage: StorageConfig) -> np.ndarray
 
 
 def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
-          storage: StorageConfig | None = None, params: "DedupParams | None" = None) -> dict[str, Any]:
-    """Near-duplicate groups of DST's ``kind`` vectors -> ``DST/dedup/<kind>.parquet``."""
+          storage: StorageConfig | None = None, params: "DedupParams | None" = None,
+          model: str = "clip") -> dict[str, Any]:
+    """Near-duplicate groups of DST's ``kind`` vectors of ``model`` ->
+    ``DST/dedup/<kind>.parquet`` (``<kind>-<model>.parquet`` for a model other than CLIP)."""
     import pyarrow.parquet as pq
 
     from samflow.index.dedup import SCHEMA, DedupParams, result_tables, semdedup
@@ -283,12 +319,12 @@ def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
 
     if not 0.0 < threshold <= 1.0:
         raise IndexUserError(f"--threshold must be in (0, 1] (got {threshold})")
-    _check_kind(kind)
+    _check_kind(kind, model)
     run = RunIndex(dst, storage)
-    if run.manifest(kind) is None:
-        build_index(dst, kind, storage=run.storage)
-    manifest = run.manifest(kind)
-    folder = store.fetch(run.fs, run.root(kind), run.cache(kind), manifest)
+    if run.manifest(kind, model) is None:
+        build_index(dst, kind, storage=run.storage, model=model)
+    manifest = run.manifest(kind, model)
+    folder = store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
     params = params or DedupParams()
     params.threshold = threshold
     digests = None
@@ -297,12 +333,14 @@ def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
     result = semdedup(VectorFile(folder / store.VECTORS, manifest["dim"]), manifest["count"], digests, params)
     out_dir = run.catalog.path(DEDUP_DIR)
     run.fs.create_dir(out_dir, recursive=True)
-    out = f"{out_dir}/{kind}.parquet"
+    name = index_name(kind, model)
+    out = f"{out_dir}/{name}.parquet"
     with run.fs.open_output_stream(out) as sink, pq.ParquetWriter(sink, SCHEMA) as writer:
         for table in result_tables(folder / store.IDS, result):
             writer.write_table(table)
     return {
-        "output": run.catalog.dst.rstrip("/") + f"/{DEDUP_DIR}/{kind}.parquet",
+        "output": run.catalog.dst.rstrip("/") + f"/{DEDUP_DIR}/{name}.parquet",
+        "model": model,
         "vectors": manifest["count"],
         "kept": int(result.keep.sum()),
         "dropped": int((~result.keep).sum()),

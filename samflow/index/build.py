@@ -5,11 +5,20 @@ The build is a small state machine kept in ``<work>/state.json``, so a crashed b
     collect   each source (a committed Parquet file) appends its vectors to vectors.f32 and its
               id-map part; the state records the source and the new row count after each one
               (a crash mid-source is cut back to the last recorded count)
-    train     the index type is chosen from the count; IVF-PQ trains its coarse quantizer and
-              codebooks on a random sample read back from vectors.f32
-    add       vectors are added from the file in chunks; the index is checkpointed every few
-              chunks and ``index.ntotal`` says where to go on
+    train     the index type is chosen from the count; IVF-PQ trains its coarse quantizer,
+              codebooks and scalar quantizer on a random sample read back from vectors.f32
+    add       vectors are added from the file in chunks; the index is checkpointed every
+              CHECKPOINT_S seconds and ``index.ntotal`` says where to go on
+    tune      IVF-PQ: the smallest nprobe and refine factor that reach ``target_recall`` on
+              held-out queries (unless given)
     evaluate  recall@10 of the index against exact search on held-out queries
+
+IVF-PQ search has three steps (samflow.index.search): the IVF lists nearest the query are scanned
+with 4-bit PQ codes (FAISS fast scan, SIMD); the best ``refine_factor`` x 2k candidates are
+re-ranked by 8-bit scalar-quantized copies of the vectors held beside them (FAISS IndexRefine:
+near exact, 1 byte per dimension); the top 2k of those are re-scored exactly against the float32
+vectors on disk, so the k results and their scores are exact. Memory: PQ and SQ8 codes
+(d/8 + d bytes per vector); the float32 vectors (4d bytes) stay on disk.
 
 ``index add`` runs the same machine on a fetched build: new sources are collected, training is
 skipped (the trained index is kept), and adding starts at ``ntotal``.
@@ -31,7 +40,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from samflow.index.search import Searcher, auto_nprobe
+from samflow.index.search import Searcher
 from samflow.index.source import VectorBatch, normalise
 from samflow.index.store import (
     INDEX,
@@ -46,9 +55,11 @@ from samflow.index.store import (
 )
 
 TYPES = ("auto", "flat", "ivfpq", "hnsw")
-MIN_IVFPQ_VECTORS = 10_000  # 256 codewords per sub-quantizer need a few thousand training rows
+MIN_IVFPQ_VECTORS = 10_000  # below this, IVF lists are too small to train and flat search is fast anyway
 RECALL_K = 10
-CHECKPOINT_CHUNKS = 4
+CHECKPOINT_S = 30.0  # seconds of adding between index checkpoints (an IVF-PQ index is ~d bytes/vector)
+METHOD_IVFPQ = ("IVF{nlist} + PQ{pq_m}x4 fast scan -> top {refine_factor} x 2k re-ranked by SQ8 codes (IndexRefine) "
+                "-> top 2k re-scored exactly on the float32 vectors")
 
 
 class IndexBuildError(ValueError):
@@ -59,10 +70,11 @@ class IndexBuildError(ValueError):
 class BuildParams:
     index: str = "auto"  # auto: flat below flat_max vectors, IVF-PQ above
     flat_max: int = 200_000
-    nlist: int = 0  # IVF lists; 0: 2 * sqrt(count), at most count / 39
-    pq_m: int = 0  # PQ bytes per vector; 0: dim / 8 (a divisor of dim)
-    nprobe: int = 0  # IVF lists probed per query; 0: max(16, nlist / 32)
-    refine_factor: int = 10  # IVF-PQ: candidates per result re-ranked exactly
+    nlist: int = 0  # IVF lists; 0: sqrt(count), at most train_sample / 39
+    pq_m: int = 0  # 4-bit PQ sub-quantizers (pq_m / 2 bytes per vector); 0: dim / 4 (a divisor of dim)
+    nprobe: int = 0  # IVF lists probed per query; 0: tuned on held-out queries
+    refine_factor: int = 0  # PQ candidates per SQ8-re-ranked result; 0: tuned on held-out queries
+    target_recall: float = 0.97  # what tuning aims for (recall@10 on held-out queries)
     hnsw_m: int = 32
     ef_search: int = 128
     train_sample: int = 65_536
@@ -157,26 +169,30 @@ class Build:
         return index
 
     def _trained_ivfpq(self, count: int, dim: int) -> faiss.Index:
-        nlist = self.params.nlist or max(1, min(int(2 * math.sqrt(count)), count // 39))
-        pq_m = self.params.pq_m or largest_divisor_at_most(dim, max(1, dim // 8))
+        sample_rows = min(count, self.params.train_sample)
+        nlist = self.params.nlist or max(1, min(int(math.sqrt(count)), sample_rows // 39))
+        pq_m = self.params.pq_m or largest_divisor_at_most(dim, max(1, dim // 4))
         self.params.nlist, self.params.pq_m = nlist, pq_m
-        self.params.nprobe = self.params.nprobe or auto_nprobe(nlist)
         # Unit vectors: L2 order = inner-product order, and L2 residual codes are FAISS's best-kept
-        # path (precomputed tables). Candidates are re-ranked by exact inner product anyway.
-        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 8)
+        # path. Candidates are re-ranked by (near) exact inner product anyway.
+        base = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 4)
+        base.cp.niter = 10  # coarse k-means: more iterations cost minutes at 1M, recall nothing
+        index = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit))
         rng = np.random.default_rng(self.params.seed)
-        rows = np.sort(rng.choice(count, size=min(count, self.params.train_sample), replace=False))
-        index.train(VectorFile(self.work / VECTORS, dim).take(rows))
+        rows = np.sort(rng.choice(count, size=sample_rows, replace=False))
+        index.train(VectorFile(self.work / VECTORS, dim).rows_at(rows))
         return index
 
     def add(self, index: faiss.Index) -> faiss.Index:
         """Add vectors past ``index.ntotal`` from the file, chunk by chunk, with checkpoints."""
         vectors = VectorFile(self.work / VECTORS, self.state["dim"])
         chunks = vectors.chunks(int(index.ntotal), self.state["count"], self.params.chunk_rows)
-        for number, (_, chunk) in enumerate(chunks, start=1):
+        last = time.monotonic()
+        for _, chunk in chunks:
             index.add(chunk)
-            if number % CHECKPOINT_CHUNKS == 0:
+            if time.monotonic() - last > CHECKPOINT_S:
                 self._checkpoint(index)
+                last = time.monotonic()
         self._checkpoint(index)
         return index
 
@@ -204,13 +220,15 @@ class Build:
         else:
             index = self.train()
         index = self.add(index)
+        if self.state["type"] == "ivfpq" and not (self.params.nprobe and self.params.refine_factor):
+            self.state["tuning"] = tune(index, self.work, self.state["count"], self.params)
         merge_id_parts(self.work)
         self.state["build_s"] = self.state.get("build_s", 0.0) + time.perf_counter() - started
         return self.manifest(index)
 
     def _restore_params(self) -> None:
         saved = self.state.get("params") or {}
-        for key in ("nlist", "pq_m", "nprobe", "refine_factor", "hnsw_m", "ef_search"):
+        for key in ("nlist", "pq_m", "nprobe", "refine_factor", "target_recall", "hnsw_m", "ef_search"):
             if key in saved:
                 setattr(self.params, key, saved[key])
 
@@ -229,6 +247,9 @@ class Build:
             "build_s": round(self.state["build_s"], 3),
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
+        if self.state["type"] == "ivfpq":
+            manifest["method"] = METHOD_IVFPQ.format(**manifest["params"])
+            manifest["tuning"] = self.state.get("tuning", [])
         searcher = Searcher(self.work, manifest, index=index)
         recall, queries = recall_at_k(searcher, VectorFile(self.work / VECTORS, manifest["dim"]),
                                       manifest["count"], self.params, RECALL_K)
@@ -240,10 +261,11 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, limit + 1) if n % d == 0)
 
 
-def held_out_queries(vectors: VectorFile, count: int, params: BuildParams) -> np.ndarray:
-    """Stored vectors outside the training sample, each nudged off its own point (noise of norm
-    0.1), so a query is near data without being a copy of it."""
-    rng = np.random.default_rng(params.seed + 1)
+def held_out_queries(vectors: VectorFile, count: int, params: BuildParams, salt: int = 1) -> np.ndarray:
+    """Stored vectors picked at random, each nudged off its own point (noise of norm 0.1), so a
+    query is near data without being a copy of it. ``salt`` draws another set (tuning uses its
+    own queries, so the recall reported is not the recall tuned for)."""
+    rng = np.random.default_rng(params.seed + salt)
     n = min(params.recall_queries, count)
     rows = np.sort(rng.choice(count, size=n, replace=False))
     base = vectors.take(rows)
@@ -272,5 +294,49 @@ def recall_at_k(searcher: Searcher, vectors: VectorFile, count: int, params: Bui
     k = min(k, count)
     truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
     _, found = searcher.search(queries, k)
-    hits = [len(set(t.tolist()) & set(f.tolist())) / k for t, f in zip(truth, found)]
-    return float(np.mean(hits)), len(queries)
+    return overlap(truth, found), len(queries)
+
+
+def overlap(truth: np.ndarray, found: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(t.tolist()) & set(f.tolist())) / k for t, f in zip(truth, found)]))
+
+
+NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TUNING_SALT = 2
+REFINE_FACTORS = (4, 8, 16, 32, 64)
+
+
+def tune(index: faiss.Index, work: Path, count: int, params: BuildParams) -> list[dict[str, Any]]:
+    """Set ``params.nprobe`` / ``refine_factor`` (those left at 0) to the cheapest pair found
+    that reaches ``target_recall`` on held-out queries: refine factors from small to large, and
+    for each, nprobe doubled until recall reaches the target or stops rising. Returns the trials."""
+    vectors = VectorFile(work / VECTORS, index.d)
+    queries = held_out_queries(vectors, count, params, salt=TUNING_SALT)
+    k = min(RECALL_K, count)
+    truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
+    nlist = int(params.nlist)
+    nprobes = [params.nprobe] if params.nprobe else sorted({min(n, nlist) for n in NPROBES})
+    factors = [params.refine_factor] if params.refine_factor else list(REFINE_FACTORS)
+    trials: list[dict[str, Any]] = []
+    best = None
+    start = 0  # recall's need for lists hardly depends on the factor: go on where the last plateaued
+    for factor in factors:
+        previous = -1.0
+        for position in range(start, len(nprobes)):
+            nprobe = nprobes[position]
+            params.nprobe, params.refine_factor = nprobe, factor
+            manifest = {"type": "ivfpq", "dim": index.d, "params": asdict(params)}
+            _, found = Searcher(work, manifest, index=index).search(queries, k)
+            recall = overlap(truth, found)
+            trials.append({"nprobe": nprobe, "refine_factor": factor, "recall_at_10": round(recall, 4)})
+            if best is None or recall > best[0] + 1e-9:
+                best = (recall, nprobe, factor)
+            if recall >= params.target_recall or recall <= previous + 0.002:
+                start = max(0, position - 1)
+                break
+            previous = recall
+        if best[0] >= params.target_recall:
+            break
+    _, params.nprobe, params.refine_factor = best
+    return trials

@@ -1,8 +1,11 @@
 """A built index, loaded for queries: top-k ids with exact cosine scores, and id -> row lookup.
 
-IVF-PQ finds ``k * refine_factor`` candidates from compressed codes, then re-ranks them exactly
-against the float32 vectors file (memory-mapped: only the candidates' pages are read). Flat and
-HNSW indexes hold the float vectors themselves, so their scores are already exact.
+IVF-PQ (FAISS IndexRefine over IVF-PQ fast scan, samflow.index.build) finds ``2k x
+refine_factor`` candidates from 4-bit PQ codes and re-ranks them by its 8-bit scalar-quantized
+codes; the best 2k are then re-scored exactly against the float32 vectors file (read with pread:
+only those rows). Builds from before the SQ8 stage (a plain IndexIVFPQ) re-rank their ``k x
+refine_factor`` PQ candidates against the file directly. Flat and HNSW indexes hold the float
+vectors themselves, so their scores are already exact.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from samflow.index.source import normalise
 from samflow.index.store import IDS, INDEX, VECTORS, VectorFile
 
 
+EXACT_FACTOR = 2  # SQ8-ranked results re-scored exactly per result asked
+
+
 def auto_nprobe(nlist: int) -> int:
-    """Lists probed per query when not set: 1/32 of them, at least 16 (recall@10 >= 0.95 on
-    clustered data with exact re-ranking, bench/index.py)."""
+    """Lists probed per query by builds that recorded none."""
     return max(16, nlist // 32)
 
 
@@ -33,9 +38,12 @@ class Searcher:
         self.dim = int(manifest["dim"])
         params = manifest["params"]
         self.index = index if index is not None else faiss.read_index(str(folder / INDEX))
-        self.refine_factor = int(params.get("refine_factor", 1))
+        self.refine_factor = int(params.get("refine_factor") or 10)
+        self.refined = isinstance(self.index, faiss.IndexRefine)
         if self.type == "ivfpq":
             faiss.extract_index_ivf(self.index).nprobe = int(params["nprobe"]) or auto_nprobe(int(params["nlist"]))
+        if self.refined:
+            self.index.k_factor = float(self.refine_factor)
         if self.type == "hnsw":
             self.index.hnsw.efSearch = int(params["ef_search"])
         self.vectors = VectorFile(folder / VECTORS, self.dim)
@@ -52,7 +60,10 @@ class Searcher:
         k = max(1, min(int(k), self.count)) if self.count else 1
         if self.type != "ivfpq":
             return self.index.search(queries, k)
-        _, candidates = self.index.search(queries, k * self.refine_factor)
+        if self.refined:
+            _, candidates = self.index.search(queries, min(k * EXACT_FACTOR, self.count))
+        else:
+            _, candidates = self.index.search(queries, k * self.refine_factor)
         return self._rerank(queries, candidates, k)
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,7 +36,7 @@ def build_tables(
     for family in tables.EXTRA_EMBEDDING_FAMILIES:  # a second embedding model (e.g. DINOv2)
         column = f"embedding_{family}"
         if column in batch and ok:
-            out[f"embeddings_{family}"] = _embeddings(batch, ok, str(batch[f"{column}_model"][ok[0]]), column)
+            out[tables.embeddings_table(family)] = _embeddings(batch, ok, str(batch[f"{column}_model"][ok[0]]), column)
     if "tracks" in batch:
         out["tracks"] = _tracks(batch, ok)
     return out

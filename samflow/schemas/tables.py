@@ -97,7 +97,24 @@ def embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
-# A second embedding model's vectors (stages.embed.models) have their own size: own table, same columns.
-EXTRA_EMBEDDING_FAMILIES = ("dinov2",)
+# The embeddings table holds one row per image per model of stages.embed.models. Each model's
+# vectors have their own size and a Parquet column of fixed-size vectors holds one size, so the
+# table is split by model: CLIP's rows in embeddings/<shard>.parquet (where they always were;
+# samflow's readers list the folder's own files), every further model's in embeddings/<model>/.
+# Readers pick a model (embeddings_table): a recursive read of embeddings/ would mix vector sizes.
+# The `model` column names the checkpoint (its URI).
+EMBEDDING_MODELS = ("clip", "dinov2")
+EXTRA_EMBEDDING_FAMILIES = EMBEDDING_MODELS[1:]
+# Where a build before this layout put a further model's rows (read for old outputs, cleaned up alike).
+LEGACY_EMBEDDING_TABLES = {"dinov2": "embeddings_dinov2"}
+
+
+def embeddings_table(model: str = "clip") -> str:
+    """The folder (relative to DST) holding ``model``'s rows of the embeddings table."""
+    if model not in EMBEDDING_MODELS:
+        raise ValueError(f"unknown embedding model {model!r}; expected one of {', '.join(EMBEDDING_MODELS)}")
+    return "embeddings" if model == "clip" else f"embeddings/{model}"
+
+
 TABLES = ("images", "annotations", "embeddings", "errors", "tracks",
-          *(f"embeddings_{f}" for f in EXTRA_EMBEDDING_FAMILIES))
+          *(embeddings_table(f) for f in EXTRA_EMBEDDING_FAMILIES), *LEGACY_EMBEDDING_TABLES.values())
