@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -28,7 +29,8 @@ _QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "RAY_LOGGER_LEVEL": "error",
     "RAY_LOG_TO_DRIVER": "0",
-    "RAY_BACKEND_LOG_LEVEL": "fatal",
+    # Not RAY_BACKEND_LOG_LEVEL: setting it makes Ray's C++ core print "logging.cc: Set ray log
+    # level from environment variable ..." on stderr; its C++ logs go to files anyway.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "TQDM_DISABLE": "1",
 }
@@ -42,6 +44,7 @@ def console(verbose: int) -> Iterator[None]:
     saved_env = dict(os.environ)
     root = logging.getLogger()
     saved_levels = {name: logging.getLogger(name).level for name in ("", *CHATTY_LOGGERS)}
+    saved_worker_logs = _ray_worker_logs()
     with warnings.catch_warnings():
         _configure(verbose)
         try:
@@ -52,6 +55,7 @@ def console(verbose: int) -> Iterator[None]:
             for name, level in saved_levels.items():
                 logging.getLogger(name).setLevel(level)
             root.setLevel(saved_levels[""])
+            _set_ray_worker_logs(True if saved_worker_logs is None else saved_worker_logs)
 
 
 def _configure(verbose: int) -> None:
@@ -77,14 +81,36 @@ def _ignore_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+# The driver prints what the raylet pushes to it ("(raylet) A worker died ...", "(raylet)
+# WARNING: N PYTHON worker processes have been started ...") on stdout whatever log_to_driver
+# says; the only switch is the module flag Ray's debugger (ray.util.rpdb) uses for the same.
+# The raylet's own log file (session_latest/logs/raylet.out) keeps these messages.
+_RAY_WORKER_MODULE = "ray._private.worker"
+_RAY_WORKER_LOGS_FLAG = "_worker_logs_enabled"
+
+
+def _ray_worker_logs() -> bool | None:
+    """Whether Ray's driver prints worker and raylet lines; None while Ray is not imported."""
+    module = sys.modules.get(_RAY_WORKER_MODULE)
+    return getattr(module, _RAY_WORKER_LOGS_FLAG, None) if module is not None else None
+
+
+def _set_ray_worker_logs(enabled: bool) -> None:
+    module = sys.modules.get(_RAY_WORKER_MODULE)
+    if module is not None and hasattr(module, _RAY_WORKER_LOGS_FLAG):
+        setattr(module, _RAY_WORKER_LOGS_FLAG, enabled)
+
+
 def quiet_ray_data(verbose: int) -> None:
     """After Ray Data is imported: no progress bars or periodic operator dumps on the terminal
-    (the progress display replaces them); its own log file keeps everything."""
+    (the progress display replaces them), no "(raylet)" / "(pid=...)" lines printed by the
+    driver; Ray's own log files keep everything."""
     if verbose:
         return
     from ray.data import DataContext
 
     _ignore_library_warnings()
+    _set_ray_worker_logs(False)
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
