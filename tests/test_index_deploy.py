@@ -102,3 +102,18 @@ def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluste
     assert "zz-later-run.parquet" in updated["sources"] and set(built["sources"]) < set(updated["sources"])
     ids = pq.read_table(Path(dst, "_index", "image", "ids.parquet")).column("item_id").to_pylist()
     assert set(new_items) <= set(ids) and len(ids) == len(set(ids)) == images + 3
+
+
+def test_index_flow_builds_then_adds_only_new_shards(prefect_server, tmp_path):
+    from samflow.flows.index_flow import index_dataset
+
+    dst = str(tmp_path / "out")
+    write_image_shard(dst, "run1-00000", clustered(40, 16, seed=1), first=0)
+    first = index_dataset(dst)
+    assert first["image"]["count"] == first["image"]["added"] == 40
+    write_image_shard(dst, "run2-00000", clustered(7, 16, seed=2), first=40)
+    second = index_dataset(dst, config={"index": {"kinds": ["image"]}})
+    assert (second["image"]["count"], second["image"]["added"]) == (47, 7)
+    again = index_dataset(dst)  # nothing committed since: the same index
+    assert (again["image"]["count"], again["image"]["added"]) == (47, 0)
+    assert sorted(_manifest(dst)["sources"]) == ["run1-00000.parquet", "run2-00000.parquet"]
