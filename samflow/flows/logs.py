@@ -84,7 +84,7 @@ def _ignore_library_warnings() -> None:
 # The driver prints what the raylet pushes to it ("(raylet) A worker died ...", "(raylet)
 # WARNING: N PYTHON worker processes have been started ...") on stdout whatever log_to_driver
 # says; the only switch is the module flag Ray's debugger (ray.util.rpdb) uses for the same.
-# The raylet's own log file (session_latest/logs/raylet.out) keeps these messages.
+# Ray's session logs keep these messages (logs/events/event_RAYLET.log).
 _RAY_WORKER_MODULE = "ray._private.worker"
 _RAY_WORKER_LOGS_FLAG = "_worker_logs_enabled"
 
