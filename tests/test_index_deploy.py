@@ -100,7 +100,7 @@ def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluste
     updated = _manifest(dst)
     assert updated["count"] == images + 3
     assert "zz-later-run.parquet" in updated["sources"] and set(built["sources"]) < set(updated["sources"])
-    ids = pq.read_table(Path(dst, "_index", "image", "ids.parquet")).column("item_id").to_pylist()
+    ids = pq.read_table(Path(dst, "_index", "image", updated["build_id"], "ids.parquet")).column("item_id").to_pylist()
     assert set(new_items) <= set(ids) and len(ids) == len(set(ids)) == images + 3
 
 
