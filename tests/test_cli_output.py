@@ -168,3 +168,32 @@ def test_quiet_driver_prints_no_raylet_lines_and_verbose_does(ray_cluster, capfd
     assert "worker died: quiet" not in out + err and ray_lines(out, err) == [], out + err
     _raylet_says("worker died: after")  # after the command: Ray prints them again
     _wait_for(capfd, "worker died: after")
+
+
+def test_native_stderr_goes_to_a_log_file_and_python_stderr_stays(capfd):
+    """What C/C++ code writes to fd 2 (Ray's core worker logs in the driver) leaves the terminal
+    in quiet mode; samflow's own lines (sys.stderr, the root logger) stay; -v changes nothing."""
+    import logging
+
+    from samflow.flows import logs
+
+    capfd.readouterr()
+    console = logging.StreamHandler(sys.stderr)  # what logging.basicConfig gives the CLI
+    logging.getLogger().addHandler(console)
+    try:
+        with logs.console(0), logs.native_stderr_to_file(0, "test") as path:
+            os.write(2, b"[2026-12-01 18:36:19,871 E 1 1] core_worker.cc:2465: native line\n")
+            print("samflow: 1/2 inputs", file=sys.stderr)
+            logging.getLogger("samflow.test").warning("samflow warning")
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert console.stream is sys.stderr
+    out, err = capfd.readouterr()
+    assert "native line" not in out + err and "samflow: 1/2 inputs" in err and "samflow warning" in err
+    assert "native line" in path.read_text()
+    path.unlink()
+    os.write(2, b"after\n")  # fd 2 is the terminal again
+    assert "after" in capfd.readouterr().err
+    with logs.native_stderr_to_file(1, "test") as none:
+        os.write(2, b"verbose native line\n")
+    assert none is None and "verbose native line" in capfd.readouterr().err

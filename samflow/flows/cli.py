@@ -216,15 +216,25 @@ def _annotate(args: argparse.Namespace) -> int:
         from samflow.flows.annotate import annotate_dataset
 
         logs.quiet_ray_data(args.verbose)
-        with RunProgress() as progress:
-            manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
-                                        observer=progress, hold_lease=False)
+        ray_was_up = _ray_is_up()
+        with logs.native_stderr_to_file(args.verbose, "annotate"), RunProgress() as progress:
+            try:
+                manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
+                                            observer=progress, hold_lease=False)
+            finally:
+                if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
+                    sys.modules["ray"].shutdown()
     finally:
         lease.release()
     _print_run_summary(manifest, cfg, progress)
-    # For scripts: the last thing on stdout (Ray may print its own lines there first).
+    # For scripts: the last thing on stdout.
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _with_format(args: argparse.Namespace) -> list[str]:

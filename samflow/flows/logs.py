@@ -13,11 +13,14 @@ and only sets a variable the user has not set.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 # Library loggers that speak once per request or per tick: WARNING unless -v.
 CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
@@ -118,3 +121,51 @@ def quiet_ray_data(verbose: int) -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
             handler.setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_to_file(verbose: int, name: str) -> Iterator[Path | None]:
+    """Quiet mode: what native code writes to file descriptor 2 (Ray's C++ core in this process:
+    "[... E 123 123] core_worker.cc: ...", gRPC / absl start-up lines, child processes that
+    inherit it) goes to a log file in the temp folder instead of the terminal; Python's
+    ``sys.stderr`` (samflow's progress, summary, warnings and errors) keeps the terminal.
+    Yields the file's path (None with ``-v``: everything stays on the terminal). An empty
+    file is removed on exit."""
+    if verbose:
+        yield None
+        return
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"samflow-{name}-{stamp}-{os.getpid()}.native.log"
+    sys.stderr.flush()
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    terminal_fd = os.dup(2)
+    saved_stderr = sys.stderr
+    terminal = open(terminal_fd, "w", buffering=1, encoding=getattr(saved_stderr, "encoding", None) or "utf-8",
+                    errors="backslashreplace", closefd=False)
+    moved = _point_stream_handlers(saved_stderr, terminal)
+    sys.stderr = terminal
+    os.dup2(log_fd, 2)
+    try:
+        yield path
+    finally:
+        terminal.flush()
+        os.dup2(terminal_fd, 2)
+        sys.stderr = saved_stderr
+        for handler in moved:
+            handler.setStream(saved_stderr)
+        terminal.close()
+        os.close(terminal_fd)
+        os.close(log_fd)
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
+def _point_stream_handlers(old, new) -> list[logging.StreamHandler]:  # noqa: ANN001
+    """The root logger's console handlers (samflow's own warnings propagate there) write to
+    ``new``; library handlers keep the old stream, so their output lands in the log file."""
+    moved = []
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is old:
+            handler.setStream(new)
+            moved.append(handler)
+    return moved
