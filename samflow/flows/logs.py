@@ -137,8 +137,12 @@ def native_stderr_to_file(verbose: int, name: str) -> Iterator[Path | None]:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     path = Path(tempfile.gettempdir()) / f"samflow-{name}-{stamp}-{os.getpid()}.native.log"
     sys.stderr.flush()
+    try:
+        terminal_fd = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing can reach a terminal anyway
+        yield None
+        return
     log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    terminal_fd = os.dup(2)
     saved_stderr = sys.stderr
     terminal = open(terminal_fd, "w", buffering=1, encoding=getattr(saved_stderr, "encoding", None) or "utf-8",
                     errors="backslashreplace", closefd=False)
