@@ -3,7 +3,9 @@
 It forwards every request to the real (moto) server, except that it
 - answers ``403 AccessDenied`` for every request to a bucket in ``denied``,
 - answers ``503 SlowDown`` to a share of requests (``slowdown_rate``), and
-- cuts the connection without an answer for another share (``reset_rate``).
+- cuts the connection without an answer for another share (``reset_rate``), and
+- cuts an upload short (``cut_rate``, PUT only): the server gets the headers and half the body,
+  then both connections close.
 Faults are drawn from a seeded generator and counted, so a test can check that they happened.
 """
 
@@ -28,8 +30,10 @@ class Faults:
     denied: set[str] = field(default_factory=set)
     slowdown_rate: float = 0.0
     reset_rate: float = 0.0
+    cut_rate: float = 0.0
     seed: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0, "cut": 0})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -49,6 +53,9 @@ class Faults:
             if roll < self.slowdown_rate + self.reset_rate:
                 self.counts["reset"] += 1
                 return "reset"
+            if method == "PUT" and roll < self.slowdown_rate + self.reset_rate + self.cut_rate:
+                self.counts["cut"] += 1
+                return "cut"
             return None
 
 
@@ -83,7 +90,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             bucket = urlsplit(self.path).path.lstrip("/").split("/", 1)[0]
             fault = proxy.faults.draw(bucket, self.command)
-            if fault == "reset":
+            if fault == "cut":
+                self._forward_half(body)
+            if fault in ("reset", "cut"):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 self.connection.close()
                 self.close_connection = True
@@ -102,6 +111,18 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)
+
+        def _forward_half(self, body: bytes) -> None:
+            """The upload as a dropped connection leaves it: announced whole, half sent."""
+            upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+            upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for key, value in self.headers.items():
+                if key.lower() not in ("connection", "keep-alive"):
+                    upstream.putheader(key, value)
+            upstream.endheaders()
+            upstream.send(body[: len(body) // 2])
+            upstream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            upstream.close()
 
         def _forward(self, body: bytes) -> None:
             upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)

@@ -16,6 +16,15 @@ from tests.cli_summary import summary_of
 ROOT = Path(__file__).resolve().parents[1]
 CHATTER = ("HTTP Request", "logging_progress", "Execution plan", "streaming_executor", "Started a local Ray",
            "Token authentication", "Deprecat", "prefect.flow_runs", "Traceback")
+# Ray's own lines: "(raylet) ...", "(autoscaler) ...", "(MapWorker(...) pid=123) ...", its C++ core's
+# "[2026-01-01 10:00:00,123 I 123 123] logging.cc:..." and Ray Data's dataset / operator dumps.
+RAY_LINE = re.compile(r"^(\x1b\[\d+m)?\(.*(raylet|autoscaler|pid=)"
+                      r"|^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\]"
+                      r"|Running Dataset|Operator \d|\bOperator\b.*\b(queued|running|blocks)\b")
+
+
+def ray_lines(*streams: str) -> list[str]:
+    return [line for stream in streams for line in stream.splitlines() if RAY_LINE.search(line)]
 
 
 def samflow(*args: str) -> subprocess.CompletedProcess:
@@ -41,6 +50,8 @@ def test_sample_run_shows_progress_and_summary_then_runs_lists_and_reports_it(tm
     err = done.stderr
     for noise in CHATTER:
         assert noise not in err, f"{noise!r} in:\n{err}"
+    assert ray_lines(done.stdout, err) == [], done.stdout + err
+    assert json.loads(done.stdout) == result  # stdout holds the JSON summary alone
     progress = re.findall(r"samflow: (\d+)/(\d+) inputs \(\d+%\), [\d.]+ inputs/s, ETA \S+, errors (\d+)", err)
     assert progress, err
     assert progress[-1][0] == progress[-1][1] == str(inputs)  # the last line: all done
@@ -95,3 +106,94 @@ def test_progress_figures_and_bottleneck_from_commits():
     bar.committed(ShardResult("s3", ["a", "b"], {"images": 2}), {})
     bar.close()
     assert "2/2" in bar_stream.getvalue() and "annotate" in bar_stream.getvalue()
+
+
+def test_ray_lines_are_recognised():
+    # The check above can fail: each of these is a line Ray prints on a driver's terminal.
+    for line in ("(raylet) A worker died or was killed while executing a task",
+                 "\x1b[33m(raylet)\x1b[0m WARNING: 8 PYTHON worker processes have been started",
+                 "(autoscaler) Warning: The following resource request cannot be scheduled right now",
+                 "(MapWorker(SegmentStage) pid=4242) loading tiny://sam",
+                 "[2026-12-01 18:10:04,553 I 15972 15972] logging.cc:303: Set ray log level",
+                 "Running Dataset: dataset_3_0. Active & requested resources: 2/2 CPU",
+                 "- Operator 1 ReadRange->MapBatches(f): 0 active, 0 queued"):
+        assert ray_lines(line), line
+    assert not ray_lines("samflow: 3/3 inputs (100%), 0.50 inputs/s, ETA 0s, errors 1, bottleneck segment")
+
+
+def _raylet_says(text: str) -> None:
+    """Publish a message to the driver the way the raylet reports a dead worker or too many
+    workers (GCS error channel -> the driver's listener thread -> "(raylet) ..." on stdout). The
+    token keeps Ray's log deduplication from holding a repeated line back."""
+    import ray
+    from ray._private.ray_constants import TESTING_NEVER_DEDUP_TOKEN
+    from ray._private.utils import publish_error_to_driver
+
+    publish_error_to_driver("samflow_test", f"{text} {TESTING_NEVER_DEDUP_TOKEN}",
+                            ray._private.worker.global_worker.gcs_client)
+
+
+def _wait_for(capfd, text: str, timeout_s: float = 30.0) -> float:
+    import time
+
+    started = time.monotonic()
+    seen = ""
+    while time.monotonic() - started < timeout_s:
+        out, err = capfd.readouterr()
+        seen += out + err
+        if text in seen:
+            assert any(text in line for line in ray_lines(seen)), seen
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not printed within {timeout_s} s: {seen!r}")
+
+
+def test_quiet_driver_prints_no_raylet_lines_and_verbose_does(ray_cluster, capfd):
+    """The raylet's messages to the driver ("(raylet) A worker died ...") reach the terminal
+    whatever log_to_driver says; quiet mode keeps them off, -v shows them, and leaving the
+    command puts Ray's default back for an in-process caller."""
+    import time
+
+    from samflow.flows import logs
+
+    with logs.console(1):  # -v: shown (and the control for how long a message takes)
+        logs.quiet_ray_data(1)
+        _raylet_says("worker died: verbose")
+        latency = _wait_for(capfd, "worker died: verbose")
+    with logs.console(0):
+        logs.quiet_ray_data(0)
+        _raylet_says("worker died: quiet")
+        time.sleep(max(2.0, 5 * latency))
+        out, err = capfd.readouterr()
+    assert "worker died: quiet" not in out + err and ray_lines(out, err) == [], out + err
+    _raylet_says("worker died: after")  # after the command: Ray prints them again
+    _wait_for(capfd, "worker died: after")
+
+
+def test_native_stderr_goes_to_a_log_file_and_python_stderr_stays(capfd):
+    """What C/C++ code writes to fd 2 (Ray's core worker logs in the driver) leaves the terminal
+    in quiet mode; samflow's own lines (sys.stderr, the root logger) stay; -v changes nothing."""
+    import logging
+
+    from samflow.flows import logs
+
+    capfd.readouterr()
+    console = logging.StreamHandler(sys.stderr)  # what logging.basicConfig gives the CLI
+    logging.getLogger().addHandler(console)
+    try:
+        with logs.console(0), logs.native_stderr_to_file(0, "test") as path:
+            os.write(2, b"[2026-12-01 18:36:19,871 E 1 1] core_worker.cc:2465: native line\n")
+            print("samflow: 1/2 inputs", file=sys.stderr)
+            logging.getLogger("samflow.test").warning("samflow warning")
+    finally:
+        logging.getLogger().removeHandler(console)
+    assert console.stream is sys.stderr
+    out, err = capfd.readouterr()
+    assert "native line" not in out + err and "samflow: 1/2 inputs" in err and "samflow warning" in err
+    assert "native line" in path.read_text()
+    path.unlink()
+    os.write(2, b"after\n")  # fd 2 is the terminal again
+    assert "after" in capfd.readouterr().err
+    with logs.native_stderr_to_file(1, "test") as none:
+        os.write(2, b"verbose native line\n")
+    assert none is None and "verbose native line" in capfd.readouterr().err

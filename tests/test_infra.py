@@ -267,11 +267,13 @@ def test_prefect_yaml_deploys_the_annotate_flow_on_a_valid_cron():
 
     project = _load("prefect.yaml")
     assert project["prefect-version"] == importlib.metadata.version("prefect")
+    # The flows' parameters: annotate_dataset(src, dst, config=None, profile=None) and
+    # index_dataset(dst, config=None).
+    parameters = {deployments.FLOW_ENTRYPOINT: {"src", "dst", "config", "profile"},
+                  deployments.INDEX_FLOW_ENTRYPOINT: {"dst", "config"}}
+    assert {d["entrypoint"] for d in project["deployments"]} == set(parameters)
     for deployment in project["deployments"]:
-        path, _, function = deployment["entrypoint"].partition(":")
-        assert path == "samflow/flows/annotate.py" and function == "annotate_dataset"
-        # The flow's parameters: annotate_dataset(src, dst, config=None, profile=None).
-        assert set(deployment["parameters"]) == {"src", "dst", "config", "profile"}
+        assert set(deployment["parameters"]) == parameters[deployment["entrypoint"]]
         for schedule in deployment["schedules"]:
             CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises if invalid
     scheduled = [d for d in project["deployments"] if d["schedules"]]
@@ -374,10 +376,13 @@ def test_bad_cron_in_config_is_refused(cron):
 def test_prefect_yaml_and_python_deployments_agree():
     project = _load("prefect.yaml")
     for deployment in project["deployments"]:
-        assert deployment["entrypoint"] == deployments.FLOW_ENTRYPOINT
+        assert deployment["entrypoint"] in (deployments.FLOW_ENTRYPOINT, deployments.INDEX_FLOW_ENTRYPOINT)
         assert deployment["work_pool"]["name"] == deployments.DEFAULT_WORK_POOL
-    module_path = deployments.FLOW_ENTRYPOINT.removesuffix(".py:" + deployments.FLOW_FUNCTION)
-    assert module_path.replace("/", ".") == deployments.FLOW_MODULE
+    for entrypoint, function, module in (
+        (deployments.FLOW_ENTRYPOINT, deployments.FLOW_FUNCTION, deployments.FLOW_MODULE),
+        (deployments.INDEX_FLOW_ENTRYPOINT, deployments.INDEX_FLOW_FUNCTION, deployments.INDEX_FLOW_MODULE),
+    ):
+        assert entrypoint.removesuffix(".py:" + function).replace("/", ".") == module
 
 
 def test_real_annotate_flow_deploys_with_the_contract_signature():
@@ -386,8 +391,13 @@ def test_real_annotate_flow_deploys_with_the_contract_signature():
     deployment = deployments.build_deployment("s3://b/raw", "s3://b/out", config={"schedule": "0 2 * * *"})
     assert deployment.entrypoint == f"{deployments.FLOW_MODULE}.{deployments.FLOW_FUNCTION}"
     assert _schema_errors(deployment.parameters, deployments.load_annotate_flow()) == []
+    flows = {deployments.FLOW_ENTRYPOINT: deployments.load_annotate_flow(),
+             deployments.INDEX_FLOW_ENTRYPOINT: deployments.load_index_flow()}
     for deployment_yaml in _load("prefect.yaml")["deployments"]:
-        assert _schema_errors(deployment_yaml["parameters"], deployments.load_annotate_flow()) == []
+        assert _schema_errors(deployment_yaml["parameters"], flows[deployment_yaml["entrypoint"]]) == []
+    index = deployments.build_index_deployment("s3://b/out", config={"index": {"schedule": "0 5 * * *"}})
+    assert index.entrypoint == f"{deployments.INDEX_FLOW_MODULE}.{deployments.INDEX_FLOW_FUNCTION}"
+    assert _schema_errors(index.parameters, deployments.load_index_flow()) == []
 
 
 @pytest.mark.slow

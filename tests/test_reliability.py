@@ -1,5 +1,6 @@
 """Fault tolerance and exactly-once output: poisoned batches, unbuildable rows, half-written
-commits, an actor killed mid-run, and a whole run SIGKILLed and resumed."""
+commits, an actor killed mid-run, and a whole run SIGKILLed (a second run on its DST refusing
+while it lives) and resumed."""
 
 from __future__ import annotations
 
@@ -188,6 +189,16 @@ def test_a_run_killed_after_its_first_commit_resumes_without_duplicates(larger_d
     commits = tmp_path / "out" / COMMITS
     ray_tmp = tempfile.mkdtemp(prefix="sfr", dir="/tmp")
     first = _annotate_process(dataset["src"], dst, ray_tmp)
+    # Two runs on one DST: while the first holds DST's lease a second one refuses, writing nothing.
+    lease = tmp_path / "out" / "_lease.json"
+    deadline = time.monotonic() + 120
+    while not lease.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rival = subprocess.run([sys.executable, "-m", "samflow.flows.cli", "annotate", dataset["src"], "--out", dst,
+                            "--profile", "tiny"], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                           capture_output=True, text=True, timeout=120)
+    assert rival.returncode == 2 and "in use by another run" in rival.stderr, rival.stderr[-2000:]
+    assert len(rival.stderr.strip().splitlines()) == 1 and first.poll() is None
     deadline = time.monotonic() + 300
     while not list(commits.glob("*.json")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import BotoCoreError
 
 from samflow.flows.config import StorageConfig
 from samflow.flows.sample_data import write_sample_dataset
@@ -45,6 +46,20 @@ def test_without_retries_the_same_faults_fail(s3_server, s3_bucket, s3_fs):
         storage = StorageConfig(endpoint_url=proxy.url, retries={"max_attempts": 1})
         with pytest.raises(OSError):
             read_bytes(f"{s3_bucket}/flaky2/x.bin", storage)
+
+
+def test_an_upload_cut_short_publishes_nothing_and_a_retry_writes_it_whole(s3_server, s3_bucket, s3_fs):
+    data = os.urandom(300_000)
+    uri = f"{s3_bucket}/cut/object.bin"
+    with FaultProxy(s3_server, Faults(cut_rate=1.0)) as proxy:
+        with pytest.raises((OSError, BotoCoreError)):  # every attempt cut: the write fails
+            write_bytes(uri, data, StorageConfig(endpoint_url=proxy.url, retries={"max_attempts": 1}))
+        assert proxy.faults.counts["cut"] >= 1
+    assert not s3_fs.exists(uri)  # nothing under the final name, not even a part
+    faults = Faults(cut_rate=0.5, seed=1)  # the first PUT is cut, the second goes through
+    with FaultProxy(s3_server, faults) as proxy:
+        write_bytes(uri, data, StorageConfig(endpoint_url=proxy.url, retries={"max_attempts": 10}))
+    assert faults.counts["cut"] >= 1 and s3_fs.cat(uri) == data
 
 
 @pytest.mark.slow

@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--config", type=Path, help="YAML run config (its storage settings)")
     runs.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
 
-    for name, text in (("deploy", "register a Prefect deployment of annotate on the config's cron"),
-                       ("schedule", "serve annotate's schedule in the foreground (no worker needed)")):
+    for name, text in (("deploy", "register Prefect deployments of annotate (and the index update) on the config's crons"),
+                       ("schedule", "serve annotate's (and the index update's) schedule in the foreground (no worker needed)")):
         scheduled = commands.add_parser(name, help=text)
         scheduled.add_argument("src", help="source URI")
         scheduled.add_argument("--out", required=True, dest="dst", help="output URI")
@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
         scheduled.add_argument("--profile", choices=["tiny"])
         scheduled.add_argument("--cron", help="cron string (overrides the config's `schedule`)")
         scheduled.add_argument("--timezone", default="UTC", help="timezone of the cron")
-        scheduled.add_argument("--name", default="annotate", help="deployment name")
+        scheduled.add_argument("--index-cron", help="cron of the index update (overrides the config's `index.schedule`)")
+        scheduled.add_argument("--name", help="deployment name (default: annotate, and index for the index update)")
         if name == "deploy":
             scheduled.add_argument("--work-pool", help="work pool whose workers run it (default: none, for `samflow schedule`)")
     return parser
@@ -226,15 +227,25 @@ def _annotate(args: argparse.Namespace) -> int:
         from samflow.flows.annotate import annotate_dataset
 
         logs.quiet_ray_data(args.verbose)
-        with RunProgress() as progress:
-            manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
-                                        observer=progress, hold_lease=False)
+        ray_was_up = _ray_is_up()
+        with logs.native_stderr_to_file(args.verbose, "annotate"), RunProgress() as progress:
+            try:
+                manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
+                                            observer=progress, hold_lease=False)
+            finally:
+                if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
+                    sys.modules["ray"].shutdown()
     finally:
         lease.release()
     _print_run_summary(manifest, cfg, progress)
-    # For scripts: the last thing on stdout (Ray may print its own lines there first).
+    # For scripts: the last thing on stdout.
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _with_format(args: argparse.Namespace) -> list[str]:
@@ -246,6 +257,7 @@ def _plan(args: argparse.Namespace) -> int:
     from samflow.flows.inputs import InputFormatError
 
     cfg = user_config(args.config, _with_format(args), None)
+    logs.quiet_ray_data(args.verbose)
     try:
         plan = make_plan(args.src, args.dst, cfg, read_only=True)
     except (InputFormatError, FileNotFoundError) as exc:
@@ -352,37 +364,54 @@ def _submit(args: argparse.Namespace) -> int:
                       pip=False if args.no_pip else None)
 
 
-def _scheduled_deployment(args: argparse.Namespace):  # noqa: ANN202
-    from samflow.flows.deployments import build_deployment
+def _scheduled_deployments(args: argparse.Namespace):  # noqa: ANN202
+    """annotate's deployment, and the index update's when ``index.schedule`` (or --index-cron) is set."""
+    from samflow.flows.deployments import build_deployment, build_index_deployment
 
     overrides = list(args.overrides) + ([f"schedule={json.dumps(args.cron)}"] if args.cron else [])
+    overrides += [f"index.schedule={json.dumps(args.index_cron)}"] if args.index_cron else []
     cfg = user_config(args.config, overrides, None)
+    pool = getattr(args, "work_pool", None)
     try:
-        deployment = build_deployment(args.src, args.dst, config=cfg, profile=args.profile, name=args.name,
-                                      timezone=args.timezone, work_pool_name=getattr(args, "work_pool", None))
+        deployments = [build_deployment(args.src, args.dst, config=cfg, profile=args.profile,
+                                        name=args.name or "annotate", timezone=args.timezone, work_pool_name=pool)]
     except ValueError as exc:  # a malformed cron or timezone
         raise UserError(f"schedule {cfg.schedule!r} ({args.timezone}): {errors.one_line(exc)}") from exc
-    return deployment, cfg
+    if cfg.index.schedule:
+        try:
+            deployments.append(build_index_deployment(args.dst, config=cfg, name=args.name or "index",
+                                                      timezone=args.timezone, work_pool_name=pool))
+        except ValueError as exc:
+            raise UserError(f"index.schedule {cfg.index.schedule!r} ({args.timezone}): {errors.one_line(exc)}") from exc
+    return deployments, cfg
+
+
+def _cron_of(deployment, timezone: str) -> str:  # noqa: ANN001
+    crons = [s.schedule.cron for s in deployment.schedules]
+    return f"{crons[0]} {timezone}" if crons else "none (on demand)"
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    deployment, cfg = _scheduled_deployment(args)
-    deployment_id = deployment.apply(work_pool_name=args.work_pool)
+    deployments, _ = _scheduled_deployments(args)
     where = f"work pool {args.work_pool}" if args.work_pool else "no work pool: run `samflow schedule` with the same arguments"
-    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); "
-          f"schedule: {cfg.schedule or 'none (on demand)'} {args.timezone if cfg.schedule else ''}; {where}")
+    for deployment in deployments:
+        deployment_id = deployment.apply(work_pool_name=args.work_pool)
+        print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); "
+              f"schedule: {_cron_of(deployment, args.timezone)}; {where}")
     return 0
 
 
 def _schedule(args: argparse.Namespace) -> int:
     from prefect import serve
 
-    deployment, cfg = _scheduled_deployment(args)
-    if not cfg.schedule:
-        raise UserError("no schedule: set `schedule` in the config or give --cron '0 2 * * *'")
-    print(f"serving {deployment.flow_name}/{deployment.name} on '{cfg.schedule}' ({args.timezone}); Ctrl-C stops",
-          file=sys.stderr)
-    serve(deployment, print_starting_message=bool(args.verbose))
+    deployments, cfg = _scheduled_deployments(args)
+    if not cfg.schedule and not cfg.index.schedule:
+        raise UserError("no schedule: set `schedule` (or `index.schedule`) in the config or give --cron '0 2 * * *'")
+    for deployment in deployments:
+        print(f"serving {deployment.flow_name}/{deployment.name} on {_cron_of(deployment, args.timezone)}",
+              file=sys.stderr)
+    print("Ctrl-C stops", file=sys.stderr)
+    serve(*deployments, print_starting_message=bool(args.verbose))
     return 0
 
 

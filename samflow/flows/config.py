@@ -343,6 +343,20 @@ class OutputConfig(_Section):
     )
 
 
+class IndexConfig(_Section):
+    """The scheduled index update (``samflow deploy`` / ``samflow schedule``): builds DST's vector
+    index the first time, then adds the vectors of shards committed since (``samflow index add``)."""
+
+    schedule: str | None = Field(
+        None, description="Cron string of the index-update deployment; None (default): no index deployment.",
+    )
+    kinds: list[Literal["image", "mask"]] = Field(
+        default_factory=lambda: ["image"],
+        description="Indexes kept up to date: image (CLIP vector per image) and/or mask "
+        "(needs stages.embed.mask_embeddings).",
+    )
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -354,6 +368,7 @@ class RunConfig(BaseModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     schedule: str | None = Field(None, description="Cron string for the Prefect deployment.")
+    index: IndexConfig = Field(default_factory=IndexConfig)
 
     @model_validator(mode="after")
     def _concepts_have_prompts(self) -> RunConfig:

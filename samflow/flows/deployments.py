@@ -6,6 +6,9 @@ Two ways to run them:
 - a work pool: register it for a worker (``prefect worker start --pool samflow``, the compose
   service) to run: ``python -m samflow.flows.deployments SRC DST --config run.yaml --work-pool samflow``.
 infra/prefect.yaml declares the same deployment for ``prefect deploy``.
+
+The index update (samflow/flows/index_flow.py) has its own deployment, on the config's
+``index.schedule``: :func:`build_index_deployment`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,19 @@ FLOW_FUNCTION = "annotate_dataset"
 FLOW_ENTRYPOINT = "samflow/flows/annotate.py:annotate_dataset"
 DEFAULT_WORK_POOL = "samflow"
 DEFAULT_NAME = "annotate"
+INDEX_FLOW_MODULE = "samflow.flows.index_flow"
+INDEX_FLOW_FUNCTION = "index_dataset"
+INDEX_FLOW_ENTRYPOINT = "samflow/flows/index_flow.py:index_dataset"
+DEFAULT_INDEX_NAME = "index"
 
 
 def load_annotate_flow() -> Flow:
     # Lazy: the flow module pulls in Ray Data and the models.
     return getattr(importlib.import_module(FLOW_MODULE), FLOW_FUNCTION)
+
+
+def load_index_flow() -> Flow:
+    return getattr(importlib.import_module(INDEX_FLOW_MODULE), INDEX_FLOW_FUNCTION)
 
 
 def resolve_config(config: RunConfig | Mapping[str, Any] | str | Path | None) -> RunConfig:
@@ -91,6 +102,34 @@ def build_deployment(
         tags=["samflow", "annotate"],
         work_pool_name=work_pool_name,
         # A module path loads wherever samflow is installed (the image), whatever the cwd.
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def build_index_deployment(
+    dst: str,
+    *,
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    name: str = DEFAULT_INDEX_NAME,
+    timezone: str = "UTC",
+    work_pool_name: str | None = None,
+    flow: Flow | None = None,
+) -> RunnerDeployment:
+    """A deployment of index_dataset(dst, config) on the config's ``index.schedule`` (none: on
+    demand only). Runs never overlap: two builds of one index must not race."""
+    from prefect.deployments.runner import EntrypointType
+
+    run_config = resolve_config(config)
+    tree = run_config.model_dump(mode="json", exclude_unset=True)
+    flow = flow or load_index_flow()
+    return flow.to_deployment(
+        name=name,
+        schedules=cron_schedules(run_config.index.schedule, timezone),
+        parameters={"dst": dst, "config": tree or None},
+        concurrency_limit=1,
+        description=f"samflow index build|add {dst}",
+        tags=["samflow", "index"],
+        work_pool_name=work_pool_name,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
 

@@ -13,10 +13,14 @@ and only sets a variable the user has not set.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 # Library loggers that speak once per request or per tick: WARNING unless -v.
 CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
@@ -28,7 +32,8 @@ _QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "RAY_LOGGER_LEVEL": "error",
     "RAY_LOG_TO_DRIVER": "0",
-    "RAY_BACKEND_LOG_LEVEL": "fatal",
+    # Not RAY_BACKEND_LOG_LEVEL: setting it makes Ray's C++ core print "logging.cc: Set ray log
+    # level from environment variable ..." on stderr; its C++ logs go to files anyway.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "TQDM_DISABLE": "1",
 }
@@ -42,6 +47,7 @@ def console(verbose: int) -> Iterator[None]:
     saved_env = dict(os.environ)
     root = logging.getLogger()
     saved_levels = {name: logging.getLogger(name).level for name in ("", *CHATTY_LOGGERS)}
+    saved_worker_logs = _ray_worker_logs()
     with warnings.catch_warnings():
         _configure(verbose)
         try:
@@ -52,6 +58,7 @@ def console(verbose: int) -> Iterator[None]:
             for name, level in saved_levels.items():
                 logging.getLogger(name).setLevel(level)
             root.setLevel(saved_levels[""])
+            _set_ray_worker_logs(True if saved_worker_logs is None else saved_worker_logs)
 
 
 def _configure(verbose: int) -> None:
@@ -77,14 +84,36 @@ def _ignore_library_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+# The driver prints what the raylet pushes to it ("(raylet) A worker died ...", "(raylet)
+# WARNING: N PYTHON worker processes have been started ...") on stdout whatever log_to_driver
+# says; the only switch is the module flag Ray's debugger (ray.util.rpdb) uses for the same.
+# Ray's session logs keep these messages (logs/events/event_RAYLET.log).
+_RAY_WORKER_MODULE = "ray._private.worker"
+_RAY_WORKER_LOGS_FLAG = "_worker_logs_enabled"
+
+
+def _ray_worker_logs() -> bool | None:
+    """Whether Ray's driver prints worker and raylet lines; None while Ray is not imported."""
+    module = sys.modules.get(_RAY_WORKER_MODULE)
+    return getattr(module, _RAY_WORKER_LOGS_FLAG, None) if module is not None else None
+
+
+def _set_ray_worker_logs(enabled: bool) -> None:
+    module = sys.modules.get(_RAY_WORKER_MODULE)
+    if module is not None and hasattr(module, _RAY_WORKER_LOGS_FLAG):
+        setattr(module, _RAY_WORKER_LOGS_FLAG, enabled)
+
+
 def quiet_ray_data(verbose: int) -> None:
     """After Ray Data is imported: no progress bars or periodic operator dumps on the terminal
-    (the progress display replaces them); its own log file keeps everything."""
+    (the progress display replaces them), no "(raylet)" / "(pid=...)" lines printed by the
+    driver; Ray's own log files keep everything."""
     if verbose:
         return
     from ray.data import DataContext
 
     _ignore_library_warnings()
+    _set_ray_worker_logs(False)
 
     context = DataContext.get_current()
     context.enable_progress_bars = False
@@ -92,3 +121,55 @@ def quiet_ray_data(verbose: int) -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and "File" not in type(handler).__name__:
             handler.setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_to_file(verbose: int, name: str) -> Iterator[Path | None]:
+    """Quiet mode: what native code writes to file descriptor 2 (Ray's C++ core in this process:
+    "[... E 123 123] core_worker.cc: ...", gRPC / absl start-up lines, child processes that
+    inherit it) goes to a log file in the temp folder instead of the terminal; Python's
+    ``sys.stderr`` (samflow's progress, summary, warnings and errors) keeps the terminal.
+    Yields the file's path (None with ``-v``: everything stays on the terminal). An empty
+    file is removed on exit."""
+    if verbose:
+        yield None
+        return
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    path = Path(tempfile.gettempdir()) / f"samflow-{name}-{stamp}-{os.getpid()}.native.log"
+    sys.stderr.flush()
+    try:
+        terminal_fd = os.dup(2)
+    except OSError:  # no fd 2 at all (a daemon): nothing can reach a terminal anyway
+        yield None
+        return
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    saved_stderr = sys.stderr
+    terminal = open(terminal_fd, "w", buffering=1, encoding=getattr(saved_stderr, "encoding", None) or "utf-8",
+                    errors="backslashreplace", closefd=False)
+    moved = _point_stream_handlers(saved_stderr, terminal)
+    sys.stderr = terminal
+    os.dup2(log_fd, 2)
+    try:
+        yield path
+    finally:
+        terminal.flush()
+        os.dup2(terminal_fd, 2)
+        sys.stderr = saved_stderr
+        for handler in moved:
+            handler.setStream(saved_stderr)
+        terminal.close()
+        os.close(terminal_fd)
+        os.close(log_fd)
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
+def _point_stream_handlers(old, new) -> list[logging.StreamHandler]:  # noqa: ANN001
+    """The root logger's console handlers (samflow's own warnings propagate there) write to
+    ``new``; library handlers keep the old stream, so their output lands in the log file."""
+    moved = []
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and handler.stream is old:
+            handler.setStream(new)
+            moved.append(handler)
+    return moved
