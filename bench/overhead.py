@@ -88,6 +88,7 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
         "pipeline_s": timings["pipeline"],
         "phases": phases,
         "embed_busy_s": timings["stage_busy"].get("embed", 0.0),
+        "embed_threads": manifest["models"].get("embed", {}).get("torch_threads"),
         "operators": timings.get("ray_operators", {}),
     }
 
@@ -117,7 +118,8 @@ def main() -> None:
     streaming = run["images"] / max(phases.get("streaming", run["pipeline_s"]), 1e-9)
     ratio = streaming / alone["images_per_s"]
     print(f"pipeline:    {streaming:8.2f} images/s per image over the stream ({phases.get('streaming', 0):.1f} s, "
-          f"first model batch to last commit; embed busy {run['embed_busy_s']:.1f} s) "
+          f"first model batch to last commit; embed busy {run['embed_busy_s']:.1f} s on "
+          f"{run['embed_threads']} torch threads) "
           f"= {100 * ratio:.0f} % of the model alone")
     print(f"end to end:  {run['images_per_s']:8.2f} images/s over the pipeline phase ({run['pipeline_s']:.1f} s) = "
           f"{100 * run['images_per_s'] / alone['images_per_s']:.0f} % of the model alone; fixed costs: "
