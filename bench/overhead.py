@@ -110,10 +110,14 @@ def main() -> None:
         n = 64
     with tempfile.TemporaryDirectory(prefix="samflow-overhead-") as tmp:
         paths = write_jpegs(Path(tmp) / "src", n, h, w)
-        alone = model_only(paths, model, args.batch, args.threads)
-        print(f"model only:  {alone['images_per_s']:8.2f} images/s ({n} images, {args.threads} threads, "
-              f"batches of {args.batch})", flush=True)
+        before = model_only(paths, model, args.batch, args.threads)
         run = pipeline(Path(tmp) / "src", Path(tmp) / "out", model, args.batch, args.threads, args.extra)
+        # Timed again after the pipeline; the faster of the two is the reference, so a machine
+        # that got busier (or quieter) during the run does not flatter the pipeline's figure.
+        after = model_only(paths, model, args.batch, args.threads)
+    alone = max(before, after, key=lambda figures: figures["images_per_s"])
+    print(f"model only:  {alone['images_per_s']:8.2f} images/s ({n} images, {args.threads} threads, batches of "
+          f"{args.batch}; before / after the pipeline: {before['images_per_s']:.2f} / {after['images_per_s']:.2f})")
     phases = run["phases"]
     streaming = run["images"] / max(phases.get("streaming", run["pipeline_s"]), 1e-9)
     ratio = streaming / alone["images_per_s"]
@@ -124,7 +128,7 @@ def main() -> None:
     print(f"end to end:  {run['images_per_s']:8.2f} images/s over the pipeline phase ({run['pipeline_s']:.1f} s) = "
           f"{100 * run['images_per_s'] / alone['images_per_s']:.0f} % of the model alone; fixed costs: "
           f"Ray start {phases.get('ray_start', 0):.1f} s, actor start + model load + first decode "
-          f"{phases.get('to_first_batch', 0):.1f} s (model load here: {alone['load_s']:.1f} s)")
+          f"{phases.get('to_first_batch', 0):.1f} s (model load here: {before['load_s']:.1f} s)")
     for name, figures in run["operators"].items():
         print(f"  {name:<48} task wall {figures['task_wall_s']:7.1f} s  span {figures['span_s']:7.1f} s")
     case = f"{model}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
@@ -134,12 +138,14 @@ def main() -> None:
         result(case, "pipeline_over_model", ratio, "ratio"),
         result(case, "pipeline_throughput_end_to_end", run["images_per_s"], "images/s"),
         result(case, "end_to_end_over_model", run["images_per_s"] / alone["images_per_s"], "ratio"),
-        result(case, "model_load", alone["load_s"], "s"),
+        result(case, "model_load", before["load_s"], "s"),
         result(case, "ray_start", phases.get("ray_start", 0.0), "s"),
         result(case, "to_first_batch", phases.get("to_first_batch", 0.0), "s"),
         result(case, "pipeline_time", run["pipeline_s"], "s"),
         result(case, "embed_busy", run["embed_busy_s"], "s"),
+        result(case, "embed_actor_throughput", run["images"] / max(run["embed_busy_s"], 1e-9), "images/s"),
     ])
+
 
 if __name__ == "__main__":
     main()
