@@ -1,6 +1,6 @@
 """samflow's mask engine against the real peers, side by side, in one process.
 
-    python bench/peers.py [--smoke | --quick] [--threads N]
+    python bench/peers.py [--smoke | --quick] [--threads N] [--grid N] [--size HxW] [--cases NAME ...]
 
 One model for all three: Meta's SAM built from segment-anything's own registry with a seeded
 random init, its state dict saved in Meta's layout and loaded by samflow's registry (the
@@ -304,18 +304,35 @@ def _comparisons(prefix: str, figures: dict[str, dict], records: dict[str, list]
     return rows
 
 
+def _narrowed(chosen: list[Setting], args: argparse.Namespace) -> list[Setting]:
+    """The mode's settings with --grid / --size / --cases applied (one setting per grid and size)."""
+    out: list[Setting] = []
+    for setting in chosen:
+        grid = args.grid or setting.grid
+        hw = tuple(int(v) for v in args.size.lower().split("x")) if args.size else setting.hw
+        cases = tuple(args.cases) if args.cases else setting.cases
+        candidate = dataclasses.replace(setting, grid=grid, hw=hw, cases=cases)
+        if candidate not in out:
+            out.append(candidate)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="seconds: small ViT, 4x4 grid, one small image")
     mode.add_argument("--quick", action="store_true", help="ViT-B, 384x512, 8x8, NMS-off case (about 2 min)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--grid", type=int, default=None, help="only this points-per-side grid")
+    parser.add_argument("--size", default=None, help="only this image size, HxW (e.g. 384x512)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None, help="only these cases")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    chosen = _narrowed(settings("smoke" if args.smoke else "quick" if args.quick else "full"), args)
     results = []
     with tempfile.TemporaryDirectory() as workdir:
-        for setting in settings("smoke" if args.smoke else "quick" if args.quick else "full"):
+        for setting in chosen:
             results += bench_setting(setting, Path(workdir))
     emit("peers", results)
 

@@ -23,6 +23,7 @@ from samflow.actors.embed import EmbedStage, mask_crop
 from samflow.actors.propose import PROPOSAL, ProposeStage, proposals_at
 from samflow.actors.upscale import UpscaleStage
 from samflow.actors.rescale import downscale_mask, records_to_original
+from samflow.actors.threads import torch_threads
 from samflow.flows.config import RayConfig, StageConfig, load_config
 from samflow.flows.pipeline import _pool, build_dataset, cpu_fallback, model_stages, run_pipeline
 from samflow.flows.resources import StagePlacement
@@ -88,7 +89,8 @@ def full_run(inputs, tmp_path_factory, ray_cluster):
 @pytest.fixture(scope="module")
 def lean_run(inputs, tmp_path_factory, ray_cluster):
     dst = tmp_path_factory.mktemp("lean-out")
-    cfg = load_config(profile="tiny", overrides=["output.shard_rows=4", "stages.track.enabled=false"])
+    cfg = load_config(profile="tiny", overrides=["output.shard_rows=4", "stages.track.enabled=false",
+                                                 "stages.embed.num_threads=2"])
     stats = run_pipeline(_items(inputs), cfg, str(dst), "run-lean")
     return dst, stats, cfg
 
@@ -195,6 +197,17 @@ def test_large_image_is_not_upscaled(full_run):
 
 
 # --- lean run: disabled stages leave no trace -----------------------------------------------------
+
+
+def test_actors_compute_on_the_configured_threads_and_the_run_reports_its_phases(lean_run):
+    _, stats, cfg = lean_run
+    # embed asked for 2 threads; segment for none: its configured num_cpus, whatever Ray reserved
+    assert stats.models["embed"]["torch_threads"] == torch_threads(2, cfg.stages.embed.num_cpus)
+    assert stats.models["segment"]["torch_threads"] == torch_threads(None, cfg.stages.segment.num_cpus)
+    phases = stats.phases()
+    assert set(phases) == {"ray_start", "to_first_batch", "streaming"}
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["streaming"] > 0
 
 
 def test_disabled_stages_add_no_actors_and_no_outputs(lean_run, inputs):

@@ -159,9 +159,10 @@ def current_node_id() -> str:
 @contextmanager
 def stage_meta(batch: Batch, stage: str, info: dict[str, Any]) -> Iterator[None]:
     """Time the stage's work on this batch and attach ``_meta_<stage>`` to every row: ``info``
-    plus the batch id, busy seconds, row count, and the Ray node id and worker process it ran on
+    plus the batch id, busy seconds, start time (epoch seconds), row count, and the Ray node id and worker process it ran on
     (placement, and which actor incarnation did the work)."""
     start = time.perf_counter()
+    started_at = time.time()  # wall clock: the driver compares it with its own (same node or NTP)
     yield
     # The batch id tells apart two batches of one stage that land in the same output shard (and
     # lets the driver count a batch split over two shards once).
@@ -169,6 +170,7 @@ def stage_meta(batch: Batch, stage: str, info: dict[str, Any]) -> Iterator[None]
         info,
         batch=uuid.uuid4().hex,
         busy_s=time.perf_counter() - start,
+        started_at=started_at,
         rows=len(batch["uri"]),
         node=current_node_id(),
         pid=os.getpid(),

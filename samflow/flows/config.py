@@ -93,6 +93,11 @@ class StageConfig(_Section):
         "(Ray hides the GPUs from the actor). Without any GPU see ray.cpu_fallback.",
     )
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch threads per actor; default: num_cpus as configured, rounded "
+        "up, at most the node's CPUs (Ray would give one thread per reserved CPU, and a small cluster's "
+        "fit may shrink the reservation to a fraction).",
+    )
     concurrency: tuple[int, int] = Field(
         (1, 1), description="Actor pool size min..max; Ray Data autoscales within it."
     )

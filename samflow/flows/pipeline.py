@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from samflow.actors.embed_features import FeatureEmbedStage
 from samflow.actors.propose import ProposeStage
 from samflow.actors.segment import SegmentStage
 from samflow.actors.semantic import SemanticStage
+from samflow.actors.threads import with_torch_threads
 from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import DONE, Catalog, ShardResult
@@ -65,6 +67,24 @@ class PipelineStats:
     # Worker processes (actor incarnations) that ran each stage's batches.
     workers: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     _seen_batches: set[str] = field(default_factory=set, repr=False)
+    # Epoch seconds: the run's start, Ray ready, the first model batch's start, the last commit
+    # (where a run's time goes besides the models: see phases()).
+    started_at: float = 0.0
+    ray_ready_at: float = 0.0
+    first_batch_at: float = math.inf
+    last_commit_at: float = 0.0
+
+    def phases(self) -> dict[str, float]:
+        """Seconds of the run's phases: ``ray_start`` (joining or starting Ray), ``to_first_batch``
+        (actors start, models load, the first inputs decode), ``streaming`` (first model batch to
+        the last commit: the per-image part of the run)."""
+        if not self.started_at or math.isinf(self.first_batch_at) or not self.last_commit_at:
+            return {}
+        return {
+            "ray_start": self.ray_ready_at - self.started_at,
+            "to_first_batch": self.first_batch_at - self.ray_ready_at,
+            "streaming": self.last_commit_at - self.first_batch_at,
+        }
 
     def add(self, result: ShardResult, meta: dict[str, list[dict[str, Any]]]) -> None:
         self.shards += 1
@@ -81,7 +101,8 @@ class PipelineStats:
 
     def _add_batch(self, stage: str, info: dict[str, Any]) -> None:
         self.stage_busy_s[stage] += info["busy_s"]
-        self.models[stage] = {k: info[k] for k in ("model", "checkpoint_sha256") if k in info}
+        self.first_batch_at = min(self.first_batch_at, info.get("started_at", math.inf))
+        self.models[stage] = {k: info[k] for k in ("model", "checkpoint_sha256", "torch_threads") if k in info}
         node = self.placement.setdefault(stage, {}).setdefault(
             info.get("node", ""), {"batches": 0, "rows": 0, "busy_s": 0.0}
         )
@@ -250,6 +271,7 @@ def build_dataset(
         pool = _pool(stage.config, fit.stages[stage.name])
         # s3:// and https:// models are fetched (once per node) by the actor before it loads
         stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
+        stage_cls = with_torch_threads(stage_cls, stage.config.num_threads, stage.config.num_cpus)
         ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
     # With the writer's resources it fuses into the writer's tasks; with Ray's default of a whole
     # CPU it could never be scheduled beside the actors on a 1-CPU cluster.
@@ -350,10 +372,11 @@ def run_pipeline(
 
     ``on_commit(result, meta)`` is called after each shard's commit (progress reporting).
     """
-    stats = PipelineStats()
+    stats = PipelineStats(started_at=time.time())
     if isinstance(items, list) and not items:
         return stats
     ensure_ray(cfg.ray)
+    stats.ray_ready_at = time.time()
     catalog = Catalog(dst, cfg.storage)
     dataset = build_dataset(items, cfg, dst, run_id)
     held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []
@@ -388,6 +411,7 @@ def _committed(
     on_commit: CommitHook | None,
 ) -> None:
     stats.add(result, meta)
+    stats.last_commit_at = time.time()
     log.info("committed shard %s: %s", result.shard, result.rows)
     if on_commit is not None:
         on_commit(result, meta)

@@ -101,7 +101,11 @@ class SamRunner(HfRunner):
         size. For images smaller than the model input (the common case) both are composed into
         one linear map per axis and applied as two matmuls, so no model-size intermediate is
         built: 2-3x faster on CPU, same values up to float rounding (the composed weights are
-        exact in float64, where F.interpolate rounds its source positions in float32)."""
+        exact in float64, where F.interpolate rounds its source positions in float32).
+
+        The matmul path returns its logits as a transposed view, column-major in memory (each
+        mask stored (W, H)): the order COCO RLE reads pixels in, so encoding the thresholded
+        masks needs no transposing copy. Values and shape are as any other (N, K, H, W) tensor."""
         n, k, h_lr, w_lr = low_res_logits.shape
         original = enc.original_sizes[image_index]
         h, w = enc.input_sizes[image_index]
@@ -113,7 +117,8 @@ class SamRunner(HfRunner):
         rows = self._resize_matrix(h_lr, h, original[0])
         cols = self._resize_matrix(w_lr, w, original[1])
         flat = low_res_logits.float().reshape(n * k, h_lr, w_lr)
-        return torch.matmul(torch.matmul(rows, flat), cols.t()).reshape(n, k, *original)
+        by_column = torch.matmul(cols, torch.matmul(rows, flat).transpose(1, 2))  # (N * K, W, H)
+        return by_column.view(n, k, original[1], original[0]).transpose(2, 3)
 
     def _resize_matrix(self, low_res: int, valid: int, out: int) -> torch.Tensor:
         key = (low_res, valid, out)

@@ -16,7 +16,11 @@ weights, same maths; equal up to float rounding), with far less work per prompt:
 - the output upscaling (two stride-2 transposed convolutions) runs as two matmuls with the bias
   fused, and the hypernetwork product is taken before the pixels are put in raster order, so
   only the K output masks are rearranged, not the 32-channel feature map;
-- prompts go through in chunks, so the per-prompt working set stays small.
+- the positional encoding is never added to per-prompt image tokens: its share of the attention
+  scores is one matmul for all prompts of a chunk (a (HW, C) sum per prompt and layer cost more
+  memory traffic than the product; measured 8 % of the decoder on 2 CPU cores);
+- prompts go through in chunks, so the per-prompt working set stays small; each chunk's masks
+  are written straight into the output (no concatenation copies).
 
 `decode_prompts(model, embeddings, sparse, dense, multimask)` returns what
 `SamModel.forward(image_embeddings=...)` returns as (pred_masks, iou_scores).
@@ -42,21 +46,26 @@ def decode_prompts(
     prompts per pass (default: as many as CHUNK_ELEMENTS allows)."""
     chunk = chunk or max(1, CHUNK_ELEMENTS // embeddings[0].numel())
     pos = model.get_image_wide_positional_embeddings().to(embeddings.dtype)[0]
-    pos = pos.flatten(1).transpose(0, 1)  # (HW, C)
+    pos = pos.flatten(1).transpose(0, 1).contiguous()  # (HW, C)
     decoder = model.mask_decoder
     upscale = _Upscale(decoder)
-    masks, ious = [], []
-    for b in range(embeddings.shape[0]):
+    batch, prompts = sparse.shape[:2]
+    h, w = embeddings.shape[-2:]
+    k = decoder.num_mask_tokens - 1 if multimask else 1
+    # every chunk's masks go straight to their place in the output (no concatenation copies)
+    masks = torch.empty(batch, prompts, k, 4 * h, 4 * w, dtype=embeddings.dtype, device=embeddings.device)
+    ious = torch.empty(batch, prompts, k, dtype=embeddings.dtype, device=embeddings.device)
+    for b in range(batch):
         src = (embeddings[b] + dense[b if dense.shape[0] > 1 else 0]).flatten(1).transpose(0, 1).contiguous()
-        parts = [_decode_chunk(decoder, upscale, src, pos, sparse[b, s : s + chunk], multimask, embeddings.shape[-2:])
-                 for s in range(0, sparse.shape[1], chunk)]
-        masks.append(torch.cat([m for m, _ in parts]))
-        ious.append(torch.cat([i for _, i in parts]))
-    return torch.stack(masks), torch.stack(ious)
+        for s in range(0, prompts, chunk):
+            ious[b, s : s + chunk] = _decode_chunk(decoder, upscale, src, pos, sparse[b, s : s + chunk],
+                                                   multimask, (h, w), masks[b, s : s + chunk])
+    return masks, ious
 
 
 def _decode_chunk(decoder, upscale: "_Upscale", src: torch.Tensor, pos: torch.Tensor, sparse: torch.Tensor,
-                  multimask: bool, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                  multimask: bool, hw: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
+    """Decodes one chunk of prompts: masks written to ``out`` (p, K, 4h, 4w); returns IoU (p, K)."""
     p = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(sparse.dtype)
     tokens = torch.cat([output_tokens.expand(p, -1, -1), sparse], dim=1)  # (p, N, C)
@@ -64,16 +73,15 @@ def _decode_chunk(decoder, upscale: "_Upscale", src: torch.Tensor, pos: torch.Te
     for layer in decoder.transformer.layers:
         queries, keys = _two_way_block(layer, queries, keys, tokens, pos)
     transformer = decoder.transformer
-    attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
+    attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys, pos)
     queries = transformer.layer_norm_final_attn(queries + attn)
     selected = slice(1, None) if multimask else slice(0, 1)
     mask_tokens = queries[:, 1 : 1 + decoder.num_mask_tokens][:, selected]
     first_mlp = 1 if multimask else 0
     hyper = torch.stack([decoder.output_hypernetworks_mlps[first_mlp + i](mask_tokens[:, i])
                          for i in range(mask_tokens.shape[1])], dim=1)  # (p, K, C / 8)
-    masks = upscale(keys, hyper, hw)
-    iou = decoder.iou_prediction_head(queries[:, 0])[:, selected]
-    return masks, iou
+    upscale(keys, hyper, hw, out)
+    return decoder.iou_prediction_head(queries[:, 0])[:, selected]
 
 
 def _two_way_block(layer, queries: torch.Tensor, keys: torch.Tensor, tokens: torch.Tensor,
@@ -85,11 +93,11 @@ def _two_way_block(layer, queries: torch.Tensor, keys: torch.Tensor, tokens: tor
         q = (queries + tokens)[None]
         queries = queries + layer.self_attn(query=q, key=q, value=queries[None])[0][0]
     queries = layer.layer_norm1(queries)
-    with_pos = keys + pos  # the image tokens as keys (token->image) and queries (image->token)
-    attn = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, with_pos, keys)
+    # the image tokens + pos serve as keys (token->image) and queries (image->token)
+    attn = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys, pos)
     queries = layer.layer_norm2(queries + attn)
     queries = layer.layer_norm3(queries + layer.mlp(queries))
-    keys = _image_to_token(layer.cross_attn_image_to_token, with_pos, queries + tokens, queries, residual=keys)
+    keys = _image_to_token(layer.cross_attn_image_to_token, keys, pos, queries + tokens, queries)
     keys = layer.layer_norm4(keys)  # (p, HW, C): per prompt from here on
     return queries, keys
 
@@ -100,35 +108,39 @@ def _head_weights(linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads)
 
 
-def _scores(per_prompt: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """(p, M, C) x image tokens (p or 1, HW, C) -> (p, M, HW); shared image tokens take one
-    matmul for all prompts."""
+def _scores(per_prompt: torch.Tensor, image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """(p, M, C) x image tokens + pos ((p or 1, HW, C) + (HW, C)) -> (p, M, HW). Shared image
+    tokens take one matmul for all prompts. Per-prompt ones never get pos added: its part of
+    the scores is one (p * M, C) x (C, HW) matmul for all prompts, summed in by the per-prompt
+    matmul, instead of a (HW, C) sum per prompt (memory traffic that cost more than the product)."""
+    p, m, c = per_prompt.shape
+    flat = per_prompt.reshape(p * m, c)
     if image.shape[0] == 1:
-        p, m, c = per_prompt.shape
-        return (per_prompt.reshape(p * m, c) @ image[0].t()).view(p, m, -1)
-    return torch.bmm(per_prompt, image.transpose(1, 2))
+        return (flat @ (image[0] + pos).t()).view(p, m, -1)
+    from_pos = (flat @ pos.t()).view(p, m, -1)
+    return torch.baddbmm(from_pos, per_prompt, image.transpose(1, 2))
 
 
-def _token_to_image(attention, token_q: torch.Tensor, image_k: torch.Tensor, image_v: torch.Tensor) -> torch.Tensor:
+def _token_to_image(attention, token_q: torch.Tensor, image: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """SamAttention(query=tokens, key=image + pos, value=image): (p, N, C)."""
     heads = attention.num_attention_heads
     p, n, _ = token_q.shape
     q = F.linear(token_q, attention.q_proj.weight, attention.q_proj.bias).unflatten(-1, (heads, -1))
     w_k, _ = _head_weights(attention.k_proj, heads)  # the key bias shifts every score of a row: no effect
     reach = torch.einsum("pnhd,hdc->phnc", q, w_k).flatten(1, 2) * attention.scaling  # (p, heads * N, C)
-    weights = _scores(reach, image_k).softmax(dim=-1)  # (p, heads * N, HW)
-    if image_v.shape[0] == 1:
-        pooled = (weights.flatten(0, 1) @ image_v[0]).view(p, heads, n, -1)
+    weights = _scores(reach, image, pos).softmax(dim=-1)  # (p, heads * N, HW)
+    if image.shape[0] == 1:
+        pooled = (weights.flatten(0, 1) @ image[0]).view(p, heads, n, -1)
     else:
-        pooled = torch.bmm(weights, image_v).view(p, heads, n, -1)  # (p, heads, N, C)
+        pooled = torch.bmm(weights, image).view(p, heads, n, -1)  # (p, heads, N, C)
     w_v, b_v = _head_weights(attention.v_proj, heads)
     values = torch.einsum("phnc,hdc->pnhd", pooled, w_v) + b_v  # rows of weights sum to 1
     return F.linear(values.flatten(2), attention.out_proj.weight, attention.out_proj.bias)
 
 
-def _image_to_token(attention, image_q: torch.Tensor, token_k: torch.Tensor, token_v: torch.Tensor,
-                    residual: torch.Tensor) -> torch.Tensor:
-    """``residual`` + SamAttention(query=image + pos, key=tokens, value=tokens): (p, HW, C), the
+def _image_to_token(attention, image: torch.Tensor, pos: torch.Tensor, token_k: torch.Tensor,
+                    token_v: torch.Tensor) -> torch.Tensor:
+    """``image`` + SamAttention(query=image + pos, key=tokens, value=tokens): (p, HW, C), the
     residual added by the same matmul (it reads the image tokens once)."""
     heads = attention.num_attention_heads
     p, n, _ = token_k.shape
@@ -137,13 +149,13 @@ def _image_to_token(attention, image_q: torch.Tensor, token_k: torch.Tensor, tok
     w_q, b_q = _head_weights(attention.q_proj, heads)
     reach = torch.einsum("pnhd,hdc->phnc", k, w_q).flatten(1, 2) * attention.scaling  # (p, heads * N, C)
     shift = torch.einsum("pnhd,hd->phn", k, b_q).reshape(p, heads * n, 1) * attention.scaling
-    scores = _scores(reach, image_q) + shift  # (p, heads * N, HW)
+    scores = _scores(reach, image, pos) + shift  # (p, heads * N, HW)
     weights = scores.view(p, heads, n, -1).softmax(dim=2).view(p, heads * n, -1)
     w_o = attention.out_proj.weight.view(-1, heads, k.shape[-1])  # (C, heads, d)
     carried = torch.einsum("pnhd,chd->phnc", v, w_o).flatten(1, 2)  # (p, heads * N, C)
     # each head's weights sum to 1 per image token: the output bias rides along as bias / heads
     carried = carried + attention.out_proj.bias / heads
-    return torch.baddbmm(residual, weights.transpose(1, 2), carried)
+    return torch.baddbmm(image, weights.transpose(1, 2), carried)
 
 
 class _Upscale:
@@ -163,7 +175,8 @@ class _Upscale:
         self.norm = decoder.upscale_layer_norm
         self.activation = decoder.activation
 
-    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> None:
+        """Writes the masks into ``out`` (p, K, 4h, 4w): the raster reordering is that copy."""
         p = keys.shape[0]
         h, w = hw
         y = F.linear(keys, self.w1, self.b1).unflatten(-1, (4, self.c1))  # (p, HW, 4 [a b], c1)
@@ -172,4 +185,4 @@ class _Upscale:
         masks = torch.bmm(z.view(p, -1, self.c2), hyper.transpose(1, 2))  # (p, HW * 16, K)
         k = hyper.shape[1]
         masks = masks.view(p, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # p K i a a' j b b'
-        return masks.reshape(p, k, 4 * h, 4 * w)
+        out.view(p, k, h, 2, 2, w, 2, 2).copy_(masks)

@@ -33,22 +33,33 @@ def point_masks(
     device = low_res.device
     iou_flat = iou_preds.reshape(n * k).float()
     keep = torch.arange(n * k, device=device)
+    low_res = low_res.reshape(n * k, 1, *low_res.shape[-2:])
     if params.pred_iou_thresh > 0.0:
         keep = keep[iou_flat[keep] > params.pred_iou_thresh]
+        low_res = low_res[keep]
     if keep.numel() == 0:  # nothing to upsample (empty batches trip some device kernels)
         return MaskSet.empty(device)
-    logits = upsample(low_res.reshape(n * k, 1, *low_res.shape[-2:])[keep])[:, 0]
+    logits = upsample(low_res)[:, 0]
     stability = stability_score(logits, params.mask_threshold, params.stability_score_offset)
     if params.stability_score_thresh > 0.0:
         stable = stability >= params.stability_score_thresh
-        keep, logits, stability = keep[stable], logits[stable], stability[stable]
+        keep, logits, stability = keep[stable], _rows(logits, stable), stability[stable]
     masks = logits > params.mask_threshold
     del logits
     boxes = masks_to_boxes(masks)
     inside = ~near_crop_edge(boxes, crop_box, (image_hw[1], image_hw[0]))
-    keep, masks, boxes, stability = keep[inside], masks[inside], boxes[inside], stability[inside]
+    keep, masks, boxes, stability = keep[inside], _rows(masks, inside), boxes[inside], stability[inside]
     point_xy = torch.as_tensor(points, dtype=torch.float64, device=device)[keep // k]
     return _to_maskset(masks, boxes, iou_flat[keep], stability, point_xy, crop_box, image_hw, from_box=False)
+
+
+def _rows(full_res: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``full_res[chosen]`` (bool ``chosen``), without copying every mask when all are chosen
+    (the no-threshold case), and keeping the masks' memory order (column-major from the
+    upsampler, which RLE reads without a transposing copy)."""
+    if bool(chosen.all()):
+        return full_res
+    return full_res.transpose(1, 2)[chosen].transpose(1, 2)
 
 
 def box_masks(
