@@ -21,6 +21,7 @@ bytes to decode inline.
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -282,19 +283,48 @@ def _parquet_keys(file_uri: str, table: pa.Table, first_row: int = 0) -> list[st
 # ------------------------------------------------------------------------ items (the pipeline)
 
 
-# Turning key rows into items is light (column renames; reading tar members or Parquet bytes is
-# I/O): its tasks must not take a whole CPU from decode and write on a 1- or 2-CPU cluster, or
-# Ray Data's resource budget backpressures decode forever (seen on `ray start --num-cpus=1`).
-ITEM_TASK_CPUS = 0.05
+LOOSE_FORMATS = ("files", "manifest")  # items read by decode itself, one URI each
+MAX_ITEM_BLOCKS = 10_000  # a run's loose items come in at most this many blocks
 
 
-def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) -> ray.data.Dataset:
-    """The items decode reads (``uri``, ``size``, ``data``, ``error_type``, ``error_message``)
-    from the key rows still to do."""
-    if fmt in ("files", "manifest"):
-        return todo.map_batches(_loose_items, batch_format="pyarrow", num_cpus=ITEM_TASK_CPUS)
-    return todo.map_batches(ContainerItems(storage, fmt), batch_size=None, batch_format="pyarrow",
-                            num_cpus=ITEM_TASK_CPUS)
+def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Dataset:
+    """The key rows still to do, shaped for the run before the plan materializes them.
+
+    Loose files and manifest entries become decode's item rows, ITEMS_PER_BATCH to a block (more
+    when that would make over MAX_ITEM_BLOCKS blocks, so the driver holds a bounded number of
+    block refs): each small block is one decode task, and shards commit as they finish. Ray
+    Data's repartition asks Ray for a whole CPU per task and takes no resource arguments, so it
+    runs here, before any model actor holds a CPU: inside the stream it could never be placed
+    beside them on a 1-CPU cluster. Members of a container stay in their bucket's block, so the
+    run reads each container once (``ContainerKeys``).
+    """
+    if fmt not in LOOSE_FORMATS:
+        return todo
+    rows = max(ITEMS_PER_BATCH, math.ceil(listed / MAX_ITEM_BLOCKS))
+    return todo.map_batches(_loose_items, batch_format="pyarrow").repartition(target_num_rows_per_block=rows)
+
+
+@dataclass(frozen=True)
+class ContainerKeys:
+    """Key rows still to do of members of tar shards or Parquet files: the run reads the members
+    (``items``) with the CPUs its graph's fit gives that step (samflow/flows/resources.py)."""
+
+    keys: ray.data.Dataset
+    format: str
+    storage: StorageConfig
+
+    def items(self, num_cpus: float) -> ray.data.Dataset:
+        """The items decode reads (``uri``, ``size``, ``data``, ``error_type``, ``error_message``)."""
+        return self.keys.map_batches(ContainerItems(self.storage, self.format), batch_size=None,
+                                     batch_format="pyarrow", num_cpus=num_cpus)
+
+
+def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) -> ray.data.Dataset | ContainerKeys:
+    """What the run streams from the plan's ``todo`` (shaped by ``todo_blocks``): loose items as
+    they are, members of containers still to be read."""
+    if fmt in LOOSE_FORMATS:
+        return todo
+    return ContainerKeys(todo, fmt, storage)
 
 
 def _loose_items(batch: pa.Table) -> pa.Table:
