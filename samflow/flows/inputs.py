@@ -5,7 +5,9 @@
                 Ray Data on the workers, so 100M items are never listed on the driver
     webdataset  tar shards; each image member is an item, ``uri = <tar uri>#<member>``; other
                 members (``.json``, ``.txt``, ...) are sidecars, not items (SA-1B's
-                ``sa_N.jpg`` + ``sa_N.json`` tars included)
+                ``sa_N.jpg`` + ``sa_N.json`` tars included). A sample's ``.json`` sidecar (same
+                WebDataset key: the member path up to the file name's first dot) travels with
+                its image as ``meta_json`` to the ``images`` table
     parquet     Parquet files with a column of image bytes (img2dataset, Hugging Face datasets);
                 ``uri = <file uri>#<id>``, the id from the first of the columns ``id``, ``key``,
                 ``url``, ``uri`` present, else the row number
@@ -20,6 +22,7 @@ bytes to decode inline.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import posixpath
@@ -328,17 +331,21 @@ def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) ->
 
 
 def _loose_items(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
     return pa.table({
         "uri": batch.column("key"), "size": batch.column("size"),
-        "data": pa.nulls(batch.num_rows, pa.binary()),
+        "data": pa.nulls(n, pa.binary()),
         "error_type": batch.column("error_type"), "error_message": batch.column("error_message"),
+        "meta_json": pa.array([""] * n, pa.string()),
     })
 
 
+# ``meta_json``: the item's sidecar JSON text ("" when it has none), for the images table.
 ITEM_SCHEMA = pa.schema([
     ("uri", pa.string()), ("size", pa.int64()), ("data", pa.binary()),
-    ("error_type", pa.string()), ("error_message", pa.string()),
+    ("error_type", pa.string()), ("error_message", pa.string()), ("meta_json", pa.string()),
 ])
+SIDECAR_SUFFIX = ".json"
 
 
 class ContainerItems:
@@ -375,23 +382,41 @@ class ContainerItems:
         reader = self._tar_members if self.fmt == "webdataset" else self._parquet_rows
         failure = ""
         try:
-            for key, data in reader(container, left):
+            for key, data, sidecar in reader(container, left):
                 if key in left:
                     del left[key]
-                    yield _item(key, data)
+                    yield _item_with_sidecar(key, data, sidecar)
         except Exception as exc:  # noqa: BLE001 - members read so far are kept; the rest fail
             failure = f"{type(exc).__name__}: {exc}"
         for key in left:
             reason = f"could not read it from {container}" + (f": {failure}" if failure else ": not found")
             yield _item(key, None, "read_failed", reason)
 
-    def _tar_members(self, tar_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
-        with open_file(tar_uri, self.storage) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:  # streaming: one pass, no seeks
-                key = f"{tar_uri}#{member.name}"
-                if key in wanted and member.isfile():
-                    extracted = tar.extractfile(member)
-                    yield key, extracted.read() if extracted else b""
+    def _tar_members(self, tar_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes, bytes | None]]:
+        """(key, bytes, sidecar JSON bytes or None) of each wanted member, in one streaming pass.
+        A sample's members lie together in a WebDataset tar, so its images wait only until the
+        next sample starts, for a sidecar that may follow them."""
+        samples = {_sample_key(key.partition("#")[2]) for key in wanted}
+        current, images, sidecar = None, [], None
+        try:
+            with open_file(tar_uri, self.storage) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+                for member in tar:  # streaming: one pass, no seeks
+                    if not member.isfile():
+                        continue
+                    sample = _sample_key(member.name)
+                    if sample != current:
+                        yield from ((key, data, sidecar) for key, data in images)
+                        current, images, sidecar = sample, [], None
+                    key = f"{tar_uri}#{member.name}"
+                    if key in wanted:
+                        images.append((key, _read_member(tar, member)))
+                    elif sample in samples and member.name.lower().endswith(SIDECAR_SUFFIX):
+                        sidecar = _read_member(tar, member)
+        except Exception:
+            # A tar cut after a whole sample keeps it: its images were read before the damage.
+            yield from ((key, data, sidecar) for key, data in images)
+            raise
+        yield from ((key, data, sidecar) for key, data in images)
 
     def _parquet_rows(self, file_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         with open_file(file_uri, self.storage) as fh:
@@ -407,7 +432,7 @@ class ContainerItems:
                 row += table.num_rows
                 for key, value in zip(keys, images, strict=True):
                     if key in wanted:
-                        yield key, _image_bytes(value)
+                        yield key, _image_bytes(value), None
 
 
 def _image_bytes(value: Any) -> bytes:
@@ -422,6 +447,33 @@ def container_of(key: str) -> str:
     return head if sep and head.lower().endswith(CONTAINER_SUFFIXES) else ""
 
 
-def _item(uri: str, data: bytes | None, error_type: str = "", message: str = "") -> dict[str, Any]:
+def _item(
+    uri: str, data: bytes | None, error_type: str = "", message: str = "", meta_json: str = ""
+) -> dict[str, Any]:
     return {"uri": uri, "size": len(data) if data is not None else 0, "data": data,
-            "error_type": error_type, "error_message": message}
+            "error_type": error_type, "error_message": message, "meta_json": meta_json}
+
+
+def _item_with_sidecar(uri: str, data: bytes, sidecar: bytes | None) -> dict[str, Any]:
+    """The item, its sidecar's JSON text attached; a sidecar that is not JSON fails the item
+    (it would go to the images table as JSON)."""
+    if sidecar is None:
+        return _item(uri, data)
+    try:
+        text = sidecar.decode("utf-8")
+        json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+        return _item(uri, None, "bad_sidecar", f"its {SIDECAR_SUFFIX} sidecar is not JSON: {exc}")
+    return _item(uri, data, meta_json=text)
+
+
+def _sample_key(member: str) -> str:
+    """WebDataset's sample key: the member's path up to the first dot of its file name
+    (``d/sa_1.jpg`` and ``d/sa_1.json`` are one sample)."""
+    folder, name = posixpath.split(member)
+    return posixpath.join(folder, name.split(".", 1)[0])
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    extracted = tar.extractfile(member)
+    return extracted.read() if extracted else b""

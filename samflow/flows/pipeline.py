@@ -37,6 +37,7 @@ from samflow.flows.doneset import done_table
 from samflow.flows.inputs import ContainerKeys, container_of
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
 from samflow.flows.exemplars import ExemplarImages
+from samflow.flows.ground_truth import add_ground_truth
 from samflow.flows.model_cache import with_model_cache
 from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
@@ -259,7 +260,8 @@ def build_dataset(
     ds.context.op_resource_reservation_ratio = fit.reservation_ratio
     return ds.map_batches(
         stage_shard,
-        fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},
+        fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model,
+                   "ground_truth": cfg.input.sa1b_ground_truth},
         batch_size=cfg.output.shard_rows,
         batch_format="pyarrow",
         num_cpus=fit.write_cpus,
@@ -268,9 +270,13 @@ def build_dataset(
 
 @arrow_batches
 def stage_shard(
-    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None
+    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None,
+    ground_truth: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write one batch's rows of every table to the staging area; return what the driver commits."""
+    """Write one batch's rows of every table to the staging area; return what the driver commits.
+    ``ground_truth``: SA-1B sidecar annotations become rows too (samflow/flows/ground_truth.py)."""
+    if ground_truth:
+        add_ground_truth(batch)
     uris = sorted({str(u) for u in batch["uri"]})
     shard = shard_id(_row_keys(batch))
     catalog = Catalog(dst, storage)
