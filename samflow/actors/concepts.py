@@ -79,13 +79,19 @@ class ConceptsStage:
 
             def infer(chunk: list[int]) -> list[list[dict[str, Any]]]:
                 sizes = [(int(batch["height"][r]), int(batch["width"][r])) for r in chunk]
-                found = self.sam3.segment([image_at(batch, r) for r in chunk], self.vocabulary,
-                                          output_sizes=sizes, **self.options)
-                return [concept_records(per_prompt, self.vocabulary) for per_prompt in found]
+                return self.find([image_at(batch, r) for r in chunk], sizes)
 
             found = infer_or_fail(batch, STAGE, rows, infer)
             mask_column.add(batch, [found.get(r, []) for r in range(len(batch["uri"]))])
         return batch
+
+
+    def find(self, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None
+             ) -> list[list[dict[str, Any]]]:
+        """Per image, its instances' mask records (best first), at ``sizes`` (default: its own);
+        the track stage seeds a video's tracks with these on its seed frames."""
+        found = self.sam3.segment(images, self.vocabulary, output_sizes=sizes, **self.options)
+        return [concept_records(per_prompt, self.vocabulary) for per_prompt in found]
 
 
 def concept_records(per_prompt: Sequence[Any], prompts: Sequence[str]) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ ensembling; only with a non-empty vocabulary) and, with ``mask_embeddings``, its
 
 Concept masks (``source: "concept"``, labelled by SAM 3) keep their label and score; CLIP
 verifies them instead: ``verified`` (CLIP's top label over the vocabulary is SAM 3's) and
-``verify_score`` (CLIP's probability of SAM 3's label).
+``verify_score`` (CLIP's probability of SAM 3's label). So do the masks of a video track that a
+concept seeded (a ``track_id`` and a label: the track stage labels tracks only from SAM 3), so
+a track's rows keep the label its tracks/ row has.
 """
 
 from __future__ import annotations
@@ -154,7 +156,9 @@ class EmbedStage:
         """Per mask (flat order; ``probs`` (masks, V) CLIP's softmax over the vocabulary): a
         zero-shot label for class-agnostic masks; SAM 3's label kept and judged for concept ones."""
         top = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-        concept = valid & (mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == CONCEPT_SOURCE)
+        labelled_track = _present(masks, "track_id") & _present(masks, "label")
+        concept = valid & ((mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == CONCEPT_SOURCE)
+                           | labelled_track)
         own_labels = mask_column.field(masks, "label").to_pylist()
         own = np.array([self._index.get(label, -1) for label in own_labels], np.int64)
         known = own >= 0
@@ -170,6 +174,11 @@ class EmbedStage:
             "verified": pa.array(known & (own == top), pa.bool_(), mask=~concept),
             "verify_score": pa.array(own_prob, pa.float32(), mask=~concept),
         }
+
+
+def _present(masks: Any, name: str) -> np.ndarray:
+    """Per mask: whether field ``name`` is set."""
+    return mask_column.field(masks, name).is_valid().to_numpy(zero_copy_only=False)
 
 
 @dataclass

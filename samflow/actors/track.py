@@ -2,7 +2,7 @@
 
 Ray Data hands a stage batches of rows, and any actor of the pool may get any batch: frames of
 one video spread over actors would lose their order and the tracker's state. So this stage is
-fused per video (decode -> segment on seed frames -> SAM 2 propagation -> rows): the decode
+fused per video (decode -> seed frames -> SAM 2 / SAM 3 tracker propagation -> rows): the decode
 stage passes each video on as one ``video_pending`` row without pixels, and here one actor
 streams that video's frames, a chunk of ``input.video.chunk_frames`` at a time, through the
 seed engine and the tracker, and yields each chunk's frame rows as soon as they are done. The
@@ -14,6 +14,18 @@ Frame rows leave with the segment stage's column filled (``masks``, through
 its ``track_id``) and every other column copied from the video's row, so later stages (embed) and
 the writer see ordinary frames. The last frame row of a video carries its ``tracks``: one summary
 per track (``tables.TRACK_LIST``), for ``tracks/``.
+The video model's family picks the backend (``models.video_models``): SAM 2 / 2.1
+(``Sam2VideoModel``) or SAM 3 (``Sam3TrackerVideoModel``).
+
+Seeds: the segment stage's engine (point grid) on each seed frame. With the concepts stage on
+(``concepts``: its constructor's arguments), SAM 3 first finds every instance of each vocabulary
+concept on the seed frame, those labelled masks seed tracks that keep their label (the tracker
+matches a labelled seed only to a track of the same label), and the grid covers only the rest,
+as the two stages do for images. Video rows skip the concepts stage itself (no pixels yet), so it
+runs here, on seed frames only. (Not ``Sam3VideoModel``: it runs the detector on every frame and
+keeps all frames' outputs and its own ids in one session; here detection runs on seed frames
+and the session stays one chunk long.)
+
 Still-image rows pass through untouched. A failure while tracking one chunk turns that chunk's
 frames into ``track`` error rows and the tracker starts over at the next chunk (new seeds).
 """
@@ -21,21 +33,21 @@ frames into ``track`` error rows and the tracker starts over at the next chunk (
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from samflow.actors.batch import Batch, describe, from_arrow, mark_error, stage_meta, to_arrow
+from samflow.actors.concepts import ConceptsStage
 from samflow.actors.decode import ByteSource, DecodeError, DecodeStage, InputLimits
 from samflow.actors.video import Frame, VideoError
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.registry import load_model
-from samflow.models.sam2 import load_sam2_video
 from samflow.models.tracker import Seed, VideoTracker
+from samflow.models.video_models import load_video_model
 from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id
 from samflow.schemas.tables import TRACK_LIST
@@ -59,21 +71,29 @@ class TrackStage:
     def __init__(
         self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], source: ByteSource,
         input_cfg: InputLimits, params: dict[str, Any] | None = None, device: str | None = None,
+        concepts: dict[str, Any] | None = None,
     ) -> None:
+        """``concepts``: the concepts stage's arguments (``ConceptsStage``) when it is on: its
+        labelled masks seed the tracks."""
         self.decoder = DecodeStage(source, input_cfg, stage_name="decode")
         self.chunk_frames = self.decoder.chunk_rows
         self.params = TrackParams(**(params or {}))
         self.info = {"model": model_uri, "checkpoint_sha256": None}
         # The models load with the first video: an image-only run pays for an idle actor only.
-        self._load = lambda: self._load_models(model_uri, segment_model_uri, engine, device)
+        self._load = lambda: self._load_models(model_uri, segment_model_uri, engine, device, concepts)
         self.video_model: Any = None
         self.seeder: MaskGenerator | None = None
+        self.concepts: ConceptsStage | None = None
 
-    def _load_models(self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], device: str | None) -> None:
-        self.video_model = load_sam2_video(model_uri, device=device)
+    def _load_models(self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], device: str | None,
+                     concepts: dict[str, Any] | None) -> None:
+        self.video_model = load_video_model(model_uri, device=device)
         sam = load_model("sam", segment_model_uri, device=device)
         self.seeder = MaskGenerator(sam, AmgParams(**engine))
-        self.info = {"model": model_uri, "checkpoint_sha256": self.video_model.checkpoint_sha256}
+        if concepts is not None:
+            self.concepts = ConceptsStage(**concepts, device=device)
+        self.info = {"model": model_uri, "family": self.video_model.family,
+                     "checkpoint_sha256": self.video_model.checkpoint_sha256}
 
     def __call__(self, batch: Batch | pa.Table) -> Iterator[Batch | pa.Table]:
         # Arrow in, Arrow out in the pipeline (batch_format="pyarrow", like every model stage);
@@ -155,7 +175,8 @@ class TrackStage:
 
     def _seeds(self, run: _VideoRun, frames: list[Frame]) -> dict[int, list[Seed]]:
         """Segment the chunk's seed frames (the first frame of the video, then one every
-        ``reseed_s`` seconds) with the segment stage's engine."""
+        ``reseed_s`` seconds): concept instances first (labelled, best first), then the
+        segment stage's engine where they do not lie."""
         due = []
         for position, frame in enumerate(frames):
             if run.seed_due(frame.timestamp_s):
@@ -163,8 +184,17 @@ class TrackStage:
                 run.next_seed_s = frame.timestamp_s + self.params.reseed_s
         if not due:
             return {}
-        found = self.seeder.generate([frames[p].rgb for p in due])
-        return {p: [Seed.from_record(r) for r in records] for p, records in zip(due, found)}
+        images = [frames[p].rgb for p in due]
+        named = self._concept_seeds(images)
+        covered = [np.logical_or.reduce([s.mask for s in seeds]) if seeds else None for seeds in named]
+        found = self.seeder.generate(images, covered=covered)
+        return {p: [*concept_seeds, *(Seed.from_record(r) for r in records)]
+                for p, concept_seeds, records in zip(due, named, found)}
+
+    def _concept_seeds(self, images: list[np.ndarray]) -> list[list[Seed]]:
+        if self.concepts is None:
+            return [[] for _ in images]
+        return [[Seed.from_record(r) for r in records] for records in self.concepts.find(images)]
 
     def _error(self, batch: Batch, row: int, stage: str, error_type: str, message: str) -> Batch:
         out: Batch = {}
@@ -185,7 +215,8 @@ class _TrackLog:
     last_timestamp_s: float = 0.0
     num_frames: int = 0
     score_sum: float = 0.0
-    labels: Counter = field(default_factory=Counter)
+    label_score_sum: float = 0.0
+    label_scores: int = 0
 
 
 class _VideoRun:
@@ -214,18 +245,23 @@ class _VideoRun:
                 entry.last_frame, entry.last_timestamp_s = frame.index, frame.timestamp_s
                 entry.num_frames += 1
                 entry.score_sum += float(record.get("predicted_iou") or 0.0)
-                if record.get("label"):
-                    entry.labels[record["label"]] += 1
+                if record.get("label") is not None and record.get("label_score") is not None:
+                    entry.label_score_sum += float(record["label_score"])
+                    entry.label_scores += 1
 
     def summaries(self, uri: str) -> list[dict[str, Any]]:
+        """One row per track. ``label``: the track's (its rows carry the same, or none on frames
+        before a labelled seed named it); ``score``: for a labelled track the mean of its rows'
+        ``label_score`` (SAM 3's confidence in the label), else the mean mask score."""
         return [
             {
                 "track_id": track_id, "uri": uri,
                 "first_frame": t.first_frame, "last_frame": t.last_frame,
                 "first_timestamp_s": _finite(t.first_timestamp_s), "last_timestamp_s": _finite(t.last_timestamp_s),
                 "num_frames": t.num_frames,
-                "label": t.labels.most_common(1)[0][0] if t.labels else self.tracker.labels.get(track_id),
-                "score": t.score_sum / t.num_frames if t.num_frames else None,
+                "label": self.tracker.labels.get(track_id),
+                "score": t.label_score_sum / t.label_scores if t.label_scores else
+                (t.score_sum / t.num_frames if t.num_frames else None),
             }
             for track_id, t in sorted(self.tracks.items())
         ]

@@ -197,9 +197,15 @@ class TrackStageConfig(StageConfig):
     """Videos: objects the segment engine finds on the first sampled frame and every
     ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
     chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
-    seeded and tracked in order by one actor of this pool; still images pass through."""
+    seeded and tracked in order by one actor of this pool; still images pass through. With
+    ``stages.concepts`` on, SAM 3's instances of ``labels.vocabulary`` on the seed frames seed
+    labelled tracks (the grid covers the rest); each track keeps its label."""
 
-    model: str = Field("facebook/sam2.1-hiera-small", description="SAM 2 / 2.1 video model URI.")
+    model: str = Field(
+        "facebook/sam2.1-hiera-small",
+        description="Video model URI; its family picks the tracker: SAM 2 / 2.1 (Sam2VideoModel) or "
+        "SAM 3 (facebook/sam3, tiny://sam3: Sam3TrackerVideoModel).",
+    )
     batch_size: int = Field(
         8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
     )

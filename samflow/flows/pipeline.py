@@ -130,11 +130,7 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
             "nms_iou": prop.nms_iou, "queries": list(prop.queries),
             "family": prop.family, "maskrcnn_masks": prop.maskrcnn_masks,
         }, prop),
-        ModelStage("concepts", ConceptsStage, {
-            "model_uri": stages.concepts.model, "vocabulary": list(cfg.labels.vocabulary),
-            **stages.concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
-            "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
-        }, stages.concepts),
+        ModelStage("concepts", ConceptsStage, _concepts_kwargs(cfg), stages.concepts),
         ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
         ModelStage("embed", EmbedStage, {
             "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
@@ -157,6 +153,16 @@ def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
     return [stage for stage in candidates if stage.config.enabled]
 
 
+def _concepts_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The concepts stage's arguments (the track stage seeds video tracks with it too)."""
+    concepts = cfg.stages.concepts
+    return {
+        "model_uri": concepts.model, "vocabulary": list(cfg.labels.vocabulary),
+        **concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
+        "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
+    }
+
+
 def track_videos(cfg: RunConfig) -> bool:
     """Whether videos go to the track stage (it needs the segment stage's model for seeds);
     otherwise decode samples their frames and they are annotated like images."""
@@ -169,6 +175,8 @@ def _track_stage(cfg: RunConfig) -> ModelStage:
         "model_uri": track.model, "segment_model_uri": cfg.stages.segment.model,
         "engine": cfg.engine.model_dump(), "source": StorageSource(cfg.storage), "input_cfg": cfg.input,
         "params": {"reseed_s": track.reseed_s, "match_iou": track.match_iou, "max_objects": track.max_objects},
+        # with the concepts stage on, its labelled masks seed the tracks (videos skip that stage)
+        "concepts": _concepts_kwargs(cfg) if cfg.stages.concepts.enabled else None,
     }, track)
 
 

@@ -71,6 +71,27 @@ def check_models(cfg: RunConfig) -> None:
             )
         if source.kind == "hub":
             _check_hub_model(key, source.location)
+    _check_track_model(cfg)
+
+
+def _check_track_model(cfg: RunConfig) -> None:
+    """An in-code track model must be a family that tracks (sam2, sam3). Nothing else is checked
+    here: the track model loads only when a video comes, so an image-only run never needs it."""
+    from samflow.models.registry import ModelLoadError, parse_uri
+    from samflow.models.video_models import VIDEO_FAMILIES
+
+    track = cfg.stages.track
+    if not (track.enabled and cfg.stages.segment.enabled):
+        return
+    try:
+        source = parse_uri(track.model)
+    except ModelLoadError as exc:
+        raise UserError(f"stages.track.model: {exc}") from exc
+    if source.in_code and source.location not in VIDEO_FAMILIES:
+        raise UserError(
+            f"stages.track.model: {track.model} cannot track videos; use a SAM 2 / 2.1 or SAM 3 model "
+            f"({', '.join(f'{source.kind}://{f}' for f in VIDEO_FAMILIES)}, a Hub id or a model directory)"
+        )
 
 
 def _check_hub_model(key: str, location: str) -> None:

@@ -2,6 +2,7 @@
 
 Entry points: `registry.load_model(family, uri)` -> a runner (sam.SamRunner, sam2.Sam2Runner,
 clip.ClipRunner, dinov2.DinoRunner, owlv2.Owlv2Runner, realesrgan.RealEsrganRunner);
-`sam2.load_sam2_video(uri)` for video propagation; `check.check_model(uri)` for
+`video_models.load_video_model(uri)` for video propagation (SAM 2 or SAM 3's tracker, by the
+URI's family); `check.check_model(uri)` for
 `samflow models check`. Never imports Ray, Prefect or fsspec.
 """

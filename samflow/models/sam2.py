@@ -127,16 +127,21 @@ class Sam2VideoRunner(HfRunner):
         self.norm = _normalisation(loaded)
         self.image_size = _image_size(self.model)
 
-    def start_session(self, frames: Sequence[np.ndarray]):
-        """Pre-process all frames (batched, on the device) into a new inference session."""
+    @staticmethod
+    def session_class() -> type:
+        """The transformers inference-session class of this model (SAM 3's tracker has its own)."""
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
+        return Sam2VideoInferenceSession
+
+    def start_session(self, frames: Sequence[np.ndarray]):
+        """Pre-process all frames (batched, on the device) into a new inference session."""
         heights_widths = {im.shape[:2] for im in frames}
         if len(heights_widths) != 1:
             raise ValueError(f"all frames of a clip must share one size, got {sorted(heights_widths)}")
         (height, width), size = heights_widths.pop(), (self.image_size, self.image_size)
         pixels = resize_square(frames, size, self.norm, self.device, self.dtype)
-        return Sam2VideoInferenceSession(
+        return self.session_class()(
             video=pixels, video_height=height, video_width=width, inference_device=self.device,
             inference_state_device=self.device, video_storage_device=self.device, dtype=self.dtype,
         )
@@ -198,9 +203,23 @@ def build_video(family: str, source: ModelSource, device: torch.device, dtype: t
         from samflow.models.tiny import in_code_config
 
         loaded = build_in_code(Sam2VideoModel, in_code_config("sam2_video", source.kind), device, dtype)
+        objects_always_present(loaded.model)
     else:
         loaded = load_pretrained(Sam2VideoModel, source, device, dtype)
     return Sam2VideoRunner(loaded, source.uri, device, dtype)
+
+
+# Logit of the object-presence head of in-code video models: far above the random part's O(1).
+_PRESENT_LOGIT = 10.0
+
+
+def objects_always_present(model: torch.nn.Module) -> None:
+    """In-code (tiny / random) video models only: set the object-presence head's output bias high.
+    A random head declares every object gone after a frame or two, at random, and tracking then
+    stops until the next seed; this way tests and benches propagate every object on every frame,
+    as a trained tracker does while its objects stay in view."""
+    with torch.no_grad():
+        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(_PRESENT_LOGIT)
 
 
 def load_sam2_video(uri: str, *, device: str | torch.device | None = None,

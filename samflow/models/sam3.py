@@ -37,6 +37,7 @@ from samflow.models.boxes import batched_nms
 from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
 from samflow.models.preprocess import HALF, Normalisation, resize_square
 from samflow.models.registry import ModelLoadError, ModelSource
+from samflow.models.sam3_masks import FactoredMaskDecoder, ImageTerms
 from samflow.schemas import rle
 
 TEXT_MAX_LENGTH = 32  # Sam3Processor pads every text prompt to 32 tokens
@@ -103,6 +104,7 @@ class Sam3Runner(HfRunner):
         self.pairs_per_decode = pairs_per_decode
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._exemplars: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mask_head = FactoredMaskDecoder(self.model.mask_decoder)
 
     # -- encoders -------------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Sam3Runner(HfRunner):
         if len(sizes) != len(images):
             raise ValueError(f"{len(sizes)} output sizes for {len(images)} images")
         vision = self.encode_images(images)
+        image_terms = ImageTerms(self._mask_head, vision.hidden)
         text = self.encode_texts(prompts)
         n_prompts = len(prompts)
         results: list[list[ConceptInstances]] = [[] for _ in images]
@@ -202,24 +205,29 @@ class Sam3Runner(HfRunner):
         for start in range(0, total, self.pairs_per_decode):
             pair = torch.arange(start, min(start + self.pairs_per_decode, total), device=self.device)
             image_index, prompt_index = pair // n_prompts, pair % n_prompts
-            found = self._pairs(vision.pairs(image_index), text.features.index_select(0, prompt_index),
-                                text.mask.index_select(0, prompt_index), [sizes[i] for i in image_index.tolist()],
-                                score_thresh, mask_thresh, max_instances, nms_iou)
+            found = self._pairs(vision.pairs(image_index), image_terms, image_index,
+                                text.features.index_select(0, prompt_index), text.mask.index_select(0, prompt_index),
+                                [sizes[i] for i in image_index.tolist()], score_thresh, mask_thresh, max_instances,
+                                nms_iou)
             for i, instances in zip(image_index.tolist(), found):
                 results[i].append(instances)
         return results
 
-    def _pairs(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor, sizes: list[tuple[int, int]],
-               score_thresh: float, mask_thresh: float, max_instances: int, nms_iou: float) -> list[ConceptInstances]:
+    def _pairs(self, vision, image_terms: ImageTerms, image_index: torch.Tensor, text_features: torch.Tensor,
+               text_mask: torch.Tensor, sizes: list[tuple[int, int]], score_thresh: float, mask_thresh: float,
+               max_instances: int, nms_iou: float) -> list[ConceptInstances]:
         """Sam3Model.forward's steps, split: detect every pair, select instances, then run the
-        mask decoder (over half of the heads' cost) only for pairs where something was found."""
+        mask decoder (over half of the heads' cost) only for pairs where something was found, and
+        only for the queries kept. Pair k is of image ``image_index[k]``."""
         detection = self._detect(vision, text_features, text_mask)
         chosen = self._select(detection, sizes, score_thresh, max_instances, nms_iou)
         with_masks = [k for k, (query, _, _) in enumerate(chosen) if len(query)]
-        logits = self._mask_logits(detection, vision, text_features, text_mask, with_masks)
+        logits = self._mask_logits(detection, image_terms, image_index, text_features, text_mask, with_masks,
+                                   [chosen[k][0] for k in with_masks])
+        by_pair = dict(zip(with_masks, logits))
         kept = []
         for k, (query, scores, boxes) in enumerate(chosen):
-            low_res = logits[with_masks.index(k), query] if len(query) else logits.new_zeros(0, 1, 1)
+            low_res = by_pair[k] if k in by_pair else detection["scores"].new_zeros(0, 1, 1)
             masks = _binary_masks(low_res, sizes[k], mask_thresh)
             nonempty = masks.flatten(1).any(dim=1)  # an instance whose mask vanished is no instance
             kept.append((masks[nonempty], scores[nonempty], boxes[nonempty]))
@@ -243,21 +251,21 @@ class Sam3Runner(HfRunner):
         logits = model.dot_product_scoring(decoder_hidden_states=hidden, text_features=encoded.text_features,
                                            text_mask=mask).squeeze(-1)[-1]
         scores = logits.float().sigmoid() * decoded.presence_logits[-1].float().sigmoid()
-        return {"scores": scores, "boxes": boxes.float(), "queries": hidden[-1], "encoded": encoded.last_hidden_state}
+        return {"scores": scores, "boxes": boxes.float(), "queries": hidden[-1], "encoded": encoded.last_hidden_state,
+                "coarse_size": tuple(levels[-1].shape[-2:])}
 
-    def _mask_logits(self, detection: dict[str, torch.Tensor], vision, text_features: torch.Tensor,
-                     text_mask: torch.Tensor, pairs: list[int]) -> torch.Tensor:
-        """Low-res mask logits (P, Q, h, w) of the listed pairs only."""
+    def _mask_logits(self, detection: dict, image_terms: ImageTerms, image_index: torch.Tensor,
+                     text_features: torch.Tensor, text_mask: torch.Tensor, pairs: list[int],
+                     queries: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Low-res mask logits (n, h, w) of the listed pairs' listed queries only (sam3_masks)."""
         if not pairs:
-            return detection["scores"].new_zeros(0, 0, 1, 1)
+            return []
         index = torch.as_tensor(pairs, device=self.device)
-        levels = [level.index_select(0, index) for level in vision.fpn_hidden_states[:-1]]
-        out = self.model.mask_decoder(
-            decoder_queries=detection["queries"].index_select(0, index), backbone_features=levels,
-            encoder_hidden_states=detection["encoded"].index_select(0, index),
-            prompt_features=text_features.index_select(0, index), prompt_mask=text_mask.bool().index_select(0, index),
-        )
-        return out.pred_masks
+        head = self._mask_head
+        terms = image_terms.for_pairs(image_index.index_select(0, index))
+        pixels = head.pixel_embeddings(detection["encoded"].index_select(0, index), text_features.index_select(0, index),
+                                       text_mask.bool().index_select(0, index), terms, detection["coarse_size"])
+        return head.mask_logits(detection["queries"].index_select(0, index), queries, pixels)
 
     @staticmethod
     def _select(detection: dict[str, torch.Tensor], sizes: list[tuple[int, int]], score_thresh: float,

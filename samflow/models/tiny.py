@@ -151,6 +151,28 @@ def tiny_sam3_config():
     )
 
 
+def tiny_sam3_tracker_video_config():
+    """SAM 3's tracker (``Sam3TrackerVideoModel``) on a ViT like tiny SAM 3's at 28x28 input (7px
+    patches: 4x4 tokens, as tiny SAM 2 video's embedding; FPN levels 16, 8, 4); memory sizes as
+    tiny SAM 2 video's (width 128: see there)."""
+    from transformers import Sam3TrackerVideoConfig
+
+    hidden = 128
+    backbone = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, image_size=28, patch_size=7, window_size=2, global_attn_indexes=[1],
+                    pretrain_image_size=28)
+    return Sam3TrackerVideoConfig(
+        vision_config=dict(model_type="sam3_vision_model", backbone_config=backbone, fpn_hidden_size=hidden,
+                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
+        prompt_encoder_config=dict(hidden_size=hidden, image_size=28, patch_size=7, mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        image_size=28, num_maskmem=3, max_object_pointers_in_encoder=4,
+        memory_attention_hidden_size=hidden, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_encoder_hidden_size=hidden, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=hidden, memory_fuser_embed_dim=hidden, memory_fuser_intermediate_dim=64,
+    )
+
+
 def tiny_dinov2_config():
     from transformers import Dinov2Config
 
@@ -260,6 +282,8 @@ def reference_config(name: str):
         return tf.Sam2VideoConfig()
     if name == "sam3":
         return tf.Sam3Config(text_config=dict(_SAM3_TEXT, **_reference_text_ids()))
+    if name == "sam3_tracker_video":  # facebook/sam3's tracker (1008 px input, ViT-L/14)
+        return tf.Sam3TrackerVideoConfig()
     if name == "clip":
         return tf.CLIPConfig(text_config=_reference_text_ids())
     if name == "siglip":
@@ -280,6 +304,7 @@ _TINY = {
     "sam2": tiny_sam2_config,
     "sam2_video": tiny_sam2_video_config,
     "sam3": tiny_sam3_config,
+    "sam3_tracker_video": tiny_sam3_tracker_video_config,
     "clip": tiny_clip_config,
     "siglip": tiny_siglip_config,
     "dinov2": tiny_dinov2_config,

@@ -12,14 +12,21 @@ matched to a track by mask IoU (greedy, best pair first, at least ``match_iou``)
 keeps the track's id and refreshes its mask, an unmatched one starts a new track with a new id.
 Ids are stable within the video and never reused.
 
-    tracker = VideoTracker(load_sam2_video("tiny://sam2"))
+Labels: a seed may carry a ``label`` and ``label_score`` (SAM 3's concept masks do). A track takes
+the label of the seed that started it, or of the first labelled seed matched to it, and keeps it:
+a labelled seed is matched only to a track of the same label or to one without a label (so two
+concepts on one object stay two tracks, as the concepts stage keeps them), an unlabelled seed to
+any track. Every record of a labelled track carries its label and a ``label_score``: the seed's
+own score on frames where a seed of that label refreshed it, else the score of the last one.
+
+    tracker = VideoTracker(load_video_model("tiny://sam2"))   # or a SAM 3 tracker: tiny://sam3
     for frames, seeds in chunks:                 # seeds: {position in chunk: [Seed, ...]}
         per_frame = tracker.track(frames, seeds)  # per frame: SA-1B records with track_id
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +40,7 @@ _STABILITY_OFFSET = 1.0
 
 
 class VideoPropagator(Protocol):
-    """What tracking needs of a video model (``samflow.models.sam2.Sam2VideoRunner``)."""
+    """What tracking needs of a video model (``sam2.Sam2VideoRunner``, ``sam3_tracker.Sam3TrackerVideoRunner``)."""
 
     def start_session(self, frames: Sequence[np.ndarray]) -> Any: ...
 
@@ -74,7 +81,8 @@ class VideoTracker:
         self.max_objects = max_objects
         self.next_id = 1
         self.carry: _Carry | None = None
-        self.labels: dict[int, str | None] = {}  # track id -> the label its first seed had
+        self.labels: dict[int, str | None] = {}  # track id -> its label (see the module's docstring)
+        self.label_scores: dict[int, float | None] = {}  # track id -> its last labelled seed's score
 
     def track(self, frames: Sequence[np.ndarray], seeds: dict[int, list[Seed]]) -> list[list[dict[str, Any]]]:
         """Per frame of the chunk, the records of the objects on it (each with ``track_id``)."""
@@ -121,7 +129,7 @@ class VideoTracker:
         for idx, obj_ids, logits in self.propagator.propagate(session, start_frame=0):
             if idx == 0:
                 continue  # the conditioning frame: its records exist already
-            records, present = _records(obj_ids, logits, self.labels)
+            records, present = _records(obj_ids, logits, self._label_of)
             out[start + idx - offset] = records
             if idx == len(session_frames) - 1:
                 keep = [i for i, flag in enumerate(present) if flag]
@@ -137,7 +145,9 @@ class VideoTracker:
         tracked_ids, tracked = self._carried_onto(frame)
         h, w = frame.shape[:2]
         seed_masks = np.stack([s.mask for s in seeds]) if seeds else np.zeros((0, h, w), bool)
-        matches = match_by_iou(seed_masks, tracked, self.match_iou)
+        allowed = np.array([[self._may_match(seed, track_id) for track_id in tracked_ids] for seed in seeds],
+                           dtype=bool).reshape(len(seeds), len(tracked_ids))
+        matches = match_by_iou(seed_masks, tracked, self.match_iou, allowed)
         ids, masks, records = [], [], []
 
         def add(track_id: int, mask: np.ndarray, record: dict[str, Any]) -> None:
@@ -148,21 +158,48 @@ class VideoTracker:
         matched_tracks = set(matches.values())
         for t, track_id in enumerate(tracked_ids):  # tracked objects no seed refreshed go on
             if t not in matched_tracks:
-                add(track_id, tracked[t], _record(tracked[t], None, track_id, self.labels.get(track_id)))
+                add(track_id, tracked[t], _record(tracked[t], None, track_id, *self._label_of(track_id)))
         for s, t in matches.items():  # a matched seed keeps the track's id, refreshes its mask
-            add(tracked_ids[t], seeds[s].mask, dict(seeds[s].record, track_id=tracked_ids[t]))
+            self._relabel(tracked_ids[t], seeds[s])
+            add(tracked_ids[t], seeds[s].mask, self._seed_record(seeds[s], tracked_ids[t]))
         for s, seed in enumerate(seeds):  # the rest are new objects, while there is room
             if s not in matches and len(ids) < self.max_objects:
                 track_id = self._new_track(seed)
-                add(track_id, seed.mask, dict(seed.record, track_id=track_id))
+                add(track_id, seed.mask, self._seed_record(seed, track_id))
         stacked = np.stack(masks) if masks else np.zeros((0, h, w), bool)
         return ids, stacked, records
 
     def _new_track(self, seed: Seed) -> int:
         track_id = self.next_id
         self.next_id += 1
-        self.labels[track_id] = seed.record.get("label")
+        self.labels[track_id] = None
+        self._relabel(track_id, seed)
         return track_id
+
+    # -- labels ----------------------------------------------------------------------------------
+
+    def _may_match(self, seed: Seed, track_id: int) -> bool:
+        label = seed.record.get("label")
+        return label is None or self.labels.get(track_id) in (None, label)
+
+    def _relabel(self, track_id: int, seed: Seed) -> None:
+        """A labelled seed names an unlabelled track, or refreshes the score of its own."""
+        label = seed.record.get("label")
+        if label is not None and self.labels.get(track_id) in (None, label):
+            self.labels[track_id] = label
+            self.label_scores[track_id] = seed.record.get("label_score")
+
+    def _label_of(self, track_id: int) -> tuple[str | None, float | None]:
+        label = self.labels.get(track_id)
+        return label, (self.label_scores.get(track_id) if label is not None else None)
+
+    def _seed_record(self, seed: Seed, track_id: int) -> dict[str, Any]:
+        """The seed's record, in its track: the track's label; the seed's own score when it names
+        that label, else the track's."""
+        label, score = self._label_of(track_id)
+        if label is not None and seed.record.get("label") == label:
+            score = seed.record.get("label_score")
+        return dict(seed.record, track_id=track_id, label=label, label_score=score)
 
     def _carried_onto(self, frame: np.ndarray) -> tuple[list[int], np.ndarray]:
         """The live objects propagated from the carried frame onto ``frame``."""
@@ -179,9 +216,11 @@ class VideoTracker:
         return [], np.zeros((0, h, w), bool)
 
 
-def match_by_iou(seeds: np.ndarray, tracked: np.ndarray, threshold: float) -> dict[int, int]:
+def match_by_iou(seeds: np.ndarray, tracked: np.ndarray, threshold: float,
+                 allowed: np.ndarray | None = None) -> dict[int, int]:
     """Greedy one-to-one matching, best IoU first: {seed index: tracked index} for pairs with
-    mask IoU >= threshold. ``seeds`` (S, H, W) and ``tracked`` (T, H, W) bool."""
+    mask IoU >= threshold. ``seeds`` (S, H, W) and ``tracked`` (T, H, W) bool; ``allowed``
+    (S, T) bool, if given, rules pairs out (labels that differ)."""
     if len(seeds) == 0 or len(tracked) == 0:
         return {}
     a = torch.as_tensor(seeds.reshape(len(seeds), -1), dtype=torch.float32)
@@ -189,6 +228,8 @@ def match_by_iou(seeds: np.ndarray, tracked: np.ndarray, threshold: float) -> di
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+    if allowed is not None:
+        iou = torch.where(torch.as_tensor(allowed), iou, torch.full_like(iou, -1.0))
     matches: dict[int, int] = {}
     used: set[int] = set()
     order = torch.argsort(iou.flatten(), descending=True).tolist()
@@ -202,8 +243,8 @@ def match_by_iou(seeds: np.ndarray, tracked: np.ndarray, threshold: float) -> di
     return matches
 
 
-def _records(obj_ids: Sequence[int], logits: torch.Tensor, labels: dict[int, str | None]
-             ) -> tuple[list[dict[str, Any]], list[bool]]:
+def _records(obj_ids: Sequence[int], logits: torch.Tensor,
+             label_of: Callable[[int], tuple[str | None, float | None]]) -> tuple[list[dict[str, Any]], list[bool]]:
     """Records of the objects present (non-empty mask) on one propagated frame."""
     logits = logits.float().cpu()
     binary = (logits > 0).numpy()
@@ -213,11 +254,12 @@ def _records(obj_ids: Sequence[int], logits: torch.Tensor, labels: dict[int, str
             present.append(False)
             continue
         present.append(True)
-        records.append(_record(binary[i], logits[i], int(obj_id), labels.get(int(obj_id))))
+        records.append(_record(binary[i], logits[i], int(obj_id), *label_of(int(obj_id))))
     return records, present
 
 
-def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label: str | None) -> dict[str, Any]:
+def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label: str | None,
+            label_score: float | None = None) -> dict[str, Any]:
     """An SA-1B record (the segment stage's fields) for a propagated mask. predicted_iou is the
     mask's mean confidence, stability_score SAM's (mask at +1 logit over mask at -1)."""
     segmentation = rle.encode(mask)
@@ -240,6 +282,7 @@ def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label:
         "source": "track",
         "proposal_score": None,
         "label": label,
+        "label_score": label_score,
         "track_id": track_id,
     }
 

@@ -9,6 +9,7 @@ import torch
 
 from samflow.models.amg.boxes import box_iou
 from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.sam3_masks import ImageTerms
 
 PROMPTS = ["cat", "dog", "traffic cone"]
 
@@ -170,16 +171,23 @@ def test_split_heads_match_transformers_forward(sam3, images):
         reference = sam3.model(vision_embeds=pairs, text_embeds=BaseModelOutputWithPooling(pooler_output=features),
                                attention_mask=mask)
         detection = sam3._detect(pairs, features, mask)
-        logits = sam3._mask_logits(detection, pairs, features, mask, [0, 1, 2, 3])
+        every_query = [torch.arange(reference.pred_masks.shape[1])] * 4
+        logits = sam3._mask_logits(detection, ImageTerms(sam3._mask_head, vision.hidden), image_index, features, mask,
+                                   [0, 1, 2, 3], every_query)
+        some = sam3._mask_logits(detection, ImageTerms(sam3._mask_head, vision.hidden), image_index, features, mask,
+                                 [1, 3], [torch.tensor([2, 0]), torch.tensor([5])])
     scores = reference.pred_logits.sigmoid() * reference.presence_logits.sigmoid()
     torch.testing.assert_close(detection["scores"], scores)
     torch.testing.assert_close(detection["boxes"], reference.pred_boxes)
-    torch.testing.assert_close(logits, reference.pred_masks)
+    # the factored mask head (sam3_masks) is the same maths in another order: equal to rounding
+    torch.testing.assert_close(torch.stack(logits), reference.pred_masks, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(some[0], reference.pred_masks[1, [2, 0]], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(some[1], reference.pred_masks[3, [5]], rtol=1e-4, atol=1e-4)
 
 
 def test_mask_decoder_runs_only_for_pairs_with_instances(images):
     runner = load_model("sam3", "tiny://sam3", device="cpu")
-    calls, hook = _count_calls(runner.model.mask_decoder)
+    calls, hook = _count_calls(runner.model.mask_decoder.prompt_cross_attn_norm)  # once per decoded pair
     try:
         found = runner.segment(images[:2], PROMPTS, score_thresh=0.99)
         assert calls == [] and all(len(i) == 0 for per in found for i in per)
