@@ -2,9 +2,11 @@
 
 Each case writes a manifest (Parquet, synthetic s3:// URIs) and a done-set holding half of its
 keys, then runs `samflow plan`'s code (make_plan, read-only) in a fresh driver process on a local
-Ray, so every case's peak RSS is its own. The driver's memory must stay flat as the item count
-grows (the listing and the done-set live in Ray, not on the driver): the bench prints the growth
-from 100k to 1M (target: under 20 %).
+Ray, so every case's peak RSS is its own; then a run's plan (which also cuts the items still to do
+into the blocks the run streams, at most inputs.MAX_ITEM_BLOCKS of them). The driver's memory must
+stay flat as the item count grows (the listing and the done-set live in Ray, not on the driver):
+the bench prints the growth from 100k to 1M (target: under 20 %), and each plan's own increment
+over the driver's RSS before it (imports and Ray's start-up are most of the peak).
 
     python bench/plan.py [--smoke | --quick]
 """
@@ -74,8 +76,14 @@ def run_case(src: str, dst: str) -> dict[str, float]:
     plan = make_plan(src, dst, cfg, read_only=True)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    run_plan = make_plan(src, dst, cfg)  # nothing uncommitted to remove; the done-set is not rewritten
+    run_seconds = time.perf_counter() - start
+    run_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    blocks = run_plan.items.num_blocks() if run_plan.new else 0
     return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "new": plan.new,
-            "done": plan.already_done, "format": plan.format}
+            "done": plan.already_done, "format": plan.format, "run_seconds": run_seconds,
+            "run_peak_rss_mb": run_peak, "run_new": run_plan.new, "run_blocks": blocks}
 
 
 def _child(items: int) -> dict[str, float]:
@@ -88,7 +96,7 @@ def _child(items: int) -> dict[str, float]:
         if done.returncode != 0:
             raise SystemExit(f"case {items} failed:\n{done.stderr[-3000:]}")
         figures = json.loads(done.stdout.strip().splitlines()[-1])
-    if (figures["new"], figures["done"]) != (items // 2, items - items // 2):
+    if (figures["new"], figures["done"], figures["run_new"]) != (items // 2, items - items // 2, items // 2):
         raise SystemExit(f"case {items}: wrong plan {figures}")
     return figures
 
@@ -103,20 +111,28 @@ def main() -> None:
         print(json.dumps(run_case(*args.case)))
         return
     sizes = [10_000] if args.smoke else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
-    results, peaks = [], {}
+    results, peaks, run_peaks = [], {}, {}
     for items in sizes:
         figures = _child(items)
         label = f"{items // 1000}k" if items < 1_000_000 else f"{items // 1_000_000}M"
         peaks[items] = figures["peak_rss_mb"]
         print(f"{label:>5} manifest items: plan {figures['seconds']:.1f} s, driver peak RSS "
               f"{figures['peak_rss_mb']:.0f} MiB (before plan {figures['rss_before_mb']:.0f} MiB), "
-              f"{figures['new']} new / {figures['done']} done")
+              f"{figures['new']} new / {figures['done']} done; run's plan {figures['run_seconds']:.1f} s, "
+              f"peak RSS {figures['run_peak_rss_mb']:.0f} MiB, {figures['run_blocks']} item blocks")
         results.append(result(label, "plan_s", figures["seconds"], "s"))
         results.append(result(label, "driver_peak_rss", figures["peak_rss_mb"], "MiB"))
+        results.append(result(label, "plan_rss_increment", figures["peak_rss_mb"] - figures["rss_before_mb"], "MiB"))
+        results.append(result(label, "run_plan_s", figures["run_seconds"], "s"))
+        results.append(result(label, "run_plan_driver_peak_rss", figures["run_peak_rss_mb"], "MiB"))
+        run_peaks[items] = figures["run_peak_rss_mb"]
     if 100_000 in peaks and 1_000_000 in peaks:
         growth = 100 * (peaks[1_000_000] / peaks[100_000] - 1)
         print(f"driver memory growth 100k -> 1M: {growth:+.1f} % (target < 20 %)")
         results.append(result("100k->1M", "driver_rss_growth", growth, "%"))
+        run_growth = 100 * (run_peaks[1_000_000] / run_peaks[100_000] - 1)
+        print(f"run's plan, driver memory growth 100k -> 1M: {run_growth:+.1f} % (target < 20 %)")
+        results.append(result("100k->1M", "run_plan_driver_rss_growth", run_growth, "%"))
     emit("plan", results)
 
 

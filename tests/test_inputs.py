@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from samflow.flows.annotate import annotate_dataset, make_plan
 from samflow.flows.config import load_config
@@ -46,12 +47,29 @@ def _sa1b_tar(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _sa1b_members(first: int, count: int, broken: int | None = None) -> dict[str, bytes]:
+def _sa1b_annotation(ann_id: int, height: int = 36, width: int = 44) -> dict:
+    """One annotation as SA-1B ships it: a random box-shaped mask as COCO RLE, with its stats."""
+    mask = np.zeros((height, width), np.uint8, order="F")
+    y, x = RNG.integers(0, height // 2), RNG.integers(0, width // 2)
+    mask[y : y + RNG.integers(2, height // 2), x : x + RNG.integers(2, width // 2)] = 1
+    rle = coco_mask.encode(mask)
+    return {"id": ann_id, "segmentation": {"size": [height, width], "counts": rle["counts"].decode()},
+            "bbox": coco_mask.toBbox(rle).tolist(), "area": int(coco_mask.area(rle)),
+            "predicted_iou": 0.9, "stability_score": 0.95, "point_coords": [[float(x), float(y)]],
+            "crop_box": [0.0, 0.0, float(width), float(height)]}
+
+
+def _sa1b_members(first: int, count: int, broken: int | None = None, bad_gt: int | None = None) -> dict[str, bytes]:
+    """Pairs sa_N.jpg + sa_N.json as SA-1B lays them out, two annotations each; ``bad_gt``'s
+    second annotation has RLE runs that do not cover its image."""
     members = {}
     for n in range(first, first + count):
         members[f"sa_{n}.jpg"] = b"\xff\xd8\xff\xe0 not really a jpeg" if n == broken else _jpeg()
+        annotations = [_sa1b_annotation(1000 * n + k) for k in range(2)]
+        if n == bad_gt:
+            annotations[1]["segmentation"]["size"] = [36, 45]
         sidecar = {"image": {"image_id": n, "file_name": f"sa_{n}.jpg", "width": 44, "height": 36},
-                   "annotations": []}
+                   "annotations": annotations}
         members[f"sa_{n}.json"] = json.dumps(sidecar).encode()
     return members
 
@@ -131,27 +149,60 @@ def root(s3_fs):
     return name
 
 
+def _read_all(s3_fs, dst: str, table: str) -> list[dict]:
+    s3_fs.invalidate_cache()
+    return [r for f in sorted(s3_fs.glob(f"{dst}/{table}/*.parquet")) for r in pq.read_table(f, filesystem=s3_fs).to_pylist()]
+
+
+def _assert_ground_truth(s3_fs, dst: str, sidecars: dict[str, dict]) -> None:
+    """Every image row carries its sidecar as JSON, and its SA-1B annotations are its
+    ground_truth rows: same RLE, area, box and id, in order."""
+    images = _read_all(s3_fs, dst, "images")
+    assert images and all(json.loads(row["meta_json"]) == sidecars[row["uri"]] for row in images)
+    truth = [r for r in _read_all(s3_fs, dst, "annotations") if r["source"] == "ground_truth"]
+    for image in images:
+        rows = sorted((r for r in truth if r["item_id"] == image["item_id"]), key=lambda r: r["annotation_id"])
+        shipped = sidecars[image["uri"]]["annotations"]
+        assert [r["source_id"] for r in rows] == [str(a["id"]) for a in shipped]
+        assert [r["segmentation"] for r in rows] == [a["segmentation"] for a in shipped]
+        assert [(r["area"], r["bbox"]) for r in rows] == [(a["area"], a["bbox"]) for a in shipped]
+
+
 @pytest.mark.slow
 def test_webdataset_sa1b_tars_exactly_once_and_incremental(root, s3_fs, s3_server, ray_cluster, prefect_server):
     src, dst = f"{root}/wds", f"{root}/wds-out"
-    s3_fs.pipe_file(f"{src}/sa_000000.tar", _sa1b_tar(_sa1b_members(1, 3, broken=2)))
-    s3_fs.pipe_file(f"{src}/sa_000001.tar", _sa1b_tar(_sa1b_members(4, 2)))
-    s3_fs.pipe_file(f"{src}/sa_000002.tar", _cut_after_first_pair(_sa1b_tar(_sa1b_members(6, 2))))
-    manifest = annotate_dataset(src, dst, config=_config(s3_server))
+    config = _config(s3_server, "input.sa1b_ground_truth=true")
+    tars = {
+        "sa_000000.tar": _sa1b_members(1, 3, broken=2),
+        # sa_5's second annotation does not fit its image; sa_40's sidecar is not JSON
+        "sa_000001.tar": {**_sa1b_members(4, 2, bad_gt=5), "sa_40.jpg": _jpeg(), "sa_40.json": b"{not json"},
+        "sa_000002.tar": _sa1b_members(6, 2),
+    }
+    sidecars = {f"{src}/{tar}#{name[:-5]}.jpg": json.loads(data) for tar, members in tars.items()
+                for name, data in members.items() if name.endswith(".json") and data.startswith(b"{\"")}
+    for tar, members in tars.items():
+        data = _sa1b_tar(members)
+        s3_fs.pipe_file(f"{src}/{tar}", _cut_after_first_pair(data) if tar == "sa_000002.tar" else data)
+    manifest = annotate_dataset(src, dst, config=config)
 
     images, errors = _uris(s3_fs, dst, "images"), _error_types(s3_fs, dst)
-    assert images == sorted(f"{src}/sa_00000{t}.tar#sa_{n}.jpg" for t, n in [(0, 1), (0, 3), (1, 4), (1, 5), (2, 6)])
+    assert images == sorted(f"{src}/sa_00000{t}.tar#sa_{n}.jpg" for t, n in [(0, 1), (0, 3), (1, 4), (2, 6)])
     assert f"{src}/sa_000000.tar#sa_2.jpg" in errors  # the broken member, alone
-    assert errors[f"{src}/sa_000002.tar"] == "corrupt_tar"
-    assert len(images) + len(errors) == manifest["counts"]["inputs"] == 7
+    assert {uri: kind for uri, kind in errors.items() if not uri.endswith("#sa_2.jpg")} == {
+        f"{src}/sa_000001.tar#sa_5.jpg": "bad_ground_truth",
+        f"{src}/sa_000001.tar#sa_40.jpg": "bad_sidecar",
+        f"{src}/sa_000002.tar": "corrupt_tar",
+    }
+    assert len(images) + len(errors) == manifest["counts"]["inputs"] == 8
     assert not any(u.endswith(".json") for u in images + list(errors))  # sidecars are not items
+    _assert_ground_truth(s3_fs, dst, sidecars)
 
     before = _files(s3_fs, dst)
-    again = annotate_dataset(src, dst, config=_config(s3_server))
+    again = annotate_dataset(src, dst, config=config)
     assert again["counts"]["inputs"] == 0 and _files(s3_fs, dst) == before  # a re-run writes nothing
 
     s3_fs.pipe_file(f"{src}/sa_000003.tar", _sa1b_tar(_sa1b_members(8, 2)))
-    third = annotate_dataset(src, dst, config=_config(s3_server))
+    third = annotate_dataset(src, dst, config=config)
     assert third["counts"]["inputs"] == 2  # the new shard alone
     assert _uris(s3_fs, dst, "images") == sorted(images + [f"{src}/sa_000003.tar#sa_8.jpg", f"{src}/sa_000003.tar#sa_9.jpg"])
 

@@ -334,20 +334,28 @@ class DecodeStage:
         self.chunk_rows = max(1, int(getattr(input_cfg.video, "chunk_frames", _DEFAULT_CHUNK_ROWS)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _columns([row for item in _listed(batch) for row in self._rows(*item)])
+        return _columns([row for item in _listed(batch) for row in self._item_rows(*item)])
 
     def stream(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """The rows of ``batch``'s files in bounded chunks (always at least one, maybe empty)."""
         pending: list[dict[str, Any]] = []
         emitted = False
         for item in _listed(batch):
-            for row in self._rows(*item):
+            for row in self._item_rows(*item):
                 pending.append(row)
                 if len(pending) >= self.chunk_rows:
                     yield _columns(pending)
                     pending, emitted = [], True
         if pending or not emitted:
             yield _columns(pending)
+
+    def _item_rows(
+        self, uri: str, size: int, data: bytes | None, failure: tuple[str, str], meta_json: str
+    ) -> Iterator[dict[str, Any]]:
+        """The file's rows, each carrying the input's sidecar JSON text (a tar member's)."""
+        for row in self._rows(uri, size, data, failure):
+            row["meta_json"] = meta_json
+            yield row
 
     def _rows(
         self, uri: str, size: int, data: bytes | None = None, failure: tuple[str, str] = ("", "")
@@ -478,7 +486,7 @@ def _error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str,
     }
 
 
-_STR_COLUMNS = ("uri", "item_id", "error_stage", "error_type", "error_message")
+_STR_COLUMNS = ("uri", "item_id", "error_stage", "error_type", "error_message", "meta_json")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -501,18 +509,20 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 _ORDER = (
     "uri", "item_id", "frame_index", "timestamp_s", "width", "height",
-    "pixels", "error_stage", "error_type", "error_message", "video_pending",
+    "pixels", "error_stage", "error_type", "error_message", "video_pending", "meta_json",
 )
 
 
-def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, bytes | None, tuple[str, str]]]:
-    """(uri, size, inline bytes, preset failure) of each input row. Tar and Parquet inputs carry
-    their bytes in ``data``; an input found broken before decode carries ``error_type`` /
-    ``error_message``. Plain files have neither column."""
+def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, bytes | None, tuple[str, str], str]]:
+    """(uri, size, inline bytes, preset failure, sidecar JSON text) of each input row. Tar and
+    Parquet inputs carry their bytes in ``data``; an input found broken before decode carries
+    ``error_type`` / ``error_message``; a tar member with a JSON sidecar carries ``meta_json``.
+    Plain files have none of these columns."""
     n = len(batch["uri"])
     inline = batch.get("data", [None] * n)
     failed = batch.get("error_type", [""] * n)
     messages = batch.get("error_message", [""] * n)
+    sidecars = batch.get("meta_json", [""] * n)
     for row, (uri, size) in enumerate(zip(batch["uri"], batch["size"], strict=True)):
         failure = (str(failed[row] or ""), str(messages[row] or ""))
-        yield str(uri), int(size or 0), inline[row], failure
+        yield str(uri), int(size or 0), inline[row], failure, str(sidecars[row] or "")

@@ -17,7 +17,7 @@ from samflow.flows.catalog import RUNS, Catalog
 from samflow.flows.config import RunConfig, config_from
 from samflow.flows import doneset
 from samflow.flows.errors import retry_unless_permanent
-from samflow.flows.inputs import items_from_keys, key_dataset, resolve_source
+from samflow.flows.inputs import ContainerKeys, items_from_keys, key_dataset, resolve_source, todo_blocks
 from samflow.flows.lease import Lease
 from samflow.flows.pipeline import CommitHook, PipelineStats, ensure_ray, run_pipeline
 from samflow.flows.runs import build_report, error_kinds, report_markdown
@@ -25,7 +25,7 @@ from samflow.flows.runs import build_report, error_kinds, report_markdown
 
 @dataclass
 class Plan:
-    items: list[dict[str, Any]] | Any  # a Ray Dataset of items (samflow/flows/inputs.py)
+    items: list[dict[str, Any]] | ContainerKeys | Any  # a Ray Dataset of items (samflow/flows/inputs.py)
     listed: int
     already_done: int
     removed_uncommitted: int
@@ -50,8 +50,11 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     source = resolve_source(src, cfg, dst)
     ensure_ray(cfg.ray)
     # Read-only either way: a plan never rewrites DST's done-set (the run compacts it at its end).
-    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=True)
-    items = items_from_keys(result.todo, source.format, cfg.storage) if result.new else []
+    # A run's plan also shapes what is to do into the blocks the run streams.
+    shape = None if read_only else (lambda todo, listed: todo_blocks(todo, source.format, listed))
+    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=True, shape=shape)
+    # A read-only plan is only looked at (samflow plan): its keys are not shaped into items.
+    items = items_from_keys(result.todo, source.format, cfg.storage) if result.new and not read_only else []
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
                 new=result.new, excluded=source.excluded, format=source.format)
 

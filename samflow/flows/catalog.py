@@ -194,7 +194,8 @@ class Catalog:
         ]
         if not paths:
             return None
+        # "default": shards written before a column was added (images.meta_json) read as null there
         return pa.concat_tables(
-            [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths]
+            [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths], promote_options="default"
         )
 

@@ -72,6 +72,12 @@ class InputConfig(_Section):
     )
     max_bytes: int = Field(512 * 1024 * 1024, description="Files larger than this are refused.")
     video: VideoSampling = Field(default_factory=VideoSampling)
+    sa1b_ground_truth: bool = Field(
+        False,
+        description="SA-1B tars: each image's sidecar 'annotations' (COCO RLE masks) also become "
+        "annotation rows with source 'ground_truth' (source_id = the annotation's id), checked with "
+        "pycocotools; an item with a malformed one becomes an error row.",
+    )
 
 
 class StageConfig(_Section):

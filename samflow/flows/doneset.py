@@ -18,6 +18,7 @@ from __future__ import annotations
 import posixpath
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,11 +68,13 @@ class PlanResult:
 
 
 def plan(
-    keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str], read_only: bool = False
+    keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str], read_only: bool = False,
+    shape: Callable[[ray.data.Dataset, int], ray.data.Dataset] | None = None,
 ) -> PlanResult:
     """Anti-join ``keys`` against the committed done keys. The per-shard done files are first
     compacted into the bucketed table, or, ``read_only`` (``samflow plan``), bucketed into the
-    plan's own temporary folder, leaving DST's table as it is."""
+    plan's own temporary folder, leaving DST's table as it is. ``shape(todo, listed)`` turns the
+    keys still to do into what the run streams before they are materialized."""
     start = time.perf_counter()
     catalog = Catalog(dst, storage)
     arrow_fs = _arrow_fs(dst, storage)
@@ -89,9 +92,8 @@ def plan(
         buckets = _buckets(catalog, staged)
         listed = _count_rows(arrow_fs, staged) if buckets else 0
         tasks = ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, len(buckets)))
-        todo = tasks.map_batches(
-            AntiJoin(done_roots, staged, dst, storage), batch_size=1, batch_format="pyarrow"
-        ).materialize()
+        todo = tasks.map_batches(AntiJoin(done_roots, staged, dst, storage), batch_size=1, batch_format="pyarrow")
+        todo = (shape(todo, listed) if shape is not None else todo).materialize()
         new = todo.count()
     finally:
         if catalog.fs.exists(catalog.path(PLAN, tag)):

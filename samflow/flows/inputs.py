@@ -5,7 +5,9 @@
                 Ray Data on the workers, so 100M items are never listed on the driver
     webdataset  tar shards; each image member is an item, ``uri = <tar uri>#<member>``; other
                 members (``.json``, ``.txt``, ...) are sidecars, not items (SA-1B's
-                ``sa_N.jpg`` + ``sa_N.json`` tars included)
+                ``sa_N.jpg`` + ``sa_N.json`` tars included). A sample's ``.json`` sidecar (same
+                WebDataset key: the member path up to the file name's first dot) travels with
+                its image as ``meta_json`` to the ``images`` table
     parquet     Parquet files with a column of image bytes (img2dataset, Hugging Face datasets);
                 ``uri = <file uri>#<id>``, the id from the first of the columns ``id``, ``key``,
                 ``url``, ``uri`` present, else the row number
@@ -20,7 +22,9 @@ bytes to decode inline.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -282,33 +286,66 @@ def _parquet_keys(file_uri: str, table: pa.Table, first_row: int = 0) -> list[st
 # ------------------------------------------------------------------------ items (the pipeline)
 
 
-# Turning key rows into items is light (column renames; reading tar members or Parquet bytes is
-# I/O): its tasks must not take a whole CPU from decode and write on a 1- or 2-CPU cluster, or
-# Ray Data's resource budget backpressures decode forever (seen on `ray start --num-cpus=1`).
-ITEM_TASK_CPUS = 0.05
+LOOSE_FORMATS = ("files", "manifest")  # items read by decode itself, one URI each
+MAX_ITEM_BLOCKS = 10_000  # a run's loose items come in at most this many blocks
 
 
-def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) -> ray.data.Dataset:
-    """The items decode reads (``uri``, ``size``, ``data``, ``error_type``, ``error_message``)
-    from the key rows still to do."""
-    if fmt in ("files", "manifest"):
-        return todo.map_batches(_loose_items, batch_format="pyarrow", num_cpus=ITEM_TASK_CPUS)
-    return todo.map_batches(ContainerItems(storage, fmt), batch_size=None, batch_format="pyarrow",
-                            num_cpus=ITEM_TASK_CPUS)
+def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Dataset:
+    """The key rows still to do, shaped for the run before the plan materializes them.
+
+    Loose files and manifest entries become decode's item rows, ITEMS_PER_BATCH to a block (more
+    when that would make over MAX_ITEM_BLOCKS blocks, so the driver holds a bounded number of
+    block refs): each small block is one decode task, and shards commit as they finish. Ray
+    Data's repartition asks Ray for a whole CPU per task and takes no resource arguments, so it
+    runs here, before any model actor holds a CPU: inside the stream it could never be placed
+    beside them on a 1-CPU cluster. Members of a container stay in their bucket's block, so the
+    run reads each container once (``ContainerKeys``).
+    """
+    if fmt not in LOOSE_FORMATS:
+        return todo
+    rows = max(ITEMS_PER_BATCH, math.ceil(listed / MAX_ITEM_BLOCKS))
+    return todo.map_batches(_loose_items, batch_format="pyarrow").repartition(target_num_rows_per_block=rows)
+
+
+@dataclass(frozen=True)
+class ContainerKeys:
+    """Key rows still to do of members of tar shards or Parquet files: the run reads the members
+    (``items``) with the CPUs its graph's fit gives that step (samflow/flows/resources.py)."""
+
+    keys: ray.data.Dataset
+    format: str
+    storage: StorageConfig
+
+    def items(self, num_cpus: float) -> ray.data.Dataset:
+        """The items decode reads (``uri``, ``size``, ``data``, ``error_type``, ``error_message``)."""
+        return self.keys.map_batches(ContainerItems(self.storage, self.format), batch_size=None,
+                                     batch_format="pyarrow", num_cpus=num_cpus)
+
+
+def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) -> ray.data.Dataset | ContainerKeys:
+    """What the run streams from the plan's ``todo`` (shaped by ``todo_blocks``): loose items as
+    they are, members of containers still to be read."""
+    if fmt in LOOSE_FORMATS:
+        return todo
+    return ContainerKeys(todo, fmt, storage)
 
 
 def _loose_items(batch: pa.Table) -> pa.Table:
+    n = batch.num_rows
     return pa.table({
         "uri": batch.column("key"), "size": batch.column("size"),
-        "data": pa.nulls(batch.num_rows, pa.binary()),
+        "data": pa.nulls(n, pa.binary()),
         "error_type": batch.column("error_type"), "error_message": batch.column("error_message"),
+        "meta_json": pa.array([""] * n, pa.string()),
     })
 
 
+# ``meta_json``: the item's sidecar JSON text ("" when it has none), for the images table.
 ITEM_SCHEMA = pa.schema([
     ("uri", pa.string()), ("size", pa.int64()), ("data", pa.binary()),
-    ("error_type", pa.string()), ("error_message", pa.string()),
+    ("error_type", pa.string()), ("error_message", pa.string()), ("meta_json", pa.string()),
 ])
+SIDECAR_SUFFIX = ".json"
 
 
 class ContainerItems:
@@ -345,23 +382,41 @@ class ContainerItems:
         reader = self._tar_members if self.fmt == "webdataset" else self._parquet_rows
         failure = ""
         try:
-            for key, data in reader(container, left):
+            for key, data, sidecar in reader(container, left):
                 if key in left:
                     del left[key]
-                    yield _item(key, data)
+                    yield _item_with_sidecar(key, data, sidecar)
         except Exception as exc:  # noqa: BLE001 - members read so far are kept; the rest fail
             failure = f"{type(exc).__name__}: {exc}"
         for key in left:
             reason = f"could not read it from {container}" + (f": {failure}" if failure else ": not found")
             yield _item(key, None, "read_failed", reason)
 
-    def _tar_members(self, tar_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
-        with open_file(tar_uri, self.storage) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:  # streaming: one pass, no seeks
-                key = f"{tar_uri}#{member.name}"
-                if key in wanted and member.isfile():
-                    extracted = tar.extractfile(member)
-                    yield key, extracted.read() if extracted else b""
+    def _tar_members(self, tar_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes, bytes | None]]:
+        """(key, bytes, sidecar JSON bytes or None) of each wanted member, in one streaming pass.
+        A sample's members lie together in a WebDataset tar, so its images wait only until the
+        next sample starts, for a sidecar that may follow them."""
+        samples = {_sample_key(key.partition("#")[2]) for key in wanted}
+        current, images, sidecar = None, [], None
+        try:
+            with open_file(tar_uri, self.storage) as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+                for member in tar:  # streaming: one pass, no seeks
+                    if not member.isfile():
+                        continue
+                    sample = _sample_key(member.name)
+                    if sample != current:
+                        yield from ((key, data, sidecar) for key, data in images)
+                        current, images, sidecar = sample, [], None
+                    key = f"{tar_uri}#{member.name}"
+                    if key in wanted:
+                        images.append((key, _read_member(tar, member)))
+                    elif sample in samples and member.name.lower().endswith(SIDECAR_SUFFIX):
+                        sidecar = _read_member(tar, member)
+        except Exception:
+            # A tar cut after a whole sample keeps it: its images were read before the damage.
+            yield from ((key, data, sidecar) for key, data in images)
+            raise
+        yield from ((key, data, sidecar) for key, data in images)
 
     def _parquet_rows(self, file_uri: str, wanted: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
         with open_file(file_uri, self.storage) as fh:
@@ -377,7 +432,7 @@ class ContainerItems:
                 row += table.num_rows
                 for key, value in zip(keys, images, strict=True):
                     if key in wanted:
-                        yield key, _image_bytes(value)
+                        yield key, _image_bytes(value), None
 
 
 def _image_bytes(value: Any) -> bytes:
@@ -392,6 +447,33 @@ def container_of(key: str) -> str:
     return head if sep and head.lower().endswith(CONTAINER_SUFFIXES) else ""
 
 
-def _item(uri: str, data: bytes | None, error_type: str = "", message: str = "") -> dict[str, Any]:
+def _item(
+    uri: str, data: bytes | None, error_type: str = "", message: str = "", meta_json: str = ""
+) -> dict[str, Any]:
     return {"uri": uri, "size": len(data) if data is not None else 0, "data": data,
-            "error_type": error_type, "error_message": message}
+            "error_type": error_type, "error_message": message, "meta_json": meta_json}
+
+
+def _item_with_sidecar(uri: str, data: bytes, sidecar: bytes | None) -> dict[str, Any]:
+    """The item, its sidecar's JSON text attached; a sidecar that is not JSON fails the item
+    (it would go to the images table as JSON)."""
+    if sidecar is None:
+        return _item(uri, data)
+    try:
+        text = sidecar.decode("utf-8")
+        json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+        return _item(uri, None, "bad_sidecar", f"its {SIDECAR_SUFFIX} sidecar is not JSON: {exc}")
+    return _item(uri, data, meta_json=text)
+
+
+def _sample_key(member: str) -> str:
+    """WebDataset's sample key: the member's path up to the first dot of its file name
+    (``d/sa_1.jpg`` and ``d/sa_1.json`` are one sample)."""
+    folder, name = posixpath.split(member)
+    return posixpath.join(folder, name.split(".", 1)[0])
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    extracted = tar.extractfile(member)
+    return extracted.read() if extracted else b""

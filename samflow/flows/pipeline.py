@@ -36,11 +36,12 @@ from samflow.actors.track import TrackStage
 from samflow.actors.upscale import UpscaleStage
 from samflow.flows.catalog import DONE, Catalog, ShardResult
 from samflow.flows.doneset import done_table
-from samflow.flows.inputs import container_of
+from samflow.flows.inputs import ContainerKeys, container_of
 from samflow.flows.config import RayConfig, RunConfig, StageConfig
 from samflow.flows.exemplars import ExemplarImages
+from samflow.flows.ground_truth import add_ground_truth
 from samflow.flows.model_cache import with_model_cache
-from samflow.flows.resources import MIN_CLUSTER_CPUS, GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
+from samflow.flows.resources import GraphFit, StagePlacement, StageRequest, cluster_capacity, wait_for_fit
 from samflow.flows.storage import StorageSource
 from samflow.flows.upscaled import UpscaledWriter
 from samflow.schemas.ids import shard_id
@@ -210,8 +211,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     else:
         # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
         # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
-        cpus = max(MIN_CLUSTER_CPUS, os.cpu_count() or 1)  # a 1-core machine still gets a graph that runs
-        ray.init(address="local", num_cpus=int(cpus), runtime_env=runtime_env, include_dashboard=False)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, runtime_env=runtime_env, include_dashboard=False)
 
 
 def cpu_fallback(cfg: RayConfig) -> bool:
@@ -222,14 +222,16 @@ def cpu_fallback(cfg: RayConfig) -> bool:
     return not (cfg.address or os.environ.get("RAY_ADDRESS"))
 
 
-def fit_to_cluster(cfg: RunConfig, stages: list[ModelStage]) -> GraphFit:
+def fit_to_cluster(cfg: RunConfig, stages: list[ModelStage], reads_containers: bool = False) -> GraphFit:
     """What each part of the graph asks Ray for, fitted to the connected cluster before the
     stream starts (see samflow/flows/resources.py); raises ResourceShortage when it cannot."""
     requests = [
         StageRequest(s.name, s.config.num_cpus, s.config.num_gpus, s.config.concurrency[0]) for s in stages
     ]
     fit = wait_for_fit(
-        requests, lambda: cluster_capacity(cfg.ray.autoscaling), cpu_fallback(cfg.ray), cfg.ray.resource_wait_s
+        requests, lambda: cluster_capacity(cfg.ray.autoscaling), cpu_fallback(cfg.ray), cfg.ray.resource_wait_s,
+        reads_containers=reads_containers,
+        reservation_ratio=ray.data.DataContext.get_current().op_resource_reservation_ratio,
     )
     for note in fit.notes:
         log.warning("%s", note)
@@ -241,15 +243,19 @@ def _decode_task_args(num_cpus: float) -> Callable[[], dict[str, Any]]:
 
 
 def build_dataset(
-    items: list[dict[str, Any]] | ray.data.Dataset, cfg: RunConfig, dst: str, run_id: str
+    items: list[dict[str, Any]] | ray.data.Dataset | ContainerKeys, cfg: RunConfig, dst: str, run_id: str
 ) -> ray.data.Dataset:
-    """``items``: {uri, size} rows, or a dataset of them (from samflow/flows/inputs.py, with
-    inline ``data`` and preset errors)."""
+    """``items``: {uri, size} rows, or a dataset of them in small blocks (the plan's, from
+    samflow/flows/inputs.py, with inline ``data`` and preset errors), or members of containers
+    still to be read."""
     stages = model_stages(cfg, dst)
-    fit = fit_to_cluster(cfg, stages)
-    if isinstance(items, ray.data.Dataset):
+    fit = fit_to_cluster(cfg, stages, reads_containers=isinstance(items, ContainerKeys))
+    if isinstance(items, ContainerKeys):
+        ds = items.items(fit.item_cpus)
+    elif isinstance(items, ray.data.Dataset):
         # Small input blocks keep the stream moving: shards commit as they finish, not at the end.
-        ds = items.repartition(target_num_rows_per_block=DECODE_BATCH)
+        # The plan made them (inputs.todo_blocks): Ray Data's repartition would need a whole CPU.
+        ds = items
     else:
         blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(items) / DECODE_BATCH)))
         ds = ray.data.from_items(items, override_num_blocks=blocks)
@@ -259,10 +265,12 @@ def build_dataset(
     # actor, where it would run serially with the model instead of beside it.
     # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
     decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=track_videos(cfg))
+    # num_cpus too: Ray Data's resource budget counts the static amount (a whole CPU without it).
     ds = ds.map_batches(
         decode.stream,
         batch_size=DECODE_BATCH,
         batch_format="numpy",
+        num_cpus=fit.decode_cpus,
         ray_remote_args_fn=_decode_task_args(fit.decode_cpus),
     )
     # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
@@ -278,9 +286,12 @@ def build_dataset(
     ds = ds.drop_columns(["pixels"], num_cpus=fit.write_cpus)
     embed = cfg.stages.embed
     embed_model = embed.model if embed.enabled and "clip" in embed.models else None
+    # The run's own reservation ratio (resources.py): every operator's minimum stays reserved.
+    ds.context.op_resource_reservation_ratio = fit.reservation_ratio
     return ds.map_batches(
         stage_shard,
-        fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model},
+        fn_kwargs={"dst": dst, "storage": cfg.storage, "run_id": run_id, "embed_model": embed_model,
+                   "ground_truth": cfg.input.sa1b_ground_truth},
         batch_size=cfg.output.shard_rows,
         batch_format="pyarrow",
         num_cpus=fit.write_cpus,
@@ -289,9 +300,13 @@ def build_dataset(
 
 @arrow_batches
 def stage_shard(
-    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None
+    batch: dict[str, Any], *, dst: str, storage: Any, run_id: str, embed_model: str | None,
+    ground_truth: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Write one batch's rows of every table to the staging area; return what the driver commits."""
+    """Write one batch's rows of every table to the staging area; return what the driver commits.
+    ``ground_truth``: SA-1B sidecar annotations become rows too (samflow/flows/ground_truth.py)."""
+    if ground_truth:
+        add_ground_truth(batch)
     uris = sorted({str(u) for u in batch["uri"]})
     shard = shard_id(_row_keys(batch))
     catalog = Catalog(dst, storage)

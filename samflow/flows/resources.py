@@ -1,17 +1,27 @@
 """Fit a run's Ray Data graph to the cluster before the stream starts, so a run never hangs.
 
 The graph needs, at minimum and all at once: the smallest pool of every model stage (its
-``concurrency`` minimum in actors), one decode task and one shard-write task. Ray Data places
-the actors first and they hold their resources for the whole run; if they take every CPU, the
-decode tasks wait forever (``backpressured: ResourceBudget``). So before the stream starts:
+``concurrency`` minimum in actors), one decode task and one shard-write task (and, for tar or
+Parquet containers, one task reading their members). Ray Data places the actors first and they
+hold their resources for the whole run; if they take every CPU, the tasks wait forever
+(``backpressured: ResourceBudget``). So before the stream starts:
 
 - a stage asking for GPUs on a cluster without (enough of) them runs on CPU when
   ``ray.cpu_fallback`` allows it; otherwise the run waits up to ``ray.resource_wait_s`` for the
   autoscaler to add GPU nodes (only when the cluster can autoscale) and then fails with a message
   that names the short resource and the fix;
-- decode and write get their share of CPUs first; model actors share the rest, with fractional
+- the tasks get their share of CPUs first; model actors share the rest, with fractional
   ``num_cpus`` when the configured amounts do not fit (a model actor mostly waits on its model,
-  it does not need a whole core reserved).
+  it does not need a whole core reserved);
+- Ray Data's resource manager reserves for every operator ``max(ratio * cluster / operators,
+  its minimum)`` (``DataContext.op_resource_reservation_ratio``), upstream first; when those
+  floors plus the minimums overflow a small cluster, the last operators (the writer) get no
+  reservation and wait for everything upstream to finish. The fit lowers the ratio for the run
+  so that every operator's minimum is always reserved.
+
+Every operator of the streaming graph asks Ray for a fraction of a CPU, so a 1-CPU cluster
+(``ray start --head --num-cpus=1``) runs it; Ray Data's ``repartition`` asks for a whole CPU per
+task and has no resource arguments, so it runs in the plan, before any actor holds a CPU.
 
 ``fit_graph`` works on plain numbers (unit-tested without Ray); ``cluster_capacity`` reads them
 from the connected cluster.
@@ -29,14 +39,14 @@ log = logging.getLogger(__name__)
 
 DECODE_CPUS = 1.0  # per decode task when the cluster has room for it
 WRITE_CPUS = 0.5  # per shard-write task when the cluster has room for it
-# On a small cluster decode and write together may take at most this share of the CPUs: the
-# rest is left to the model actors.
+# Per task reading tar / Parquet members for decode: I/O, not compute, so it takes little CPU
+# and many read at once.
+ITEM_CPUS = 0.05
+# On a small cluster the tasks together may take at most this share of the CPUs: the rest is
+# left to the model actors.
 TASK_SHARE = 0.75
-# Below this many logical CPUs Ray Data's per-operator resource budget never admits a decode task
-# beside the model actors and the writer (seen on `ray start --num-cpus=1`: the stream stalls at
-# 0 items), so such a cluster is refused at once instead of hanging. Logical CPUs may exceed the
-# cores: `ray start --num-cpus=2` on one core works.
-MIN_CLUSTER_CPUS = 2.0
+# Ray Data's default DataContext.op_resource_reservation_ratio (Ray 2.60).
+RAY_DATA_RESERVATION_RATIO = 0.5
 # Ray refuses fractional resources finer than 1/10000; keep every amount a clean multiple.
 _GRAIN = 1e-4
 
@@ -82,6 +92,9 @@ class GraphFit:
     stages: dict[str, StagePlacement]
     decode_cpus: float
     write_cpus: float
+    item_cpus: float = 0.0  # 0: the graph has no container-reading step
+    # DataContext.op_resource_reservation_ratio for the run (see the module docstring)
+    reservation_ratio: float = RAY_DATA_RESERVATION_RATIO
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,8 +107,15 @@ class ResourceShortage(RuntimeError):
         self.may_resolve = may_resolve
 
 
-def fit_graph(requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback: bool) -> GraphFit:
+def fit_graph(
+    requests: Sequence[StageRequest],
+    capacity: Capacity,
+    cpu_fallback: bool,
+    reads_containers: bool = False,
+    reservation_ratio: float = RAY_DATA_RESERVATION_RATIO,
+) -> GraphFit:
     """The resources to ask for so that the minimal graph fits ``capacity`` at once.
+    ``reads_containers``: the graph has a task reading tar / Parquet members before decode.
 
     Raises ResourceShortage when nothing fits (GPUs that are not there, no CPU at all).
     """
@@ -103,20 +123,13 @@ def fit_graph(requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback
     gpus = _fit_gpus(requests, capacity, cpu_fallback, notes)
     if capacity.cpus <= 0:
         raise ResourceShortage(
-            "the Ray cluster has no CPU: decoding and writing need at least one. Fix: start the "
+            "the Ray cluster has no CPU: decoding and writing need a share of one. Fix: start the "
             "head or a worker with CPUs (ray start --num-cpus=N)" + _autoscale_hint(capacity),
             resource="CPU", may_resolve=capacity.autoscaling,
         )
-    if capacity.cpus < MIN_CLUSTER_CPUS:
-        raise ResourceShortage(
-            f"the Ray cluster has {capacity.cpus:g} CPU: the streaming graph needs at least "
-            f"{MIN_CLUSTER_CPUS:g} logical CPUs (decode and write beside the model actors). Fix: "
-            f"ray start --num-cpus={MIN_CLUSTER_CPUS:g} (logical CPUs may exceed the cores), or add a node"
-            + _autoscale_hint(capacity),
-            resource="CPU", may_resolve=capacity.autoscaling,
-        )
-    decode, write = _task_cpus(capacity.cpus)
-    left = capacity.cpus - decode - write
+    decode, write, items = _task_cpus(capacity.cpus, reads_containers)
+    tasks = decode + write + items
+    left = capacity.cpus - tasks
     wanted = sum(r.num_cpus * r.min_actors for r in requests)
     scale = 1.0 if wanted <= left else left / wanted
     stages = {}
@@ -126,17 +139,38 @@ def fit_graph(requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback
         if cpus < request.num_cpus:
             notes.append(
                 f"stage {request.name}: num_cpus {request.num_cpus:g} -> {cpus:g} per actor so that "
-                f"decode and write keep {decode + write:g} of the cluster's {capacity.cpus:g} CPUs"
+                f"decoding and writing keep {tasks:g} of the cluster's {capacity.cpus:g} CPUs"
             )
         stages[request.name] = StagePlacement(num_cpus=cpus, num_gpus=gpus[request.name])
-    return GraphFit(stages=stages, decode_cpus=decode, write_cpus=write, notes=notes)
+    minimum_cpus = tasks + sum(stages[r.name].num_cpus * r.min_actors for r in requests)
+    minimum_gpus = sum(stages[r.name].num_gpus * r.min_actors for r in requests)
+    ratio = _reservation_ratio(reservation_ratio, minimum_cpus, minimum_gpus, capacity)
+    if ratio < reservation_ratio:
+        notes.append(
+            f"Ray Data's reservation ratio {reservation_ratio:g} -> {ratio:g} so that every "
+            f"operator's minimum ({minimum_cpus:g} of {capacity.cpus:g} CPUs) stays reserved"
+        )
+    return GraphFit(stages=stages, decode_cpus=decode, write_cpus=write, item_cpus=items,
+                    reservation_ratio=ratio, notes=notes)
 
 
-def _task_cpus(cpus: float) -> tuple[float, float]:
-    """CPUs per decode task and per write task: the defaults, or a share of a small cluster."""
-    budget = min(DECODE_CPUS + WRITE_CPUS, cpus * TASK_SHARE)
-    decode = _grain_floor(budget * DECODE_CPUS / (DECODE_CPUS + WRITE_CPUS))
-    return decode, _grain_floor(budget - decode)
+def _task_cpus(cpus: float, reads_containers: bool) -> tuple[float, float, float]:
+    """CPUs per decode, write and member-reading task: the defaults, or a share of a small
+    cluster in the same proportions."""
+    wanted = {"decode": DECODE_CPUS, "write": WRITE_CPUS, "items": ITEM_CPUS if reads_containers else 0.0}
+    budget = min(sum(wanted.values()), cpus * TASK_SHARE)
+    share = {name: _grain_floor(budget * amount / sum(wanted.values())) for name, amount in wanted.items()}
+    return share["decode"], share["write"], share["items"]
+
+
+def _reservation_ratio(default: float, minimum_cpus: float, minimum_gpus: float, capacity: Capacity) -> float:
+    """The largest ratio <= ``default`` under which Ray Data can reserve every operator's
+    minimum, whichever operators are still running: each reservation is at most ``ratio *
+    total / operators + minimum``, so their sum is at most ``ratio * total + minimums``."""
+    ratio = min(default, 1.0 - minimum_cpus / capacity.cpus)
+    if capacity.gpus > 0:
+        ratio = min(ratio, 1.0 - minimum_gpus / capacity.gpus)
+    return max(0.0, _grain_floor(ratio))
 
 
 def _fit_gpus(
@@ -194,6 +228,8 @@ def wait_for_fit(
     poll_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    reads_containers: bool = False,
+    reservation_ratio: float = RAY_DATA_RESERVATION_RATIO,
 ) -> GraphFit:
     """``fit_graph`` on the cluster as it is; while only an autoscaler could fix a shortage,
     look again every ``poll_s`` for up to ``wait_s`` seconds, then raise the shortage."""
@@ -201,7 +237,7 @@ def wait_for_fit(
     while True:
         capacity = read_capacity()
         try:
-            return fit_graph(requests, capacity, cpu_fallback)
+            return fit_graph(requests, capacity, cpu_fallback, reads_containers, reservation_ratio)
         except ResourceShortage as shortage:
             left = deadline - clock()
             if not shortage.may_resolve or left <= 0:

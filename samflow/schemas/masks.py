@@ -42,13 +42,14 @@ MASK = pa.struct(
         ("stability_score", pa.float32()),
         ("point_coords", pa.list_(pa.list_(pa.float32(), 2))),
         ("crop_box", BBOX_TYPE),
-        ("source", pa.string()),  # grid | box | concept | maskrcnn | semantic
+        ("source", pa.string()),  # grid | box | concept | maskrcnn | semantic | ground_truth
         ("proposal_score", pa.float32()),
         ("label", pa.string()),
         ("label_score", pa.float32()),
         ("verified", pa.bool_()),  # concept masks: CLIP's verdict on SAM 3's label (embed)
         ("verify_score", pa.float32()),
         ("track_id", pa.int64()),
+        ("source_id", pa.string()),  # ground truth: the annotation's id in the input
     ]
 )
 MASKS = pa.list_(MASK)

@@ -48,6 +48,7 @@ def _images(batch: dict[str, np.ndarray], rows: list[int], run_id: str) -> pa.Ta
 
     timestamps = [float(batch["timestamp_s"][r]) for r in rows]
     upscale = batch.get("upscale_factor")
+    sidecars = batch.get("meta_json")  # "" or absent: the input had no sidecar
     return pa.Table.from_pydict(
         {
             "item_id": col("item_id", str),
@@ -58,6 +59,7 @@ def _images(batch: dict[str, np.ndarray], rows: list[int], run_id: str) -> pa.Ta
             "height": col("height", int),
             "upscale_factor": [1.0 if upscale is None else float(upscale[r]) for r in rows],
             "run_id": [run_id] * len(rows),
+            "meta_json": [None if sidecars is None else str(sidecars[r] or "") or None for r in rows],
         },
         schema=tables.IMAGES,
     )

@@ -17,6 +17,9 @@ IMAGES = pa.schema(
         ("height", pa.int32()),
         ("upscale_factor", pa.float32()),
         ("run_id", pa.string()),
+        # the input's sidecar JSON as it came (a WebDataset / SA-1B tar member's .json); null
+        # for inputs without one. Parquet stores it with the JSON logical type.
+        ("meta_json", pa.json_()),
     ]
 )
 
@@ -39,6 +42,8 @@ _ANNOTATION_FIELDS = [
     ("verified", pa.bool_()),
     ("verify_score", pa.float32()),
     ("track_id", pa.int64()),
+    # ground-truth rows only: the annotation's own id in the input (SA-1B's ``id``)
+    ("source_id", pa.string()),
 ]
 
 
