@@ -88,7 +88,7 @@ def test_gpu_stage_without_gpus_falls_back_to_cpu_when_allowed():
     requests = [StageRequest("segment", 1.0, 1.0, 1), EMB]
     fit = fit_graph(requests, Capacity(cpus=2.0, gpus=0.0), cpu_fallback=True)
     assert fit.stages["segment"].num_gpus == 0.0
-    assert any("cpu_fallback" in note for note in fit.notes)
+    assert any("cpu_fallback" in warning for warning in fit.warnings)
 
 
 @pytest.mark.parametrize(

@@ -233,8 +233,10 @@ def fit_to_cluster(cfg: RunConfig, stages: list[ModelStage], reads_containers: b
         reads_containers=reads_containers,
         reservation_ratio=ray.data.DataContext.get_current().op_resource_reservation_ratio,
     )
-    for note in fit.notes:
-        log.warning("%s", note)
+    for note in fit.notes:  # fitting a small node is normal: shown with -v
+        log.info("%s", note)
+    for warning in fit.warnings:
+        log.warning("%s", warning)
     return fit
 
 

@@ -87,7 +87,8 @@ class StagePlacement:
 
 @dataclass(frozen=True)
 class GraphFit:
-    """Resources each part of the graph asks Ray for; ``notes`` say what was changed and why."""
+    """Resources each part of the graph asks Ray for; ``notes`` say what was fitted and why (the
+    normal case on a small node), ``warnings`` what runs other than configured (GPU -> CPU)."""
 
     stages: dict[str, StagePlacement]
     decode_cpus: float
@@ -96,6 +97,7 @@ class GraphFit:
     # DataContext.op_resource_reservation_ratio for the run (see the module docstring)
     reservation_ratio: float = RAY_DATA_RESERVATION_RATIO
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ResourceShortage(RuntimeError):
@@ -120,7 +122,8 @@ def fit_graph(
     Raises ResourceShortage when nothing fits (GPUs that are not there, no CPU at all).
     """
     notes: list[str] = []
-    gpus = _fit_gpus(requests, capacity, cpu_fallback, notes)
+    warnings: list[str] = []
+    gpus = _fit_gpus(requests, capacity, cpu_fallback, warnings)
     if capacity.cpus <= 0:
         raise ResourceShortage(
             "the Ray cluster has no CPU: decoding and writing need a share of one. Fix: start the "
@@ -151,7 +154,7 @@ def fit_graph(
             f"operator's minimum ({minimum_cpus:g} of {capacity.cpus:g} CPUs) stays reserved"
         )
     return GraphFit(stages=stages, decode_cpus=decode, write_cpus=write, item_cpus=items,
-                    reservation_ratio=ratio, notes=notes)
+                    reservation_ratio=ratio, notes=notes, warnings=warnings)
 
 
 def _task_cpus(cpus: float, reads_containers: bool) -> tuple[float, float, float]:
@@ -174,7 +177,7 @@ def _reservation_ratio(default: float, minimum_cpus: float, minimum_gpus: float,
 
 
 def _fit_gpus(
-    requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback: bool, notes: list[str]
+    requests: Sequence[StageRequest], capacity: Capacity, cpu_fallback: bool, warnings: list[str]
 ) -> dict[str, float]:
     """GPUs per actor of each stage: as asked, or 0 (CPU) under ``cpu_fallback``."""
     asking = [r for r in requests if r.num_gpus > 0]
@@ -183,7 +186,7 @@ def _fit_gpus(
         return {r.name: r.num_gpus for r in requests}
     if cpu_fallback:
         for request in asking:
-            notes.append(f"stage {request.name}: {short}; runs on CPU (ray.cpu_fallback)")
+            warnings.append(f"stage {request.name}: {short}; runs on CPU (ray.cpu_fallback)")
         return {r.name: 0.0 for r in requests}
     names = ", ".join(r.name for r in asking)
     raise ResourceShortage(
