@@ -200,3 +200,25 @@ def test_a_picture_size_change_mid_stream_restarts_tracking_without_errors(tmp_p
     assert sizes == [(48, 64)] * 6 + [(32, 48)] * 6
     for r, records in enumerate(rows["masks"].to_pylist()):
         assert all(rec["segmentation"]["size"] == [sizes[r][0], sizes[r][1]] for rec in records)
+
+
+def test_a_video_that_came_inline_is_tracked_from_its_bytes(tmp_path: Path) -> None:
+    """A tar member (or a Parquet cell) has no URI storage can open again: the pending row carries
+    the encoded video, and no frame row carries those bytes on."""
+    from samflow.actors.decode import DecodeStage
+    from samflow.flows.config import InputConfig, StorageConfig
+    from samflow.flows.storage import StorageSource
+    from tests.videos import make_video
+
+    video = make_video("mp4", "libx264", n_frames=6)
+    uri = str(tmp_path / "shard-000.tar") + "#clips/000.mp4"  # nothing at this path
+    decode = DecodeStage(StorageSource(StorageConfig()), InputConfig(), defer_videos=True)
+    batch = decode({"uri": np.array([uri], dtype=object), "size": np.array([len(video)]),
+                    "data": np.array([video], dtype=object)})
+    assert batch["video_pending"].tolist() == [True] and bytes(batch["pixels"][0]) == video
+    batch["masks"] = mask_column.empty(1)
+    chunks = list(_stage(chunk_frames=4, reseed_s=0.5)(batch))
+    rows = {name: _concat([c[name] for c in chunks]) for name in chunks[0]}
+    assert list(rows["error_type"]) == [""] * 6, list(rows["error_message"])
+    assert [int(i) for i in rows["frame_index"]] == list(range(6))
+    assert all(len(p) == int(h) * int(w) * 3 for p, h, w in zip(rows["pixels"], rows["height"], rows["width"]))

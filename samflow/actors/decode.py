@@ -319,8 +319,8 @@ class DecodeStage:
 
     A video whose stream breaks after some frames keeps those frames and adds one error row
     saying where it broke, so the damage is never silent. With ``defer_videos`` (the track
-    stage is on) a video becomes one ``video_pending`` row with no pixels: the track stage
-    decodes it, in order, as it tracks.
+    stage is on) a video becomes one ``video_pending`` row with no pixels (or, for a video that
+    came inline, its encoded bytes): the track stage decodes it, in order, as it tracks.
     """
 
     def __init__(
@@ -409,16 +409,17 @@ class DecodeStage:
         if reason:
             raise DecodeError("unsupported_video", f"{kind.upper()} video: {reason}")
         if self.defer_videos:
-            yield _pending_video_row(uri)
+            yield _pending_video_row(uri, data)
             return
         with self._open(uri, data) as source:
             for frame in sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels):
                 yield _image_row(uri, frame.rgb, frame.index, frame.timestamp_s)
 
-    def video_frames(self, uri: str) -> Iterator[Any]:
-        """The sampled frames of a video (``video.Frame``), opened from storage; for the track
-        stage, which decodes the videos this stage deferred. Raises DecodeError / VideoError."""
-        with self._open(uri, None) as source:
+    def video_frames(self, uri: str, data: bytes | None = None) -> Iterator[Any]:
+        """The sampled frames of a video (``video.Frame``), from ``data`` when the video came
+        inline (a tar member, Parquet bytes), else opened from storage; for the track stage, which
+        decodes the videos this stage deferred. Raises DecodeError / VideoError."""
+        with self._open(uri, data) as source:
             yield from sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels)
 
     def _open(self, uri: str, data: bytes | None) -> IO[bytes]:
@@ -465,9 +466,11 @@ def _image_row(
     }
 
 
-def _pending_video_row(uri: str) -> dict[str, Any]:
-    """A whole video, not decoded yet (the track stage decodes it); no pixels, not an error."""
-    return dict(_error_row(uri, "", "", ""), video_pending=True)
+def _pending_video_row(uri: str, data: bytes | None) -> dict[str, Any]:
+    """A whole video, not decoded yet (the track stage decodes it), not an error. Its ``pixels``
+    hold the encoded file when it came inline: a tar member or a Parquet cell has no URI that
+    storage could open again."""
+    return dict(_error_row(uri, "", "", ""), pixels=data or b"", video_pending=True)
 
 
 def _error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str, Any]:

@@ -121,13 +121,14 @@ class TrackStage:
         if self.video_model is None:
             self._load()
         uri = str(batch["uri"][row])
+        data, batch = _inline_video(batch, row)
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
         ready: Batch | None = None  # held back one chunk: the last one carries the tracks
         chunk: list[Frame] = []
         failure: tuple[str, str] | None = None
         try:
-            for frame in self.decoder.video_frames(uri):
+            for frame in self.decoder.video_frames(uri, data):
                 if chunk and frame.rgb.shape != chunk[-1].rgb.shape:
                     # The picture size changed mid-stream: masks cannot carry over, so the
                     # chunk ends here and the tracker starts again from new seeds.
@@ -289,6 +290,17 @@ def _take(batch: Batch, rows: list[int]) -> Batch:
         else np.asarray(column)[index]
         for name, column in batch.items()
     }
+
+
+def _inline_video(batch: Batch, row: int) -> tuple[bytes | None, Batch]:
+    """The encoded video a pending row carries in ``pixels`` (one that came inline, from a tar
+    or Parquet), and the batch with those bytes cleared, so no frame row copies them."""
+    inline = batch["pixels"][row]
+    if inline is None or len(inline) == 0:
+        return None, batch
+    cleared = np.array(batch["pixels"], dtype=object)
+    cleared[row] = b""
+    return bytes(inline), {**batch, "pixels": cleared}
 
 
 def _frame_rows(batch: Batch, row: int, frames: list[Frame], per_frame: list[list[dict[str, Any]]]) -> Batch:
