@@ -387,7 +387,7 @@ class DecodeStage:
             head = data[:_HEAD_BYTES]
         kind = sniff_kind(head)
         if kind in VIDEO_KINDS:
-            yield from self._video_rows(uri, kind, data)
+            yield from self._video_rows(uri, kind, data, inline=False)
             return
         if data is None:
             data = self._read(uri, lambda: self.source.read(uri))
@@ -400,16 +400,17 @@ class DecodeStage:
             raise _too_large(len(data), self.input_cfg.max_bytes)
         kind = sniff_kind(data[:_HEAD_BYTES])
         if kind in VIDEO_KINDS:
-            yield from self._video_rows(uri, kind, data)
+            yield from self._video_rows(uri, kind, data, inline=True)
             return
         yield _image_row(uri, decode_image(data, self.input_cfg.max_pixels))
 
-    def _video_rows(self, uri: str, kind: str, data: bytes | None) -> Iterator[dict[str, Any]]:
+    def _video_rows(self, uri: str, kind: str, data: bytes | None, inline: bool) -> Iterator[dict[str, Any]]:
+        """``inline``: the bytes came with the row (no URI storage can reopen)."""
         reason = video_support()
         if reason:
             raise DecodeError("unsupported_video", f"{kind.upper()} video: {reason}")
         if self.defer_videos:
-            yield _pending_video_row(uri, data)
+            yield _pending_video_row(uri, data if inline else None)
             return
         with self._open(uri, data) as source:
             for frame in sample_frames(source, self.input_cfg.video, self.input_cfg.max_pixels):
