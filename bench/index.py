@@ -1,14 +1,15 @@
 """Vector index builds and queries (samflow.index): clustered unit vectors, d=512.
 
-    python bench/index.py [--smoke | --quick]      smoke: 20k; quick: 100k; full: 100k and 1M
+    python bench/index.py [--smoke | --quick] [--rerank file|sq8]   smoke: 20k; quick: 100k; full: 100k and 1M
 
 Per case (each in its own process, so peak RSS is that case's alone): build time (collect,
 train, add, recall check), peak RSS, single-query latency p50/p99, batched queries/s, and
 recall@10 against exact search on 300 held-out queries drawn from the same clusters.
 Vectors are generated and streamed to the builder in 20k-row "files", never held whole.
-IVF-PQ is samflow's: 4-bit PQ fast scan, SQ8 re-ranking (FAISS IndexRefine), the top 2k
-re-scored exactly from the float32 file on disk; nprobe and the refine factor tuned at build time
-on held-out queries (the manifest's ``method`` and ``tuning``).
+IVF-PQ is samflow's: 4-bit PQ fast scan, the best refine_factor x k candidates re-scored exactly
+from the float32 file on disk (``--rerank sq8``: the earlier method, candidates first re-ranked by
+in-memory SQ8 codes, FAISS IndexRefine); nprobe and the refine factor tuned at build time on
+held-out queries (the manifest's ``method`` and ``tuning``).
 Targets on a 2-core CPU at 1M: build <= 4 min, peak RSS <= 1.5 GB and flat in N,
 recall@10 >= 0.95, p50 <= 2 ms. Prints figures; the last line is the JSON summary.
 """
