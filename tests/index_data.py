@@ -52,7 +52,7 @@ def write_image_shard(dst: str, shard: str, vectors: np.ndarray, first: int,
         "item_id": items, "uri": uris, "frame_index": pa.array([0] * n, pa.int32()),
         "timestamp_s": pa.array([0.0] * n), "width": pa.array([64] * n, pa.int32()),
         "height": pa.array([64] * n, pa.int32()), "upscale_factor": pa.array([1.0] * n, pa.float32()),
-        "run_id": ["run"] * n, "meta_json": pa.nulls(n, tables.IMAGES.field("meta_json").type),
+        "run_id": ["run"] * n, "meta_json": pa.array([None] * n, pa.json_()),
     }, schema=tables.IMAGES)
     _put(catalog, "images", shard, images)
     _put(catalog, "embeddings", shard, _embeddings(items, model, vectors))
