@@ -1,14 +1,15 @@
 """Vector index builds and queries (samflow.index): clustered unit vectors, d=512.
 
-    python bench/index.py [--smoke | --quick]      smoke: 20k; quick: 100k; full: 100k and 1M
+    python bench/index.py [--smoke | --quick] [--rerank file|sq8]   smoke: 20k; quick: 100k; full: 100k and 1M
 
 Per case (each in its own process, so peak RSS is that case's alone): build time (collect,
 train, add, recall check), peak RSS, single-query latency p50/p99, batched queries/s, and
 recall@10 against exact search on 300 held-out queries drawn from the same clusters.
 Vectors are generated and streamed to the builder in 20k-row "files", never held whole.
-IVF-PQ is samflow's: 4-bit PQ fast scan, SQ8 re-ranking (FAISS IndexRefine), the top 2k
-re-scored exactly from the float32 file on disk; nprobe and the refine factor tuned at build time
-on held-out queries (the manifest's ``method`` and ``tuning``).
+IVF-PQ is samflow's: 4-bit PQ fast scan, the best refine_factor x k candidates re-scored exactly
+from the float32 file on disk (``--rerank sq8``: the earlier method, candidates first re-ranked by
+in-memory SQ8 codes, FAISS IndexRefine); nprobe and the refine factor tuned at build time on
+held-out queries (the manifest's ``method`` and ``tuning``).
 Targets on a 2-core CPU at 1M: build <= 4 min, peak RSS <= 1.5 GB and flat in N,
 recall@10 >= 0.95, p50 <= 2 ms. Prints figures; the last line is the JSON summary.
 """
@@ -65,7 +66,7 @@ def _sources(n: int, centres: np.ndarray):
     return [(f"file-{start}", lambda s=start: one_file(s, min(FILE_ROWS, n - s))) for start in range(0, n, FILE_ROWS)]
 
 
-def run_case(n: int, index_type: str) -> dict:
+def run_case(n: int, index_type: str, rerank: str) -> dict:
     """One case in this process: build, then query; returns the figures."""
     from samflow.index.build import Build, BuildParams, exact_top_k, peak_rss_mb
     from samflow.index.search import Searcher
@@ -74,7 +75,7 @@ def run_case(n: int, index_type: str) -> dict:
     centres = _centres()
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         work = Path(tmp)
-        build = Build(work, BuildParams(index=index_type), "image", "bench")
+        build = Build(work, BuildParams(index=index_type, rerank=rerank), "image", "bench")
         start = time.perf_counter()
         manifest = build.run(_sources(n, centres))
         build_s = time.perf_counter() - start
@@ -94,17 +95,19 @@ def run_case(n: int, index_type: str) -> dict:
         recall = float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth.tolist(), found.tolist())]))
         return {
             "type": manifest["type"], "method": manifest.get("method", manifest["type"]),
-            "params": {k: manifest["params"][k] for k in ("nlist", "pq_m", "nprobe", "refine_factor")},
+            "params": {k: manifest["params"][k] for k in ("nlist", "pq_m", "nprobe", "refine_factor", "rerank")},
             "build_s": build_s, "peak_rss_mb": peak_rss_mb(), "p50_ms": 1000 * float(np.percentile(latencies, 50)),
             "p99_ms": 1000 * float(np.percentile(latencies, 99)), "qps": qps, "recall_at_10": recall,
             "manifest_recall_at_10": manifest["recall_at_10"],
+            "tuning": manifest.get("tuning", []),
         }
 
 
-def _in_child(n: int, index_type: str) -> dict:
+def _in_child(n: int, index_type: str, rerank: str) -> dict:
     # Sleeping, not spinning, OpenMP workers: on a shared CPU spinning threads slow FAISS ~5x.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    out = subprocess.run([sys.executable, __file__, "--case", str(n), "--type", index_type],
+    out = subprocess.run([sys.executable, __file__, "--case", str(n), "--type", index_type,
+                          "--rerank", rerank],
                          check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -120,18 +123,20 @@ def main() -> None:
     mode.add_argument("--quick", action="store_true")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--type", default="ivfpq", help=argparse.SUPPRESS)
+    parser.add_argument("--rerank", default="file", choices=("file", "sq8"),
+                        help="IVF-PQ re-ranking: file (exact, from disk; default) or sq8 (in-memory codes first)")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.case:
-        print(json.dumps(run_case(args.case, args.type)))
+        print(json.dumps(run_case(args.case, args.type, args.rerank)))
         return
     cases = [(20_000, "ivfpq")] if args.smoke else [(100_000, "flat"), (100_000, "ivfpq")]
     if not (args.smoke or args.quick):
         cases.append((1_000_000, "ivfpq"))
     results = []
     for n, index_type in cases:
-        figures = _in_child(n, index_type)
-        case = f"{_label(n)} {figures['type']}"
+        figures = _in_child(n, index_type, args.rerank)
+        case = f"{_label(n)} {figures['type']}" + (f" {args.rerank}" if figures["type"] == "ivfpq" else "")
         print(f"{case}: {json.dumps(figures)}", flush=True)
         results += [
             result(case, "build_time", figures["build_s"], "s"),

@@ -58,15 +58,46 @@ def test_ivfpq_reranks_exactly_and_reports_recall(tmp_path):
     reached = [t for t in trials if t["recall_at_10"] >= manifest["params"]["target_recall"]]
     pick = reached[0] if reached else max(trials, key=lambda t: t["recall_at_10"])
     assert chosen == (pick["nprobe"], pick["refine_factor"])
-    assert "SQ8" in manifest["method"] and f"IVF{manifest['params']['nlist']}" in manifest["method"]
-    fixed = build_index(dst, "image", BuildParams(index="ivfpq", nprobe=3, refine_factor=5))
-    assert fixed["tuning"] == [] and (fixed["params"]["nprobe"], fixed["params"]["refine_factor"]) == (3, 5)
+    # The default keeps no SQ8 codes in memory: PQ candidates are re-scored from the vectors file.
+    assert manifest["params"]["rerank"] == "file" and "SQ8" not in manifest["method"]
+    assert "re-scored exactly on the float32 vectors file" in manifest["method"]
+    assert f"IVF{manifest['params']['nlist']}" in manifest["method"]
     assert manifest["peak_rss_mb"] > 0 and manifest["build_s"] > 0
     index = OpenIndex(dst, "image")
+    assert not index.searcher.refined
     query = vectors[123]
     hits = index.query(query[None], k=5)
     assert _item_index(hits[0]["item_id"]) == 123
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)  # re-ranked on the float vectors
+    assert [h["score"] for h in hits] == pytest.approx(sorted((vectors @ query)[[
+        _item_index(h["item_id"]) for h in hits]], reverse=True), abs=1e-5)  # every score exact
+    fixed = build_index(dst, "image", BuildParams(index="ivfpq", nprobe=3, refine_factor=5))
+    assert fixed["tuning"] == [] and (fixed["params"]["nprobe"], fixed["params"]["refine_factor"]) == (3, 5)
+
+
+def test_an_sq8_build_keeps_loading_and_index_add_keeps_its_sq8_stage(tmp_path):
+    """rerank="sq8" (the default of earlier builds) still builds; ``index add`` on such a build
+    keeps its in-memory SQ8 stage and says so in the manifest."""
+    dst = str(tmp_path / "run")
+    vectors = clustered(15_000, DIM, seed=4, clusters=30)
+    write_image_shard(dst, "a", vectors[:12_000], first=0)
+    first = build_index(dst, "image", BuildParams(index="ivfpq", rerank="sq8"))
+    assert "SQ8" in first["method"] and OpenIndex(dst).searcher.refined
+    write_image_shard(dst, "b", vectors[12_000:], first=12_000)
+    second = add_to_index(dst, "image")
+    assert second["params"]["rerank"] == "sq8" and "SQ8" in second["method"]
+    index = OpenIndex(dst)
+    assert index.searcher.refined
+    for row in (42, 14_000):
+        hits = index.query(vectors[row][None], k=3)
+        assert _item_index(hits[0]["item_id"]) == row and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_unknown_rerank_is_refused_with_a_clear_message(tmp_path):
+    dst = str(tmp_path / "run")
+    write_image_shard(dst, "a", clustered(100, DIM, seed=3), first=0)
+    with pytest.raises(IndexBuildError, match="re-ranking 'sq4'"):
+        build_index(dst, "image", BuildParams(rerank="sq4"))
 
 
 def test_an_ivfpq_index_built_before_the_sq8_stage_still_answers_exactly(tmp_path):

@@ -13,12 +13,15 @@ The build is a small state machine kept in ``<work>/state.json``, so a crashed b
               held-out queries (unless given)
     evaluate  recall@10 of the index against exact search on held-out queries
 
-IVF-PQ search has three steps (samflow.index.search): the IVF lists nearest the query are scanned
-with 4-bit PQ codes (FAISS fast scan, SIMD); the best ``refine_factor`` x 2k candidates are
-re-ranked by 8-bit scalar-quantized copies of the vectors held beside them (FAISS IndexRefine:
-near exact, 1 byte per dimension); the top 2k of those are re-scored exactly against the float32
-vectors on disk, so the k results and their scores are exact. Memory: PQ and SQ8 codes
-(d/8 + d bytes per vector); the float32 vectors (4d bytes) stay on disk.
+IVF-PQ search (samflow.index.search): the IVF lists nearest the query are scanned with 4-bit PQ
+codes (FAISS fast scan, SIMD); the best ``refine_factor`` x k candidates are re-scored exactly
+against the float32 vectors on disk (positioned reads of just those rows), so the k results and
+their scores are exact. Memory: the PQ codes alone (d/8 bytes per vector), so resident memory
+hardly grows with the count; the float32 vectors (4d bytes) stay on disk. ``rerank="sq8"`` (the
+default of earlier builds, still loaded and extended as they are) puts a stage between: the best
+``refine_factor`` x 2k candidates re-ranked by 8-bit scalar-quantized copies held in memory (FAISS
+IndexRefine, d more bytes per vector), then the top 2k re-scored from the file. bench/index.py
+compares the two (``--rerank``).
 
 ``index add`` runs the same machine on a fetched build: new sources are collected, training is
 skipped (the trained index is kept), and adding starts at ``ntotal``.
@@ -58,8 +61,12 @@ TYPES = ("auto", "flat", "ivfpq", "hnsw")
 MIN_IVFPQ_VECTORS = 10_000  # below this, IVF lists are too small to train and flat search is fast anyway
 RECALL_K = 10
 CHECKPOINT_S = 30.0  # seconds of adding between index checkpoints (an IVF-PQ index is ~d bytes/vector)
-METHOD_IVFPQ = ("IVF{nlist} + PQ{pq_m}x4 fast scan -> top {refine_factor} x 2k re-ranked by SQ8 codes (IndexRefine) "
-                "-> top 2k re-scored exactly on the float32 vectors")
+RERANKS = ("file", "sq8")
+METHODS = {
+    "sq8": ("IVF{nlist} + PQ{pq_m}x4 fast scan -> top {refine_factor} x 2k re-ranked by SQ8 codes (IndexRefine) "
+            "-> top 2k re-scored exactly on the float32 vectors"),
+    "file": "IVF{nlist} + PQ{pq_m}x4 fast scan -> top {refine_factor} x k re-scored exactly on the float32 vectors file",
+}
 
 
 class IndexBuildError(ValueError):
@@ -73,7 +80,11 @@ class BuildParams:
     nlist: int = 0  # IVF lists; 0: sqrt(count), at most train_sample / 39
     pq_m: int = 0  # 4-bit PQ sub-quantizers (pq_m / 2 bytes per vector); 0: dim / 4 (a divisor of dim)
     nprobe: int = 0  # IVF lists probed per query; 0: tuned on held-out queries
-    refine_factor: int = 0  # PQ candidates per SQ8-re-ranked result; 0: tuned on held-out queries
+    refine_factor: int = 0  # PQ candidates per result re-ranked (by SQ8 or the file); 0: tuned on held-out queries
+    # How IVF-PQ candidates are re-ranked: "file": exactly, from the float32 vectors file on disk
+    # (memory: the PQ codes alone, d/8 bytes per vector); "sq8": first by in-memory 8-bit
+    # scalar-quantized codes (FAISS IndexRefine, d more bytes per vector), then the top 2k exactly.
+    rerank: str = "file"
     target_recall: float = 0.97  # what tuning aims for (recall@10 on held-out queries)
     hnsw_m: int = 32
     ef_search: int = 128
@@ -95,6 +106,8 @@ class Build:
     def __init__(self, work: Path, params: BuildParams, kind: str, model: str | None) -> None:
         if params.index not in TYPES:
             raise IndexBuildError(f"unknown index type {params.index!r}; expected one of {', '.join(TYPES)}")
+        if params.rerank not in RERANKS:
+            raise IndexBuildError(f"unknown re-ranking {params.rerank!r}; expected one of {', '.join(RERANKS)}")
         self.work = work
         self.params = params
         work.mkdir(parents=True, exist_ok=True)
@@ -177,7 +190,9 @@ class Build:
         # path. Candidates are re-ranked by (near) exact inner product anyway.
         base = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 4)
         base.cp.niter = 10  # coarse k-means: more iterations cost minutes at 1M, recall nothing
-        index = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit))
+        index = base
+        if self.params.rerank == "sq8":
+            index = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit))
         rng = np.random.default_rng(self.params.seed)
         rows = np.sort(rng.choice(count, size=sample_rows, replace=False))
         index.train(VectorFile(self.work / VECTORS, dim).rows_at(rows))
@@ -217,6 +232,8 @@ class Build:
         if (self.work / INDEX).exists() and not retrain and self.state.get("type"):
             self._restore_params()
             index = faiss.read_index(str(self.work / INDEX))
+            if self.state["type"] == "ivfpq":  # what the trained index does, whatever the params said
+                self.params.rerank = "sq8" if isinstance(index, faiss.IndexRefine) else "file"
         else:
             index = self.train()
         index = self.add(index)
@@ -248,7 +265,7 @@ class Build:
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
         if self.state["type"] == "ivfpq":
-            manifest["method"] = METHOD_IVFPQ.format(**manifest["params"])
+            manifest["method"] = METHODS[self.params.rerank].format(**manifest["params"])
             manifest["tuning"] = self.state.get("tuning", [])
         searcher = Searcher(self.work, manifest, index=index)
         recall, queries = recall_at_k(searcher, VectorFile(self.work / VECTORS, manifest["dim"]),
@@ -285,6 +302,7 @@ def exact_top_k(vectors: VectorFile, count: int, queries: np.ndarray, k: int, ch
         order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
         best_scores = np.take_along_axis(all_scores, order, axis=1)
         best_ids = np.take_along_axis(all_ids, order, axis=1)
+        del chunk  # before the next one is read: one chunk in memory, not two
     return best_ids
 
 
@@ -304,7 +322,9 @@ def overlap(truth: np.ndarray, found: np.ndarray) -> float:
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TUNING_SALT = 2
-REFINE_FACTORS = (4, 8, 16, 32, 64)
+# Re-ranking from the file costs a read per candidate, so its factors step finer (recall rose
+# 0.94 -> 0.997 from 32 to 64 at 1M: a step between may be enough).
+REFINE_FACTORS = {"sq8": (4, 8, 16, 32, 64), "file": (8, 16, 24, 32, 48, 64, 96, 128)}
 
 
 def tune(index: faiss.Index, work: Path, count: int, params: BuildParams) -> list[dict[str, Any]]:
@@ -317,7 +337,7 @@ def tune(index: faiss.Index, work: Path, count: int, params: BuildParams) -> lis
     truth = exact_top_k(vectors, count, queries, k, params.chunk_rows)
     nlist = int(params.nlist)
     nprobes = [params.nprobe] if params.nprobe else sorted({min(n, nlist) for n in NPROBES})
-    factors = [params.refine_factor] if params.refine_factor else list(REFINE_FACTORS)
+    factors = [params.refine_factor] if params.refine_factor else list(REFINE_FACTORS[params.rerank])
     trials: list[dict[str, Any]] = []
     best = None
     start = 0  # recall's need for lists hardly depends on the factor: go on where the last plateaued

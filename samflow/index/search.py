@@ -1,11 +1,11 @@
 """A built index, loaded for queries: top-k ids with exact cosine scores, and id -> row lookup.
 
-IVF-PQ (FAISS IndexRefine over IVF-PQ fast scan, samflow.index.build) finds ``2k x
-refine_factor`` candidates from 4-bit PQ codes and re-ranks them by its 8-bit scalar-quantized
-codes; the best 2k are then re-scored exactly against the float32 vectors file (read with pread:
-only those rows). Builds from before the SQ8 stage (a plain IndexIVFPQ) re-rank their ``k x
-refine_factor`` PQ candidates against the file directly. Flat and HNSW indexes hold the float
-vectors themselves, so their scores are already exact.
+IVF-PQ (samflow.index.build) finds ``k x refine_factor`` candidates from its PQ codes and re-scores
+them exactly against the float32 vectors file (read with pread: only those rows, sorted, and the
+pages read do not stay resident). Builds with the SQ8 stage (FAISS IndexRefine, ``rerank="sq8"``)
+find ``2k x refine_factor`` candidates, re-rank them by their 8-bit scalar-quantized codes, and
+re-score the best 2k from the file. Flat and HNSW indexes hold the float vectors themselves, so
+their scores are already exact.
 """
 
 from __future__ import annotations

@@ -78,9 +78,10 @@ class VectorFile:
         return data.reshape(-1, self.dim)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows at sorted or unsorted positions (a sample, re-ranking candidates)."""
-        mapped = np.memmap(self.path, dtype=np.float32, mode="r").reshape(-1, self.dim)
-        return np.asarray(mapped[rows])
+        """Rows at sorted or unsorted positions (a sample, a cluster's members). Positioned
+        reads, not a memory map: the page cache maps large folios whole, so 200 rows gathered
+        through a map of a 2 GB file added ~370 MB to the resident set (peak RSS at 1M)."""
+        return self.rows_at(np.asarray(rows, dtype=np.int64))
 
     def rows_at(self, rows: np.ndarray) -> np.ndarray:
         """Rows at sorted positions by positioned reads: unlike a memory map, the pages read do
