@@ -5,10 +5,6 @@ malformed cron is a user error."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,8 +12,7 @@ from samflow.flows.catalog import Catalog
 from samflow.flows.cli import main
 from samflow.flows.config import StorageConfig
 from samflow.flows.sample_data import write_sample_dataset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.prefect_runs import trigger_deployment
 
 
 def test_deploy_registers_annotate_with_the_cron(prefect_server, tmp_path, capsys):
@@ -61,10 +56,6 @@ def test_malformed_cron_is_a_user_error(prefect_server, capsys):
 def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_server, s3_bucket, s3_fs, tmp_path):
     """The deployment as a scheduler would start it: a flow run created from the deployment and
     executed by Prefect's own `prefect flow-run execute` (what a worker or `serve` runs)."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
-
     written = write_sample_dataset(tmp_path / "in", n_synthetic=3, seed=9, include_skimage=False)
     src, dst = f"{s3_bucket}/nightly/in", f"{s3_bucket}/nightly/out"
     for path in written:
@@ -72,13 +63,7 @@ def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_se
     assert main(["deploy", src, "--out", dst, "--profile", "tiny", "--cron", "0 2 * * *", "--name", "trigger-test",
                  "--set", "stages.embed.enabled=false"]) == 0
 
-    flow_run = run_deployment("annotate-dataset/trigger-test", timeout=0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "flow-run", "execute", str(flow_run.id)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run.id).state.is_completed()
+    trigger_deployment("annotate-dataset/trigger-test")
     catalog = Catalog(dst, StorageConfig())
     assert sorted(catalog.done_uris(catalog.committed_shards())) == sorted(f"{src}/{p.name}" for p in written)
     manifests = s3_fs.ls(f"{dst}/_runs")

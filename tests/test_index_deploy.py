@@ -5,17 +5,13 @@ one adds exactly what was committed since."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from samflow.flows.cli import main
 from tests.index_data import clustered, tiny_annotate_run, write_image_shard
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.prefect_runs import trigger_deployment
 
 
 def _deployment(name: str):  # noqa: ANN202
@@ -60,22 +56,6 @@ def test_malformed_index_cron_is_a_user_error(prefect_server, capsys):
     assert len(err) == 1 and err[0].startswith("samflow deploy: index.schedule") and "at dawn" in err[0]
 
 
-def _trigger(name: str) -> None:
-    """A run created from the deployment and executed by Prefect's own `prefect flow-run execute`
-    (what a worker or `samflow schedule` runs)."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
-
-    flow_run = run_deployment(name, timeout=0)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "flow-run", "execute", str(flow_run.id)],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run.id).state.is_completed()
-
-
 def _manifest(dst: str) -> dict:
     return json.loads(Path(dst, "_index", "image", "manifest.json").read_text())
 
@@ -90,13 +70,13 @@ def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluste
                  "--name", "idx-trigger-test"]) == 0
     assert not Path(dst, "_index").exists()
 
-    _trigger("index-dataset/idx-trigger-test")  # no index yet: a build
+    trigger_deployment("index-dataset/idx-trigger-test", timeout_s=600)  # no index yet: a build
     built = _manifest(dst)
     assert built["count"] == images > 0 and built["model"] == "tiny://clip"
 
     # A later annotate run commits three more images; the next triggered run adds exactly those.
     new_items = write_image_shard(dst, "zz-later-run", clustered(3, built["dim"], seed=5), first=900)
-    _trigger("index-dataset/idx-trigger-test")
+    trigger_deployment("index-dataset/idx-trigger-test", timeout_s=600)
     updated = _manifest(dst)
     assert updated["count"] == images + 3
     assert "zz-later-run.parquet" in updated["sources"] and set(built["sources"]) < set(updated["sources"])

@@ -3,7 +3,6 @@ ends, and expires when its holder is killed so the next run takes over and compl
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

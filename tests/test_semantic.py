@@ -6,7 +6,6 @@ answer; it is saved as a user checkpoint folder and loaded through the registry 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ import os
 import posixpath
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
 from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
 from samflow.schemas.tables import EMBEDDING_MODELS, LEGACY_EMBEDDING_TABLES, embeddings_table
+
+if TYPE_CHECKING:
+    from samflow.index.dedup import DedupParams
 
 INDEX_DIR = "_index"
 DRIFT_FACTOR = 4  # IVF-PQ retrains on `index add` once it holds this many times its training count
@@ -308,7 +311,7 @@ def content_digests(uris: pa.ChunkedArray, storage: StorageConfig) -> np.ndarray
 
 
 def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
-          storage: StorageConfig | None = None, params: "DedupParams | None" = None,
+          storage: StorageConfig | None = None, params: DedupParams | None = None,
           model: str = "clip") -> dict[str, Any]:
     """Near-duplicate groups of DST's ``kind`` vectors of ``model`` ->
     ``DST/dedup/<kind>.parquet`` (``<kind>-<model>.parquet`` for a model other than CLIP)."""

@@ -338,6 +338,16 @@ def _normalisation(loaded: LoadedModel) -> Normalisation:
     return Normalisation(tuple(config.get("image_mean", HALF)), tuple(config.get("image_std", HALF)))
 
 
+def load_gated(model_class, source: ModelSource, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """A SAM 3 checkpoint (detector or tracker); a Hub failure says how to get past the gate."""
+    try:
+        return load_pretrained(model_class, source, device, dtype)
+    except ModelLoadError as exc:
+        if source.kind != "hub":
+            raise
+        raise ModelLoadError(f"{exc}; {GATED_HINT}") from None
+
+
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam3Runner:
     from transformers import Sam3Model
 
@@ -346,10 +356,5 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
 
         loaded = build_in_code(Sam3Model, in_code_config("sam3", source.kind), device, dtype)
     else:
-        try:
-            loaded = load_pretrained(Sam3Model, source, device, dtype)
-        except ModelLoadError as exc:
-            if source.kind != "hub":
-                raise
-            raise ModelLoadError(f"{exc}; {GATED_HINT}") from None
+        loaded = load_gated(Sam3Model, source, device, dtype)
     return Sam3Runner(loaded, _tokenizer(loaded), source.uri, device, dtype, _normalisation(loaded))

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained
-from samflow.models.registry import ModelLoadError, ModelSource, build_runner
+from samflow.models.hf import HfRunner, LoadedModel, build_in_code
+from samflow.models.registry import ModelSource, build_runner
 from samflow.models.sam2 import Sam2VideoRunner, objects_always_present
-from samflow.models.sam3 import GATED_HINT
+from samflow.models.sam3 import load_gated
 from samflow.models.sam3 import _normalisation as sam3_normalisation
 
 
@@ -51,12 +51,7 @@ def build_video(family: str, source: ModelSource, device: torch.device, dtype: t
         loaded = build_in_code(Sam3TrackerVideoModel, in_code_config("sam3_tracker_video", source.kind), device, dtype)
         objects_always_present(loaded.model)
     else:
-        try:
-            loaded = load_pretrained(Sam3TrackerVideoModel, source, device, dtype)
-        except ModelLoadError as exc:
-            if source.kind != "hub":
-                raise
-            raise ModelLoadError(f"{exc}; {GATED_HINT}") from None
+        loaded = load_gated(Sam3TrackerVideoModel, source, device, dtype)
     return Sam3TrackerVideoRunner(loaded, source.uri, device, dtype)
 
 
