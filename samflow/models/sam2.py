@@ -196,16 +196,23 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     return Sam2Runner(loaded, source.uri, device, dtype)
 
 
-def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2VideoRunner:
-    from transformers import Sam2VideoModel
-
+def load_video_model(model_class, in_code_name: str, source: ModelSource, device: torch.device,
+                     dtype: torch.dtype, load=load_pretrained) -> LoadedModel:
+    """A video tracker's weights: built in code (tiny / random, objects always present) or
+    loaded by ``load`` (a family may wrap `load_pretrained`, e.g. SAM 3's gated Hub hint)."""
     if source.in_code:
         from samflow.models.tiny import in_code_config
 
-        loaded = build_in_code(Sam2VideoModel, in_code_config("sam2_video", source.kind), device, dtype)
+        loaded = build_in_code(model_class, in_code_config(in_code_name, source.kind), device, dtype)
         objects_always_present(loaded.model)
-    else:
-        loaded = load_pretrained(Sam2VideoModel, source, device, dtype)
+        return loaded
+    return load(model_class, source, device, dtype)
+
+
+def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2VideoRunner:
+    from transformers import Sam2VideoModel
+
+    loaded = load_video_model(Sam2VideoModel, "sam2_video", source, device, dtype)
     return Sam2VideoRunner(loaded, source.uri, device, dtype)
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code
+from samflow.models.hf import HfRunner, LoadedModel
 from samflow.models.registry import ModelSource, build_runner
-from samflow.models.sam2 import Sam2VideoRunner, objects_always_present
+from samflow.models.sam2 import Sam2VideoRunner, load_video_model
 from samflow.models.sam3 import load_gated
 from samflow.models.sam3 import _normalisation as sam3_normalisation
 
@@ -45,13 +45,7 @@ class Sam3TrackerVideoRunner(Sam2VideoRunner):
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam3TrackerVideoRunner:
     from transformers import Sam3TrackerVideoModel
 
-    if source.in_code:
-        from samflow.models.tiny import in_code_config
-
-        loaded = build_in_code(Sam3TrackerVideoModel, in_code_config("sam3_tracker_video", source.kind), device, dtype)
-        objects_always_present(loaded.model)
-    else:
-        loaded = load_gated(Sam3TrackerVideoModel, source, device, dtype)
+    loaded = load_video_model(Sam3TrackerVideoModel, "sam3_tracker_video", source, device, dtype, load=load_gated)
     return Sam3TrackerVideoRunner(loaded, source.uri, device, dtype)
 
 
