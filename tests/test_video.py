@@ -289,3 +289,16 @@ def test_sparse_fps_sampling_seeks_past_what_it_does_not_need(container: str, co
     assert [f.index for f in frames] == [0, 100, 200]
     assert [int(f.rgb[60, 80, 0]) for f in frames] == pytest.approx([0, 1000 % 256, 2000 % 256], abs=3)
     assert source.read_bytes < len(data) // 2  # two thirds of every 10 s never read
+
+
+@pytest.mark.parametrize("where", ["inside the media data", "inside the index"])
+def test_an_mp4_cut_short_is_truncated_wherever_the_cut_falls(where: str) -> None:
+    """A download that stops early: the index (moov) of a camera / x264 MP4 comes last, so the
+    cut falls in the media data (FFmpeg: "moov atom not found") or in the index itself."""
+    whole = make_video()
+    moov = whole.index(b"moov") - 4
+    assert whole.index(b"mdat") < moov  # the layout this test is about
+    cut = whole[: 200] if where == "inside the media data" else whole[: moov + 20]
+    with pytest.raises(VideoError) as caught:
+        list(sample_frames(io.BytesIO(cut), VideoSampling(), max_pixels=10**8))
+    assert caught.value.error_type == "truncated", caught.value.message

@@ -11,6 +11,7 @@ video into an ``unsupported_video`` error row instead of frames.
 
 from __future__ import annotations
 
+import io
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -95,6 +96,40 @@ def _seconds(value: Any, time_base: Any) -> float | None:
     return float(value * time_base) if value is not None and time_base else None
 
 
+_FIRST_ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}  # how MP4 / MOV files begin
+
+
+def _raise_if_cut_short(source: IO[bytes], detail: str) -> None:
+    """An MP4 whose index (moov) comes last loses it when a download stops early: say so."""
+    cut = _box_cut_short(source)
+    if cut:
+        raise VideoError("truncated", f"truncated video: the file ends inside its '{cut}' box ({detail})")
+
+
+def _box_cut_short(source: IO[bytes]) -> str | None:
+    """The type of the top-level ISO-BMFF (MP4 / MOV) box that runs past the end of ``source``,
+    or None (not that format, or every box whole)."""
+    try:
+        end = source.seek(0, io.SEEK_END)
+        offset = 0
+        while offset + 8 <= end:
+            source.seek(offset)
+            header = source.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if offset == 0 and kind not in _FIRST_ISO_BOXES:
+                return None
+            if size == 1:  # a 64-bit size follows the type
+                size = int.from_bytes(header[8:16], "big")
+            if size < 8:  # 0: the box runs to the end of the file; below 8: not a box
+                return None
+            if offset + size > end:
+                return kind.decode("ascii")
+            offset += size
+        return None
+    except (OSError, ValueError):
+        return None
+
+
 def _rotated(rgb: np.ndarray, rotation: float) -> np.ndarray:
     """Apply the display matrix's rotation (degrees counter-clockwise, as FFmpeg reports it)."""
     turns = int(round(rotation / 90.0)) % 4
@@ -117,9 +152,15 @@ def sample_frames(source: IO[bytes], sampling: VideoPolicy, max_pixels: int) -> 
         message = "truncated video: the file ends inside its container header, before any frame"
         raise VideoError("truncated", f"{message} ({exc})") from exc
     except av.error.FFmpegError as exc:
+        _raise_if_cut_short(source, str(exc))
         raise VideoError("corrupt", f"corrupt video: FFmpeg cannot read the container ({exc})") from exc
     with container:
-        stream = _video_stream(container, max_pixels)
+        try:
+            stream = _video_stream(container, max_pixels)
+        except VideoError as err:
+            if err.error_type == "no_video_stream":  # the stream list is in the part cut off
+                _raise_if_cut_short(source, err.message)
+            raise
         yield from _StreamDecoder(container, stream, sampling, max_pixels).frames()
 
 
