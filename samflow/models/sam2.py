@@ -196,7 +196,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     return Sam2Runner(loaded, source.uri, device, dtype)
 
 
-def load_video_model(model_class, in_code_name: str, source: ModelSource, device: torch.device,
+def load_tracker_weights(model_class, in_code_name: str, source: ModelSource, device: torch.device,
                      dtype: torch.dtype, load=load_pretrained) -> LoadedModel:
     """A video tracker's weights: built in code (tiny / random, objects always present) or
     loaded by ``load`` (a family may wrap `load_pretrained`, e.g. SAM 3's gated Hub hint)."""
@@ -212,7 +212,7 @@ def load_video_model(model_class, in_code_name: str, source: ModelSource, device
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2VideoRunner:
     from transformers import Sam2VideoModel
 
-    loaded = load_video_model(Sam2VideoModel, "sam2_video", source, device, dtype)
+    loaded = load_tracker_weights(Sam2VideoModel, "sam2_video", source, device, dtype)
     return Sam2VideoRunner(loaded, source.uri, device, dtype)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from samflow.models.hf import HfRunner, LoadedModel
 from samflow.models.registry import ModelSource, build_runner
-from samflow.models.sam2 import Sam2VideoRunner, load_video_model
+from samflow.models.sam2 import Sam2VideoRunner, load_tracker_weights
 from samflow.models.sam3 import load_gated
 from samflow.models.sam3 import _normalisation as sam3_normalisation
 
@@ -45,7 +45,7 @@ class Sam3TrackerVideoRunner(Sam2VideoRunner):
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam3TrackerVideoRunner:
     from transformers import Sam3TrackerVideoModel
 
-    loaded = load_video_model(Sam3TrackerVideoModel, "sam3_tracker_video", source, device, dtype, load=load_gated)
+    loaded = load_tracker_weights(Sam3TrackerVideoModel, "sam3_tracker_video", source, device, dtype, load=load_gated)
     return Sam3TrackerVideoRunner(loaded, source.uri, device, dtype)
 
 
