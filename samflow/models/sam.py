@@ -50,7 +50,9 @@ class SamRunner(HfRunner):
 
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype, norm: Normalisation):
         super().__init__(loaded, uri, device, dtype)
-        self.image_size: int = int(self.model.config.vision_config.image_size)
+        vision = self.model.config.vision_config
+        self.image_size: int = int(vision.image_size)
+        self.low_res_size: int = 4 * (self.image_size // int(vision.patch_size))  # side of the decoder's masks
         self.norm = norm
 
     @torch.inference_mode()
@@ -70,10 +72,14 @@ class SamRunner(HfRunner):
         points: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         multimask_output: bool = True,
+        image_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts (B, N, 2) points or (B, N, 4) xyxy boxes in original pixels, B = len(image_indices).
 
         Returns (low_res_logits (B, N, K, h_lr, w_lr) float32, iou_predictions (B, N, K) float32).
+        ``image_only``: the logits may cover only the top-left part that `postprocess_masks` reads
+        for these images (the rest lies under the padding): h_lr, w_lr are then smaller, and the
+        decoder's upscaling skips the rest. For callers that only post-process the logits.
         """
         prompts = checked_prompts(points, boxes, len(image_indices))
         index = torch.as_tensor(list(image_indices), dtype=torch.long, device=enc.embeddings.device)
@@ -90,8 +96,23 @@ class SamRunner(HfRunner):
             sparse, dense = self.model.prompt_encoder(input_points=None, input_labels=None,
                                                       input_boxes=scaled.to(self.dtype), input_masks=None)
         # the model's own decoder maths, without one copy of the image per prompt (sam_decoder)
-        masks, iou = decode_prompts(self.model, embeddings, sparse, dense, multimask_output)
+        region = self._image_tokens(enc, image_indices, embeddings.shape[-2:]) if image_only else None
+        masks, iou = decode_prompts(self.model, embeddings, sparse, dense, multimask_output, region=region)
         return masks.float(), iou.float()
+
+    def _image_tokens(self, enc: SamEncoding, image_indices: Sequence[int], grid: torch.Size) -> tuple[int, int]:
+        """(rows, cols) of image tokens whose mask pixels `postprocess_masks` reads, over these images."""
+        needed = [
+            tuple(self._low_res_needed(4 * grid[axis], enc.input_sizes[i][axis], enc.original_sizes[i][axis])
+                  for axis in (0, 1))
+            for i in image_indices
+        ]
+        return tuple(-(-max(n[axis] for n in needed) // 4) for axis in (0, 1))
+
+    def _low_res_needed(self, low_res: int, valid: int, out: int) -> int:
+        """How many leading low-res pixels an axis' resize reads (one past its last nonzero weight)."""
+        weights = self._resize_matrix(low_res, valid, out)
+        return int(weights.abs().sum(dim=0).nonzero().max()) + 1
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
@@ -109,13 +130,15 @@ class SamRunner(HfRunner):
         n, k, h_lr, w_lr = low_res_logits.shape
         original = enc.original_sizes[image_index]
         h, w = enc.input_sizes[image_index]
+        full = self.low_res_size
         if original[0] * original[1] >= h * w:  # not smaller than the model input: resize twice
-            flat = low_res_logits.float().reshape(n * k, 1, h_lr, w_lr)
+            # logits of the image part only (decode(image_only=True)): the rest is never read
+            flat = F.pad(low_res_logits.float(), (0, full - w_lr, 0, full - h_lr)).reshape(n * k, 1, full, full)
             padded = F.interpolate(flat, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
             logits = F.interpolate(padded[..., :h, :w], original, mode="bilinear", align_corners=False)
             return logits.reshape(n, k, *original)
-        rows = self._resize_matrix(h_lr, h, original[0])
-        cols = self._resize_matrix(w_lr, w, original[1])
+        rows = self._resize_matrix(full, h, original[0])[:, :h_lr]
+        cols = self._resize_matrix(full, w, original[1])[:, :w_lr]
         flat = low_res_logits.float().reshape(n * k, h_lr, w_lr)
         by_column = torch.matmul(cols, torch.matmul(rows, flat).transpose(1, 2))  # (N * K, W, H)
         return by_column.view(n, k, original[1], original[0]).transpose(2, 3)

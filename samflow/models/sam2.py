@@ -93,8 +93,10 @@ class Sam2Runner(HfRunner):
         points: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         multimask_output: bool = True,
+        image_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Same contract as SamRunner.decode: (low_res_logits (B,N,K,h,w), iou (B,N,K)), float32."""
+        """Same contract as SamRunner.decode: (low_res_logits (B,N,K,h,w), iou (B,N,K)), float32.
+        ``image_only`` is accepted for that contract; here the logits always cover the whole input."""
         prompts = checked_prompts(points, boxes, len(image_indices))
         index = torch.as_tensor(list(image_indices), dtype=torch.long, device=enc.embeddings.device)
         levels = [level.index_select(0, index) for level in (*enc.high_res_features, enc.embeddings)]

@@ -297,16 +297,15 @@ def _binary_masks(low_res: torch.Tensor, hw: tuple[int, int], mask_thresh: float
 def _encode(kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
             sizes: list[tuple[int, int]]) -> list[ConceptInstances]:
     """ConceptInstances per pair; the masks of all pairs of one output size are RLE-encoded in
-    one call (the device RLE's cost is per call, not per mask)."""
+    one call (on a GPU the RLE's cost is per call, not per mask)."""
     found: list[ConceptInstances | None] = [None] * len(kept)
     groups: dict[tuple[int, int], list[int]] = {}
     for k, size in enumerate(sizes):
         groups.setdefault(tuple(size), []).append(k)
     for (h, w), pairs in groups.items():
         masks = torch.cat([kept[k][0] for k in pairs])
-        runs, lengths = rle_torch.masks_to_runs(masks)
-        strings = rle_torch.runs_to_strings(runs, lengths)
-        areas = rle_torch.areas(runs, lengths).cpu().numpy()
+        strings, areas = rle_torch.encode(masks)
+        areas = areas.cpu().numpy()
         mask_boxes = masks_to_boxes(masks).cpu().numpy()
         start = 0
         for k in pairs:

@@ -20,7 +20,13 @@ weights, same maths; equal up to float rounding), with far less work per prompt:
   scores is one matmul for all prompts of a chunk (a (HW, C) sum per prompt and layer cost more
   memory traffic than the product; measured 8 % of the decoder on 2 CPU cores);
 - prompts go through in chunks, so the per-prompt working set stays small; each chunk's masks
-  are written straight into the output (no concatenation copies).
+  are written straight into the output (no concatenation copies). On a CPU a chunk is one or
+  two prompts and the upscaling runs a few token rows at a time, so the per-prompt tensors stay
+  small (measured on 2 cores: 17 ms per prompt against 28 ms with 16-prompt
+  chunks and the whole upscaling at once), while a GPU wants large chunks to fill it;
+- the upscaling is local (each image token makes its own 4 x 4 mask pixels), so ``region`` can
+  ask for the top-left rows x columns of tokens only: the mask pixels that the image (not the
+  padding below and right of it) needs. A 4:3 image leaves a quarter of the tokens out.
 
 `decode_prompts(model, embeddings, sparse, dense, multimask)` returns what
 `SamModel.forward(image_embeddings=...)` returns as (pred_masks, iou_scores).
@@ -31,41 +37,53 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Image-token elements (prompts x HW x C) decoded together: bounds the per-prompt tensors
-# (16 prompts of SAM's 64 x 64 x 256 tokens, ~64 MB in fp32) while small models, whose cost is
-# per-op overhead, go through in one chunk.
-CHUNK_ELEMENTS = 16 * 64 * 64 * 256
+# Image-token elements (prompts x HW x C) decoded together on a GPU: 16 prompts of SAM's
+# 64 x 64 x 256 tokens (~64 MB in fp32), while small models, whose cost is per-op overhead, go
+# through in one chunk. On a CPU the bound is the cache: 2 SAM prompts (8 MB).
+CHUNK_ELEMENTS = {"cuda": 16 * 64 * 64 * 256, "cpu": 2 * 64 * 64 * 256}
+# Upscaled features (prompts x tokens x 16 pixels x C / 8 channels) made at once on a CPU: 4 MB
+# in fp32, 16 token rows of SAM's (measured on 2 cores: 17 ms per prompt against 24 ms for the
+# whole 64 x 64 tokens at once; 16 MB blocks were as slow as none).
+UPSCALE_BLOCK_ELEMENTS = {"cpu": 2 * 16 * 64 * 16 * 32}
 
 
 def decode_prompts(
     model, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, multimask: bool,
-    chunk: int | None = None,
+    chunk: int | None = None, region: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """embeddings (B, C, h, w), sparse (B, P, T, C), dense (B or 1, C, h, w) ->
-    (masks (B, P, K, 4h, 4w), iou (B, P, K)), K = 3 with ``multimask`` else 1. ``chunk``:
-    prompts per pass (default: as many as CHUNK_ELEMENTS allows)."""
-    chunk = chunk or max(1, CHUNK_ELEMENTS // embeddings[0].numel())
+    (masks (B, P, K, 4 rows, 4 cols), iou (B, P, K)), K = 3 with ``multimask`` else 1.
+
+    ``region``: (rows, cols) of image tokens whose mask pixels to make, from the top left
+    (default all: (h, w)). ``chunk``: prompts per pass (default: as many as CHUNK_ELEMENTS
+    allows on the device)."""
+    device_kind = "cuda" if embeddings.device.type == "cuda" else "cpu"
+    chunk = chunk or max(1, CHUNK_ELEMENTS[device_kind] // embeddings[0].numel())
     pos = model.get_image_wide_positional_embeddings().to(embeddings.dtype)[0]
     pos = pos.flatten(1).transpose(0, 1).contiguous()  # (HW, C)
     decoder = model.mask_decoder
-    upscale = _Upscale(decoder)
+    upscale = _Upscale(decoder, UPSCALE_BLOCK_ELEMENTS.get(device_kind))
     batch, prompts = sparse.shape[:2]
     h, w = embeddings.shape[-2:]
+    rows, cols = region or (h, w)
+    if not (0 < rows <= h and 0 < cols <= w):
+        raise ValueError(f"region {region} is not within the {h} x {w} image tokens")
     k = decoder.num_mask_tokens - 1 if multimask else 1
     # every chunk's masks go straight to their place in the output (no concatenation copies)
-    masks = torch.empty(batch, prompts, k, 4 * h, 4 * w, dtype=embeddings.dtype, device=embeddings.device)
+    masks = torch.empty(batch, prompts, k, 4 * rows, 4 * cols, dtype=embeddings.dtype, device=embeddings.device)
     ious = torch.empty(batch, prompts, k, dtype=embeddings.dtype, device=embeddings.device)
     for b in range(batch):
         src = (embeddings[b] + dense[b if dense.shape[0] > 1 else 0]).flatten(1).transpose(0, 1).contiguous()
         for s in range(0, prompts, chunk):
             ious[b, s : s + chunk] = _decode_chunk(decoder, upscale, src, pos, sparse[b, s : s + chunk],
-                                                   multimask, (h, w), masks[b, s : s + chunk])
+                                                   multimask, (h, w, rows, cols), masks[b, s : s + chunk])
     return masks, ious
 
 
 def _decode_chunk(decoder, upscale: "_Upscale", src: torch.Tensor, pos: torch.Tensor, sparse: torch.Tensor,
-                  multimask: bool, hw: tuple[int, int], out: torch.Tensor) -> torch.Tensor:
-    """Decodes one chunk of prompts: masks written to ``out`` (p, K, 4h, 4w); returns IoU (p, K)."""
+                  multimask: bool, grid: tuple[int, int, int, int], out: torch.Tensor) -> torch.Tensor:
+    """Decodes one chunk of prompts: masks written to ``out`` (p, K, 4 rows, 4 cols); returns IoU
+    (p, K). ``grid``: (h, w) image tokens, (rows, cols) of them upscaled."""
     p = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(sparse.dtype)
     tokens = torch.cat([output_tokens.expand(p, -1, -1), sparse], dim=1)  # (p, N, C)
@@ -80,7 +98,7 @@ def _decode_chunk(decoder, upscale: "_Upscale", src: torch.Tensor, pos: torch.Te
     first_mlp = 1 if multimask else 0
     hyper = torch.stack([decoder.output_hypernetworks_mlps[first_mlp + i](mask_tokens[:, i])
                          for i in range(mask_tokens.shape[1])], dim=1)  # (p, K, C / 8)
-    upscale(keys, hyper, hw, out)
+    upscale(keys, hyper, grid, out)
     return decoder.iou_prediction_head(queries[:, 0])[:, selected]
 
 
@@ -160,11 +178,12 @@ def _image_to_token(attention, image: torch.Tensor, pos: torch.Tensor, token_k: 
 
 class _Upscale:
     """Two ConvTranspose2d(k=2, s=2) with LayerNorm + GELU on the image tokens, then the
-    hypernetwork product: (p, HW, C) tokens, (p, K, C / 8) -> (p, K, 4h, 4w) masks.
+    hypernetwork product: (p, HW, C) tokens, (p, K, C / 8) -> (p, K, 4 rows, 4 cols) masks.
     Weights reordered once so each convolution is one matmul with its bias, output channels
-    last (where the LayerNorm and the product want them)."""
+    last (where the LayerNorm and the product want them). With ``block_elements``, a few token
+    rows at a time, so the upscaled features stay in cache."""
 
-    def __init__(self, decoder) -> None:
+    def __init__(self, decoder, block_elements: int | None = None) -> None:
         conv1, conv2 = decoder.upscale_conv1, decoder.upscale_conv2
         self.c1, self.c2 = conv1.weight.shape[1], conv2.weight.shape[1]
         # (C_in, C_out, 2, 2) -> (4 * C_out, C_in), row (a * 2 + b) * C_out + o
@@ -174,15 +193,30 @@ class _Upscale:
         self.b2 = conv2.bias.repeat(4)
         self.norm = decoder.upscale_layer_norm
         self.activation = decoder.activation
+        self.block_elements = block_elements
 
-    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> None:
-        """Writes the masks into ``out`` (p, K, 4h, 4w): the raster reordering is that copy."""
+    def __call__(self, keys: torch.Tensor, hyper: torch.Tensor, grid: tuple[int, int, int, int],
+                 out: torch.Tensor) -> None:
+        """Writes the masks into ``out`` (p, K, 4 rows, 4 cols): the raster reordering is that copy."""
         p = keys.shape[0]
-        h, w = hw
-        y = F.linear(keys, self.w1, self.b1).unflatten(-1, (4, self.c1))  # (p, HW, 4 [a b], c1)
-        y = self.activation(F.layer_norm(y, (self.c1,), self.norm.weight, self.norm.bias, self.norm.eps))
-        z = self.activation(F.linear(y, self.w2, self.b2))  # (p, HW, 4 [a b], 4 [a' b'] * c2)
-        masks = torch.bmm(z.view(p, -1, self.c2), hyper.transpose(1, 2))  # (p, HW * 16, K)
+        h, w, rows, cols = grid
+        tokens = keys.view(p, h, w, -1)[:, :rows, :cols]
+        step = rows
+        if self.block_elements:
+            step = max(1, min(rows, self.block_elements // (p * cols * 16 * self.c2)))
         k = hyper.shape[1]
-        masks = masks.view(p, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # p K i a a' j b b'
-        out.view(p, k, h, 2, 2, w, 2, 2).copy_(masks)
+        out = out.view(p, k, rows, 2, 2, cols, 2, 2)
+        for r in range(0, rows, step):
+            block = tokens[:, r : r + step]
+            n = block.shape[1]
+            out[:, :, r : r + n].copy_(self._masks(block.reshape(p, n * cols, -1), hyper, n, cols))
+
+    def _masks(self, tokens: torch.Tensor, hyper: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        """(p, rows * cols, C) tokens -> (p, K, rows, 2, 2, cols, 2, 2) masks, a permuted view."""
+        p = tokens.shape[0]
+        y = F.linear(tokens, self.w1, self.b1).unflatten(-1, (4, self.c1))  # (p, T, 4 [a b], c1)
+        y = self.activation(F.layer_norm(y, (self.c1,), self.norm.weight, self.norm.bias, self.norm.eps))
+        z = self.activation(F.linear(y, self.w2, self.b2))  # (p, T, 4 [a b], 4 [a' b'] * c2)
+        masks = torch.bmm(z.view(p, -1, self.c2), hyper.transpose(1, 2))  # (p, T * 16, K)
+        k = hyper.shape[1]
+        return masks.view(p, rows, cols, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)  # p K i a a' j b b'

@@ -44,7 +44,8 @@ class SceneOracle:
         sizes = [tuple(im.shape[:2]) for im in images]
         return OracleEncoding(labels, sizes, sizes)
 
-    def decode(self, enc, image_indices, *, points=None, boxes=None, multimask_output=True):
+    def decode(self, enc, image_indices, *, points=None, boxes=None, multimask_output=True, image_only=False):
+        # image_only: the oracle's logits are the image's own pixels already
         prompts = points if points is not None else boxes
         self.decode_calls.append((prompts.shape[0], prompts.shape[1]))
         k = 3 if multimask_output else 1

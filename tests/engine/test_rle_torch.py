@@ -1,4 +1,5 @@
-"""Device RLE (samflow.models.amg.rle_torch) is bit-exact with pycocotools' encoder."""
+"""The engine's RLE (samflow.models.amg.rle_torch): the GPU path (tensor run lengths) is
+bit-exact with pycocotools' encoder; encode / decode round-trip masks in either memory order."""
 
 from __future__ import annotations
 
@@ -47,17 +48,27 @@ def test_large_mask_counts_need_many_characters() -> None:
     assert rle_torch.runs_to_strings(runs, lengths) == [coco_counts(m) for m in masks.numpy()]
 
 
-def test_runs_decode_area_and_select() -> None:
+def test_runs_areas_match_the_masks() -> None:
     rng = np.random.default_rng(3)
     masks = np.concatenate([random_masks(rng, 5, 19, 28), np.zeros((1, 19, 28), bool), np.ones((1, 19, 28), bool)])
     runs, lengths = rle_torch.masks_to_runs(torch.from_numpy(masks))
-    assert np.array_equal(rle_torch.runs_to_masks(runs, lengths, 19, 28).numpy(), masks)
     assert rle_torch.areas(runs, lengths).tolist() == [int(m.sum()) for m in masks]
-    idx = torch.tensor([6, 0, 3, 3])
-    sub_runs, sub_lengths = rle_torch.select(runs, lengths, idx)
-    assert rle_torch.runs_to_strings(sub_runs, sub_lengths) == [coco_counts(masks[i]) for i in idx.tolist()]
-    # counts agree with the schema module's decoder
-    for i, s in enumerate(rle_torch.runs_to_strings(runs, lengths)):
+
+
+@pytest.mark.parametrize("order", ["row-major", "column-major"])
+def test_encode_decode_round_trip(order: str) -> None:
+    """encode gives pycocotools' strings and the areas, for masks in either memory order (the
+    upsampler's are column-major); decode gives the masks back; the schema module reads them."""
+    rng = np.random.default_rng(4)
+    masks = np.concatenate([random_masks(rng, 5, 19, 28), np.zeros((1, 19, 28), bool), np.ones((1, 19, 28), bool)])
+    tensor = torch.from_numpy(masks)
+    if order == "column-major":
+        tensor = tensor.transpose(1, 2).contiguous().transpose(1, 2)
+    counts, areas = rle_torch.encode(tensor)
+    assert counts == [coco_counts(m) for m in masks]
+    assert areas.tolist() == [int(m.sum()) for m in masks]
+    assert np.array_equal(rle_torch.decode(counts, 19, 28, "cpu").numpy(), masks)
+    for i, s in enumerate(counts):
         assert np.array_equal(schema_rle.decode({"size": [19, 28], "counts": s}), masks[i])
 
 
@@ -65,3 +76,6 @@ def test_no_masks() -> None:
     runs, lengths = rle_torch.masks_to_runs(torch.zeros(0, 5, 6, dtype=torch.bool))
     assert rle_torch.runs_to_strings(runs, lengths) == []
     assert rle_torch.areas(runs, lengths).tolist() == []
+    counts, areas = rle_torch.encode(torch.zeros(0, 5, 6, dtype=torch.bool))
+    assert counts == [] and areas.tolist() == []
+    assert rle_torch.decode([], 5, 6, "cpu").shape == (0, 5, 6)

@@ -3,9 +3,11 @@ computes, prompt for prompt: points and boxes, one and three masks, chunked and 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from samflow.models import sam_decoder
 from samflow.models.sam_decoder import decode_prompts
 
 
@@ -46,10 +48,50 @@ def test_postprocess_masks_equals_sams_two_resizes(sam_runner, original) -> None
     scale = size / max(original)
     input_size = (int(original[0] * scale + 0.5), int(original[1] * scale + 0.5))
     enc = SamEncoding(torch.zeros(1), [original], [input_size])
-    low_res = torch.randn(4, 3, size // 4 * 1, size // 4 * 1, generator=torch.Generator().manual_seed(1)) * 4
+    side = sam_runner.low_res_size
+    low_res = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(1)) * 4
     flat = low_res.reshape(12, 1, *low_res.shape[-2:])
     padded = F.interpolate(flat, (size, size), mode="bilinear", align_corners=False)
     expected = F.interpolate(padded[..., : input_size[0], : input_size[1]], original, mode="bilinear",
                              align_corners=False).reshape(4, 3, *original)
     got = sam_runner.postprocess_masks(low_res, enc, 0)
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows_at_once", ["all", "one"])
+def test_region_is_the_top_left_of_the_masks(sam_runner, monkeypatch, rows_at_once: str) -> None:
+    """Upscaling only some image tokens gives exactly those tokens' mask pixels, whether the
+    upscaling runs over all token rows at once or one row at a time (as SAM's size does on a CPU)."""
+    if rows_at_once == "one":
+        monkeypatch.setitem(sam_decoder.UPSCALE_BLOCK_ELEMENTS, "cpu", 1)
+    model = sam_runner.model
+    generator = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(1, *model.get_image_wide_positional_embeddings().shape[1:], generator=generator)
+    points = torch.rand(1, 7, 1, 2, generator=generator) * sam_runner.image_size
+    sparse, dense = model.prompt_encoder(input_points=points, input_labels=torch.ones(1, 7, 1, dtype=torch.long),
+                                         input_boxes=None, input_masks=None)
+    h, w = embeddings.shape[-2:]
+    with torch.inference_mode():
+        full, iou = decode_prompts(model, embeddings, sparse, dense, True, chunk=3)
+        part, part_iou = decode_prompts(model, embeddings, sparse, dense, True, chunk=3, region=(h - 3, w - 1))
+    assert part.shape[-2:] == (4 * (h - 3), 4 * (w - 1))
+    torch.testing.assert_close(part, full[..., : 4 * (h - 3), : 4 * (w - 1)], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part_iou, iou)
+    with pytest.raises(ValueError, match="region"):
+        decode_prompts(model, embeddings, sparse, dense, True, region=(h + 1, w))
+
+
+@pytest.mark.parametrize("original", [(30, 50), (64, 40), (48, 64), (200, 90)])
+def test_image_only_logits_post_process_to_the_same_masks(sam_runner, original) -> None:
+    """decode(image_only=True) leaves out only pixels that the resize to the image never reads:
+    portrait, landscape and larger-than-input images post-process to the same logits."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (*original, 3), dtype=np.uint8)
+    enc = sam_runner.encode([image])
+    points = torch.as_tensor(rng.uniform(0, 1, (1, 9, 2)) * [original[1], original[0]], dtype=torch.float32)
+    full, iou = sam_runner.decode(enc, [0], points=points)
+    part, part_iou = sam_runner.decode(enc, [0], points=points, image_only=True)
+    assert part.shape[-2] < full.shape[-2] or part.shape[-1] < full.shape[-1]
+    torch.testing.assert_close(part_iou, iou)
+    torch.testing.assert_close(sam_runner.postprocess_masks(part[0], enc, 0),
+                               sam_runner.postprocess_masks(full[0], enc, 0), atol=1e-5, rtol=1e-5)

@@ -1,8 +1,9 @@
 """Automatic mask generation over a batch of images: SAM's algorithm, batched on the device.
 
 Per call: every crop of every image (SAM's crop layers) is an encoder input, several per encoder
-call; point prompts of several crops share one decoder call; filtering, boxes, NMS and COCO RLE
-run on the device, and only run lengths and RLE bytes come back to the host.
+call; point prompts of several crops share one decoder call; filtering, boxes and NMS run on the
+device, and so does COCO RLE on a GPU (on a CPU pycocotools' encoder): only the RLE strings come
+back to the host (see rle_torch).
 
 With proposal boxes for an image, each box is decoded first (one mask per proposal, source
 "box"); grid points that fall inside a *confident* box mask are then skipped (SAM's
@@ -45,7 +46,7 @@ class PromptRunner(Protocol):
 
     def decode(
         self, enc: Any, image_indices: Sequence[int], *, points: torch.Tensor | None = None,
-        boxes: torch.Tensor | None = None, multimask_output: bool = True,
+        boxes: torch.Tensor | None = None, multimask_output: bool = True, image_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: Any, image_index: int) -> torch.Tensor: ...
@@ -233,8 +234,8 @@ class MaskGenerator:
         indices = [j for j, _ in group]
         with self._clock("decode_s"):
             if kind == "points":
-                return self.runner.decode(enc, indices, points=prompts, multimask_output=True)
-            return self.runner.decode(enc, indices, boxes=prompts, multimask_output=False)
+                return self.runner.decode(enc, indices, points=prompts, multimask_output=True, image_only=True)
+            return self.runner.decode(enc, indices, boxes=prompts, multimask_output=False, image_only=True)
 
     def _upsampler(self, enc: Any, index: int):
         return lambda low_res: self.runner.postprocess_masks(low_res, enc, index)
@@ -284,16 +285,17 @@ def _clean_regions(masks: MaskSet, hw: tuple[int, int], min_area: int, nms_thres
     """SAM's small-region post-processing: fill small holes, drop small islands, recompute boxes,
     then NMS preferring unchanged masks (box-prompt masks are always kept)."""
     h, w = hw
-    new_runs, new_lengths, new_boxes, changed = [], [], [], []
+    device = masks.areas.device
+    new_counts, new_areas, new_boxes, changed = [], [], [], []
     for s in range(0, len(masks), _REGION_CHUNK):
-        part = masks.select(torch.arange(s, min(s + _REGION_CHUNK, len(masks)), device=masks.lengths.device))
-        dense, part_changed = remove_small_regions(rle_torch.runs_to_masks(part.runs, part.lengths, h, w), min_area)
-        runs, lengths = rle_torch.masks_to_runs(dense)
-        new_runs.append(runs)
-        new_lengths.append(lengths)
+        dense = rle_torch.decode(masks.counts[s : s + _REGION_CHUNK], h, w, device)
+        dense, part_changed = remove_small_regions(dense, min_area)
+        counts, areas = rle_torch.encode(dense)
+        new_counts += counts
+        new_areas.append(areas.to(device))
         new_boxes.append(masks_to_boxes(dense))
         changed.append(part_changed)
-    updated = MaskSet(**{**masks.__dict__, "runs": torch.cat(new_runs), "lengths": torch.cat(new_lengths),
+    updated = MaskSet(**{**masks.__dict__, "counts": new_counts, "areas": torch.cat(new_areas),
                          "boxes": torch.cat(new_boxes)})
     unchanged = (~torch.cat(changed)).float()
     return updated.select(nms(updated.boxes, unchanged, nms_thresh, protected=updated.from_box))
@@ -301,8 +303,8 @@ def _clean_regions(masks: MaskSet, hw: tuple[int, int], min_area: int, nms_thres
 
 def _records(masks: MaskSet, hw: tuple[int, int]) -> list[dict[str, Any]]:
     """SA-1B records; one host transfer per field."""
-    counts = rle_torch.runs_to_strings(masks.runs, masks.lengths)
-    area = rle_torch.areas(masks.runs, masks.lengths).tolist()
+    counts = masks.counts
+    area = masks.areas.tolist()
     boxes = masks.boxes.cpu().numpy()
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(float).tolist()
     crops = masks.crop_boxes.cpu().numpy()

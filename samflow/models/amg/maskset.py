@@ -1,12 +1,10 @@
-"""Masks of one image kept on the device: ragged RLE plus one tensor row per mask."""
+"""Masks of one image: COCO compressed counts plus one tensor row per mask on the device."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import torch
-
-from samflow.models.amg import rle_torch
 
 
 @dataclass
@@ -17,8 +15,8 @@ class MaskSet:
     for box prompts), ``crop_boxes`` xyxy, ``proposal_scores`` NaN when there is none.
     """
 
-    runs: torch.Tensor  # (R,) int32, see rle_torch
-    lengths: torch.Tensor  # (M,) int64
+    counts: list[str]  # COCO compressed counts (rle_torch.encode)
+    areas: torch.Tensor  # (M,) int64
     boxes: torch.Tensor  # (M, 4) int64
     iou_preds: torch.Tensor  # (M,) float32
     stability: torch.Tensor  # (M,) float32
@@ -28,7 +26,7 @@ class MaskSet:
     proposal_scores: torch.Tensor  # (M,) float32
 
     def __len__(self) -> int:
-        return int(self.lengths.shape[0])
+        return len(self.counts)
 
     @classmethod
     def empty(cls, device: torch.device | str) -> "MaskSet":
@@ -36,7 +34,7 @@ class MaskSet:
             return torch.zeros(*shape, dtype=dtype, device=device)
 
         return cls(
-            runs=z(0, dtype=torch.int32), lengths=z(0, dtype=torch.int64), boxes=z(0, 4, dtype=torch.int64),
+            counts=[], areas=z(0, dtype=torch.int64), boxes=z(0, 4, dtype=torch.int64),
             iou_preds=z(0, dtype=torch.float32), stability=z(0, dtype=torch.float32),
             points=z(0, 2, dtype=torch.float64), crop_boxes=z(0, 4, dtype=torch.int64),
             from_box=z(0, dtype=torch.bool), proposal_scores=z(0, dtype=torch.float32),
@@ -44,12 +42,14 @@ class MaskSet:
 
     def select(self, idx: torch.Tensor) -> "MaskSet":
         """Masks ``idx`` (indices or bool), in that order."""
-        runs, lengths = rle_torch.select(self.runs, self.lengths, idx)
-        rows = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name not in ("runs", "lengths")}
-        return MaskSet(runs=runs, lengths=lengths, **rows)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero(as_tuple=True)[0]
+        rows = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "counts"}
+        return MaskSet(counts=[self.counts[i] for i in idx.tolist()], **rows)
 
     @staticmethod
     def cat(parts: list["MaskSet"]) -> "MaskSet":
         if len(parts) == 1:
             return parts[0]
-        return MaskSet(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(MaskSet)})
+        rows = {f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(MaskSet) if f.name != "counts"}
+        return MaskSet(counts=[c for p in parts for c in p.counts], **rows)

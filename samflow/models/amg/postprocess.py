@@ -110,14 +110,15 @@ def _to_maskset(
     x0, y0, x1, y1 = crop_box
     m = masks.shape[0]
     if (x0, y0, x1, y1) != (0, 0, image_hw[1], image_hw[0]):
-        full = torch.zeros(m, *image_hw, dtype=torch.bool, device=device)
+        # column-major, as the upsampler's masks: the encoder reads that order without a copy
+        full = torch.zeros(m, image_hw[1], image_hw[0], dtype=torch.bool, device=device).transpose(1, 2)
         full[:, y0:y1, x0:x1] = masks
         masks = full
-    runs, lengths = rle_torch.masks_to_runs(masks)
+    counts, areas = rle_torch.encode(masks)
     shift = torch.tensor([x0, y0, x0, y0], device=device)
     return MaskSet(
-        runs=runs,
-        lengths=lengths,
+        counts=counts,
+        areas=areas.to(device),
         boxes=boxes + shift,
         iou_preds=iou_preds,
         stability=stability,

@@ -1,8 +1,12 @@
-"""COCO RLE on the device, vectorised over masks: no per-pixel or per-mask Python loop.
+"""COCO RLE of many masks at once: ``encode`` (masks -> compressed counts strings and areas)
+and ``decode``, on the masks' own device.
 
-Masks of one image are kept as *ragged run lengths*: ``runs`` (R,) int32 (a run is shorter
-than 2**31 pixels; int32 halves the memory of noisy masks), the COCO counts of every mask one
-after the other, and ``lengths`` (M,) int64, how many counts each mask has.
+On a CPU, pycocotools' C encoder does it (one pass over the pixels; 13x faster than the tensor
+code below on noisy 384 x 512 masks, and the reference format itself). On a GPU the masks stay
+there: they become *ragged run lengths*, ``runs`` (R,) int32 (a run is shorter than 2**31
+pixels; int32 halves the memory of noisy masks), the COCO counts of every mask one after the
+other, and ``lengths`` (M,) int64, how many counts each mask has; the strings are built from
+them on the device too, and only their bytes move to the host.
 Counts follow pycocotools: column-major order, starting with a (possibly empty) run of zeros.
 """
 
@@ -10,9 +14,33 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pycocotools import mask as coco_mask
 
 # Values are below 2**31 (pixel counts) and deltas are above -2**31: 7 groups of 5 bits suffice.
 _GROUPS = 7
+
+
+def encode(masks: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """(M, H, W) bool -> (COCO compressed counts of each mask, (M,) int64 areas on the masks'
+    device). Column-major masks (as the upsampler returns them) are encoded without a copy."""
+    if masks.device.type != "cpu":
+        runs, lengths = masks_to_runs(masks)
+        return runs_to_strings(runs, lengths), areas(runs, lengths)
+    m, h, w = masks.shape
+    if m == 0:
+        return [], torch.zeros(0, dtype=torch.int64)
+    # (H, W, M) in Fortran order is each mask column-major, one after the other
+    pixels = np.asfortranarray(masks.permute(1, 2, 0).numpy().view(np.uint8))
+    encoded = coco_mask.encode(pixels)
+    return [e["counts"].decode("ascii") for e in encoded], torch.from_numpy(coco_mask.area(encoded).astype(np.int64))
+
+
+def decode(counts: list[str], h: int, w: int, device: torch.device | str) -> torch.Tensor:
+    """Inverse of :func:`encode`: (M, H, W) bool on ``device`` (column-major in memory)."""
+    if not counts:
+        return torch.zeros(0, h, w, dtype=torch.bool, device=device)
+    pixels = coco_mask.decode([{"size": [h, w], "counts": c.encode("ascii")} for c in counts])  # (H, W, M)
+    return torch.from_numpy(pixels.view(bool)).permute(2, 0, 1).to(device)
 
 
 def masks_to_runs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,32 +67,11 @@ def masks_to_runs(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (starts - previous).to(torch.int32), torch.bincount(mask_idx, minlength=m)
 
 
-def runs_to_masks(runs: torch.Tensor, lengths: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`masks_to_runs`: (M, H, W) bool."""
-    m = lengths.shape[0]
-    values = (_index_in_mask(lengths) % 2) == 1
-    flat = torch.repeat_interleave(values, runs.long(), output_size=m * h * w)
-    return flat.reshape(m, w, h).transpose(1, 2)
-
-
 def areas(runs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """(M,) int64 pixel count of each mask (sum of its odd runs)."""
     ones = runs.long() * (_index_in_mask(lengths) % 2)
     out = torch.zeros(lengths.shape[0], dtype=torch.int64, device=runs.device)
     return out.index_add_(0, _mask_of_run(lengths), ones)
-
-
-def select(runs: torch.Tensor, lengths: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged gather: the runs of masks ``idx`` (indices or bool), in that order."""
-    if idx.dtype == torch.bool:
-        idx = idx.nonzero(as_tuple=True)[0]
-    offsets = _offsets(lengths)
-    new_lengths = lengths[idx]
-    total = int(new_lengths.sum())
-    new_offsets = _offsets(new_lengths)
-    shift = torch.repeat_interleave(offsets[idx] - new_offsets, new_lengths, output_size=total)
-    gather = torch.arange(total, device=runs.device) + shift
-    return runs[gather], new_lengths
 
 
 def runs_to_strings(runs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
