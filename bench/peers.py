@@ -11,6 +11,12 @@ checkpoint mapping under test), so the weights are identical:
   hf        transformers' pipeline("mask-generation") on the mapped transformers SamModel
   samflow   samflow.models.amg.MaskGenerator on the same SamRunner
 
+SAM 2 the same way (settings named sam2.1_hiera_*): Meta's SAM2AutomaticMaskGenerator from its
+`sam2` package (its source release, built without the CUDA extension) on a model built from the
+package's own config with a seeded init, saved as Meta's {"model": state dict} .pt and loaded by
+samflow's registry as family sam2; ours on that runner. transformers' mask-generation pipeline
+has no SAM 2, so there are two implementations there.
+
 Cases: SAM's default thresholds (sam_defaults), none (no_thresholds), none with NMS off
 (no_thresholds_nms_off: box NMS threshold 1.0, every mask kept: the post-processing stress case).
 Per implementation: seconds per image, split into encoder / decoder / post-processing (the rest
@@ -21,9 +27,12 @@ Peers that are not installed are reported unavailable (value null with a note), 
 Modes (grids and image sizes; ViT-B unless noted):
   --smoke  a small ViT (2 blocks, 256 px input) built with Meta's classes, 4x4 grid, one 96x128
            image: checks every path runs (seconds)
-  --quick  ViT-B, one 384x512 image, 8x8 grid, the NMS-off case only (every mask kept, so the
-           decoder, post-processing and mask matching all show, within about two minutes on 2 cores)
-  (full)   ViT-B, 16x16 and 32x32 grids, 384x512 and 768x1024 images, all three cases
+  --quick  ViT-B, 16x16 and 32x32 grids, 384x512 and 768x1024 images, one image each: the
+           no-threshold case for all three, the NMS-off case for Meta's and ours (transformers'
+           pipeline post-processes thousands of kept masks for tens of minutes per image there;
+           the full run has it). About 30 minutes on 2 cores.
+  (full)   the same grids and sizes, all three cases for all three
+Every mode also runs SAM 2.1 Hiera-T (16x16 grid, 384x512; in --smoke a 4x4 grid, 96x128).
 
 Random weights give random IoU predictions, so the thresholded case keeps few masks; the
 no-threshold cases are the ones that load the decoder and post-processing.
@@ -64,26 +73,40 @@ CASES = {
 
 @dataclasses.dataclass
 class Setting:
-    model: str  # "vit_b" | "small"
+    model: str  # "vit_b" | "small" (SAM) | "sam2.1_hiera_t" (SAM 2)
     grid: int
     hw: tuple[int, int]
     cases: tuple[str, ...]
     n_images: int = 1
+    skipped: tuple[tuple[str, str], ...] = ()  # (case, implementation) pairs not run
 
 
 def settings(mode: str) -> list[Setting]:
+    sam2 = Setting("sam2.1_hiera_t", 16, (384, 512), ("no_thresholds", "no_thresholds_nms_off"))
     if mode == "smoke":
-        return [Setting("small", 4, (96, 128), tuple(CASES))]
+        return [Setting("small", 4, (96, 128), tuple(CASES)),
+                dataclasses.replace(sam2, grid=4, hw=(96, 128), cases=("no_thresholds_nms_off",))]
+    grids_and_sizes = [(g, hw) for hw in ((384, 512), (768, 1024)) for g in (16, 32)]
     if mode == "quick":
-        return [Setting("vit_b", 8, (384, 512), ("no_thresholds_nms_off",))]
-    return [Setting("vit_b", g, hw, tuple(CASES)) for hw in ((384, 512), (768, 1024)) for g in (16, 32)]
+        return [Setting("vit_b", g, hw, ("no_thresholds", "no_thresholds_nms_off"),
+                        skipped=(("no_thresholds_nms_off", "hf"),)) for g, hw in grids_and_sizes] + [sam2]
+    return [Setting("vit_b", g, hw, tuple(CASES)) for g, hw in grids_and_sizes] + [sam2]
+
+
+def is_sam2(model: str) -> bool:
+    return model.startswith("sam2")
 
 
 # -- the shared model -----------------------------------------------------------------------------
 
 def meta_model(name: str) -> torch.nn.Module:
-    """Meta's Sam with a seeded init: the registry's ViT-B, or a 2-block ViT for --smoke."""
+    """Meta's Sam with a seeded init: the registry's ViT-B, or a 2-block ViT for --smoke; or
+    Meta's SAM 2 built from its package's config of that name."""
     torch.manual_seed(SEED)
+    if is_sam2(name):
+        from sam2.build_sam import build_sam2
+
+        return build_sam2(f"configs/sam2.1/{name}.yaml", ckpt_path=None, device="cpu").eval()
     if name != "small":
         from segment_anything import sam_model_registry
 
@@ -102,6 +125,10 @@ def meta_model(name: str) -> torch.nn.Module:
 
 def samflow_runner(sam: torch.nn.Module, workdir: Path, name: str):
     """Meta's state dict saved as Meta ships it, loaded through samflow's registry."""
+    if is_sam2(name):
+        path = workdir / f"{name}_seed{SEED}.pt"
+        torch.save({"model": sam.state_dict()}, path)
+        return load_model("sam2", str(path), device="cpu", dtype=torch.float32)
     path = workdir / f"sam_{name}_seed{SEED}.pth"
     torch.save(sam.state_dict(), path)
     return load_model("sam", str(path), device="cpu", dtype=torch.float32)
@@ -146,6 +173,33 @@ def run_meta(sam: torch.nn.Module, params: AmgParams, images: list[np.ndarray]) 
         elapsed = time.perf_counter() - start
     finally:
         del sam.image_encoder.forward, sam.prompt_encoder.forward, sam.mask_decoder.forward
+    totals["postprocess_s"] = elapsed - totals["encode_s"] - totals["decode_s"]
+    return _summary(elapsed, len(images), sum(len(r) for r in records), totals), records
+
+
+def run_meta_sam2(sam2: torch.nn.Module, params: AmgParams, images: list[np.ndarray]) -> tuple[dict[str, float], list]:
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    generator = SAM2AutomaticMaskGenerator(
+        sam2, points_per_side=params.points_per_side, points_per_batch=params.points_per_batch,
+        pred_iou_thresh=params.pred_iou_thresh, stability_score_thresh=params.stability_score_thresh,
+        stability_score_offset=params.stability_score_offset, box_nms_thresh=params.box_nms_thresh,
+        output_mode="coco_rle",
+    )
+    totals = {"encode_s": 0.0, "decode_s": 0.0}
+    device = torch.device("cpu")
+    sam2.forward_image = _timed(sam2.forward_image, totals, "encode_s", device)
+    sam2.sam_prompt_encoder.forward = _timed(sam2.sam_prompt_encoder.forward, totals, "decode_s", device)
+    sam2.sam_mask_decoder.forward = _timed(sam2.sam_mask_decoder.forward, totals, "decode_s", device)
+    try:
+        records = []
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for image in images:
+                records.append(generator.generate(image))
+        elapsed = time.perf_counter() - start
+    finally:
+        del sam2.forward_image, sam2.sam_prompt_encoder.forward, sam2.sam_mask_decoder.forward
     totals["postprocess_s"] = elapsed - totals["encode_s"] - totals["decode_s"]
     return _summary(elapsed, len(images), sum(len(r) for r in records), totals), records
 
@@ -237,6 +291,10 @@ def _greedy_pairs(iou: np.ndarray) -> int:
 # -- driver ---------------------------------------------------------------------------------------
 
 def bench_setting(setting: Setting, workdir: Path) -> list[dict[str, Any]]:
+    if is_sam2(setting.model) and missing("sam2"):  # the model itself comes from Meta's package
+        print(f"== {setting.model}: unavailable: {missing('sam2')}")
+        return [{"case": f"{setting.model}/{case}/{impl}", "metric": "s_per_image", "value": None, "unit": "s",
+                 "note": f"unavailable: {missing('sam2')}"} for case in setting.cases for impl in ("samflow", "meta")]
     sam = meta_model(setting.model)
     runner = samflow_runner(sam, workdir, setting.model)
     images = make_images(setting.n_images, *setting.hw)
@@ -244,16 +302,21 @@ def bench_setting(setting: Setting, workdir: Path) -> list[dict[str, Any]]:
     print(f"== {label}: {setting.n_images} image(s), {torch.get_num_threads()} threads")
     out: list[dict[str, Any]] = []
     unavailable = {"meta": missing("segment_anything"), "hf": missing("transformers.pipelines")}
+    if is_sam2(setting.model):
+        unavailable = {"meta": None, "hf": "transformers' mask-generation pipeline has no SAM 2"}
     for case in setting.cases:
         params = AmgParams(points_per_side=setting.grid, **CASES[case])
         impls: dict[str, Callable[[], tuple[dict[str, float], list]]] = {
             "samflow": lambda: run_samflow(runner, params, images),
-            "meta": lambda: run_meta(sam, params, images),
+            "meta": lambda: (run_meta_sam2 if is_sam2(setting.model) else run_meta)(sam, params, images),
             "hf": lambda: run_hf(runner, params, images),
         }
         figures, records = {}, {}
         for impl, fn in impls.items():
             name = f"{label}/{case}/{impl}"
+            if (case, impl) in setting.skipped:
+                print(f"  {case:22s} {impl:8s} not run in this mode")
+                continue
             if unavailable.get(impl):
                 out.append({"case": name, "metric": "s_per_image", "value": None, "unit": "s",
                             "note": f"unavailable: {unavailable[impl]}"})
@@ -321,7 +384,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="seconds: small ViT, 4x4 grid, one small image")
-    mode.add_argument("--quick", action="store_true", help="ViT-B, 384x512, 8x8, NMS-off case (about 2 min)")
+    mode.add_argument("--quick", action="store_true", help="ViT-B, 16/32 grids, 384x512 and 768x1024 (about 30 min)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--grid", type=int, default=None, help="only this points-per-side grid")
     parser.add_argument("--size", default=None, help="only this image size, HxW (e.g. 384x512)")

@@ -10,6 +10,11 @@ if [[ "${1:-}" != "--venv-active" ]]; then
 fi
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install --quiet -e ".[test]"
+# Meta's SAM 2 for bench/peers.py: its source release, built without its CUDA extension and without
+# build isolation (an isolated build would install another torch); then its two runtime needs.
+python -m pip install --quiet "setuptools>=70.1"
+SAM2_BUILD_CUDA=0 python -m pip install --quiet --no-build-isolation --no-deps "sam2==1.1.0"
+python -m pip install --quiet "hydra-core==1.3.8" "iopath==0.1.10"
 # Headless Chromium for the preview page tests (Debian's package; no browser download of a tool's own).
 if ! command -v chromium >/dev/null 2>&1; then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then

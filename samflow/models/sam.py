@@ -132,11 +132,15 @@ class SamRunner(HfRunner):
         h, w = enc.input_sizes[image_index]
         full = self.low_res_size
         if original[0] * original[1] >= h * w:  # not smaller than the model input: resize twice
-            # logits of the image part only (decode(image_only=True)): the rest is never read
-            flat = F.pad(low_res_logits.float(), (0, full - w_lr, 0, full - h_lr)).reshape(n * k, 1, full, full)
-            padded = F.interpolate(flat, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            logits = F.interpolate(padded[..., :h, :w], original, mode="bilinear", align_corners=False)
-            return logits.reshape(n, k, *original)
+            # Pixels (W, H) so the result is column-major too. Only the part of the first resize
+            # that the crop keeps is made: with the model's scale factor, the low-res pixels
+            # given (all, or the image's part from decode(image_only=True)) map as in the whole.
+            flat = low_res_logits.float().reshape(n * k, 1, h_lr, w_lr).transpose(2, 3)
+            scale = self.image_size / full
+            by_column = F.interpolate(flat, scale_factor=scale, mode="bilinear", align_corners=False)[..., :w, :h]
+            if (h, w) != tuple(original):  # an image the size of the model input needs no second resize
+                by_column = F.interpolate(by_column, (original[1], original[0]), mode="bilinear", align_corners=False)
+            return by_column.reshape(n, k, original[1], original[0]).transpose(2, 3)
         rows = self._resize_matrix(full, h, original[0])[:, :h_lr]
         cols = self._resize_matrix(full, w, original[1])[:, :w_lr]
         flat = low_res_logits.float().reshape(n * k, h_lr, w_lr)

@@ -4,6 +4,10 @@ A COCO RLE is ``{"size": [h, w], "counts": str}``: runs of 0s and 1s over the ma
 column-major (Fortran) order, starting with a (possibly empty) run of 0s, then compressed to a
 string with the LEB128-like scheme of ``maskApi.c`` (deltas against the run two back, 5 bits a
 character, offset by 48).
+
+Encoding, area and box go through pycocotools' C code; decoding checks that the runs cover the
+mask exactly first (pycocotools trusts the counts and would write past its buffer), so it reads
+the counts here.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 
 class Rle(TypedDict):
@@ -18,38 +23,8 @@ class Rle(TypedDict):
     counts: str
 
 
-def mask_to_counts(mask: np.ndarray) -> np.ndarray:
-    """Run lengths of a 2-D boolean mask in COCO order (column-major, zeros first)."""
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    if flat.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(edges)
-    if flat[0]:
-        runs = np.concatenate(([0], runs))
-    return runs.astype(np.int64)
-
-
-def counts_to_string(counts: np.ndarray) -> str:
-    """Compress run lengths to the COCO counts string (``rleToString`` in maskApi.c)."""
-    out: list[str] = []
-    cnts = [int(c) for c in counts]
-    for i, value in enumerate(cnts):
-        x = value - cnts[i - 2] if i > 2 else value
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
 def string_to_counts(s: str) -> np.ndarray:
-    """Inverse of :func:`counts_to_string` (``rleFrString`` in maskApi.c)."""
+    """Run lengths from the COCO counts string (``rleFrString`` in maskApi.c)."""
     cnts: list[int] = []
     p = 0
     data = s.encode("ascii")
@@ -74,7 +49,10 @@ def string_to_counts(s: str) -> np.ndarray:
 def encode(mask: np.ndarray) -> Rle:
     """Encode a 2-D mask (h, w) as a COCO RLE with a string ``counts``."""
     h, w = mask.shape
-    return {"size": [int(h), int(w)], "counts": counts_to_string(mask_to_counts(mask))}
+    if h * w == 0:
+        return {"size": [int(h), int(w)], "counts": ""}
+    encoded = coco_mask.encode(np.asfortranarray(np.asarray(mask, dtype=bool).view(np.uint8)))
+    return {"size": [int(h), int(w)], "counts": encoded["counts"].decode("ascii")}
 
 
 def decode(rle: Rle) -> np.ndarray:

@@ -37,7 +37,7 @@ def test_decoder_equals_sammodel(sam_runner, multimask: bool, prompt: str, chunk
     torch.testing.assert_close(iou, expected.iou_scores, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("original", [(30, 50), (64, 40), (90, 120)])
+@pytest.mark.parametrize("original", [(30, 50), (64, 40), (48, 64), (90, 120)])
 def test_postprocess_masks_equals_sams_two_resizes(sam_runner, original) -> None:
     """The composed resize (one matmul per axis) gives SAM's resize-crop-resize logits."""
     import torch.nn.functional as F
