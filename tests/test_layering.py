@@ -36,3 +36,15 @@ def test_layer_imports_only_downwards(layer):
             if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN[layer]):
                 offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_decode_and_writer_tasks_do_not_import_torch():
+    """Decode and shard-writing tasks run in plain Ray workers beside the model actors; a worker
+    that imported torch (3-4 s of CPU) mid-run would slow the models on a small node."""
+    import subprocess
+    import sys
+
+    code = ("import sys, samflow.actors.decode, samflow.flows.storage, samflow.flows.shard_writer; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,7 +23,8 @@ from samflow.actors.embed import EmbedStage
 from samflow.actors.segment import SegmentStage
 from samflow.flows.catalog import COMMITS, Catalog, ShardResult
 from samflow.flows.config import StorageConfig
-from samflow.flows.pipeline import run_pipeline, stage_shard
+from samflow.flows.pipeline import run_pipeline
+from samflow.flows.shard_writer import stage_shard
 from samflow.flows.storage import StorageSource
 from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id

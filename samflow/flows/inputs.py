@@ -304,7 +304,7 @@ def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Datas
     if fmt not in LOOSE_FORMATS:
         return todo
     rows = max(ITEMS_PER_BATCH, math.ceil(listed / MAX_ITEM_BLOCKS))
-    return todo.map_batches(_loose_items, batch_format="pyarrow").repartition(target_num_rows_per_block=rows)
+    return todo.map_batches(_loose_items, batch_format="pyarrow").repartition(target_num_rows_per_block=rows, strict=True)
 
 
 @dataclass(frozen=True)
