@@ -88,17 +88,28 @@ def _vectors(matrix: np.ndarray) -> pa.FixedSizeListArray:
 def arrow_batches(call: Callable[..., Batch]) -> Callable[..., Any]:
     """Decorate a stage's ``__call__`` (or a batch function): given a ``pyarrow.Table`` (Ray Data
     with ``batch_format="pyarrow"``) it sees a :data:`Batch` and returns a table; given a dict
-    (tests, benches) it works on the dict as is."""
+    (tests, benches) it works on the dict as is. Columns named in the stage's ``drop_outputs``
+    (see :func:`dropping_outputs`) leave the table before it is built."""
 
     @functools.wraps(call)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         *head, batch = args
         if not isinstance(batch, pa.Table):
             return call(*args, **kwargs)
-        return to_arrow(call(*head, from_arrow(batch), **kwargs))
+        out = call(*head, from_arrow(batch), **kwargs)
+        for name in getattr(head[0], "drop_outputs", ()) if head else ():
+            out.pop(name, None)
+        return to_arrow(out)
 
     wrapper.arrow_batches = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def dropping_outputs(stage_cls: type, columns: tuple[str, ...]) -> type:
+    """``stage_cls`` whose Arrow output leaves out ``columns``: the last model stage drops the
+    pixels itself, so a batch's decoded images (about 1 MB each) are neither converted back to
+    Arrow nor stored for the writer, which never reads them. The class name is kept."""
+    return type(stage_cls.__name__, (stage_cls,), {"drop_outputs": columns, "__qualname__": stage_cls.__qualname__})
 
 
 def healthy(batch: Batch) -> np.ndarray:

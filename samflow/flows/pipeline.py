@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray.data import ActorPoolStrategy
 
+from samflow.actors.batch import dropping_outputs
 from samflow.actors.concepts import ConceptsStage
 from samflow.actors.decode import DecodeStage
 from samflow.actors.embed import EmbedStage
@@ -269,15 +270,18 @@ def build_dataset(
     )
     # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
     # masks column stays Arrow from the stage that emits it to the Parquet file.
-    for stage in stages:
+    for position, stage in enumerate(stages, start=1):
         pool = _pool(stage.config, fit.stages[stage.name])
         # s3:// and https:// models are fetched (once per node) by the actor before it loads
         stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
         stage_cls = with_torch_threads(stage_cls, stage.config.num_threads, stage.config.num_cpus)
+        if position == len(stages):  # nothing after the last model stage reads the pixels
+            stage_cls = dropping_outputs(stage_cls, ("pixels",))
         ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
-    # With the writer's resources it fuses into the writer's tasks; with Ray's default of a whole
-    # CPU it could never be scheduled beside the actors on a 1-CPU cluster.
-    ds = ds.drop_columns(["pixels"], num_cpus=fit.write_cpus)
+    if not stages:
+        # With the writer's resources it fuses into the writer's tasks; with Ray's default of a
+        # whole CPU it could never be scheduled beside the actors on a 1-CPU cluster.
+        ds = ds.drop_columns(["pixels"], num_cpus=fit.write_cpus)
     embed = cfg.stages.embed
     embed_model = embed.model if embed.enabled and "clip" in embed.models else None
     # The run's own reservation ratio (resources.py): every operator's minimum stays reserved.
