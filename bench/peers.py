@@ -153,44 +153,36 @@ def run_samflow(runner: Any, params: AmgParams, images: list[np.ndarray]) -> tup
 def run_meta(sam: torch.nn.Module, params: AmgParams, images: list[np.ndarray]) -> tuple[dict[str, float], list]:
     from segment_anything import SamAutomaticMaskGenerator
 
-    generator = SamAutomaticMaskGenerator(
-        sam, points_per_side=params.points_per_side, points_per_batch=params.points_per_batch,
-        pred_iou_thresh=params.pred_iou_thresh, stability_score_thresh=params.stability_score_thresh,
-        stability_score_offset=params.stability_score_offset, box_nms_thresh=params.box_nms_thresh,
-        output_mode="coco_rle",
-    )
-    totals = {"encode_s": 0.0, "decode_s": 0.0}
-    device = torch.device("cpu")
-    sam.image_encoder.forward = _timed(sam.image_encoder.forward, totals, "encode_s", device)
-    sam.prompt_encoder.forward = _timed(sam.prompt_encoder.forward, totals, "decode_s", device)
-    sam.mask_decoder.forward = _timed(sam.mask_decoder.forward, totals, "decode_s", device)
-    try:
-        records = []
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for image in images:
-                records.append(generator.generate(image))
-        elapsed = time.perf_counter() - start
-    finally:
-        del sam.image_encoder.forward, sam.prompt_encoder.forward, sam.mask_decoder.forward
-    totals["postprocess_s"] = elapsed - totals["encode_s"] - totals["decode_s"]
-    return _summary(elapsed, len(images), sum(len(r) for r in records), totals), records
+    generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **_meta_params(params))
+    stages = [(sam.image_encoder, "forward", "encode_s"), (sam.prompt_encoder, "forward", "decode_s"),
+              (sam.mask_decoder, "forward", "decode_s")]
+    return _timed_generate(generator, stages, images)
 
 
 def run_meta_sam2(sam2: torch.nn.Module, params: AmgParams, images: list[np.ndarray]) -> tuple[dict[str, float], list]:
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-    generator = SAM2AutomaticMaskGenerator(
-        sam2, points_per_side=params.points_per_side, points_per_batch=params.points_per_batch,
-        pred_iou_thresh=params.pred_iou_thresh, stability_score_thresh=params.stability_score_thresh,
-        stability_score_offset=params.stability_score_offset, box_nms_thresh=params.box_nms_thresh,
-        output_mode="coco_rle",
-    )
+    generator = SAM2AutomaticMaskGenerator(sam2, output_mode="coco_rle", **_meta_params(params))
+    stages = [(sam2, "forward_image", "encode_s"), (sam2.sam_prompt_encoder, "forward", "decode_s"),
+              (sam2.sam_mask_decoder, "forward", "decode_s")]
+    return _timed_generate(generator, stages, images)
+
+
+def _meta_params(params: AmgParams) -> dict[str, Any]:
+    """Our parameters under the names both of Meta's generators take."""
+    return dict(points_per_side=params.points_per_side, points_per_batch=params.points_per_batch,
+                pred_iou_thresh=params.pred_iou_thresh, stability_score_thresh=params.stability_score_thresh,
+                stability_score_offset=params.stability_score_offset, box_nms_thresh=params.box_nms_thresh)
+
+
+def _timed_generate(generator: Any, stages: list[tuple[Any, str, str]],
+                    images: list[np.ndarray]) -> tuple[dict[str, float], list]:
+    """Runs one of Meta's generators over ``images``, its (module, method) ``stages`` timed into
+    encode_s / decode_s for the run; post-processing is the rest of the wall time."""
     totals = {"encode_s": 0.0, "decode_s": 0.0}
     device = torch.device("cpu")
-    sam2.forward_image = _timed(sam2.forward_image, totals, "encode_s", device)
-    sam2.sam_prompt_encoder.forward = _timed(sam2.sam_prompt_encoder.forward, totals, "decode_s", device)
-    sam2.sam_mask_decoder.forward = _timed(sam2.sam_mask_decoder.forward, totals, "decode_s", device)
+    for module, method, key in stages:
+        setattr(module, method, _timed(getattr(module, method), totals, key, device))
     try:
         records = []
         start = time.perf_counter()
@@ -199,7 +191,8 @@ def run_meta_sam2(sam2: torch.nn.Module, params: AmgParams, images: list[np.ndar
                 records.append(generator.generate(image))
         elapsed = time.perf_counter() - start
     finally:
-        del sam2.forward_image, sam2.sam_prompt_encoder.forward, sam2.sam_mask_decoder.forward
+        for module, method, _ in stages:
+            delattr(module, method)
     totals["postprocess_s"] = elapsed - totals["encode_s"] - totals["decode_s"]
     return _summary(elapsed, len(images), sum(len(r) for r in records), totals), records
 
