@@ -111,8 +111,12 @@ class SamRunner(HfRunner):
 
     def _low_res_needed(self, low_res: int, valid: int, out: int) -> int:
         """How many leading low-res pixels an axis' resize reads (one past its last nonzero weight)."""
-        weights = self._resize_matrix(low_res, valid, out)
-        return int(weights.abs().sum(dim=0).nonzero().max()) + 1
+        key = (low_res, valid, out)
+        cache = self.__dict__.setdefault("_low_res_needed_cache", {})
+        if key not in cache:
+            weights = self._resize_matrix(low_res, valid, out)
+            cache[key] = int(weights.abs().sum(dim=0).nonzero().max()) + 1
+        return cache[key]
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: SamEncoding, image_index: int) -> torch.Tensor:
