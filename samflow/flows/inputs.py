@@ -297,7 +297,7 @@ def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Datas
     but the last (more when that would make over MAX_ITEM_BLOCKS blocks, so the driver holds a
     bounded number of block refs): each small block is one decode task, and shards commit as they
     finish. Exactly: a short tail block per input block would reach the model actors as a short
-    batch (1-10 rows instead of 16 measured on the CLIP path, at up to twice the time per image). Ray
+    batch (1-10 rows instead of 16 on the CLIP path, at up to 2.3 times the time per image). Ray
     Data's repartition asks Ray for a whole CPU per task and takes no resource arguments, so it
     runs here, before any model actor holds a CPU: inside the stream it could never be placed
     beside them on a 1-CPU cluster. Members of a container stay in their bucket's block, so the
