@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 # Image-token elements (prompts x HW x C) decoded together on a GPU: 16 prompts of SAM's
 # 64 x 64 x 256 tokens (~64 MB in fp32), while small models, whose cost is per-op overhead, go
-# through in one chunk. On a CPU the bound is the cache: 2 SAM prompts (8 MB).
+# through in one chunk. On a CPU, 2 SAM prompts (8 MB): the smaller working set measured faster.
 CHUNK_ELEMENTS = {"cuda": 16 * 64 * 64 * 256, "cpu": 2 * 64 * 64 * 256}
 # Upscaled features (prompts x tokens x 16 pixels x C / 8 channels) made at once on a CPU: 4 MB
 # in fp32, 16 token rows of SAM's (measured on 2 cores: 17 ms per prompt against 24 ms for the
@@ -181,7 +181,7 @@ class _Upscale:
     hypernetwork product: (p, HW, C) tokens, (p, K, C / 8) -> (p, K, 4 rows, 4 cols) masks.
     Weights reordered once so each convolution is one matmul with its bias, output channels
     last (where the LayerNorm and the product want them). With ``block_elements``, a few token
-    rows at a time, so the upscaled features stay in cache."""
+    rows at a time, so the upscaled features stay small."""
 
     def __init__(self, decoder, block_elements: int | None = None) -> None:
         conv1, conv2 = decoder.upscale_conv1, decoder.upscale_conv2
