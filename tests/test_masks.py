@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from samflow.actors.batch import arrow_batches, from_arrow, to_arrow
+from samflow.actors.batch import arrow_batches, dropping_outputs, from_arrow, to_arrow
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
 from samflow.schemas.ids import annotation_id, item_id
@@ -100,6 +100,26 @@ def test_arrow_batches_round_trip_keeps_masks_arrow_and_vectors_fixed_size():
     back = from_arrow(table)
     assert back["embedding"].shape == (2, 5)
     assert mask_column.records_at(back[mask_column.COLUMN], 0)[0]["area"] == 6
+
+
+def test_the_last_stage_drops_the_pixels_from_its_own_output():
+    """dropping_outputs: the stage still sees the pixels; its Arrow output has none (the writer
+    never reads them); the same stage unwrapped keeps them, and its class name is kept."""
+    batch = _batch([[_record(0)], []])
+    batch["pixels"] = np.array([b"\x01" * 144, b""], dtype=object)
+
+    class Stage:
+        @arrow_batches
+        def __call__(self, b: dict) -> dict:
+            assert b["pixels"][0] == b"\x01" * 144
+            b["embedding"] = np.ones((len(b["uri"]), 5), np.float32)
+            return b
+
+    last = dropping_outputs(Stage, ("pixels",))
+    assert last.__name__ == "Stage"
+    dropped, kept = last()(to_arrow(batch)), Stage()(to_arrow(batch))
+    assert "pixels" not in dropped.column_names and "pixels" in kept.column_names
+    assert dropped.column("embedding").equals(kept.column("embedding"))
 
 
 def test_embed_labels_and_embeds_every_mask_of_healthy_rows_only():
