@@ -30,7 +30,7 @@ Modes (grids and image sizes; ViT-B unless noted):
   --quick  ViT-B, 16x16 and 32x32 grids, 384x512 and 768x1024 images, one image each: the
            no-threshold case for all three, the NMS-off case for Meta's and ours (transformers'
            pipeline post-processes thousands of kept masks for tens of minutes per image there;
-           the full run has it). About 30 minutes on 2 cores.
+           the full run has it). About 50 minutes on 2 cores.
   (full)   the same grids and sizes, all three cases for all three
 Every mode also runs SAM 2.1 Hiera-T (16x16 grid, 384x512; in --smoke a 4x4 grid, 96x128).
 
@@ -377,7 +377,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="seconds: small ViT, 4x4 grid, one small image")
-    mode.add_argument("--quick", action="store_true", help="ViT-B, 16/32 grids, 384x512 and 768x1024 (about 30 min)")
+    mode.add_argument("--quick", action="store_true", help="ViT-B, 16/32 grids, 384x512 and 768x1024 (about 50 min)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--grid", type=int, default=None, help="only this points-per-side grid")
     parser.add_argument("--size", default=None, help="only this image size, HxW (e.g. 384x512)")
