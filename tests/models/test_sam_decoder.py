@@ -95,3 +95,32 @@ def test_image_only_logits_post_process_to_the_same_masks(sam_runner, original) 
     torch.testing.assert_close(part_iou, iou)
     torch.testing.assert_close(sam_runner.postprocess_masks(part[0], enc, 0),
                                sam_runner.postprocess_masks(full[0], enc, 0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("original", [(30, 50), (48, 64), (200, 90)])
+@pytest.mark.parametrize("masks_at_once", [3, 100])
+def test_masks_and_stability_are_the_thresholded_logits_in_any_chunking(sam_runner, monkeypatch, original,
+                                                                         masks_at_once) -> None:
+    """The engine's CPU post-processing upsamples a few masks at a time: the masks and stability
+    scores are those of all logits at once, for a smaller, a model-input-sized and a larger image
+    (the upsampler's memory layout differs between them)."""
+    from samflow.models.amg import AmgParams
+    from samflow.models.amg import postprocess
+    from samflow.models.amg.filters import stability_score
+    from samflow.models.sam import SamEncoding
+
+    monkeypatch.setattr(postprocess, "_CPU_UPSAMPLE_MASKS", masks_at_once)
+    size = sam_runner.image_size
+    scale = size / max(original)
+    enc = SamEncoding(torch.zeros(1), [original], [(int(original[0] * scale + 0.5), int(original[1] * scale + 0.5))])
+    side = sam_runner.low_res_size
+    low_res = torch.randn(10, 1, side, side, generator=torch.Generator().manual_seed(4)) * 4
+
+    def upsample(x):
+        return sam_runner.postprocess_masks(x, enc, 0)
+
+    params = AmgParams()
+    masks, stability = postprocess._masks_and_stability(low_res, upsample, params)
+    logits = upsample(low_res)[:, 0]
+    assert torch.equal(masks, logits > params.mask_threshold)
+    torch.testing.assert_close(stability, stability_score(logits, params.mask_threshold, params.stability_score_offset))

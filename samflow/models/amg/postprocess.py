@@ -16,6 +16,9 @@ from samflow.models.amg.params import AmgParams
 # (M, 1, h_lr, w_lr) low-res logits -> (M, 1, H_crop, W_crop) logits at the crop's size.
 Upsampler = Callable[[torch.Tensor], torch.Tensor]
 
+# Masks upsampled at once on a CPU (see _masks_and_stability).
+_CPU_UPSAMPLE_MASKS = 4
+
 
 def point_masks(
     low_res: torch.Tensor,
@@ -39,18 +42,37 @@ def point_masks(
         low_res = low_res[keep]
     if keep.numel() == 0:  # nothing to upsample (empty batches trip some device kernels)
         return MaskSet.empty(device)
-    logits = upsample(low_res)[:, 0]
-    stability = stability_score(logits, params.mask_threshold, params.stability_score_offset)
+    masks, stability = _masks_and_stability(low_res, upsample, params)
     if params.stability_score_thresh > 0.0:
         stable = stability >= params.stability_score_thresh
-        keep, logits, stability = keep[stable], _rows(logits, stable), stability[stable]
-    masks = logits > params.mask_threshold
-    del logits
+        keep, masks, stability = keep[stable], _rows(masks, stable), stability[stable]
     boxes = masks_to_boxes(masks)
     inside = ~near_crop_edge(boxes, crop_box, (image_hw[1], image_hw[0]))
     keep, masks, boxes, stability = keep[inside], _rows(masks, inside), boxes[inside], stability[inside]
     point_xy = torch.as_tensor(points, dtype=torch.float64, device=device)[keep // k]
     return _to_maskset(masks, boxes, iou_flat[keep], stability, point_xy, crop_box, image_hw, from_box=False)
+
+
+def _masks_and_stability(
+    low_res: torch.Tensor, upsample: Upsampler, params: AmgParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, 1, h, w) low-res logits -> ((M, H, W) bool masks, in the upsampler's memory order, and
+    their (M,) stability scores). On a CPU a few masks at a time: their full-size logits are
+    read three times (two stability thresholds, then the mask) while still small, instead of
+    streaming all of them from memory three times (at 768x1024, 192 masks' logits are 600 MB)."""
+    m = low_res.shape[0]
+    step = m if low_res.device.type != "cpu" else _CPU_UPSAMPLE_MASKS
+    masks, stability = None, []
+    for s in range(0, m, step):
+        logits = upsample(low_res[s : s + step])[:, 0]
+        stability.append(stability_score(logits, params.mask_threshold, params.stability_score_offset))
+        if masks is None:  # all masks in one tensor, in the upsampler's pixel order (RLE reads it as is)
+            h, w = logits.shape[-2:]
+            column_major = logits.stride(1) < logits.stride(2)
+            masks = torch.empty((m, w, h) if column_major else (m, h, w), dtype=torch.bool, device=logits.device)
+            masks = masks.transpose(1, 2) if column_major else masks
+        torch.gt(logits, params.mask_threshold, out=masks[s : s + step])
+    return masks, torch.cat(stability)
 
 
 def _rows(full_res: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
