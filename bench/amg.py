@@ -26,23 +26,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import emit, result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.flows.sample_data import synthetic_scene  # noqa: E402
-from samflow.models.amg import AmgParams, MaskGenerator  # noqa: E402
-from samflow.models.hf import build_in_code  # noqa: E402
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation  # noqa: E402
-from samflow.models.sam import SamRunner  # noqa: E402
+from samflow.models.amg import AmgParams, MaskGenerator
+from samflow.models.loading.hf import build_in_code
+from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation
+from samflow.models.sam import SamRunner
+from samflow.scenes.sample import synthetic_scene
 
 # SAM image encoders (Kirillov et al. 2023): width, depth, heads, global-attention blocks.
 VIT = {

@@ -24,17 +24,13 @@ Also reported: the encoder alone and the heads per (image, prompt).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import emit, result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.models.registry import load_model  # noqa: E402
+from samflow.models.loading.registry import load_model
 
 PROMPTS = [f"concept {k}" for k in range(32)]
 KEPT_PER_PAIR = 10  # instances found per (image, prompt) pair in the FLOP count

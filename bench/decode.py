@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import emit, result
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.actors.decode import DecodeStage, decode_image  # noqa: E402
-from samflow.flows.config import InputConfig, StorageConfig  # noqa: E402
-from samflow.flows.storage import StorageSource  # noqa: E402
-from samflow.flows.sample_data import synthetic_scene  # noqa: E402
-from tests.badinputs import write_bad_inputs  # noqa: E402
+from samflow.config import InputConfig, StorageConfig
+from samflow.media.decode import DecodeStage, decode_image
+from samflow.scenes.sample import synthetic_scene
+from samflow.store.storage import StorageSource
+from tests.helpers.badinputs import write_bad_inputs  # noqa: E402
 
 FORMATS = {"jpeg": ("JPEG", {"quality": 90}), "png": ("PNG", {}), "webp": ("WEBP", {"quality": 90})}
 

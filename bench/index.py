@@ -26,10 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
+from common import emit, result
 
 DIM = 512
 CLUSTERS = 1000

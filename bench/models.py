@@ -17,20 +17,16 @@ FlopCounterMode, so "achieved TFLOP/s" / "matmul peak" is a model-FLOP utilisati
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import emit, result
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.models.registry import load_model  # noqa: E402
+from samflow.models.loading.registry import load_model
 
 
 @dataclass

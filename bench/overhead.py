@@ -26,11 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import annotate_env, emit, result
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import annotate_env, emit, result  # noqa: E402
 
 
 def write_jpegs(folder: Path, n: int, height: int, width: int) -> list[Path]:
@@ -50,7 +47,7 @@ def write_jpegs(folder: Path, n: int, height: int, width: int) -> list[Path]:
 def model_only(paths: list[Path], model: str, batch: int, threads: int) -> dict[str, float]:
     import torch
 
-    from samflow.models.registry import load_model
+    from samflow.models.loading.registry import load_model
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -73,7 +70,7 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
         f"stages.embed.num_cpus={threads}",
         *extra,
     ]
-    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", str(src), "--out", str(dst)]
+    command = [sys.executable, "-m", "samflow.cli.main", "annotate", str(src), "--out", str(dst)]
     for setting in settings:
         command += ["--set", setting]
     proc = subprocess.run(command, capture_output=True, text=True, env=annotate_env())

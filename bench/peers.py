@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,14 +52,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from amg import _summary, _timed, make_images
+from common import emit, result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.amg import _summary, _timed, make_images  # noqa: E402
-from bench.common import emit, result  # noqa: E402
-from samflow.models.amg import AmgParams, MaskGenerator  # noqa: E402
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from samflow.models.registry import load_model  # noqa: E402
+from samflow.models.amg import AmgParams, MaskGenerator
+from samflow.models.loading.registry import load_model
+from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SEED = 0
 MATCH_IOU = 0.95
@@ -111,7 +108,13 @@ def meta_model(name: str) -> torch.nn.Module:
         from segment_anything import sam_model_registry
 
         return sam_model_registry[name](checkpoint=None).eval()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     encoder = ImageEncoderViT(img_size=256, patch_size=16, embed_dim=64, depth=2, num_heads=2, out_chans=256,
                               qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,

@@ -19,17 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import TreeMemory, annotate_env, emit, result
 
-from bench.common import TreeMemory, annotate_env, emit, result  # noqa: E402
-from samflow.flows.sample_data import write_sample_dataset  # noqa: E402
+from samflow.scenes.sample import write_sample_dataset
 
 
 def run_case(n_images: int, workdir: Path, code: Path | None = None) -> list[dict]:
     src = workdir / f"src-{n_images}"
     write_sample_dataset(src, n_synthetic=n_images, seed=n_images, include_skimage=False)
     dst = workdir / f"out-{n_images}"
-    command = [sys.executable, "-m", "samflow.flows.cli", "annotate", str(src), "--out", str(dst), "--profile", "tiny"]
+    command = [sys.executable, "-m", "samflow.cli.main", "annotate", str(src), "--out", str(dst), "--profile", "tiny"]
     env = annotate_env(code)
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

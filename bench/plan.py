@@ -26,10 +26,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import emit, result
 
-from bench.common import emit, result  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 ROWS_PER_FILE = 100_000
 DONE_FILES = 4
@@ -62,9 +62,9 @@ def write_case(folder: Path, items: int) -> tuple[str, str]:
 
 def run_case(src: str, dst: str) -> dict[str, float]:
     """In this (fresh) process: start Ray, then plan; time and peak RSS of the driver."""
+    from samflow.config import load_config
     from samflow.flows.annotate import make_plan
-    from samflow.flows.config import load_config
-    from samflow.flows.pipeline import ensure_ray
+    from samflow.pipeline.graph import ensure_ray
 
     cfg = load_config()
     ensure_ray(cfg.ray)

@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import emit, result
 
-from bench.common import emit, result  # noqa: E402
-from samflow.flows.config import RunConfig, load_config  # noqa: E402
-from samflow.flows.pipeline import PipelineStats, run_pipeline  # noqa: E402
-from samflow.flows.sample_data import write_sample_dataset  # noqa: E402
-from samflow.flows.storage import list_files  # noqa: E402
+from samflow.config import RunConfig, load_config
+from samflow.pipeline.graph import PipelineStats, run_pipeline
+from samflow.scenes.sample import write_sample_dataset
+from samflow.store.storage import list_files
 
 MODEL_STAGES = ("segment", "embed")
 

@@ -11,27 +11,23 @@ sizes), the part of the upscale path that does not shrink with a tiny model.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from common import emit, result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.actors.batch import object_column  # noqa: E402
-from samflow.actors.embed import EmbedStage  # noqa: E402
-from samflow.actors.propose import ProposeStage  # noqa: E402
-from samflow.actors.rescale import records_to_original  # noqa: E402
-from samflow.actors.segment import SegmentStage  # noqa: E402
-from samflow.actors.upscale import UpscaleStage  # noqa: E402
-from samflow.flows.config import RunConfig, load_config  # noqa: E402
-from samflow.flows.sample_data import synthetic_scene  # noqa: E402
-from samflow.schemas import masks as mask_column  # noqa: E402
-from samflow.schemas import rle  # noqa: E402
+from samflow.actors.batch import object_column
+from samflow.actors.embed import EmbedStage
+from samflow.actors.propose import ProposeStage
+from samflow.actors.rescale import records_to_original
+from samflow.actors.segment import SegmentStage
+from samflow.actors.upscale import UpscaleStage
+from samflow.config import RunConfig, load_config
+from samflow.scenes.sample import synthetic_scene
+from samflow.schemas import masks as mask_column
+from samflow.schemas import rle
 
 VOCABULARY = [f"object {i}" for i in range(20)]
 Batch = dict[str, np.ndarray]

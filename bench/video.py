@@ -24,11 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import emit, result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import emit, result  # noqa: E402
-from samflow.schemas import masks as mask_column  # noqa: E402
+from samflow.schemas import masks as mask_column
 
 SIZES = {  # (decode seconds of video, decode size, track frames, memory short/long minutes)
     "smoke": {"decode_s": 5, "decode_wh": (320, 240), "track_frames": 8, "memory_min": (0.1, 1.0), "memory_fps": 2.0},
@@ -62,15 +60,15 @@ def write_video(path: Path, seconds: float, width: int, height: int, rate: int =
 
 
 def _input_cfg(**video):
-    from samflow.flows.config import InputConfig, VideoSampling
+    from samflow.config import InputConfig, VideoSampling
 
     return InputConfig(video=VideoSampling(**video))
 
 
 def bench_decode(tmp: Path, size: dict) -> list[dict]:
-    from samflow.actors.decode import DecodeStage
-    from samflow.flows.config import StorageConfig
-    from samflow.flows.storage import StorageSource
+    from samflow.config import StorageConfig
+    from samflow.media.decode import DecodeStage
+    from samflow.store.storage import StorageSource
 
     width, height = size["decode_wh"]
     path = tmp / "decode.mp4"
@@ -92,8 +90,8 @@ def bench_decode(tmp: Path, size: dict) -> list[dict]:
 
 def _track_stage(model: str, chunk_frames: int, fps: float, device: str | None = None):
     from samflow.actors.track import TrackStage
-    from samflow.flows.config import StorageConfig, config_from
-    from samflow.flows.storage import StorageSource
+    from samflow.config import StorageConfig, config_from
+    from samflow.store.storage import StorageSource
 
     engine = config_from({}, profile="tiny").engine.model_dump()
     return TrackStage(model, "tiny://sam", engine, StorageSource(StorageConfig()),
@@ -101,9 +99,9 @@ def _track_stage(model: str, chunk_frames: int, fps: float, device: str | None =
 
 
 def _pending(path: Path) -> dict[str, np.ndarray]:
-    from samflow.actors.decode import DecodeStage
-    from samflow.flows.config import StorageConfig
-    from samflow.flows.storage import StorageSource
+    from samflow.config import StorageConfig
+    from samflow.media.decode import DecodeStage
+    from samflow.store.storage import StorageSource
 
     decode = DecodeStage(StorageSource(StorageConfig()), _input_cfg(), defer_videos=True)
     batch = decode({"uri": np.array([str(path)], dtype=object), "size": np.array([path.stat().st_size])})

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.cluster_fixtures"]
+pytest_plugins = ["tests.helpers.cluster_fixtures"]
 
 
 @pytest.fixture(scope="session")

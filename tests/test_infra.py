@@ -20,9 +20,9 @@ import pytest
 import yaml
 from prefect import flow
 
+from samflow.config import load_config
 from samflow.flows import deployments
-from samflow.flows.config import load_config
-from tests.cluster_fixtures import prefect_server  # noqa: F401  (the session's Prefect server)
+from tests.helpers.cluster_fixtures import prefect_server  # noqa: F401  (the session's Prefect server)
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -168,7 +168,7 @@ def test_rayjob_runs_samflow_annotate_with_its_mounted_config():
     (volume,) = [v for v in head["volumes"] if v["name"] == "run-config"]
     config_map = docs["ConfigMap"]
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
-    from samflow.flows.config import RunConfig
+    from samflow.config import RunConfig
 
     run = RunConfig.model_validate(yaml.safe_load(config_map["data"][config_path.name]))
     assert run.stages.segment.num_gpus > 0

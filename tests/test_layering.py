@@ -44,7 +44,7 @@ def test_decode_and_writer_tasks_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, samflow.actors.decode, samflow.flows.storage, samflow.flows.shard_writer; "
+    code = ("import sys, samflow.media.decode, samflow.store.storage, samflow.pipeline.writer; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -25,7 +25,7 @@ from samflow.actors.batch import (
     infer_or_fail,
     stage_meta,
 )
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 

@@ -34,7 +34,7 @@ from samflow.actors.batch import (
     upscale_factor_at,
 )
 from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 from samflow.schemas import masks as mask_column
 
 STAGE = "embed"

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from samflow.actors.batch import Batch, arrow_batches, healthy, image_at, infer_or_fail, object_column, stage_meta
-from samflow.models.registry import load_model
+from samflow.actors.batch import (
+    Batch,
+    arrow_batches,
+    healthy,
+    image_at,
+    infer_or_fail,
+    object_column,
+    stage_meta,
+)
+from samflow.models.loading.registry import load_model
 
 FEATURE_FAMILIES = ("dinov2",)
 

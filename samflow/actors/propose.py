@@ -1,7 +1,7 @@
 """Propose stage: boxes per healthy image from one detector family, handed to segment as box prompts.
 
 Families (``family``; "auto" reads it from the model URI / checkpoint config, see
-``samflow.models.check.infer_family``):
+``samflow.models.loading.check.infer_family``):
   owlv2           class-agnostic objectness boxes, or open-vocabulary boxes for ``queries``
   grounding_dino  open-vocabulary boxes for ``queries`` (required)
   detr            closed-set boxes (RT-DETR v2, D-FINE) with the checkpoint's class names
@@ -35,7 +35,7 @@ from samflow.actors.batch import (
 )
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
-from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 
 STAGE = "propose"
 COLUMN = "proposals"
@@ -45,7 +45,7 @@ PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 def resolve_family(family: str, model_uri: str) -> str:
     if family == "auto":
-        from samflow.models.check import infer_family
+        from samflow.models.loading.check import infer_family
 
         family = infer_family(model_uri)
     if family not in PROPOSAL_FAMILIES:

@@ -23,7 +23,7 @@ from samflow.actors.concepts import concept_coverage
 from samflow.actors.propose import label_box_records, proposal_labels_at, proposals_at
 from samflow.actors.rescale import records_to_original
 from samflow.models.amg import AmgParams, MaskGenerator
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 from samflow.schemas import masks as mask_column
 
 STAGE = "segment"

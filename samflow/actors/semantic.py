@@ -27,7 +27,7 @@ from samflow.actors.batch import (
 )
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
-from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 
 STAGE = "semantic"
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)

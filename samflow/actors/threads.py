@@ -3,7 +3,7 @@
 Ray starts each worker with ``OMP_NUM_THREADS`` set to the CPUs the task or actor reserves
 (at least 1), and torch takes its intra-op thread count from it. A model actor whose
 reservation the graph fit shrank to a fraction of a CPU (so that decode and write keep theirs,
-samflow/flows/resources.py) then computes on one thread however many cores the node has: the CLIP
+samflow/pipeline/resources.py) then computes on one thread however many cores the node has: the CLIP
 path ran at half the model's own rate for that alone. The reservation is a scheduling share, not
 a thread budget, so the actor sets its threads from what the stage asked for instead.
 """

@@ -40,12 +40,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from samflow.actors.batch import Batch, describe, from_arrow, mark_error, stage_meta, to_arrow
+from samflow.actors.batch import (
+    Batch,
+    describe,
+    from_arrow,
+    mark_error,
+    stage_meta,
+    to_arrow,
+)
 from samflow.actors.concepts import ConceptsStage
-from samflow.actors.decode import ByteSource, DecodeError, DecodeStage, InputLimits
-from samflow.actors.video import Frame, VideoError
+from samflow.media.decode import ByteSource, DecodeError, DecodeStage, InputLimits
+from samflow.media.video import Frame, VideoError
 from samflow.models.amg import AmgParams, MaskGenerator
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 from samflow.models.tracker import Seed, VideoTracker
 from samflow.models.video_models import load_video_model
 from samflow.schemas import masks as mask_column

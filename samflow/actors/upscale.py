@@ -23,7 +23,7 @@ from samflow.actors.batch import (
     object_column,
     stage_meta,
 )
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 
 STAGE = "upscale"
 

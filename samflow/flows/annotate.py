@@ -13,19 +13,25 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import samflow
-from samflow.flows.catalog import RUNS, Catalog
-from samflow.flows.config import RunConfig, config_from
-from samflow.flows import doneset
-from samflow.flows.errors import retry_unless_permanent
-from samflow.flows.inputs import ContainerKeys, items_from_keys, key_dataset, resolve_source, todo_blocks
-from samflow.flows.lease import Lease
-from samflow.flows.pipeline import CommitHook, PipelineStats, ensure_ray, run_pipeline
-from samflow.flows.runs import build_report, error_kinds, report_markdown
+from samflow.config import RunConfig, config_from
+from samflow.errors import retry_unless_permanent
+from samflow.inputs.sources import (
+    ContainerKeys,
+    items_from_keys,
+    key_dataset,
+    resolve_source,
+    todo_blocks,
+)
+from samflow.pipeline.graph import CommitHook, PipelineStats, ensure_ray, run_pipeline
+from samflow.store import doneset
+from samflow.store.catalog import RUNS, Catalog
+from samflow.store.lease import Lease
+from samflow.store.runs import build_report, error_kinds, report_markdown
 
 
 @dataclass
 class Plan:
-    items: list[dict[str, Any]] | ContainerKeys | Any  # a Ray Dataset of items (samflow/flows/inputs.py)
+    items: list[dict[str, Any]] | ContainerKeys | Any  # a Ray Dataset of items (samflow/inputs/sources.py)
     listed: int
     already_done: int
     removed_uncommitted: int
@@ -42,7 +48,7 @@ def new_run_id() -> str:
 
 def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Plan:
     """Resolve SRC's format, then anti-join its item keys with DST's done-set, in Ray (see
-    samflow/flows/doneset.py). Unless ``read_only``, clear leftovers of killed runs first."""
+    samflow/store/doneset.py). Unless ``read_only``, clear leftovers of killed runs first."""
     start = time.perf_counter()
     catalog = Catalog(dst, cfg.storage)
     committed = catalog.committed_names()

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from samflow.flows.config import RunConfig, load_config
+from samflow.config import RunConfig, load_config
 
 if TYPE_CHECKING:  # Prefect is imported lazily: building the CLI must not pay for it.
     from prefect import Flow

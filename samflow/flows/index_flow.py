@@ -3,7 +3,7 @@
 
 The first run of a kind builds its index; later runs add only the vectors of shards committed
 since (an IVF-PQ index retrains itself once it has outgrown its training set, see
-samflow/flows/index.py). A run over a DST with nothing new republishes the same index.
+samflow/index/commands.py). A run over a DST with nothing new republishes the same index.
 Deployed by ``samflow deploy`` and served by ``samflow schedule`` when ``index.schedule`` is set.
 """
 
@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from samflow.flows.config import RunConfig, config_from
-from samflow.flows.index import RunIndex, add_to_index, build_index
+from samflow.config import RunConfig, config_from
+from samflow.index.commands import RunIndex, add_to_index, build_index
 
 
 # NO_CACHE: the task writes the index; a second call must do the work again.

@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 from samflow.index.source import normalise
 from samflow.index.store import IDS, INDEX, VECTORS, VectorFile
 
-
 EXACT_FACTOR = 2  # SQ8-ranked results re-scored exactly per result asked
 
 

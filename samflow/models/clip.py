@@ -18,7 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -27,7 +34,6 @@ from samflow.models.preprocess import (
     resize_shortest_center_crop,
     resize_square,
 )
-from samflow.models.registry import ModelLoadError, ModelSource
 
 
 class ClipRunner(HfRunner):

@@ -21,9 +21,15 @@ import torch
 
 from samflow.models.boxes import cxcywh_to_xyxy
 from samflow.models.detection import Detections, finish
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.preprocess import Normalisation, resize_square
-from samflow.models.registry import ModelLoadError, ModelSource
 
 DEFAULT_SIZE = 640
 UNIT = Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -91,7 +97,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
         loaded = build_in_code(model_class(config.model_type), config, device, dtype)
         size = (64, 64) if source.kind == "tiny" else (DEFAULT_SIZE, DEFAULT_SIZE)
         return DetrRunner(loaded, source.uri, device, dtype, size, UNIT)
-    from samflow.models.hf import local_model_dir
+    from samflow.models.loading.hf import local_model_dir
 
     directory = local_model_dir(source)
     model_type = read_json(directory / "config.json").get("model_type", "")

@@ -16,9 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, resize_shortest_center_crop
-from samflow.models.registry import ModelSource
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelSource
+from samflow.models.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalisation,
+    resize_shortest_center_crop,
+)
 
 RESIZE_OVER_CROP = 256 / 224
 

@@ -24,9 +24,20 @@ import torch.nn.functional as F
 
 from samflow.models.boxes import cxcywh_to_xyxy
 from samflow.models.detection import Detections, finish
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation, to_device
-from samflow.models.registry import ModelSource
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelSource
+from samflow.models.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalisation,
+    to_device,
+)
 
 DEFAULT_EDGES = (800, 1333)
 

@@ -28,16 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from samflow.models.checkpoint import (
+from samflow.models.detection import Detections, finish
+from samflow.models.loading.checkpoint import (
     UnsafeCheckpointError,
     read_state_dict,
     sha256_file,
     sha256_state_dict,
     weight_files,
 )
-from samflow.models.detection import Detections, finish
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.preprocess import to_device
-from samflow.models.registry import ModelLoadError, ModelSource
 
 TORCHVISION_SCHEME = "torchvision://"
 DEFAULT_ARCH = "maskrcnn_resnet50_fpn_v2"
@@ -101,8 +101,14 @@ def build_architecture(arch: str, num_classes: int) -> nn.Module:
 
     if arch == "tiny":
         from torchvision.models.detection.anchor_utils import AnchorGenerator
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.models.detection.faster_rcnn import (
+            FastRCNNPredictor,
+            TwoMLPHead,
+        )
+        from torchvision.models.detection.mask_rcnn import (
+            MaskRCNNHeads,
+            MaskRCNNPredictor,
+        )
         from torchvision.ops import MultiScaleRoIAlign
 
         width = 32

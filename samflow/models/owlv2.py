@@ -23,9 +23,20 @@ import numpy as np
 import torch
 
 from samflow.models.boxes import batched_nms, box_area, clip_xyxy, cxcywh_to_xyxy
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
-from samflow.models.preprocess import CLIP_MEAN, CLIP_STD, Normalisation, pad_square_resize
-from samflow.models.registry import ModelSource
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelSource
+from samflow.models.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Normalisation,
+    pad_square_resize,
+)
 
 QUERY_MAX_LENGTH = 16  # OWL-ViT / OWLv2 processors pad text queries to 16 tokens
 

@@ -26,16 +26,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.checkpoint import (
+from samflow.models.esrgan_arch import (
+    ArchSpec,
+    RRDBNet,
+    infer_architecture,
+    unwrap_release_checkpoint,
+)
+from samflow.models.loading.checkpoint import (
     UnsafeCheckpointError,
     read_state_dict,
     sha256_file,
     sha256_state_dict,
     weight_files,
 )
-from samflow.models.esrgan_arch import ArchSpec, RRDBNet, infer_architecture, unwrap_release_checkpoint
-from samflow.models.hf import TINY_SEED, local_model_dir
-from samflow.models.registry import ModelLoadError, ModelSource
+from samflow.models.loading.hf import TINY_SEED, local_model_dir
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 
 TINY_RRDB = dict(num_in_ch=3, num_out_ch=3, scale=4, num_feat=8, num_block=1, num_grow_ch=4)
 

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.meta_checkpoints import is_meta_file, load_meta_checkpoint
+from samflow.models.loading.registry import ModelSource
 from samflow.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -28,8 +36,6 @@ from samflow.models.preprocess import (
     resize_longest_pad,
     scale_xy,
 )
-from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
-from samflow.models.registry import ModelSource
 from samflow.models.sam_decoder import decode_prompts
 
 

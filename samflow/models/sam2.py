@@ -30,7 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.meta_checkpoints import is_meta_file, load_meta_checkpoint
+from samflow.models.loading.registry import ModelSource, build_runner
 from samflow.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,8 +47,6 @@ from samflow.models.preprocess import (
     resize_square,
     scale_xy,
 )
-from samflow.models.meta_checkpoints import is_meta_file, load_meta_checkpoint
-from samflow.models.registry import ModelSource, build_runner
 
 
 @dataclass
@@ -132,7 +138,9 @@ class Sam2VideoRunner(HfRunner):
     @staticmethod
     def session_class() -> type:
         """The transformers inference-session class of this model (SAM 3's tracker has its own)."""
-        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+        from transformers.models.sam2_video.modeling_sam2_video import (
+            Sam2VideoInferenceSession,
+        )
 
         return Sam2VideoInferenceSession
 

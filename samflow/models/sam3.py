@@ -34,9 +34,15 @@ import torch.nn.functional as F
 from samflow.models.amg import rle_torch
 from samflow.models.amg.boxes import masks_to_boxes
 from samflow.models.boxes import batched_nms
-from samflow.models.hf import HfRunner, LoadedModel, build_in_code, load_pretrained, read_json
+from samflow.models.loading.hf import (
+    HfRunner,
+    LoadedModel,
+    build_in_code,
+    load_pretrained,
+    read_json,
+)
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.preprocess import HALF, Normalisation, resize_square
-from samflow.models.registry import ModelLoadError, ModelSource
 from samflow.models.sam3_masks import FactoredMaskDecoder, ImageTerms
 from samflow.schemas import rle
 
@@ -235,7 +241,10 @@ class Sam3Runner(HfRunner):
 
     def _detect(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """DETR encoder and decoder, boxes and scores of the last decoder layer (as forward does)."""
-        from transformers.models.sam3.modeling_sam3 import box_cxcywh_to_xyxy, inverse_sigmoid
+        from transformers.models.sam3.modeling_sam3 import (
+            box_cxcywh_to_xyxy,
+            inverse_sigmoid,
+        )
 
         model = self.model
         levels, positions = vision.fpn_hidden_states[:-1], vision.fpn_position_encoding[:-1]

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from samflow.models.hf import HfRunner, LoadedModel
-from samflow.models.registry import ModelSource, build_runner
+from samflow.models.loading.hf import HfRunner, LoadedModel
+from samflow.models.loading.registry import ModelSource, build_runner
 from samflow.models.sam2 import Sam2VideoRunner, load_tracker_weights
-from samflow.models.sam3 import load_gated
 from samflow.models.sam3 import _normalisation as sam3_normalisation
+from samflow.models.sam3 import load_gated
 
 
 class Sam3TrackerVideoRunner(Sam2VideoRunner):

@@ -27,9 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samflow.models.checkpoint import UnsafeCheckpointError, read_state_dict, sha256_file, sha256_state_dict, weight_files
+from samflow.models.loading.checkpoint import (
+    UnsafeCheckpointError,
+    read_state_dict,
+    sha256_file,
+    sha256_state_dict,
+    weight_files,
+)
+from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.preprocess import Normalisation, resize_square
-from samflow.models.registry import ModelLoadError, ModelSource
 
 TINY = dict(classes=["background", "road", "building"], input_size=[64, 64], width=8, depth=2)
 RANDOM = dict(classes=["background", "foreground"], input_size=[512, 512], width=64, depth=4)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from samflow.models.registry import ModelLoadError
+from samflow.models.loading.registry import ModelLoadError
 
 VIDEO_FAMILIES = ("sam2", "sam3")
 
 
 def video_family(uri: str) -> str:
-    from samflow.models.check import infer_family
+    from samflow.models.loading.check import infer_family
 
     family = infer_family(uri)
     if family not in VIDEO_FAMILIES:

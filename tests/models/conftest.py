@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samflow.models.registry import load_model
-from tests.models.synthetic import smooth_image
+from samflow.models.loading.registry import load_model
+from tests.helpers.synthetic import smooth_image
 
 
 @pytest.fixture(scope="session")

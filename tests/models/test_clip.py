@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 
 TEXTS = ["a photo of a cat.", "dog", "a very long description of a red car parked on a street at night"]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.check import check_model
+from samflow.models.loading.check import check_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.maskrcnn import TINY_CLASSES, save_checkpoint
-from samflow.models.registry import ModelLoadError, load_model
 
 FAMILIES = ("maskrcnn", "detr")
 
@@ -166,7 +166,7 @@ def test_dfine_checkpoint_folder_loads_as_detr_with_its_processor_size(tmp_path,
 
     from transformers import DFineForObjectDetection
 
-    from samflow.models.hf import build_in_code
+    from samflow.models.loading.hf import build_in_code
     from samflow.models.tiny import tiny_dfine_config
 
     built = build_in_code(DFineForObjectDetection, tiny_dfine_config(), torch.device("cpu"), torch.float32)

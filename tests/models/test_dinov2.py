@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 
 
 def test_embeddings_unit_length_and_batch_equals_single_calls(images):

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 
 SCRIPT = """
 import json, sys
 import samflow.models.sam, samflow.models.sam2, samflow.models.clip, samflow.models.dinov2
 import samflow.models.owlv2, samflow.models.realesrgan
-from samflow.models.check import check_model
-from samflow.models.registry import load_model
+from samflow.models.loading.check import check_model
+from samflow.models.loading.registry import load_model
 load_model("clip", "tiny://clip", device="cpu").embed_texts(["a cat"])
 checks = [check_model("hf://acme/sam-tiny"), check_model("hf://acme/esrgan/x4.pth")]
 banned = sorted(m for m in sys.modules if m.split(".")[0] in {"ray", "prefect", "fsspec", "s3fs"})

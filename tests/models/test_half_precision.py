@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 
 BF16 = torch.bfloat16
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from samflow.models.boxes import box_iou, clip_xyxy
-from samflow.models.registry import load_model
+from samflow.models.loading.registry import load_model
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from samflow.models import preprocess as pp
-from tests.models.synthetic import smooth_image
+from tests.helpers.synthetic import smooth_image
 
 CPU = torch.device("cpu")
 IMAGES = [smooth_image(300, 500, 0), smooth_image(420, 260, 1)]
@@ -37,11 +37,15 @@ def test_sam_resize_longest_pad_matches_processor():
 @pytest.mark.parametrize("family", ["clip", "dinov2"])
 def test_shortest_side_center_crop_matches_processor(family):
     if family == "clip":
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Processor
+        from transformers.models.clip.image_processing_pil_clip import (
+            CLIPImageProcessorPil as Processor,
+        )
 
         mean, std, resize_to = pp.CLIP_MEAN, pp.CLIP_STD, 224
     else:  # DINOv2 checkpoints use the BiT processor: shortest side 256, crop 224, ImageNet stats
-        from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil as Processor
+        from transformers.models.bit.image_processing_pil_bit import (
+            BitImageProcessorPil as Processor,
+        )
 
         mean, std, resize_to = pp.IMAGENET_MEAN, pp.IMAGENET_STD, 256
     processor = Processor(size={"shortest_edge": resize_to}, crop_size={"height": 224, "width": 224},
@@ -53,7 +57,9 @@ def test_shortest_side_center_crop_matches_processor(family):
 
 
 def test_siglip_square_resize_matches_processor():
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import (
+        SiglipImageProcessorPil,
+    )
 
     ref = SiglipImageProcessorPil()(images=IMAGES, return_tensors="pt")["pixel_values"]
     mine = pp.resize_square(IMAGES, (224, 224), pp.Normalisation(pp.HALF, pp.HALF), CPU, torch.float32, mode="bicubic")
@@ -61,7 +67,9 @@ def test_siglip_square_resize_matches_processor():
 
 
 def test_owlv2_pad_square_resize_matches_processor():
-    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+    from transformers.models.owlv2.image_processing_pil_owlv2 import (
+        Owlv2ImageProcessorPil,
+    )
 
     ref = Owlv2ImageProcessorPil()(images=IMAGES, return_tensors="pt")["pixel_values"]
     mine, originals = pp.pad_square_resize(IMAGES, 960, pp.Normalisation(pp.CLIP_MEAN, pp.CLIP_STD), CPU, torch.float32)

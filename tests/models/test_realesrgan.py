@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from samflow.models.esrgan_arch import RRDBNet, SRVGGNetCompact
-from samflow.models.registry import load_model
-from tests.models.synthetic import smooth_image
+from samflow.models.loading.registry import load_model
+from tests.helpers.synthetic import smooth_image
 
 
 def official_rrdb_shapes(in_ch: int, num_block: int = 23, feat: int = 64, grow: int = 32) -> dict[str, tuple]:
@@ -69,7 +69,7 @@ def test_strict_load_rejects_foreign_keys(tmp_path):
     state = random_state(official_srvgg_shapes(feat=8, num_conv=2))
     state["extra.weight"] = torch.zeros(1)
     torch.save({"params": state}, tmp_path / "bad.pth")
-    from samflow.models.registry import ModelLoadError
+    from samflow.models.loading.registry import ModelLoadError
 
     with pytest.raises(ModelLoadError, match="extra.weight"):
         load_model("realesrgan", str(tmp_path / "bad.pth"), device="cpu")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.sam2 import load_sam2_video
-from tests.models.synthetic import smooth_image
+from tests.helpers.synthetic import smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_video_loader_errors_are_model_load_errors():
 
 def test_video_checkpoint_serves_the_image_runner(tmp_path):
     """Published SAM 2 checkpoints are video models; the image runner loads their image part."""
-    from samflow.models.check import check_model
+    from samflow.models.loading.check import check_model
 
     video = load_sam2_video("tiny://sam2", device="cpu")
     video.model.save_pretrained(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from samflow.models.amg.boxes import box_iou
-from samflow.models.registry import ModelLoadError, load_model
+from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.sam3_masks import ImageTerms
 
 PROMPTS = ["cat", "dog", "traffic cone"]

@@ -104,8 +104,7 @@ def test_masks_and_stability_are_the_thresholded_logits_in_any_chunking(sam_runn
     """The engine's CPU post-processing upsamples a few masks at a time: the masks and stability
     scores are those of all logits at once, for a smaller, a model-input-sized and a larger image
     (the upsampler's memory layout differs between them)."""
-    from samflow.models.amg import AmgParams
-    from samflow.models.amg import postprocess
+    from samflow.models.amg import AmgParams, postprocess
     from samflow.models.amg.filters import stability_score
     from samflow.models.sam import SamEncoding
 

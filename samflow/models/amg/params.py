@@ -1,6 +1,6 @@
 """Parameters of automatic mask generation.
 
-Field names match ``samflow.flows.config.EngineConfig`` exactly, so the segment stage can do
+Field names match ``samflow.config.EngineConfig`` exactly, so the segment stage can do
 ``AmgParams(**cfg.engine.model_dump())``. Defaults are the published SAM ones.
 """
 

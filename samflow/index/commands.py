@@ -1,0 +1,421 @@
+"""Index, search and dedup commands over an annotate run's output (storage and models wiring).
+
+The vector work lives in :mod:`samflow.index`; this module finds the committed Parquet files,
+hands them over as a pyarrow filesystem, picks the local work and cache folders, and loads the
+run's CLIP model for text and image queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+from fsspec.implementations.local import LocalFileSystem
+
+from samflow.config import StorageConfig
+from samflow.index import store
+from samflow.index.build import Build, BuildParams
+from samflow.index.search import IdMap, Searcher, results
+from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
+from samflow.schemas.tables import (
+    EMBEDDING_MODELS,
+    LEGACY_EMBEDDING_TABLES,
+    embeddings_table,
+)
+from samflow.store.catalog import RUNS, Catalog
+from samflow.store.storage import read_bytes
+
+if TYPE_CHECKING:
+    from samflow.index.dedup import DedupParams
+
+INDEX_DIR = "_index"
+DRIFT_FACTOR = 4  # IVF-PQ retrains on `index add` once it holds this many times its training count
+
+log = logging.getLogger(__name__)
+
+
+class IndexUserError(ValueError):
+    """A user mistake (no index yet, no vectors, a bad query): one line on stderr, exit 2."""
+
+
+class RunIndex:
+    """One DST's committed tables as a pyarrow filesystem, and where its indexes live."""
+
+    def __init__(self, dst: str, storage: StorageConfig | None = None) -> None:
+        self.dst = dst
+        self.storage = storage or StorageConfig()
+        self.catalog = Catalog(dst, self.storage)
+        self.local = isinstance(self.catalog.fs, LocalFileSystem)
+        if self.local:
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+        else:
+            self.fs = pafs.PyFileSystem(pafs.FSSpecHandler(self.catalog.fs))
+
+    def committed_files(self, table: str) -> list[str]:
+        """Paths (inside ``self.fs``) of the table's committed Parquet files, sorted."""
+        committed = self.catalog.shard_names(self.catalog.committed_shards())
+        folder = self.catalog.path(table)
+        try:
+            entries = self.catalog.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(p for p in entries if p.endswith(".parquet")
+                      and posixpath.basename(p)[: -len(".parquet")] in committed)
+
+    def root(self, kind: str, model: str = "clip") -> str:
+        return self.catalog.path(INDEX_DIR, index_name(kind, model))
+
+    def cache(self, kind: str, model: str = "clip") -> Path:
+        """Local folder for work and downloaded builds: inside DST when DST is a local folder."""
+        if self.local:
+            return Path(self.root(kind, model))
+        home = Path(os.environ.get("SAMFLOW_CACHE", Path.home() / ".cache" / "samflow"))
+        key = hashlib.sha1(self.dst.rstrip("/").encode()).hexdigest()[:16]
+        return home / "index" / key / index_name(kind, model)
+
+    def run_models(self) -> dict[str, Any]:
+        """Stage -> {model, checkpoint_sha256} of the newest run (manifests under ``_runs/``)
+        that recorded models."""
+        fs = self.catalog.fs
+        try:
+            manifests = sorted(p for p in fs.ls(self.catalog.path(RUNS), detail=False) if p.endswith(".json"))
+        except FileNotFoundError:
+            return {}
+        for path in reversed(manifests):
+            models = json.loads(fs.cat_file(path)).get("models") or {}
+            if models:
+                return models
+        return {}
+
+    def model(self, name: str = "clip") -> str | None:
+        """The URI of embedding model ``name`` (clip, dinov2) in the newest run that recorded it."""
+        stage = "embed" if name == "clip" else f"embed_{name}"
+        return (self.run_models().get(stage) or {}).get("model")
+
+    def manifest(self, kind: str, model: str = "clip") -> dict[str, Any] | None:
+        return store.read_manifest(self.fs, self.root(kind, model))
+
+
+def index_name(kind: str, model: str = "clip") -> str:
+    """The index's folder under DST/_index/ (and its dedup file's name): ``image``, ``mask``
+    for CLIP vectors (as always), ``image-dinov2`` for another model's."""
+    return kind if model == "clip" else f"{kind}-{model}"
+
+
+def _check_kind(kind: str, model: str = "clip") -> None:
+    if kind not in KINDS:
+        raise IndexUserError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if model not in EMBEDDING_MODELS:
+        raise IndexUserError(f"unknown embedding model {model!r}; expected one of {', '.join(EMBEDDING_MODELS)}")
+    if kind == "mask" and model != "clip":
+        raise IndexUserError(f"{model} vectors are per image only; mask vectors come from clip")
+
+
+def _tables(kind: str, model: str) -> list[str]:
+    """The tables holding ``kind`` vectors of ``model`` (for DINOv2 also its pre-partition folder)."""
+    if kind == "mask":
+        return [TABLE_OF_KIND[kind]]
+    legacy = LEGACY_EMBEDDING_TABLES.get(model)
+    return [embeddings_table(model), *([legacy] if legacy else [])]
+
+
+def _sources(run: RunIndex, kind: str, skip: set[str], model: str = "clip"):
+    # Source names are the shard file names: a shard's rows of one model sit in one file.
+    files = [f for table in _tables(kind, model) for f in run.committed_files(table)
+             if posixpath.basename(f) not in skip]
+    if not files:
+        return []
+    uris = UriLookup(run.fs, run.committed_files("images"))
+    return [
+        (posixpath.basename(path), lambda path=path: iter_vectors(run.fs, [path], kind, uris))
+        for path in files
+    ]
+
+
+def build_index(dst: str, kind: str = "image", params: BuildParams | None = None,
+                storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
+    """Build (or resume building) the ``kind`` index of DST's ``model`` vectors and publish it;
+    returns its manifest."""
+    _check_kind(kind, model)
+    run = RunIndex(dst, storage)
+    work = run.cache(kind, model) / "_work"
+    if not (work / store.STATE).exists() and run.manifest(kind, model) is not None:
+        log.info("replacing the existing %s index of %s", index_name(kind, model), dst)
+    build = Build(work, params or BuildParams(), kind, run.model(model))
+    manifest = build.run(_sources(run, kind, skip=set(), model=model))
+    return _publish(run, kind, work, manifest, model)
+
+
+def _no_index(dst: str, kind: str, model: str) -> IndexUserError:
+    flags = f" --kind {kind}" + (f" --model {model}" if model != "clip" else "")
+    return IndexUserError(f"no {index_name(kind, model)} index under {dst} yet; run `samflow index build {dst}{flags}`")
+
+
+def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
+                 storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
+    """Add the vectors of files committed since the last build, without retraining (unless
+    asked, or IVF-PQ has grown past DRIFT_FACTOR x its training count)."""
+    _check_kind(kind, model)
+    run = RunIndex(dst, storage)
+    manifest = run.manifest(kind, model)
+    if manifest is None:
+        raise _no_index(dst, kind, model)
+    new = _sources(run, kind, skip=set(manifest["sources"]), model=model)
+    work = run.cache(kind, model) / "_work"
+    if not (work / store.STATE).exists():  # else: resume an add that crashed
+        shutil.rmtree(work, ignore_errors=True)
+        store.copy_build(store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest), work)
+        store.split_ids_into_parts(work)
+        state = {key: manifest[key] for key in ("kind", "model", "sources", "count", "dim", "type",
+                                                "trained_count", "params")}
+        store.write_json(work / store.STATE, {**state, "build_s": 0.0})
+    params = BuildParams(**manifest["params"])
+    build = Build(work, params, kind, manifest.get("model"))
+    build.collect(new)
+    drift = manifest["type"] == "ivfpq" and build.state["count"] > DRIFT_FACTOR * manifest["trained_count"]
+    if drift:
+        log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
+    if retrain or drift:
+        params.nlist = params.pq_m = params.nprobe = params.refine_factor = 0  # sized and tuned again
+    updated = build.run([], retrain=retrain or drift)
+    updated["added"] = updated["count"] - manifest["count"]
+    return _publish(run, kind, work, updated, model)
+
+
+def _publish(run: RunIndex, kind: str, work: Path, manifest: dict[str, Any], model: str) -> dict[str, Any]:
+    manifest["embedding_model"] = model
+    store.publish(work, run.fs, run.root(kind, model), manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+# --- search --------------------------------------------------------------------------------
+
+
+class OpenIndex:
+    """A published index, loaded for queries, with the model that made its vectors."""
+
+    def __init__(self, dst: str, kind: str = "image", storage: StorageConfig | None = None,
+                 model: str = "clip") -> None:
+        _check_kind(kind, model)
+        self.run = RunIndex(dst, storage)
+        self.kind = kind
+        self.model_name = model
+        manifest = self.run.manifest(kind, model)
+        if manifest is None:
+            raise _no_index(dst, kind, model)
+        self.manifest = manifest
+        folder = store.fetch(self.run.fs, self.run.root(kind, model), self.run.cache(kind, model), manifest)
+        self.searcher = Searcher(folder, manifest)
+        self.ids = IdMap(folder / store.IDS)
+        self._clip = None
+
+    @property
+    def clip(self):
+        """The model that made the index's vectors (CLIP, or DINOv2 for an image-dinov2 index)."""
+        if self._clip is None:
+            from samflow.models.loading.registry import load_model
+
+            model = self.manifest.get("model") or self.run.model(self.model_name)
+            if not model:
+                raise IndexUserError(f"no {self.model_name} model recorded for {self.run.dst} (no run manifest under _runs/)")
+            self._clip = load_model(self.model_name, model)
+        return self._clip
+
+    def text_vector(self, text: str) -> np.ndarray:
+        if not text.strip():
+            raise IndexUserError("the text query is empty")
+        if self.model_name != "clip":
+            raise IndexUserError(f"{self.model_name} has no text tower: search its index with --image")
+        return self.clip.embed_texts([text]).float().numpy()
+
+    def image_vector(self, data: bytes) -> np.ndarray:
+        return self.clip.embed_images([decode_image(data)]).float().numpy()
+
+    def query(self, vector: np.ndarray, k: int = 20) -> list[dict[str, Any]]:
+        if k < 1:
+            raise IndexUserError(f"k must be at least 1 (got {k})")
+        return [_clean(row, self.kind) for row in results(self.searcher, self.ids, vector, k)]
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 RGB; a clear IndexUserError for bytes that are not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise IndexUserError(f"not a readable image: {exc}") from None
+
+
+def _clean(row: dict[str, Any], kind: str) -> dict[str, Any]:
+    keep = ["id", "uri", "item_id", "score"] + (["annotation_id", "bbox", "label"] if kind == "mask" else [])
+    return {key: row.get(key) for key in keep}
+
+
+def search(dst: str, text: str | None = None, image: str | None = None, k: int = 20,
+           kind: str = "image", storage: StorageConfig | None = None, model: str = "clip") -> list[dict[str, Any]]:
+    """Top-k by a text (CLIP text tower) or an image (path or URI)."""
+    if (text is None) == (image is None):
+        raise IndexUserError("give exactly one of --text or --image")
+    index = OpenIndex(dst, kind, storage, model)
+    if text is not None:
+        vector = index.text_vector(text)
+    else:
+        try:
+            data = read_bytes(image, index.run.storage)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise IndexUserError(f"cannot read image {image}: {type(exc).__name__}") from None
+        vector = index.image_vector(data)
+    return index.query(vector, k)
+
+
+# --- dedup ---------------------------------------------------------------------------------
+
+DEDUP_DIR = "dedup"
+HASH_THREADS = 8
+
+
+def content_digests(uris: pa.ChunkedArray, storage: StorageConfig) -> np.ndarray:
+    """16-byte BLAKE2b of each row's file, ``b""`` where the file is not an image of its own:
+    a URI named by several rows (frames of one video) or one that cannot be read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(uris)
+    single = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
+    hashable = pc.is_in(uris, value_set=single).to_numpy(zero_copy_only=False)
+
+    def digest(uri: str) -> bytes:
+        try:
+            return hashlib.blake2b(read_bytes(uri, storage), digest_size=16).digest()
+        except OSError:
+            return b""
+
+    out = np.zeros(len(uris), dtype="S16")
+    rows = np.flatnonzero(hashable)
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        for start in range(0, len(rows), 1024):
+            block = rows[start:start + 1024]
+            names = uris.take(block).to_pylist()
+            out[block] = list(pool.map(digest, names))
+    return out
+
+
+def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
+          storage: StorageConfig | None = None, params: DedupParams | None = None,
+          model: str = "clip") -> dict[str, Any]:
+    """Near-duplicate groups of DST's ``kind`` vectors of ``model`` ->
+    ``DST/dedup/<kind>.parquet`` (``<kind>-<model>.parquet`` for a model other than CLIP)."""
+    import pyarrow.parquet as pq
+
+    from samflow.index.dedup import SCHEMA, DedupParams, result_tables, semdedup
+    from samflow.index.store import VectorFile
+
+    if not 0.0 < threshold <= 1.0:
+        raise IndexUserError(f"--threshold must be in (0, 1] (got {threshold})")
+    _check_kind(kind, model)
+    run = RunIndex(dst, storage)
+    if run.manifest(kind, model) is None:
+        build_index(dst, kind, storage=run.storage, model=model)
+    manifest = run.manifest(kind, model)
+    folder = store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
+    params = params or DedupParams()
+    params.threshold = threshold
+    digests = None
+    if kind == "image":
+        digests = content_digests(pq.read_table(folder / store.IDS, columns=["uri"]).column("uri"), run.storage)
+    result = semdedup(VectorFile(folder / store.VECTORS, manifest["dim"]), manifest["count"], digests, params)
+    out_dir = run.catalog.path(DEDUP_DIR)
+    run.fs.create_dir(out_dir, recursive=True)
+    name = index_name(kind, model)
+    out = f"{out_dir}/{name}.parquet"
+    with run.fs.open_output_stream(out) as sink, pq.ParquetWriter(sink, SCHEMA) as writer:
+        for table in result_tables(folder / store.IDS, result):
+            writer.write_table(table)
+    return {
+        "output": run.catalog.dst.rstrip("/") + f"/{DEDUP_DIR}/{name}.parquet",
+        "model": model,
+        "vectors": manifest["count"],
+        "kept": int(result.keep.sum()),
+        "dropped": int((~result.keep).sum()),
+        "byte_duplicates": result.byte_copies,
+        "clusters": result.clusters,
+        "threshold": threshold,
+    }
+
+
+# --- preview -------------------------------------------------------------------------------
+
+PREVIEW_COLUMNS = ["item_id", "segmentation", "bbox", "label", "label_score", "predicted_iou"]
+
+
+def _masks_by_item(run: RunIndex, item_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The annotations of just these items (a filtered dataset scan, not the whole table)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    files = run.committed_files("annotations")
+    by_item: dict[str, list[dict[str, Any]]] = {item: [] for item in item_ids}
+    if not files or not item_ids:
+        return by_item
+    dataset = ds.dataset(files, filesystem=run.fs, format="parquet")
+    columns = [c for c in PREVIEW_COLUMNS if c in dataset.schema.names]
+    table = dataset.to_table(columns=columns, filter=pc.field("item_id").isin(item_ids))
+    for row in table.to_pylist():
+        by_item[row["item_id"]].append(row)
+    return by_item
+
+
+def _cards(run: RunIndex, rows: list[dict[str, Any]], captions: list[str]) -> list:
+    from samflow.index.preview import Card
+
+    masks = _masks_by_item(run, [row["item_id"] for row in rows])
+    cards = []
+    for row, caption in zip(rows, captions):
+        try:
+            image = decode_image(read_bytes(row["uri"], run.storage))
+        except (OSError, IndexUserError) as exc:
+            log.warning("preview: skipping %s: %s", row["uri"], exc)
+            continue
+        cards.append(Card(row["uri"].rsplit("/", 1)[-1], image, masks[row["item_id"]], caption))
+    return cards
+
+
+def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: int = 500, k: int = 12,
+                  storage: StorageConfig | None = None) -> dict[str, Any]:
+    """A static HTML report of DST: the first ``limit`` images (by URI) with their masks, and
+    the top-``k`` images for each text query (needs the image index)."""
+    from samflow.index.preview import render
+    from samflow.store.storage import write_bytes
+
+    run = RunIndex(dst, storage)
+    images = run.catalog.read_table("images", columns=["item_id", "uri"])
+    if images is None:
+        raise IndexUserError(f"no committed images under {dst}")
+    rows = sorted(images.to_pylist(), key=lambda r: (r["uri"], r["item_id"]))
+    shown = rows[:limit]
+    gallery = _cards(run, shown, [""] * len(shown))
+    searches = {}
+    if queries:
+        index = OpenIndex(dst, "image", run.storage)
+        for query in queries:
+            hits = index.query(index.text_vector(query), k)
+            searches[query] = _cards(run, hits, [f"score {h['score']:.3f}" for h in hits])
+    summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
+    write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
+    if "://" not in out or out.startswith("file://"):
+        os.chmod(out.removeprefix("file://"), 0o644)  # a report to open and share, not a private temp file
+    return {"out": out, **summary, "searches": {q: len(c) for q, c in searches.items()}}

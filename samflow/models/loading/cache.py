@@ -1,0 +1,186 @@
+"""Models from where users keep them: ``s3://`` and ``http(s)://`` model URIs, fetched once per node.
+
+    local = fetch_model("s3://bucket/models/sam/", storage)          # HF-layout folder
+    local = fetch_model("https://host/RealESRGAN_x4plus.pth#sha256=4fa0...", storage)
+
+A remote URI is copied into a local cache (``$SAMFLOW_MODEL_CACHE``, default
+``~/.cache/samflow/models``) under a folder named after the URI, and the local path (the file, or
+the folder) is what the registry loads. A file lock per URI makes the actors of one node share a
+single download: the first fetches, the others wait and reuse it. The copy is written to a
+temporary folder and renamed into place only when complete (and verified), so a killed download
+never looks finished.
+
+An expected sha256 may come in the URI fragment (``#sha256=<hex>``) or from the stage config
+(``stages.<name>.model_sha256``). For a file it is the file's sha256; for a folder it is the
+checkpoint hash ``samflow models check`` prints (the weight files' combined hash). A download whose
+hash differs is deleted and refused with :class:`ModelFetchError`; a cached copy whose hash differs
+(edited on disk) is dropped and fetched again.
+
+Every other URI (local paths, Hub ids, ``tiny://``) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from samflow.config import StorageConfig
+from samflow.models.loading.checkpoint import sha256_file, sha256_files, weight_files
+from samflow.models.loading.registry import ModelLoadError
+from samflow.store.storage import filesystem
+
+REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "http://", "https://")
+CACHE_ENV = "SAMFLOW_MODEL_CACHE"
+_MARKER = ".samflow-fetched.json"
+_HTTP_TIMEOUT_S = 60
+_CHUNK = 1 << 22
+
+
+class ModelFetchError(ModelLoadError):
+    """A remote model could not be fetched, or its bytes are not the expected ones."""
+
+
+def is_remote(uri: str) -> bool:
+    return uri.strip().lower().startswith(REMOTE_SCHEMES)
+
+
+def split_fragment(uri: str) -> tuple[str, str | None]:
+    """``("https://h/x.pth", "ab12...")`` for ``https://h/x.pth#sha256=ab12...``."""
+    base, _, fragment = uri.strip().partition("#")
+    if not fragment:
+        return base, None
+    key, _, value = fragment.partition("=")
+    if key.lower() != "sha256" or not _is_hex64(value):
+        raise ModelFetchError(f"{uri}: the URI fragment must be #sha256=<64 hex digits>")
+    return base, value.lower()
+
+
+def _is_hex64(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "samflow" / "models").expanduser()
+
+
+def fetch_model(
+    uri: str, storage: StorageConfig | None = None, sha256: str | None = None, cache_dir: str | Path | None = None
+) -> str:
+    """The local path to load ``uri`` from: remote URIs are fetched (once per cache), verified,
+    and their cached path returned; any other URI comes back as it is."""
+    if not is_remote(uri):
+        return uri
+    base, from_uri = split_fragment(uri)
+    if sha256 and from_uri and sha256.lower() != from_uri:
+        raise ModelFetchError(f"{uri}: the URI's #sha256 and the configured model_sha256 disagree")
+    if sha256 and not _is_hex64(sha256):
+        raise ModelFetchError(f"model_sha256 {sha256!r} is not 64 hex digits")
+    expected = (sha256 or from_uri or "").lower() or None
+    root = Path(cache_dir) if cache_dir else cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(base.encode()).hexdigest()[:24]
+    with FileLock(str(root / f"{key}.lock")):
+        return str(_cached_or_fetched(base, expected, root / key, storage or StorageConfig()))
+
+
+def _cached_or_fetched(base: str, expected: str | None, slot: Path, storage: StorageConfig) -> Path:
+    marker = slot / _MARKER
+    if marker.is_file():
+        facts = json.loads(marker.read_text())
+        local = slot / facts["name"]
+        if expected is None or _hash_of(local) == expected:
+            return local
+        shutil.rmtree(slot)  # edited since it was fetched: fetch it again
+    staging = Path(tempfile.mkdtemp(dir=slot.parent, prefix=f".{slot.name}.", suffix=".tmp"))
+    try:
+        name = _download(base, staging, storage)
+        actual = _hash_of(staging / name)
+        if expected is not None and actual != expected:
+            raise ModelFetchError(
+                f"refused {base}: its sha256 is {actual}, expected {expected} "
+                "(the file was changed or is not the one named; nothing was cached)"
+            )
+        (staging / _MARKER).write_text(json.dumps({"uri": base, "name": name, "sha256": actual}))
+        if slot.exists():
+            shutil.rmtree(slot)
+        os.replace(staging, slot)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return slot / name
+
+
+def _hash_of(path: Path) -> str | None:
+    """A file's sha256; a folder's checkpoint hash (its weight files, as `models check` prints)."""
+    if path.is_file():
+        return sha256_file(path)
+    return sha256_files(weight_files(path)) if path.is_dir() else None
+
+
+def _download(base: str, into: Path, storage: StorageConfig) -> str:
+    """Copy ``base`` under ``into``; return the name of the file or folder it became."""
+    try:
+        if base.lower().startswith(("http://", "https://")):
+            return _download_http(base, into)
+        return _download_object_store(base, into, storage)
+    except ModelFetchError:
+        raise
+    except Exception as exc:  # any transport failure is one user-facing error
+        raise ModelFetchError(f"could not fetch {base}: {type(exc).__name__}: {exc}") from None
+
+
+def _download_http(url: str, into: Path) -> str:
+    name = _safe_name(url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]) or "model"
+    request = urllib.request.Request(url, headers={"User-Agent": "samflow"})
+    with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as response, open(into / name, "wb") as out:
+        shutil.copyfileobj(response, out, _CHUNK)
+    return name
+
+
+def _download_object_store(uri: str, into: Path, storage: StorageConfig) -> str:
+    fs, path = filesystem(uri, storage)
+    name = _safe_name(path.rstrip("/").rsplit("/", 1)[-1]) or "model"
+    if fs.isfile(path):
+        fs.get_file(path, str(into / name))
+        return name
+    files = [p for p, info in fs.find(path, detail=True).items() if info.get("type") == "file"]
+    if not files:
+        raise ModelFetchError(f"{uri}: no such model file or folder")
+    prefix = path.rstrip("/") + "/"
+    for remote in files:
+        relative = remote[len(prefix):]
+        if not relative or relative.endswith("/"):
+            continue  # folder markers some S3 tools write
+        target = (into / name / relative).resolve()
+        if not target.is_relative_to((into / name).resolve()):
+            raise ModelFetchError(f"{uri}: object key {remote!r} escapes the model folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(target))
+    return name
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
+
+
+def with_model_cache(stage_cls: type, storage: StorageConfig, sha256: str | None = None) -> type:
+    """``stage_cls`` whose constructor first resolves its ``model_uri`` through the cache, on the
+    node where the actor runs; the stage's class name (Ray Data's operator name) is kept, and its
+    recorded model stays the URI the user gave."""
+
+    def __init__(self: Any, *args: Any, model_uri: str = "", **kwargs: Any) -> None:
+        local = fetch_model(model_uri, storage, sha256)
+        stage_cls.__init__(self, *args, model_uri=local, **kwargs)
+        info = getattr(self, "info", None)
+        if local != model_uri and isinstance(info, dict):
+            info["model"] = model_uri
+
+    return type(stage_cls.__name__, (stage_cls,), {"__init__": __init__, "__qualname__": f"cached.{stage_cls.__name__}"})

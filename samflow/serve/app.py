@@ -1,0 +1,276 @@
+"""``samflow serve DST``: a Ray Serve app (FastAPI ingress) over a run's indexes and models.
+
+    GET  /healthz            {"status": "ok", "indexes": {"image": N, ...}}
+    POST /search             {"text": "..."} | {"image": "<base64>"}, "k": 10, "kind": "image"|"mask"
+    POST /embed              {"image": "<base64>"} | {"text": "..."}  -> {"embedding": [...], ...}
+    POST /segment            {"image": "<base64>", "points": [[x, y], ...] | "boxes": [[x0, y0, x1, y1], ...]}
+                             -> {"masks": [{"segmentation": RLE, "bbox", "area", "score"}, ...]}
+
+CLIP calls from concurrent requests are batched with ``@serve.batch``. Ray Serve has no
+authentication of its own: with a token (``SAMFLOW_SERVE_TOKEN`` for the CLI) every route but
+/healthz wants ``Authorization: Bearer <token>``. Bodies and decoded images are size-limited.
+Every bad request gets a 4xx JSON ``{"error": "..."}``; bodies are parsed here, not by FastAPI,
+so malformed JSON, wrong types and oversized bodies all say what was wrong.
+"""
+
+
+import base64
+import binascii
+import hmac
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TOKEN_ENV = "SAMFLOW_SERVE_TOKEN"
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_k: int = 1000
+    max_prompts: int = 64
+    clip_batch: int = 16
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EmbedBody(_Body):
+    text: str | None = None
+    image: str | None = None
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "EmbedBody":
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of 'text' or 'image'")
+        return self
+
+
+class SearchBody(EmbedBody):
+    k: int = Field(10, ge=1)
+    kind: Literal["image", "mask"] = "image"
+
+
+class SegmentBody(_Body):
+    image: str
+    points: list[list[float]] | None = None
+    boxes: list[list[float]] | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt_kind(self) -> "SegmentBody":
+        if (self.points is None) == (self.boxes is None):
+            raise ValueError("give exactly one of 'points' or 'boxes'")
+        prompts, width = (self.points, 2) if self.points is not None else (self.boxes, 4)
+        if not prompts or any(len(p) != width for p in prompts):
+            raise ValueError(f"{'points' if width == 2 else 'boxes'} must be a non-empty list of {width}-number lists")
+        return self
+
+
+def parse_body(raw: bytes, model: type[BaseModel], limits: Limits) -> Any:
+    if len(raw) > limits.max_body_bytes:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "the body must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, problems) from None
+
+
+def decode_image(data: str, limits: Limits) -> np.ndarray:
+    """Base64 text -> HxWx3 uint8 RGB, with size checks before any pixels are decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "'image' is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            width, height = image.size
+            if width * height > limits.max_image_pixels:
+                raise ApiError(413, f"image is {width}x{height}; the limit is {limits.max_image_pixels} pixels")
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ApiError(400, f"'image' is not a readable image: {type(exc).__name__}") from None
+
+
+def segment_image(runner: Any, image: np.ndarray, body: SegmentBody) -> list[dict[str, Any]]:
+    """One mask per prompt (SAM, single-mask output), as COCO RLE with bbox, area and score."""
+    import torch
+
+    from samflow.schemas import rle
+
+    height, width = image.shape[:2]
+    prompts = torch.tensor([body.points if body.points is not None else body.boxes], dtype=torch.float32)
+    encoding = runner.encode([image])
+    key = "points" if body.points is not None else "boxes"
+    logits, scores = runner.decode(encoding, [0], multimask_output=False, **{key: prompts})
+    masks = (runner.postprocess_masks(logits[0], encoding, 0) > 0).cpu().numpy()[:, 0]
+    out = []
+    for mask, score in zip(masks, scores[0, :, 0].tolist()):
+        encoded = rle.encode(mask)
+        out.append({"segmentation": encoded, "bbox": rle.to_bbox(encoded), "area": int(mask.sum()),
+                    "score": round(float(score), 6), "size": [height, width]})
+    return out
+
+
+def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None = None,
+              limits: Limits | None = None, name: str = "samflow"):
+    """The Serve application (bind it with ``serve.run``)."""
+    from ray import serve
+
+    limits = limits or Limits()
+    app = FastAPI(title="samflow", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @serve.deployment(name=name)
+    @serve.ingress(app)
+    class SamflowApi:
+        def __init__(self) -> None:
+            from samflow.config import StorageConfig
+            from samflow.index.commands import OpenIndex, RunIndex
+
+            config = StorageConfig(**(storage or {}))
+            run = RunIndex(dst, config)
+            self.indexes = {kind: OpenIndex(dst, kind, config) for kind in ("image", "mask")
+                            if run.manifest(kind) is not None}
+            self.model = next((i.manifest.get("model") for i in self.indexes.values() if i.manifest.get("model")),
+                              None) or run.model()
+            self.run = run
+            self._clip = None
+            self._sam = None
+
+        # -- models ---------------------------------------------------------------------
+
+        @property
+        def clip(self):
+            if self._clip is None:
+                from samflow.models.loading.registry import load_model
+
+                if not self.model:
+                    raise ApiError(409, f"no CLIP model recorded for {dst}")
+                self._clip = load_model("clip", self.model)
+            return self._clip
+
+        @serve.batch(max_batch_size=limits.clip_batch, batch_wait_timeout_s=0.005)
+        async def embed_images(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            return list(self.clip.embed_images(images).float().numpy())
+
+        @serve.batch(max_batch_size=limits.clip_batch, batch_wait_timeout_s=0.005)
+        async def embed_texts(self, texts: list[str]) -> list[np.ndarray]:
+            return list(self.clip.embed_texts(texts).float().numpy())
+
+        async def _vector(self, text: str | None, image: str | None) -> np.ndarray:
+            if text is not None:
+                if not text.strip():
+                    raise ApiError(422, "text: must not be empty")
+                return await self.embed_texts(text)
+            return await self.embed_images(decode_image(image, limits))
+
+        def _authorize(self, request: Request) -> None:
+            if not token:
+                return
+            header = request.headers.get("authorization", "")
+            scheme, _, given = header.partition(" ")
+            if scheme.lower() != "bearer" or not given:
+                raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise ApiError(403, "wrong bearer token")
+
+        async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+            self._authorize(request)
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+                raise ApiError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
+            return parse_body(await request.body(), model, limits)
+
+        # -- routes ---------------------------------------------------------------------
+
+        @app.get("/healthz")
+        async def healthz(self) -> dict[str, Any]:
+            return {"status": "ok", "model": self.model,
+                    "indexes": {kind: index.searcher.count for kind, index in self.indexes.items()}}
+
+        @app.post("/search")
+        async def search(self, request: Request) -> dict[str, Any]:
+            body = await self._body(request, SearchBody)
+            if body.k > limits.max_k:
+                raise ApiError(422, f"k: at most {limits.max_k}")
+            index = self.indexes.get(body.kind)
+            if index is None:
+                raise ApiError(409, f"no {body.kind} index for {dst}; run `samflow index build {dst} --kind {body.kind}`")
+            vector = await self._vector(body.text, body.image)
+            return {"kind": body.kind, "results": index.query(vector[None], body.k)}
+
+        @app.post("/embed")
+        async def embed(self, request: Request) -> dict[str, Any]:
+            body = await self._body(request, EmbedBody)
+            vector = await self._vector(body.text, body.image)
+            return {"model": self.model, "dim": int(vector.shape[0]), "embedding": vector.tolist()}
+
+        @app.post("/segment")
+        async def segment(self, request: Request) -> dict[str, Any]:
+            body = await self._body(request, SegmentBody)
+            prompts = body.points if body.points is not None else body.boxes
+            if len(prompts) > limits.max_prompts:
+                raise ApiError(422, f"at most {limits.max_prompts} prompts per request")
+            image = decode_image(body.image, limits)
+            return {"masks": segment_image(self.sam, image, body)}
+
+        @property
+        def sam(self):
+            if self._sam is None:
+                from samflow.models.loading.registry import load_model
+
+                model = (self.run.run_models().get("segment") or {}).get("model")
+                if not model:
+                    raise ApiError(409, f"no segment model recorded for {dst}")
+                self._sam = load_model("sam2" if "sam2" in model else "sam", model)
+            return self._sam
+
+    return SamflowApi.bind()
+
+
+def serve_forever(dst: str, host: str, port: int, token: str | None, limits: Limits | None = None) -> None:
+    """Start Serve's HTTP proxy on host:port, deploy the app, and block until interrupted."""
+    import time
+
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init()
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(dst, token=token, limits=limits), route_prefix="/")
+    print(f"samflow serve: http://{host}:{port} ({'bearer token required' if token else 'no token'}); Ctrl-C stops",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+

@@ -1,0 +1,201 @@
+"""The output store's layout and its commit protocol (exactly-once across kills and retries).
+
+    DST/<table>/<shard>.parquet          committed shards (images, annotations, embeddings, errors)
+    DST/_commits/<shard>.json            one marker per committed shard: its source URIs and rows
+    DST/_staging/<run_id>/<table>/...    shards written by the pipeline, not yet committed
+    DST/_runs/<run_id>.json              run manifest
+
+A shard is committed by moving its staged files into place and then writing its marker; the marker
+is the commit point. Table files without a marker (a run killed between the two) are removed before
+the next run plans, so their items are simply processed again. Shards holding video frames are
+committed together at the end of the run under one group marker (``"shards": [...]``): a video
+whose frames span shards is then committed whole or not at all, never marked done half written. Shard names are a hash of the rows
+they hold (item and error flag), so a retried write task overwrites its own staged files instead
+of adding new ones, and two shards of one run never share a name.
+
+The marker is written whole or not at all (a temporary name, then a rename on local disks; a single
+PUT on object stores), so a kill while writing it cannot leave a half marker that would break the
+next plan. A marker that does not parse anyway (written by something else) counts as absent.
+
+Why not Ray Data's own tools: its checkpointing (``CheckpointConfig``) filters input rows by an id
+column that must survive every operator and pairs with one datasink, while a samflow batch writes
+four tables and a video becomes many rows; write_parquet's save modes and filename providers name
+files per write task, with no commit point across tables. The marker gives one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from samflow.config import StorageConfig
+from samflow.schemas.ids import shard_id
+from samflow.schemas.tables import TABLES
+from samflow.store.storage import filesystem, put_whole
+
+COMMITS = "_commits"
+DONE = "_done"  # committed item keys, one file per shard (see samflow/store/doneset.py)
+STAGING = "_staging"
+RUNS = "_runs"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    """What one write task staged: returned through Ray Data to the driver, which commits it."""
+
+    shard: str
+    uris: list[str]
+    rows: dict[str, int] = field(default_factory=dict)
+    # URIs with video frames in this shard: their other frames may lie in other shards.
+    frame_uris: list[str] = field(default_factory=list)
+
+
+class Catalog:
+    def __init__(self, dst: str, storage: StorageConfig) -> None:
+        self.fs, self.root = filesystem(dst, storage)
+        self.dst = dst
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def staged_path(self, run_id: str, table: str, shard: str) -> str:
+        return self.path(STAGING, run_id, table, f"{shard}.parquet")
+
+    def put_staged(self, run_id: str, table: str, shard: str, data: bytes) -> None:
+        path = self.staged_path(run_id, table, shard)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        self.fs.pipe_file(path, data)
+
+    def committed_shards(self, markers: list[str] | None = None) -> dict[str, dict]:
+        """Marker contents by shard name (markers that do not parse count as absent)."""
+        if markers is None:
+            markers = self._ls(self.path(COMMITS), suffix=".json")
+        if not markers:
+            return {}
+        blobs = self.fs.cat(markers)
+        shards = {}
+        for path in markers:
+            try:
+                marker = json.loads(blobs[path])
+                marker["uris"]  # noqa: B018 - a marker without its URIs commits nothing
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable commit marker %s", path)
+                continue
+            shards[posixpath.basename(path)[: -len(".json")]] = marker
+        return shards
+
+    def committed_names(self) -> set[str]:
+        """Names of the committed shards, from the marker names alone (only group markers,
+        written for videos, are read): cheap with millions of markers."""
+        markers = self._ls(self.path(COMMITS), suffix=".json")
+        groups = [p for p in markers if posixpath.basename(p).startswith("group-")]
+        plain = {posixpath.basename(p)[: -len(".json")] for p in markers if p not in set(groups)}
+        return plain | self.shard_names(self.committed_shards(groups)) if groups else plain
+
+    def done_uris(self, shards: dict[str, dict]) -> set[str]:
+        return {uri for marker in shards.values() for uri in marker["uris"]}
+
+    def remove_uncommitted(self, shards: dict[str, dict] | set[str]) -> list[str]:
+        """Delete table files of shards that never got a marker, and stale staging folders.
+        ``shards``: markers, or the committed shard names."""
+        removed = []
+        committed = shards if isinstance(shards, set) else self.shard_names(shards)
+        for table in (*TABLES, DONE):
+            for path in self._ls(self.path(table), suffix=".parquet"):
+                if posixpath.basename(path)[: -len(".parquet")] not in committed:
+                    self.fs.rm(path)
+                    removed.append(path)
+        for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
+            self.fs.rm(temporary)  # a marker write cut short (local disks; see put_whole)
+        if self.fs.exists(self.path(STAGING)):
+            self.fs.rm(self.path(STAGING), recursive=True)
+        return removed
+
+    def commit(self, run_id: str, result: ShardResult) -> None:
+        """Move the shard's staged files into place, then write its marker. Safe to repeat: a
+        file already moved by an interrupted attempt is left where it is."""
+        self._move_into_place(run_id, result)
+        marker = {"shard": result.shard, "run_id": run_id, "uris": result.uris, "rows": result.rows}
+        self.write_json(self.path(COMMITS, f"{result.shard}.json"), marker)
+
+    def commit_group(self, run_id: str, results: list[ShardResult]) -> str:
+        """Commit several shards at one commit point, one marker naming them all: the frames of
+        a video spread over shards become visible together or not at all. Returns its name."""
+        shards = sorted(result.shard for result in results)
+        name = f"group-{shard_id(shards)}"
+        rows: Counter[str] = Counter()
+        for result in results:
+            self._move_into_place(run_id, result)
+            rows.update(result.rows)
+        uris = sorted({uri for result in results for uri in result.uris})
+        marker = {"shard": name, "shards": shards, "run_id": run_id, "uris": uris, "rows": dict(rows)}
+        self.write_json(self.path(COMMITS, f"{name}.json"), marker)
+        return name
+
+    @staticmethod
+    def shard_names(markers: dict[str, dict]) -> set[str]:
+        """Names of the table files that ``markers`` commit (a group marker commits several)."""
+        return {shard for name, marker in markers.items() for shard in marker.get("shards", [name])}
+
+    def _move_into_place(self, run_id: str, result: ShardResult) -> None:
+        for table, count in result.rows.items():
+            if count:
+                staged = self.staged_path(run_id, table, result.shard)
+                final = self.path(table, f"{result.shard}.parquet")
+                self.fs.makedirs(self.path(table), exist_ok=True)
+                if self.fs.exists(staged) or not self.fs.exists(final):
+                    self.fs.mv(staged, final)
+
+    def write_json(self, path: str, payload: dict) -> None:
+        """Write ``payload`` at ``path`` whole or not at all."""
+        put_whole(self.fs, path, json.dumps(payload, indent=1, sort_keys=True).encode())
+
+    def finish_run(self, run_id: str) -> None:
+        """Drop the run's staging folder, and the staging root once no other run uses it."""
+        staging = self.path(STAGING, run_id)
+        if self.fs.exists(staging):
+            self.fs.rm(staging, recursive=True)
+        root = self.path(STAGING)
+        if self.fs.exists(root) and not self.fs.ls(root, detail=False):
+            self.fs.rmdir(root)
+
+    def run_manifests(self) -> list[dict]:
+        """Every finished run's manifest (``_runs/<run_id>.json``), oldest first."""
+        paths = self._ls(self.path(RUNS), suffix=".json")
+        manifests = [json.loads(self.fs.cat_file(p)) for p in paths]
+        return sorted(manifests, key=lambda m: m.get("finished_at", ""))
+
+    def _ls(self, folder: str, suffix: str, hidden: bool = False) -> list[str]:
+        """Entries of ``folder`` ending in ``suffix``; hidden names (temporaries) only if asked."""
+        self.fs.invalidate_cache(folder)
+        try:
+            entries = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            p for p in entries
+            if p.endswith(suffix) and posixpath.basename(p).startswith(".") == hidden
+        )
+
+    def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table | None:
+        """All committed rows of one output table, or None when it has none."""
+        committed = self.shard_names(self.committed_shards())
+        paths = [
+            p for p in self._ls(self.path(table), suffix=".parquet")
+            if posixpath.basename(p)[: -len(".parquet")] in committed
+        ]
+        if not paths:
+            return None
+        # "default": shards written before a column was added (images.meta_json) read as null there
+        return pa.concat_tables(
+            [pq.read_table(p, filesystem=self.fs, columns=columns) for p in paths], promote_options="default"
+        )
+

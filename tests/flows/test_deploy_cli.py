@@ -1,0 +1,70 @@
+"""`samflow deploy` against Prefect's ephemeral server: the deployment exists with the config's
+cron and the run's parameters; a run triggered from it processes exactly the new objects; a
+malformed cron is a user error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from samflow.cli.main import main
+from samflow.config import StorageConfig
+from samflow.scenes.sample import write_sample_dataset
+from samflow.store.catalog import Catalog
+from tests.helpers.prefect_runs import trigger_deployment
+
+
+def test_deploy_registers_annotate_with_the_cron(prefect_server, tmp_path, capsys):
+    from prefect.client.orchestration import get_client
+
+    config = tmp_path / "run.yaml"
+    config.write_text('schedule: "0 3 * * *"\nstages: {segment: {batch_size: 3}}\n')
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--config", str(config),
+                 "--profile", "tiny", "--name", "nightly-test", "--timezone", "Europe/Paris"]) == 0
+    printed = capsys.readouterr().out
+    assert "annotate-dataset/nightly-test" in printed and "0 3 * * *" in printed
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("annotate-dataset/nightly-test")
+    crons = [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules]
+    assert crons == [("0 3 * * *", "Europe/Paris")]
+    assert deployment.parameters["src"] == "s3://raw/images"
+    assert deployment.parameters["dst"] == "s3://annotated/out"
+    assert deployment.parameters["profile"] == "tiny"
+    assert deployment.parameters["config"]["stages"]["segment"]["batch_size"] == 3
+    assert deployment.global_concurrency_limit.limit == 1  # nightly runs never overlap
+
+    # --cron overrides the config; re-deploying updates the same deployment
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--config", str(config),
+                 "--name", "nightly-test", "--cron", "30 1 * * *"]) == 0
+    with get_client(sync_client=True) as client:
+        again = client.read_deployment_by_name("annotate-dataset/nightly-test")
+    assert again.id == deployment.id
+    assert [s.schedule.cron for s in again.schedules] == ["30 1 * * *"]
+
+
+def test_malformed_cron_is_a_user_error(prefect_server, capsys):
+    assert main(["deploy", "s3://raw/images", "--out", "s3://annotated/out", "--cron", "every night"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every night" in err[0] and err[0].startswith("samflow deploy: schedule")
+    assert main(["schedule", "s3://raw/images", "--out", "s3://annotated/out"]) == 2
+    assert "no schedule" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_server, s3_bucket, s3_fs, tmp_path):
+    """The deployment as a scheduler would start it: a flow run created from the deployment and
+    executed by Prefect's own `prefect flow-run execute` (what a worker or `serve` runs)."""
+    written = write_sample_dataset(tmp_path / "in", n_synthetic=3, seed=9, include_skimage=False)
+    src, dst = f"{s3_bucket}/nightly/in", f"{s3_bucket}/nightly/out"
+    for path in written:
+        s3_fs.put_file(str(path), f"{src}/{path.name}")
+    assert main(["deploy", src, "--out", dst, "--profile", "tiny", "--cron", "0 2 * * *", "--name", "trigger-test",
+                 "--set", "stages.embed.enabled=false"]) == 0
+
+    trigger_deployment("annotate-dataset/trigger-test")
+    catalog = Catalog(dst, StorageConfig())
+    assert sorted(catalog.done_uris(catalog.committed_shards())) == sorted(f"{src}/{p.name}" for p in written)
+    manifests = s3_fs.ls(f"{dst}/_runs")
+    assert len(manifests) == 1 and json.loads(s3_fs.cat(manifests[0]))["counts"]["inputs"] == len(written) == 3
