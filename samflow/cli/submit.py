@@ -11,6 +11,7 @@ environment. The one secret the client handles is Ray's auth token, sent as an H
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.metadata
 import os
@@ -304,3 +305,22 @@ def _samflow_version() -> str:
         if root is None:
             return "unknown"
         return str(tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"])
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    submit = commands.add_parser("submit", help="run a samflow command as a Ray Job")
+    submit.add_argument("--address", required=True, help="Ray dashboard URL, e.g. http://head:8265")
+    submit.add_argument("--working-dir", help="directory shipped to the cluster")
+    submit.add_argument("--no-wait", action="store_true", help="submit, print the job id, return")
+    submit.add_argument("--no-pip", action="store_true",
+                        help="do not pip-install samflow's pins on the cluster (it runs the samflow image)")
+    submit.add_argument("job", nargs=argparse.REMAINDER, help="samflow command to run")
+    submit.set_defaults(run=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    job = args.job[1:] if args.job[:1] == ["--"] else args.job
+    if not job:
+        raise SystemExit("samflow submit: give the samflow command to run, e.g. annotate SRC --out DST")
+    return run_submit(args.address, job, working_dir=args.working_dir, wait=not args.no_wait,
+                      pip=False if args.no_pip else None)

@@ -1,0 +1,109 @@
+"""``samflow index build|add``, ``search``, ``dedup``, ``preview``: the vector index of a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from samflow.cli import options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    index = commands.add_parser("index", help="build or extend the vector index of a run")
+    index.set_defaults(run=run_index)
+    index_commands = index.add_subparsers(dest="action", required=True)
+    build = index_commands.add_parser("build", help="build the FAISS index under DST/_index/<kind>/")
+    build.add_argument("dst", help="output URI of an annotate run")
+    build.add_argument("--kind", choices=["image", "mask"], default="image")
+    build.add_argument("--index", choices=["auto", "flat", "ivfpq", "hnsw"], default="auto", dest="index_type")
+    options.add_embedding_model(build)
+    add = index_commands.add_parser("add", help="add vectors of runs committed since the last build")
+    add.add_argument("dst")
+    add.add_argument("--kind", choices=["image", "mask"], default="image")
+    add.add_argument("--retrain", action="store_true", help="retrain the index on all vectors")
+    options.add_embedding_model(add)
+
+    search = commands.add_parser("search", help="search the index by text or image")
+    search.add_argument("dst")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text")
+    query.add_argument("--image", help="image path or URI")
+    search.add_argument("-k", type=int, default=20)
+    search.add_argument("--kind", choices=["image", "mask"], default="image")
+    search.add_argument("--json", action="store_true", help="one JSON array instead of a table")
+    options.add_embedding_model(search)
+    search.set_defaults(run=run_search)
+
+    dedup = commands.add_parser("dedup", help="exact and near-duplicate groups -> DST/dedup/")
+    dedup.add_argument("dst")
+    dedup.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of duplicates")
+    dedup.add_argument("--kind", choices=["image", "mask"], default="image")
+    options.add_embedding_model(dedup)
+    dedup.set_defaults(run=run_dedup)
+
+    preview = commands.add_parser("preview", help="static HTML gallery of a run, with search results")
+    preview.add_argument("dst")
+    preview.add_argument("--out", required=True, help="HTML file to write (path or URI)")
+    preview.add_argument("--search", action="append", default=[], metavar="TEXT",
+                         help="add a search-results page for this text (repeatable; needs the image index)")
+    preview.add_argument("--limit", type=int, default=500, help="images in the gallery (default 500)")
+    preview.set_defaults(run=run_preview)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from samflow.index.build import BuildParams, IndexBuildError
+    from samflow.index.commands import IndexUserError, add_to_index, build_index
+
+    try:
+        if args.action == "build":
+            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type), model=args.model)
+        else:
+            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain, model=args.model)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow index {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in manifest.items() if k != "sources"}, indent=1))
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from samflow.index.commands import IndexUserError, search
+
+    try:
+        hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind, model=args.model)
+    except IndexUserError as exc:
+        print(f"samflow search: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(hits))
+        return 0
+    for hit in hits:
+        extra = f"  {hit['annotation_id']} {hit.get('label') or ''}" if args.kind == "mask" else ""
+        print(f"{hit['score']:.4f}  {hit['uri']}{extra}")
+    return 0
+
+
+def run_dedup(args: argparse.Namespace) -> int:
+    from samflow.index.build import IndexBuildError
+    from samflow.index.commands import IndexUserError, dedup
+
+    try:
+        summary = dedup(args.dst, threshold=args.threshold, kind=args.kind, model=args.model)
+    except (IndexUserError, IndexBuildError) as exc:
+        print(f"samflow dedup: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from samflow.index.commands import IndexUserError, write_preview
+
+    try:
+        summary = write_preview(args.dst, args.out, queries=args.search, limit=args.limit)
+    except IndexUserError as exc:
+        print(f"samflow preview: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
