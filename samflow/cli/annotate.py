@@ -110,7 +110,7 @@ def run_runs(args: argparse.Namespace) -> int:
         else:
             runs.print_report(report, console)
         return 0
-    rows = runs.history_rows(runs.manifests(args.dst, cfg.storage))
+    rows = runs.history_rows(runs.manifests(args.dst, cfg.storage), runs.evaluations(args.dst, cfg.storage))
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:

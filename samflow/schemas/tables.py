@@ -121,5 +121,34 @@ def embeddings_table(model: str = "clip") -> str:
     return "embeddings" if model == "clip" else f"embeddings/{model}"
 
 
-TABLES = ("images", "annotations", "embeddings", "errors", "tracks",
+# One row per reviewed mask (``samflow review import``): the item, the annotation it replaces
+# (null for an added mask), the mask people settled on (null when they rejected the annotation),
+# its label, what they did, who and when where the file says, and where the row came from: the
+# imported file, its sha256 and format, and the import's id (``review-<sha256 prefix>``).
+# ``review_id`` is stable in the file's content, so one region is one row however often it is
+# imported.
+REVIEW_ACTIONS = ("accepted", "corrected", "added", "rejected")
+REVIEWS = pa.schema(
+    [
+        ("review_id", pa.string()),
+        ("item_id", pa.string()),
+        ("annotation_id", pa.string()),
+        ("segmentation", RLE_TYPE),
+        ("label", pa.string()),
+        ("action", pa.string()),
+        ("reviewer", pa.string()),
+        ("reviewed_at", pa.timestamp("ms", tz="UTC")),
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("source_format", pa.string()),
+        ("import_id", pa.string()),
+    ]
+)
+
+# Regions of an imported review that could not become rows (an item the run does not have, a mask
+# that does not decode): the ERRORS schema, ``uri`` the file and task, ``run_id`` the import's id.
+# Apart from ``errors/`` so that annotate's inputs = images + errors stays true.
+REVIEW_ERRORS_TABLE = "review_errors"
+
+TABLES = ("images", "annotations", "embeddings", "errors", "tracks", "reviews", REVIEW_ERRORS_TABLE,
           *(embeddings_table(f) for f in EXTRA_EMBEDDING_FAMILIES), *LEGACY_EMBEDDING_TABLES.values())

@@ -4,6 +4,7 @@
     DST/_commits/<shard>.json            one marker per committed shard: its source URIs and rows
     DST/_staging/<run_id>/<table>/...    shards written by the pipeline, not yet committed
     DST/_runs/<run_id>.json              run manifest
+    DST/_eval/<eval_id>.json             quality figures (samflow eval)
 
 A shard is committed by moving its staged files into place and then writing its marker; the marker
 is the commit point. Table files without a marker (a run killed between the two) are removed before
@@ -43,6 +44,7 @@ COMMITS = "_commits"
 DONE = "_done"  # committed item keys, one file per shard (see samflow/store/doneset.py)
 STAGING = "_staging"
 RUNS = "_runs"
+EVALS = "_eval"  # one JSON per `samflow eval`: figures, ground truth, the runs it covered
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from samflow.config import StorageConfig
 from samflow.errors import UserError
-from samflow.store.catalog import RUNS, Catalog
+from samflow.store.catalog import EVALS, RUNS, Catalog
 
 # The manifest's counts, in the order a person reads them.
 COUNT_ORDER = ("listed", "already_done", "inputs", "images", "errors", "annotations", "embeddings", "shards")
@@ -79,6 +79,25 @@ def manifests(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a manifest that does not parse is not a run anyone can report on
     return sorted(found, key=lambda m: str(m.get("run_id", "")))
+
+
+def evaluations(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
+    """Every ``samflow eval`` record under DST (``_eval/<eval_id>.json``), oldest first."""
+    catalog = Catalog(dst, storage)
+    paths = catalog._ls(catalog.path(EVALS), suffix=".json")
+    blobs = catalog.fs.cat(paths) if paths else {}
+    found = []
+    for path in paths:
+        try:
+            found.append(json.loads(blobs[path]))
+        except ValueError:
+            continue  # a record that does not parse holds no figure
+    return sorted(found, key=lambda e: str(e.get("created_at", "")))
+
+
+def latest_evaluation(evals: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+    """The newest evaluation made when ``run_id`` was DST's latest run."""
+    return next((e for e in reversed(evals) if e.get("run_id") == run_id), None)
 
 
 def manifest(dst: str, run_id: str, storage: StorageConfig) -> dict[str, Any]:
@@ -144,11 +163,13 @@ def load_report(dst: str, run_id: str, storage: StorageConfig) -> RunReport:
 # --- views -----------------------------------------------------------------------------------
 
 
-def history_rows(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run for ``samflow runs DST``."""
+def history_rows(found: list[dict[str, Any]], evals: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per run for ``samflow runs DST``; with ``evals``, the newest evaluation's mIoU and
+    mask AP of each run (blank where none was made)."""
     rows = []
     for item in found:
         counts = item.get("counts", {})
+        scored = latest_evaluation(evals or [], item.get("run_id", ""))
         rows.append({
             "run_id": item.get("run_id", ""),
             "started": started_at(item)[:19].replace("T", " "),
@@ -158,16 +179,18 @@ def history_rows(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "errors": counts.get("errors", 0),
             "masks": counts.get("annotations", 0),
             "models": ", ".join(sorted({m.get("model", "") for m in item.get("models", {}).values()} - {""})),
+            "miou": None if scored is None else round(float(scored["miou"]), 4),
+            "mask_ap": None if scored is None else round(float(scored["mask_ap"]), 4),
         })
     return rows
 
 
 def history_table(rows: list[dict[str, Any]], dst: str) -> Table:
     table = Table(title=f"runs under {dst}")
-    for name in ("run_id", "started", "duration_s", "inputs", "images", "errors", "masks", "models"):
+    for name in rows[0] if rows else ():
         table.add_column(name, justify="right" if name not in ("run_id", "started", "models") else "left")
     for row in rows:
-        table.add_row(*(str(value) for value in row.values()))
+        table.add_row(*("-" if value is None else str(value) for value in row.values()))
     return table
 
 
