@@ -77,7 +77,7 @@ def from_coco(data: Any, matcher: ImageMatcher) -> GroundTruth:
             truth.skipped_annotations += 1
             continue
         try:
-            rle = _rle(annotation.get("segmentation"), image.height, image.width)
+            rle = segmentation_rle(annotation.get("segmentation"), image.height, image.width)
         except (ValueError, TypeError, KeyError) as exc:
             truth.bad_annotations.append(f"annotation {annotation.get('id')} of {image.uri}: {exc}")
             continue
@@ -92,7 +92,7 @@ def _declared_size(gt_image: dict[str, Any]) -> tuple[int, int] | None:
     return int(gt_image["height"]), int(gt_image["width"])
 
 
-def _rle(segmentation: Any, height: int, width: int) -> Rle:
+def segmentation_rle(segmentation: Any, height: int, width: int) -> Rle:
     """A COCO segmentation (polygons, list or string RLE) as a string RLE of the run image's size."""
     if isinstance(segmentation, list):
         polygons = [[float(v) for v in polygon] for polygon in segmentation if len(polygon) >= 6]
