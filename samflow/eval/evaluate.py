@@ -23,7 +23,13 @@ import pyarrow.compute as pc
 from samflow.config import StorageConfig
 from samflow.errors import UserError
 from samflow.eval import RUN_GT
-from samflow.eval.groundtruth import GROUND_TRUTH_SOURCE, GroundTruth, GroundTruthFileError, from_coco, from_run
+from samflow.eval.groundtruth import (
+    GROUND_TRUTH_SOURCE,
+    GroundTruth,
+    GroundTruthFileError,
+    from_coco,
+    from_run,
+)
 from samflow.eval.matching import ImageMatcher, RunImage
 from samflow.eval.metrics import UNLABELLED, mask_metrics
 from samflow.reviews.table import REVIEWS, reviewed_masks

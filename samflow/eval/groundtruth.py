@@ -112,7 +112,7 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> Rle:
             encoded = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
             coco_mask.area(encoded)  # a malformed string fails here, not in COCOeval
     else:
-        raise ValueError("segmentation is neither polygons nor an RLE")
+        raise TypeError("segmentation is neither polygons nor an RLE")
     return {"size": [height, width], "counts": encoded["counts"].decode("ascii")}
 
 

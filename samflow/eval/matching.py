@@ -78,4 +78,4 @@ class ImageMatcher:
 
 def _local_form(uri: str) -> str:
     """``file:///x`` and ``/x`` name the same file."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri.removeprefix("file://")

@@ -30,7 +30,7 @@ def samflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The command line as a user runs it (this tree's code, the test S3 server's environment)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "samflow.cli.main", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
+                          env=env, cwd=cwd, timeout=300, check=False)
 
 
 def mask_record(mask: np.ndarray, score: float = 0.9, source: str = "grid", label: str | None = None,
