@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 
 from samflow.config import StorageConfig
+from samflow.exporters.semi import SemiParams
 from samflow.schemas import tables
 from samflow.schemas.coco import to_coco
 from samflow.store.catalog import Catalog
@@ -25,20 +26,25 @@ def export_coco(dst: str, out: Path, storage: StorageConfig | None = None) -> di
 
 def export_review(
     dst: str, out: Path, min_score: float = 0.5, sources: list[str] | None = None,
-    storage: StorageConfig | None = None,
+    storage: StorageConfig | None = None, semi: SemiParams | None = None,
 ) -> dict[str, Any]:
-    """Label Studio tasks for the masks to review (OUT.json) and their labeling config (OUT.xml)."""
+    """Label Studio tasks for the masks to review (OUT.json) and their labeling config (OUT.xml).
+    With ``semi``: the semi-automatic stage's tasks (samflow.exporters.semi)."""
     from samflow.exporters.review import to_label_studio
+    from samflow.exporters.semi import semi_tasks
 
     images, annotations = committed_tables(Catalog(dst, storage or StorageConfig()), dst)
-    tasks, config = to_label_studio(images, _with_columns(annotations), min_score=min_score,
-                                    sources=sources or ["concept"])
+    if semi is not None:
+        tasks, config, counts = semi_tasks(images, _with_columns(annotations), semi)
+    else:
+        tasks, config = to_label_studio(images, _with_columns(annotations), min_score=min_score,
+                                        sources=sources or ["concept"])
+        counts = {"tasks": len(tasks), "masks": sum(len(task["predictions"][0]["result"]) for task in tasks)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(tasks))
     config_path = out.with_suffix(".xml")
     config_path.write_text(config)
-    masks = sum(len(task["predictions"][0]["result"]) for task in tasks)
-    return {"out": str(out), "label_config": str(config_path), "tasks": len(tasks), "masks": masks}
+    return {"out": str(out), "label_config": str(config_path), **counts}
 
 
 def _with_columns(annotations):

@@ -70,7 +70,7 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _task(image: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    regions = [_region(row) for row in rows]
+    regions = [region(row) for row in rows]
     scores = [row["label_score"] for row in rows if row["label_score"] is not None]
     return {
         "data": {"image": image["uri"], "samflow_item_id": image["item_id"], "frame_index": image["frame_index"]},
@@ -82,8 +82,9 @@ def _task(image: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _region(row: dict[str, Any]) -> dict[str, Any]:
-    mask = rle.decode(row["segmentation"])
+def region(row: dict[str, Any], mask: np.ndarray | None = None) -> dict[str, Any]:
+    """One mask as a brush region (its id is the annotation id); ``mask``: the decoded RLE."""
+    mask = rle.decode(row["segmentation"]) if mask is None else mask
     height, width = mask.shape
     return {
         "id": row["annotation_id"],

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from samflow.eval.matching import RunImage
+from samflow.exporters.semi import TODO_NAME
 from samflow.reviews.shapes import KINDS, RegionError, region_rle
 from samflow.schemas import rle
 from samflow.schemas.rle import Rle
@@ -97,8 +98,8 @@ def _annotation_rows(annotation: dict[str, Any], image: RunImage, offered: dict[
     who, when = _reviewer(annotation), _time(annotation)
     kept = set()
     for region in annotation.get("result") or []:
-        if not isinstance(region, dict) or region.get("type") not in KINDS:
-            continue  # choices, text areas and the like say nothing about masks
+        if not isinstance(region, dict) or region.get("type") not in KINDS or region.get("from_name") == TODO_NAME:
+            continue  # choices, text areas, the semi stage's uncovered-area hints: no masks
         region_id = str(region.get("id"))
         size = (region.get("original_height"), region.get("original_width"))
         if None not in size and (int(size[0]), int(size[1])) != (image.height, image.width):
