@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from common import emit, result
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,11 +19,12 @@ import pyarrow as pa
 from common import emit, result
 
 from samflow.actors.batch import object_column
-from samflow.actors.embed import EmbedStage
-from samflow.actors.propose import ProposeStage
+from samflow.actors.embed import EmbedConfig, EmbedStage
+from samflow.actors.propose import ProposeConfig, ProposeStage
 from samflow.actors.rescale import records_to_original
-from samflow.actors.segment import SegmentStage
-from samflow.actors.upscale import UpscaleStage
+from samflow.actors.segment import SegmentConfig, SegmentStage
+from samflow.actors.stage import StageContext
+from samflow.actors.upscale import UpscaleConfig, UpscaleStage
 from samflow.config import RunConfig, load_config
 from samflow.scenes.sample import synthetic_scene
 from samflow.schemas import masks as mask_column
@@ -96,7 +97,6 @@ def rescale_ms_per_mask(side: int, factor: int, masks: int) -> float:
 
 def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
     st = cfg.stages
-    engine = cfg.engine.model_dump()
     batch = make_batch(n, side)
     out: list[dict] = []
 
@@ -104,15 +104,15 @@ def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
         out.append(result(case, "throughput", rate, "images/s"))
         print(f"{case:<36} {rate:8.2f} images/s", flush=True)
 
-    upscale = UpscaleStage(st.upscale.model, min_short_side=side + 1, tile=st.upscale.tile)
+    upscale = UpscaleStage(UpscaleConfig(model=st.upscale.model, min_short_side=side + 1, tile=st.upscale.tile))
     rate, upscaled = images_per_s(upscale, batch, st.upscale.batch_size, repeats)
     record(f"upscale x{upscale.scale} ({side}px)", rate)
 
-    propose = ProposeStage(st.propose.model, max_boxes=8, score_thresh=0.0)
+    propose = ProposeStage(ProposeConfig(model=st.propose.model, max_boxes=8, score_thresh=0.0))
     rate, proposed = images_per_s(propose, batch, st.propose.batch_size, repeats)
     record("propose (8 boxes)", rate)
 
-    segment = SegmentStage(st.segment.model, engine)
+    segment = SegmentStage(SegmentConfig(model=st.segment.model), StageContext(run=cfg))
     rate, segmented = images_per_s(segment, batch, st.segment.batch_size, repeats)
     record("segment (grid)", rate)
     rate, _ = images_per_s(segment, proposed, st.segment.batch_size, repeats)
@@ -121,13 +121,13 @@ def run(cfg: RunConfig, n: int, side: int, repeats: int) -> list[dict]:
     record(f"segment (upscaled x{upscale.scale}, boxes)", rate)
 
     masks = int(mask_column.counts(segmented[mask_column.COLUMN]).sum())
-    for case, kwargs in {
-        "embed (image only)": {},
-        "embed + labels (20 words)": {"vocabulary": VOCABULARY, "templates": list(cfg.labels.templates)},
-        "embed + labels + mask vectors": {"vocabulary": VOCABULARY, "templates": list(cfg.labels.templates),
-                                          "mask_embeddings": True},
+    labelled = StageContext(run=cfg.model_copy(update={"labels": cfg.labels.model_copy(update={"vocabulary": VOCABULARY})}))
+    for case, (context, mask_embeddings) in {
+        "embed (image only)": (None, False),
+        "embed + labels (20 words)": (labelled, False),
+        "embed + labels + mask vectors": (labelled, True),
     }.items():
-        embed = EmbedStage(st.embed.model, **kwargs)
+        embed = EmbedStage(EmbedConfig(model=st.embed.model, mask_embeddings=mask_embeddings), context)
         rate, _ = images_per_s(embed, segmented, st.embed.batch_size, repeats)
         record(f"{case} ({masks / n:.0f} masks/img)", rate)
 

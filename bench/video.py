@@ -89,13 +89,14 @@ def bench_decode(tmp: Path, size: dict) -> list[dict]:
 
 
 def _track_stage(model: str, chunk_frames: int, fps: float, device: str | None = None):
+    from samflow.actors.stage import StageContext
     from samflow.actors.track import TrackStage
-    from samflow.config import StorageConfig, config_from
+    from samflow.config import config_from
     from samflow.store.storage import StorageSource
 
-    engine = config_from({}, profile="tiny").engine.model_dump()
-    return TrackStage(model, "tiny://sam", engine, StorageSource(StorageConfig()),
-                      _input_cfg(mode="fps", fps=fps, chunk_frames=chunk_frames), {"reseed_s": 5.0}, device=device)
+    cfg = config_from({"stages": {"track": {"model": model, "reseed_s": 5.0}}}, profile="tiny")
+    cfg = cfg.model_copy(update={"input": _input_cfg(mode="fps", fps=fps, chunk_frames=chunk_frames)})
+    return TrackStage(cfg.stages.track, StageContext(run=cfg, store=StorageSource(cfg.storage)), device=device)
 
 
 def _pending(path: Path) -> dict[str, np.ndarray]:

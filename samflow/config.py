@@ -6,18 +6,20 @@ with the default Hugging Face models.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from samflow.actors.stage import Section
+from samflow.actors.table import sections as stage_sections
+from samflow.models.amg.params import AmgParams
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class StorageRetries(_Section):
+class StorageRetries(Section):
     """How S3 requests ride out throttling and transient faults (botocore's retry modes):
     503 / SlowDown / throttling codes, 500 / 502 / 504, connection resets and timeouts are
     retried with exponential backoff and jitter; 403, 404 and other permanent errors are not."""
@@ -30,7 +32,7 @@ class StorageRetries(_Section):
     read_timeout_s: float = Field(60.0, gt=0, description="Seconds without response bytes before retrying.")
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     endpoint_url: str | None = Field(
         None, description="S3 endpoint (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS."
     )
@@ -39,7 +41,7 @@ class StorageConfig(_Section):
     retries: StorageRetries = Field(default_factory=StorageRetries)
 
 
-class VideoSampling(_Section):
+class VideoSampling(Section):
     mode: Literal["fps", "every_n", "keyframes"] = "fps"
     fps: float = Field(1.0, description="Frames per second sampled when mode=fps.")
     every_n: int = Field(30, description="Keep one frame in N when mode=every_n.")
@@ -55,7 +57,7 @@ class VideoSampling(_Section):
     )
 
 
-class InputConfig(_Section):
+class InputConfig(Section):
     format: Literal["auto", "files", "manifest", "webdataset", "parquet"] = Field(
         "auto",
         description="What SRC holds: files (images/videos), manifest (Parquet/CSV/JSONL with a "
@@ -80,224 +82,31 @@ class InputConfig(_Section):
     )
 
 
-class StageConfig(_Section):
-    """One model stage: its model and the actor pool that hosts it."""
-
-    enabled: bool = Field(True, description="Run this stage; a disabled stage adds no columns and no actors.")
-    model: str = Field(
-        "", description="Model URI: Hub id, hf://, local path, s3:// or https:// (fetched once per node "
-        "into $SAMFLOW_MODEL_CACHE; '#sha256=<hex>' at the end pins its hash) or tiny://<family>."
-    )
-    model_sha256: str | None = Field(
-        None, description="Expected sha256 of an s3:// / https:// model (a file's hash, or a folder's "
-        "checkpoint hash as `samflow models check` prints it); a fetched copy that differs is refused.",
-    )
-    batch_size: int = Field(4, ge=1, description="Rows (images) per model call.")
-    num_gpus: float = Field(
-        0.0, ge=0,
-        description="GPUs per actor; fractional allowed (0.5 = two actors share a GPU); 0 = CPU "
-        "(Ray hides the GPUs from the actor). Without any GPU see ray.cpu_fallback.",
-    )
-    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor.")
-    num_threads: int | None = Field(
-        None, ge=1, description="torch threads per actor; default: num_cpus as configured, rounded "
-        "up, at most the node's CPUs (Ray would give one thread per reserved CPU, and a small cluster's "
-        "fit may shrink the reservation to a fraction).",
-    )
-    concurrency: tuple[int, int] = Field(
-        (1, 1), description="Actor pool size min..max; Ray Data autoscales within it."
-    )
+def _stages_section() -> type[Section]:
+    """``stages``: one section per line of the stage table (samflow/actors/table.py), each the
+    stage's own config class with the stage's defaults."""
+    fields: dict[str, Any] = {name: (cls, Field(default_factory=cls)) for name, cls in stage_sections().items()}
+    return create_model("StagesConfig", __base__=Section, __module__=__name__, **fields)
 
 
-# Each stage redeclares its own defaults (a section given partly in YAML or by --set keeps the
-# stage's defaults for the rest, not the generic StageConfig ones).
+StagesConfig = _stages_section()
 
 
-class UpscaleStageConfig(StageConfig):
-    """Real-ESRGAN on small images; later stages see the upscaled pixels, outputs stay in the
-    original image's coordinates."""
-
-    enabled: bool = Field(False, description="Off by default: upscaling costs more than any other stage.")
-    model: str = Field(
-        "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
-        description="Real-ESRGAN checkpoint: a .pth / .safetensors file or a directory holding one; "
-        "the default, the official x4plus release, is fetched once per node into the model cache.",
-    )
-
-    min_short_side: int = Field(
-        256, ge=1, description="Only images whose shorter side is below this many pixels are upscaled."
-    )
-    max_output_pixels: int = Field(
-        4096 * 4096, ge=1,
-        description="An image whose upscaled size would exceed this many pixels is left as it is.",
-    )
-    tile: int | None = Field(
-        256, ge=16, description="Tile size (input pixels) for tiled inference; null = whole images."
-    )
-    save: bool = Field(False, description="Also write each upscaled image to DST/upscaled/<item_id>.png.")
+def _engine_section() -> type[Section]:
+    """``engine``: the run-config fields of AmgParams (samflow.models.amg), with its defaults."""
+    hints = typing.get_type_hints(AmgParams)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("doc")))
+        for f in dataclasses.fields(AmgParams) if f.metadata.get("config", True)
+    }
+    return create_model("EngineConfig", __base__=Section, __module__=__name__,
+                        __doc__="Automatic mask generation; defaults are SAM's published ones.", **fields)
 
 
-class ProposeStageConfig(StageConfig):
-    """Box proposals (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN), given to segment as box prompts."""
-
-    enabled: bool = Field(False, description="Off by default: segment then runs on the point grid alone.")
-    model: str = Field(
-        "google/owlv2-base-patch16-ensemble",
-        description="Detector URI (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN: torchvision://<builder> "
-        "or a checkpoint folder).",
-    )
-
-    max_boxes: int = Field(50, ge=1, description="Keep at most this many boxes per image (best first).")
-    score_thresh: float = Field(
-        0.1, ge=0.0, le=1.0, description="Minimum objectness (or query) score of a kept box."
-    )
-    nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="Boxes overlapping a better one above this IoU are dropped.")
-    queries: list[str] = Field(
-        default_factory=list,
-        description="Text queries for open-vocabulary boxes; empty = class-agnostic objectness.",
-    )
-    family: Literal["auto", "owlv2", "grounding_dino", "detr", "maskrcnn"] = Field(
-        "auto",
-        description="Detector family of `model`: auto = from the URI / checkpoint config (model_type); "
-        "owlv2 and grounding_dino take `queries` (grounding_dino needs them), detr (RT-DETR v2, D-FINE) and maskrcnn are closed-set "
-        "and give their class names to the masks they prompt (label / label_score).",
-    )
-    maskrcnn_masks: Literal["prompts", "rows"] = Field(
-        "prompts",
-        description="Mask R-CNN only: prompts = its boxes prompt SAM in segment; rows = its own masks "
-        "become annotation rows (source maskrcnn) and segment gets no box prompts.",
-    )
+EngineConfig = _engine_section()
 
 
-class ConceptsStageConfig(StageConfig):
-    """SAM 3: every instance of each ``labels.vocabulary`` concept (the prompts), labelled."""
-
-    enabled: bool = Field(False, description="Off by default; needs a non-empty labels.vocabulary.")
-    model: str = Field(
-        "facebook/sam3",
-        description="SAM 3 model URI (the Hub repository is gated: accept its licence, set HF_TOKEN).",
-    )
-    batch_size: int = Field(4, ge=1, description="Images per SAM 3 call (every prompt of each).")
-
-    score_thresh: float = Field(
-        0.5, ge=0.0, le=1.0, description="Keep instances whose score (detection x presence) is above this."
-    )
-    mask_thresh: float = Field(0.5, gt=0.0, lt=1.0, description="Mask probability above which a pixel is in.")
-    max_instances: int = Field(100, ge=1, description="At most this many instances per concept and image.")
-    nms_iou: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="Instances of one concept overlapping a better one above this box IoU are duplicates "
-        "(instances of different concepts are all kept).",
-    )
-
-
-class SegmentStageConfig(StageConfig):
-    """SAM through the mask-generation engine (parameters under ``engine``)."""
-
-    model: str = Field("facebook/sam-vit-base", description="SAM model URI.")
-    batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
-
-
-class TrackStageConfig(StageConfig):
-    """Videos: objects the segment engine finds on the first sampled frame and every
-    ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
-    chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
-    seeded and tracked in order by one actor of this pool; still images pass through. With
-    ``stages.concepts`` on, SAM 3's instances of ``labels.vocabulary`` on the seed frames seed
-    labelled tracks (the grid covers the rest); each track keeps its label."""
-
-    model: str = Field(
-        "facebook/sam2.1-hiera-small",
-        description="Video model URI; its family picks the tracker: SAM 2 / 2.1 (Sam2VideoModel) or "
-        "SAM 3 (facebook/sam3, tiny://sam3: Sam3TrackerVideoModel).",
-    )
-    batch_size: int = Field(
-        8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
-    )
-    reseed_s: float = Field(
-        5.0, gt=0, description="Seconds between seed frames: new objects get new ids, known ones keep theirs."
-    )
-    match_iou: float = Field(
-        0.5, ge=0.0, le=1.0, description="Mask IoU at which a seed is the same object as a track."
-    )
-    max_objects: int = Field(32, ge=1, description="Objects tracked at once per video (best seeds first).")
-
-
-class EmbedStageConfig(StageConfig):
-    """CLIP: one vector per image, labels (labels.vocabulary) and optional vectors per mask."""
-
-    model: str = Field("openai/clip-vit-base-patch32", description="CLIP (or SigLIP) model URI.")
-    batch_size: int = Field(16, ge=1, description="Images per CLIP call.")
-
-    mask_embeddings: bool = Field(
-        False, description="Also write one CLIP vector per mask crop (annotations.embedding)."
-    )
-    crops_per_batch: int = Field(64, ge=1, description="Mask crops per CLIP call.")
-    models: list[Literal["clip", "dinov2"]] = Field(
-        default_factory=lambda: ["clip"],
-        description="Embedding models: clip = `model` (vectors, labels, mask vectors -> embeddings/); "
-        "dinov2 = `dinov2_model` (one image vector per image -> embeddings/dinov2/, same columns; "
-        "the embeddings table then has one row per image per model).",
-    )
-    dinov2_model: str = Field(
-        "facebook/dinov2-base", description="DINOv2 model URI used when `models` lists dinov2."
-    )
-
-
-class SemanticStageConfig(StageConfig):
-    """Semantic segmentation (a U-Net or a torchvision segmentation model): one mask row per
-    class region, source "semantic"."""
-
-    enabled: bool = Field(False, description="Off by default.")
-    model: str = Field(
-        "", description="Segmentation checkpoint folder (config.json naming classes and input size + one "
-        "weight file), s3:// / https:// copy of one, or tiny://unet.",
-    )
-    batch_size: int = Field(4, ge=1, description="Images per model call.")
-    classes: list[str] = Field(
-        default_factory=list, description="Class names in output-channel order; empty = the checkpoint's."
-    )
-    input_size: tuple[int, int] | None = Field(
-        None, description="Model input (height, width); null = the checkpoint config's."
-    )
-    skip_classes: list[str] = Field(
-        default_factory=lambda: ["background"], description="Classes that give no rows."
-    )
-    connected_components: bool = Field(
-        False, description="One row per connected region of a class instead of one per class."
-    )
-    min_area: int = Field(1, ge=1, description="Regions smaller than this many pixels give no row.")
-
-
-class StagesConfig(_Section):
-    upscale: UpscaleStageConfig = Field(default_factory=UpscaleStageConfig)
-    propose: ProposeStageConfig = Field(default_factory=ProposeStageConfig)
-    concepts: ConceptsStageConfig = Field(default_factory=ConceptsStageConfig)
-    segment: SegmentStageConfig = Field(default_factory=SegmentStageConfig)
-    track: TrackStageConfig = Field(default_factory=TrackStageConfig)
-    embed: EmbedStageConfig = Field(default_factory=EmbedStageConfig)
-    semantic: SemanticStageConfig = Field(default_factory=SemanticStageConfig)
-
-
-class EngineConfig(_Section):
-    """Automatic mask generation; defaults are SAM's published ones."""
-
-    points_per_side: int | None = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    stability_score_offset: float = 1.0
-    mask_threshold: float = 0.0
-    box_nms_thresh: float = 0.7
-    crop_n_layers: int = 0
-    crop_nms_thresh: float = 0.7
-    crop_overlap_ratio: float = 512 / 1500
-    crop_n_points_downscale_factor: int = 1
-    min_mask_region_area: int = 0
-    max_masks_per_image: int = Field(0, description="Keep the best N masks per image; 0 = all.")
-
-
-class ExemplarConfig(_Section):
+class ExemplarConfig(Section):
     """Example boxes of a concept on one reference image (a visual prompt for SAM 3)."""
 
     image: str = Field(description="URI of the reference image (local path, file://, s3://).")
@@ -306,7 +115,7 @@ class ExemplarConfig(_Section):
     )
 
 
-class LabelsConfig(_Section):
+class LabelsConfig(Section):
     vocabulary: list[str] = Field(
         default_factory=list,
         description="Open-vocabulary labels: the embed stage gives every mask the likeliest one "
@@ -324,7 +133,7 @@ class LabelsConfig(_Section):
     )
 
 
-class RayConfig(_Section):
+class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster address; None starts a local Ray.")
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     cpu_fallback: bool | None = Field(
@@ -346,7 +155,7 @@ class RayConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     shard_rows: int = Field(64, ge=1, description="Items per Parquet shard (one write task).")
     lease_ttl_s: float = Field(
         60.0, gt=0, description="Lifetime of DST's lease (one run per output), renewed every third of it; "
@@ -354,7 +163,7 @@ class OutputConfig(_Section):
     )
 
 
-class IndexConfig(_Section):
+class IndexConfig(Section):
     """The scheduled index update (``samflow deploy`` / ``samflow schedule``): builds DST's vector
     index the first time, then adds the vectors of shards committed since (``samflow index add``)."""
 

@@ -1,5 +1,6 @@
-"""Arrows point one way (DESIGN.md): flows -> actors -> models -> schemas. Checked on the source,
-so a stray import fails here instead of surfacing as a Ray worker that cannot load a model."""
+"""Arrows point one way (docs/architecture.md, "Layout"): from the command line and flows down to
+schemas. Checked on the source, so a stray import fails here instead of surfacing as a Ray worker
+that cannot load a model."""
 
 import ast
 from pathlib import Path
@@ -8,14 +9,42 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "samflow"
 
+ABOVE_MODELS = {"samflow.actors", "samflow.inputs", "samflow.pipeline", "samflow.index", "samflow.exporters",
+                "samflow.serve", "samflow.flows", "samflow.cli"}
+ENTRY = {"samflow.flows", "samflow.cli"}  # only the command line and Prefect flows orchestrate
+SERVICES = {"ray", "prefect", "fsspec", "s3fs"}
+
 FORBIDDEN = {
-    "schemas": {"samflow.models", "samflow.actors", "samflow.flows", "torch", "ray", "prefect", "fsspec", "s3fs"},
-    "models": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
-    "actors": {"samflow.flows", "prefect", "fsspec", "s3fs"},
-    "exporters": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
-    # Storage reaches the index as a pyarrow filesystem or local files handed over by flows.
-    "index": {"samflow.actors", "samflow.flows", "ray", "prefect", "fsspec", "s3fs"},
+    "schemas": {"samflow.media", "samflow.models", "samflow.store", "samflow.config", *ABOVE_MODELS, "torch", *SERVICES},
+    "media": {"samflow.models", "samflow.store", "samflow.config", *ABOVE_MODELS, "torch", *SERVICES},
+    # models/loading alone reaches storage: it copies s3:// and https:// models into the node's cache
+    "models": {*ABOVE_MODELS, "ray", "prefect"},
+    "actors": {"samflow.store", "samflow.inputs", "samflow.pipeline", "samflow.index", "samflow.exporters",
+               "samflow.serve", *ENTRY, "prefect", "fsspec", "s3fs"},
+    "inputs": {"samflow.actors", "samflow.models", "samflow.pipeline", *ENTRY, "prefect", "torch"},
+    "store": {"samflow.actors", "samflow.models", "samflow.pipeline", *ENTRY, "prefect", "torch"},
+    "pipeline": {*ENTRY, "prefect"},
+    "exporters": {"samflow.actors", "samflow.pipeline", *ENTRY, "ray", "prefect"},
+    "index": {"samflow.actors", "samflow.pipeline", *ENTRY, "ray", "prefect"},
+    "serve": {"samflow.actors", "samflow.pipeline", *ENTRY, "prefect"},
+    "flows": {"samflow.cli"},
 }
+
+
+def _models_outside_loading_reach_no_storage() -> list[str]:
+    offenders = []
+    for path in sorted((PACKAGE / "models").rglob("*.py")):
+        if "loading" in path.relative_to(PACKAGE / "models").parts:
+            continue
+        for name in _imports(path):
+            if name.split(".")[0] in {"fsspec", "s3fs"} or name.startswith("samflow.store"):
+                offenders.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    return offenders
+
+
+def test_only_model_loading_reaches_storage():
+    offenders = _models_outside_loading_reach_no_storage()
+    assert not offenders, "\n".join(offenders)
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,7 +73,7 @@ def test_decode_and_writer_tasks_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, samflow.media.decode, samflow.store.storage, samflow.pipeline.writer; "
+    code = ("import sys, samflow.media.decode, samflow.store.storage, samflow.pipeline.writer, samflow.config; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

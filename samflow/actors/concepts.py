@@ -12,10 +12,11 @@ no concept mask lies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from pydantic import Field
 
 from samflow.actors.batch import (
     Batch,
@@ -25,12 +26,37 @@ from samflow.actors.batch import (
     infer_or_fail,
     stage_meta,
 )
-from samflow.models.loading.registry import load_model
+from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 
+if TYPE_CHECKING:
+    from samflow.config import RunConfig
+
 STAGE = "concepts"
 SOURCE = "concept"
+
+
+class ConceptsConfig(StageConfig):
+    """SAM 3: every instance of each ``labels.vocabulary`` concept (the prompts), labelled."""
+
+    enabled: bool = Field(False, description="Off by default; needs a non-empty labels.vocabulary.")
+    model: str = Field(
+        "facebook/sam3",
+        description="SAM 3 model URI (the Hub repository is gated: accept its licence, set HF_TOKEN).",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per SAM 3 call (every prompt of each).")
+
+    score_thresh: float = Field(
+        0.5, ge=0.0, le=1.0, description="Keep instances whose score (detection x presence) is above this."
+    )
+    mask_thresh: float = Field(0.5, gt=0.0, lt=1.0, description="Mask probability above which a pixel is in.")
+    max_instances: int = Field(100, ge=1, description="At most this many instances per concept and image.")
+    nms_iou: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Instances of one concept overlapping a better one above this box IoU are duplicates "
+        "(instances of different concepts are all kept).",
+    )
 
 
 class ConceptRunner(Protocol):
@@ -50,27 +76,24 @@ class ConceptsStage:
     to mask records appended to the row's existing ones."""
 
     def __init__(
-        self,
-        model_uri: str,
-        vocabulary: Sequence[str],
-        score_thresh: float = 0.5,
-        mask_thresh: float = 0.5,
-        max_instances: int = 100,
-        nms_iou: float = 0.5,
-        device: str | None = None,
+        self, config: ConceptsConfig, context: StageContext | None = None, device: str | None = None,
         runner: ConceptRunner | None = None,
-        exemplars: Callable[[], dict[str, list[tuple[np.ndarray, np.ndarray]]]] | None = None,
     ) -> None:
-        """``exemplars``: called once here; {concept: [(reference image, xyxy boxes)]} visual prompts."""
+        """The prompts are the run's ``labels.vocabulary``; ``labels.exemplars`` boxes are read once here."""
+        context = context_or_default(context)
+        vocabulary = context.run.labels.vocabulary
         if not vocabulary:
             raise ValueError("the concepts stage needs a non-empty labels.vocabulary (its prompts)")
-        self.sam3 = runner if runner is not None else load_model("sam3", model_uri, device=device)
+        if runner is None:
+            from samflow.models.loading.registry import load_model
+
+            runner = load_model("sam3", config.model, device=device)
+        self.sam3 = runner
         self.vocabulary = list(dict.fromkeys(vocabulary))
-        if exemplars is not None:
-            self.sam3.set_exemplars(exemplars())
-        self.options = dict(score_thresh=score_thresh, mask_thresh=mask_thresh,
-                            max_instances=max_instances, nms_iou=nms_iou)
-        self.info = {"model": model_uri, "checkpoint_sha256": self.sam3.checkpoint_sha256}
+        if context.run.labels.exemplars:
+            self.sam3.set_exemplars(read_exemplars(context))
+        self.options = config.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"})
+        self.info = {"model": config.model, "checkpoint_sha256": self.sam3.checkpoint_sha256}
 
     @arrow_batches
     def __call__(self, batch: Batch) -> Batch:
@@ -131,3 +154,22 @@ def concept_coverage(batch: Batch, row: int, factor: int = 1) -> np.ndarray | No
     if factor > 1:
         union = union.repeat(factor, axis=0).repeat(factor, axis=1)
     return union
+
+
+def read_exemplars(context: StageContext) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """{concept: [(RGB reference image, (N, 4) xyxy boxes), ...]} of ``labels.exemplars``, read
+    where the model is, with the run's storage settings and input limits."""
+    from samflow.media.decode import decode_image
+
+    run: RunConfig = context.run
+    store = context.require_store("labels.exemplars")
+    loaded: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for concept, refs in run.labels.exemplars.items():
+        for ref in refs:
+            try:
+                image = decode_image(store.read(ref.image), run.input.max_pixels)
+            except Exception as exc:  # noqa: BLE001 - a config mistake: say which file
+                raise ValueError(f"labels.exemplars[{concept!r}]: cannot read {ref.image}: {exc}") from exc
+            boxes = np.asarray([list(b) for b in ref.boxes], dtype=np.float32).reshape(-1, 4)
+            loaded.setdefault(concept, []).append((image, boxes))
+    return loaded

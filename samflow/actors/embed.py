@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
+from pydantic import Field
 
 from samflow.actors.batch import (
     Batch,
@@ -34,10 +34,34 @@ from samflow.actors.batch import (
     upscale_factor_at,
 )
 from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
-from samflow.models.loading.registry import load_model
+from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
 
 STAGE = "embed"
+
+
+class EmbedConfig(StageConfig):
+    """CLIP: one vector per image, labels (labels.vocabulary) and optional vectors per mask."""
+
+    model: str = Field("openai/clip-vit-base-patch32", description="CLIP (or SigLIP) model URI.")
+    batch_size: int = Field(16, ge=1, description="Images per CLIP call.")
+
+    mask_embeddings: bool = Field(
+        False, description="Also write one CLIP vector per mask crop (annotations.embedding)."
+    )
+    crops_per_batch: int = Field(64, ge=1, description="Mask crops per CLIP call.")
+    models: list[Literal["clip", "dinov2"]] = Field(
+        default_factory=lambda: ["clip"],
+        description="Embedding models: clip = `model` (vectors, labels, mask vectors -> embeddings/); "
+        "dinov2 = `dinov2_model` (one image vector per image -> embeddings/dinov2/, same columns; "
+        "the embeddings table then has one row per image per model).",
+    )
+    dinov2_model: str = Field(
+        "facebook/dinov2-base", description="DINOv2 model URI used when `models` lists dinov2."
+    )
+
+    def runs(self, run: Any) -> bool:
+        return self.enabled and "clip" in self.models
 
 
 def mask_crop(image: np.ndarray, bbox: Sequence[float], factor: int) -> np.ndarray:
@@ -53,23 +77,20 @@ def mask_crop(image: np.ndarray, bbox: Sequence[float], factor: int) -> np.ndarr
 
 
 class EmbedStage:
-    def __init__(
-        self,
-        model_uri: str,
-        vocabulary: Sequence[str] = (),
-        templates: Sequence[str] = (),
-        mask_embeddings: bool = False,
-        crops_per_batch: int = 64,
-        device: str | None = None,
-    ) -> None:
-        self.clip = load_model("clip", model_uri, device=device)
-        self.vocabulary = list(vocabulary)
+    """CLIP once per actor; labels come from the run's ``labels`` section (vocabulary, templates)."""
+
+    def __init__(self, config: EmbedConfig, context: StageContext | None = None, device: str | None = None) -> None:
+        from samflow.models.loading.registry import load_model
+
+        labels = context_or_default(context).run.labels
+        self.clip = load_model("clip", config.model, device=device)
+        self.vocabulary = list(labels.vocabulary)
         self._index = {label: k for k, label in enumerate(self.vocabulary)}
-        self.templates = list(templates) or ["{}"]
-        self.mask_embeddings = mask_embeddings
-        self.crops_per_batch = crops_per_batch
+        self.templates = list(labels.templates) or ["{}"]
+        self.mask_embeddings = config.mask_embeddings
+        self.crops_per_batch = config.crops_per_batch
         self.info = {
-            "model": model_uri,
+            "model": config.model,
             "checkpoint_sha256": self.clip.checkpoint_sha256,
             "dim": self.clip.dim,
         }
@@ -115,6 +136,8 @@ class EmbedStage:
         ]
         if not crops:
             return [MaskOutputs.none(self.clip.dim, len(self.vocabulary)) for _ in images]
+        import torch
+
         vectors = torch.cat(
             [
                 self.clip.embed_images(crops[start : start + self.crops_per_batch]).float()

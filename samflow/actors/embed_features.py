@@ -20,17 +20,30 @@ from samflow.actors.batch import (
     object_column,
     stage_meta,
 )
-from samflow.models.loading.registry import load_model
+from samflow.actors.embed import EmbedConfig
+from samflow.actors.stage import StageContext
 
 FEATURE_FAMILIES = ("dinov2",)
 
 
+def runs_dinov2(embed: EmbedConfig) -> bool:
+    """The DINOv2 pool runs beside CLIP's with the embed section's pool settings."""
+    return embed.enabled and "dinov2" in embed.models
+
+
 class FeatureEmbedStage:
-    def __init__(self, model_uri: str, family: str = "dinov2", device: str | None = None) -> None:
+    """The embed section's second model (``dinov2_model``), loaded once per actor."""
+
+    def __init__(
+        self, config: EmbedConfig, context: StageContext | None = None, device: str | None = None,
+        family: str = "dinov2",
+    ) -> None:
+        from samflow.models.loading.registry import load_model
+
         if family not in FEATURE_FAMILIES:
             raise ValueError(f"feature embeddings come from {', '.join(FEATURE_FAMILIES)}, not {family!r}")
         self.family = family
-        self.model_uri = model_uri
+        model_uri = self.model_uri = config.dinov2_model
         self.runner = load_model(family, model_uri, device=device)
         self.stage = f"embed_{family}"
         self.info = {"model": model_uri, "checkpoint_sha256": self.runner.checkpoint_sha256, "dim": self.runner.dim}

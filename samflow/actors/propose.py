@@ -19,10 +19,11 @@ class-agnostic boxes. Segment copies a box's label and score onto the mask it pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from samflow.actors.batch import (
     Batch,
@@ -35,7 +36,7 @@ from samflow.actors.batch import (
 )
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
-from samflow.models.loading.registry import ModelLoadError, load_model
+from samflow.actors.stage import StageConfig, StageContext
 
 STAGE = "propose"
 COLUMN = "proposals"
@@ -43,7 +44,41 @@ PROPOSAL = pa.struct([("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()
 PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 
+class ProposeConfig(StageConfig):
+    """Box proposals (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN), given to segment as box prompts."""
+
+    enabled: bool = Field(False, description="Off by default: segment then runs on the point grid alone.")
+    model: str = Field(
+        "google/owlv2-base-patch16-ensemble",
+        description="Detector URI (OWLv2, Grounding DINO, RT-DETR / D-FINE, Mask R-CNN: torchvision://<builder> "
+        "or a checkpoint folder).",
+    )
+
+    max_boxes: int = Field(50, ge=1, description="Keep at most this many boxes per image (best first).")
+    score_thresh: float = Field(
+        0.1, ge=0.0, le=1.0, description="Minimum objectness (or query) score of a kept box."
+    )
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="Boxes overlapping a better one above this IoU are dropped.")
+    queries: list[str] = Field(
+        default_factory=list,
+        description="Text queries for open-vocabulary boxes; empty = class-agnostic objectness.",
+    )
+    family: Literal["auto", "owlv2", "grounding_dino", "detr", "maskrcnn"] = Field(
+        "auto",
+        description="Detector family of `model`: auto = from the URI / checkpoint config (model_type); "
+        "owlv2 and grounding_dino take `queries` (grounding_dino needs them), detr (RT-DETR v2, D-FINE) and maskrcnn are closed-set "
+        "and give their class names to the masks they prompt (label / label_score).",
+    )
+    maskrcnn_masks: Literal["prompts", "rows"] = Field(
+        "prompts",
+        description="Mask R-CNN only: prompts = its boxes prompt SAM in segment; rows = its own masks "
+        "become annotation rows (source maskrcnn) and segment gets no box prompts.",
+    )
+
+
 def resolve_family(family: str, model_uri: str) -> str:
+    from samflow.models.loading.registry import ModelLoadError
+
     if family == "auto":
         from samflow.models.loading.check import infer_family
 
@@ -59,29 +94,19 @@ class ProposeStage:
     """Loads the detector once per actor and maps batches to ``proposals`` (and, for Mask
     R-CNN with ``maskrcnn_masks="rows"``, its masks into the ``masks`` column)."""
 
-    def __init__(
-        self,
-        model_uri: str,
-        max_boxes: int = 50,
-        score_thresh: float = 0.1,
-        nms_iou: float = 0.5,
-        queries: Sequence[str] = (),
-        device: str | None = None,
-        family: str = "auto",
-        maskrcnn_masks: str = "prompts",
-    ) -> None:
-        self.family = resolve_family(family, model_uri)
-        if self.family == "grounding_dino" and not queries:
+    def __init__(self, config: ProposeConfig, context: StageContext | None = None, device: str | None = None) -> None:
+        from samflow.models.loading.registry import ModelLoadError, load_model
+
+        self.family = resolve_family(config.family, config.model)
+        if self.family == "grounding_dino" and not config.queries:
             raise ModelLoadError("stages.propose: grounding_dino needs text queries (stages.propose.queries)")
-        if maskrcnn_masks not in ("prompts", "rows"):
-            raise ValueError(f"maskrcnn_masks must be 'prompts' or 'rows', got {maskrcnn_masks!r}")
-        self.detector = load_model(self.family, model_uri, device=device)
-        self.max_boxes = max_boxes
-        self.score_thresh = score_thresh
-        self.nms_iou = nms_iou
-        self.queries = list(queries)
-        self.mask_rows = self.family == "maskrcnn" and maskrcnn_masks == "rows"
-        self.info = {"model": model_uri, "family": self.family, "checkpoint_sha256": self.detector.checkpoint_sha256}
+        self.detector = load_model(self.family, config.model, device=device)
+        self.max_boxes = config.max_boxes
+        self.score_thresh = config.score_thresh
+        self.nms_iou = config.nms_iou
+        self.queries = list(config.queries)
+        self.mask_rows = self.family == "maskrcnn" and config.maskrcnn_masks == "rows"
+        self.info = {"model": config.model, "family": self.family, "checkpoint_sha256": self.detector.checkpoint_sha256}
 
     def _detect(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """Per image: {"boxes", "scores", "labels"} and, for Mask R-CNN rows, "masks"."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from samflow.actors.batch import (
     Batch,
     arrow_batches,
@@ -22,22 +24,38 @@ from samflow.actors.batch import (
 from samflow.actors.concepts import concept_coverage
 from samflow.actors.propose import label_box_records, proposal_labels_at, proposals_at
 from samflow.actors.rescale import records_to_original
-from samflow.models.amg import AmgParams, MaskGenerator
-from samflow.models.loading.registry import load_model
+from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
 
 STAGE = "segment"
+
+
+class SegmentConfig(StageConfig):
+    """SAM through the mask-generation engine (parameters under ``engine``)."""
+
+    model: str = Field("facebook/sam-vit-base", description="SAM model URI.")
+    batch_size: int = Field(2, ge=1, description="Images per engine call (each is many decoder calls).")
 
 
 class SegmentStage:
     """Loads SAM once per actor; appends each row's masks to the batch's ``masks`` column
     (``samflow.schemas.masks``; no masks for rows that failed here or earlier)."""
 
-    def __init__(self, model_uri: str, engine: dict[str, Any], device: str | None = None, runner: Any = None) -> None:
-        # ``runner``: an already loaded SAM runner (or one with its interface) instead of model_uri's
-        self.sam = runner if runner is not None else load_model("sam", model_uri, device=device)
-        self.generator = MaskGenerator(self.sam, AmgParams(**engine))
-        self.info = {"model": model_uri, "checkpoint_sha256": self.sam.checkpoint_sha256}
+    def __init__(
+        self, config: SegmentConfig, context: StageContext | None = None, device: str | None = None,
+        runner: Any = None,
+    ) -> None:
+        """The engine's parameters are the run's ``engine`` section; ``runner``: an already loaded
+        SAM runner (or one with its interface) instead of the config's model."""
+        from samflow.models.amg import AmgParams, MaskGenerator
+
+        if runner is None:
+            from samflow.models.loading.registry import load_model
+
+            runner = load_model("sam", config.model, device=device)
+        self.sam = runner
+        self.generator = MaskGenerator(self.sam, AmgParams(**context_or_default(context).run.engine.model_dump()))
+        self.info = {"model": config.model, "checkpoint_sha256": self.sam.checkpoint_sha256}
 
     @arrow_batches
     def __call__(self, batch: Batch) -> Batch:

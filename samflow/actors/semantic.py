@@ -10,10 +10,10 @@ records are mapped back to the original image. Records are appended to the row's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 from scipy import ndimage
 
 from samflow.actors.batch import (
@@ -27,23 +27,42 @@ from samflow.actors.batch import (
 )
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
-from samflow.models.loading.registry import ModelLoadError, load_model
+from samflow.actors.stage import StageConfig, StageContext
 
 STAGE = "semantic"
+
+
+class SemanticConfig(StageConfig):
+    """Semantic segmentation (a U-Net or a torchvision segmentation model): one mask row per
+    class region, source "semantic"."""
+
+    enabled: bool = Field(False, description="Off by default.")
+    model: str = Field(
+        "", description="Segmentation checkpoint folder (config.json naming classes and input size + one "
+        "weight file), s3:// / https:// copy of one, or tiny://unet.",
+    )
+    batch_size: int = Field(4, ge=1, description="Images per model call.")
+    classes: list[str] = Field(
+        default_factory=list, description="Class names in output-channel order; empty = the checkpoint's."
+    )
+    input_size: tuple[int, int] | None = Field(
+        None, description="Model input (height, width); null = the checkpoint config's."
+    )
+    skip_classes: list[str] = Field(
+        default_factory=lambda: ["background"], description="Classes that give no rows."
+    )
+    connected_components: bool = Field(
+        False, description="One row per connected region of a class instead of one per class."
+    )
+    min_area: int = Field(1, ge=1, description="Regions smaller than this many pixels give no row.")
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 class SemanticStage:
-    def __init__(
-        self,
-        model_uri: str,
-        classes: Sequence[str] = (),
-        input_size: Sequence[int] | None = None,
-        skip_classes: Sequence[str] = ("background",),
-        connected_components: bool = False,
-        min_area: int = 1,
-        device: str | None = None,
-    ) -> None:
+    def __init__(self, config: SemanticConfig, context: StageContext | None = None, device: str | None = None) -> None:
+        from samflow.models.loading.registry import ModelLoadError, load_model
+
+        model_uri, classes, input_size = config.model, config.classes, config.input_size
         if not model_uri:
             raise ModelLoadError("stages.semantic.model is empty: name a segmentation checkpoint folder or tiny://unet")
         self.model = load_model("unet", model_uri, device=device)
@@ -55,9 +74,9 @@ class SemanticStage:
             self.model.classes = list(classes)
         if input_size:
             self.model.input_size = (int(input_size[0]), int(input_size[1]))
-        self.skip = set(skip_classes)
-        self.connected_components = connected_components
-        self.min_area = min_area
+        self.skip = set(config.skip_classes)
+        self.connected_components = config.connected_components
+        self.min_area = config.min_area
         self.info = {"model": model_uri, "checkpoint_sha256": self.model.checkpoint_sha256,
                      "classes": self.model.classes}
 

@@ -35,10 +35,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from samflow.actors.batch import (
     Batch,
@@ -49,57 +50,82 @@ from samflow.actors.batch import (
     to_arrow,
 )
 from samflow.actors.concepts import ConceptsStage
-from samflow.media.decode import ByteSource, DecodeError, DecodeStage, InputLimits
+from samflow.actors.stage import StageConfig, StageContext, context_or_default
+from samflow.media.decode import DecodeError, DecodeStage
 from samflow.media.video import Frame, VideoError
-from samflow.models.amg import AmgParams, MaskGenerator
-from samflow.models.loading.registry import load_model
-from samflow.models.tracker import Seed, VideoTracker
-from samflow.models.video_models import load_video_model
 from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id
 from samflow.schemas.tables import TRACK_LIST
 
+if TYPE_CHECKING:
+    from samflow.config import RunConfig
+    from samflow.models.amg import MaskGenerator
+    from samflow.models.tracker import Seed, VideoTracker
+
 STAGE = "track"
 
 
-@dataclass
-class TrackParams:
-    """The ``stages.track`` keys the tracking itself uses."""
+class TrackConfig(StageConfig):
+    """Videos: objects the segment engine finds on the first sampled frame and every
+    ``reseed_s`` seconds, followed through the sampled frames by SAM 2 video propagation, in
+    chunks of ``input.video.chunk_frames`` (state bounded by one chunk). Each video is decoded,
+    seeded and tracked in order by one actor of this pool; still images pass through. With
+    ``stages.concepts`` on, SAM 3's instances of ``labels.vocabulary`` on the seed frames seed
+    labelled tracks (the grid covers the rest); each track keeps its label."""
 
-    reseed_s: float = 5.0
-    match_iou: float = 0.5
-    max_objects: int = 32
+    model: str = Field(
+        "facebook/sam2.1-hiera-small",
+        description="Video model URI; its family picks the tracker: SAM 2 / 2.1 (Sam2VideoModel) or "
+        "SAM 3 (facebook/sam3, tiny://sam3: Sam3TrackerVideoModel).",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="Rows per call: images pass straight through, a video row is tracked whole."
+    )
+    reseed_s: float = Field(
+        5.0, gt=0, description="Seconds between seed frames: new objects get new ids, known ones keep theirs."
+    )
+    match_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Mask IoU at which a seed is the same object as a track."
+    )
+    max_objects: int = Field(32, ge=1, description="Objects tracked at once per video (best seeds first).")
+
+    def runs(self, run: RunConfig) -> bool:
+        """Videos go to the track stage only with the segment stage on (its engine seeds the
+        tracks); otherwise decode samples their frames and they are annotated like images."""
+        return self.enabled and run.stages.segment.enabled
 
 
 class TrackStage:
     """Ray Data callable (``batch_format="numpy"``), a generator: image rows out as they came,
     each ``video_pending`` row out as its frame rows, chunk by chunk."""
 
-    def __init__(
-        self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], source: ByteSource,
-        input_cfg: InputLimits, params: dict[str, Any] | None = None, device: str | None = None,
-        concepts: dict[str, Any] | None = None,
-    ) -> None:
-        """``concepts``: the concepts stage's arguments (``ConceptsStage``) when it is on: its
-        labelled masks seed the tracks."""
-        self.decoder = DecodeStage(source, input_cfg, stage_name="decode")
+    def __init__(self, config: TrackConfig, context: StageContext | None = None, device: str | None = None) -> None:
+        """Seeds come from the run's segment model and engine, and from the concepts stage when
+        it is on (its labelled masks seed the tracks)."""
+        context = context_or_default(context)
+        run = context.run
+        self.decoder = DecodeStage(context.require_store("the track stage"), run.input, stage_name="decode")
         self.chunk_frames = self.decoder.chunk_rows
-        self.params = TrackParams(**(params or {}))
-        self.info = {"model": model_uri, "checkpoint_sha256": None}
+        self.params = config
+        self.info = {"model": config.model, "checkpoint_sha256": None}
         # The models load with the first video: an image-only run pays for an idle actor only.
-        self._load = lambda: self._load_models(model_uri, segment_model_uri, engine, device, concepts)
+        self._load = lambda: self._load_models(config, context, device)
         self.video_model: Any = None
         self.seeder: MaskGenerator | None = None
         self.concepts: ConceptsStage | None = None
 
-    def _load_models(self, model_uri: str, segment_model_uri: str, engine: dict[str, Any], device: str | None,
-                     concepts: dict[str, Any] | None) -> None:
-        self.video_model = load_video_model(model_uri, device=device)
-        sam = load_model("sam", segment_model_uri, device=device)
-        self.seeder = MaskGenerator(sam, AmgParams(**engine))
-        if concepts is not None:
-            self.concepts = ConceptsStage(**concepts, device=device)
-        self.info = {"model": model_uri, "family": self.video_model.family,
+    def _load_models(self, config: TrackConfig, context: StageContext, device: str | None) -> None:
+        from samflow.models.amg import AmgParams, MaskGenerator
+        from samflow.models.loading.registry import load_model
+        from samflow.models.video_models import load_video_model
+
+        run = context.run
+        self.video_model = load_video_model(config.model, device=device)
+        sam = load_model("sam", run.stages.segment.model, device=device)
+        self.seeder = MaskGenerator(sam, AmgParams(**run.engine.model_dump()))
+        if run.stages.concepts.enabled:
+            self.concepts = ConceptsStage(run.stages.concepts, context, device=device)
+        self.info = {"model": config.model, "family": self.video_model.family,
                      "checkpoint_sha256": self.video_model.checkpoint_sha256}
 
     def __call__(self, batch: Batch | pa.Table) -> Iterator[Batch | pa.Table]:
@@ -129,6 +155,8 @@ class TrackStage:
             self._load()
         uri = str(batch["uri"][row])
         data, batch = _inline_video(batch, row)
+        from samflow.models.tracker import VideoTracker
+
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
         ready: Batch | None = None  # held back one chunk: the last one carries the tracks
@@ -185,6 +213,8 @@ class TrackStage:
         """Segment the chunk's seed frames (the first frame of the video, then one every
         ``reseed_s`` seconds): concept instances first (labelled, best first), then the
         segment stage's engine where they do not lie."""
+        from samflow.models.tracker import Seed
+
         due = []
         for position, frame in enumerate(frames):
             if run.seed_due(frame.timestamp_s):
@@ -200,6 +230,8 @@ class TrackStage:
                 for p, concept_seeds, records in zip(due, named, found)}
 
     def _concept_seeds(self, images: list[np.ndarray]) -> list[list[Seed]]:
+        from samflow.models.tracker import Seed
+
         if self.concepts is None:
             return [[] for _ in images]
         return [[Seed.from_record(r) for r in records] for records in self.concepts.find(images)]

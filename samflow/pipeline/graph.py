@@ -20,20 +20,13 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from samflow.actors.batch import dropping_outputs
-from samflow.actors.concepts import ConceptsStage
-from samflow.actors.embed import EmbedStage
-from samflow.actors.embed_features import FeatureEmbedStage
-from samflow.actors.propose import ProposeStage
-from samflow.actors.segment import SegmentStage
-from samflow.actors.semantic import SemanticStage
+from samflow.actors.stage import StageConfig, StageContext
+from samflow.actors.table import STAGE_TABLE
 from samflow.actors.threads import with_torch_threads
-from samflow.actors.track import TrackStage
-from samflow.actors.upscale import UpscaleStage
-from samflow.config import RayConfig, RunConfig, StageConfig
+from samflow.config import RayConfig, RunConfig
 from samflow.inputs.sources import ContainerKeys
 from samflow.media.decode import DecodeStage
 from samflow.models.loading.cache import with_model_cache
-from samflow.pipeline.exemplars import ExemplarImages
 from samflow.pipeline.resources import (
     GraphFit,
     StagePlacement,
@@ -41,7 +34,6 @@ from samflow.pipeline.resources import (
     cluster_capacity,
     wait_for_fit,
 )
-from samflow.pipeline.upscaled import UpscaledWriter
 from samflow.pipeline.writer import stage_shard
 from samflow.store.catalog import Catalog, ShardResult
 from samflow.store.storage import StorageSource
@@ -126,78 +118,34 @@ def _pool(stage: StageConfig, placement: StagePlacement) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelStage:
-    """One enabled model stage of the graph: its callable class, constructor kwargs and pool."""
+    """One model stage of this run's graph: its class, its config section (pool settings
+    included) and the section's field that names its model."""
 
     name: str
     cls: type
-    kwargs: dict[str, Any]
     config: StageConfig
+    model_field: str = "model"
+
+    @property
+    def model_sha256(self) -> str | None:
+        """The section's pin belongs to its ``model``; another model's pin goes in its URI."""
+        return self.config.model_sha256 if self.model_field == "model" else None
 
 
-def model_stages(cfg: RunConfig, dst: str) -> list[ModelStage]:
-    """The enabled model stages, in graph order: upscale -> propose -> concepts -> segment -> track -> embed
-    -> semantic (after embed, so zero-shot labels never overwrite the class names of semantic rows)."""
-    stages = cfg.stages
-    up, prop, seg, emb = stages.upscale, stages.propose, stages.segment, stages.embed
-    candidates = [
-        ModelStage("upscale", UpscaleStage, {
-            "model_uri": up.model, "min_short_side": up.min_short_side,
-            "max_output_pixels": up.max_output_pixels, "tile": up.tile,
-            "save": UpscaledWriter(dst, cfg.storage) if up.save else None,
-        }, up),
-        ModelStage("propose", ProposeStage, {
-            "model_uri": prop.model, "max_boxes": prop.max_boxes, "score_thresh": prop.score_thresh,
-            "nms_iou": prop.nms_iou, "queries": list(prop.queries),
-            "family": prop.family, "maskrcnn_masks": prop.maskrcnn_masks,
-        }, prop),
-        ModelStage("concepts", ConceptsStage, _concepts_kwargs(cfg), stages.concepts),
-        ModelStage("segment", SegmentStage, {"model_uri": seg.model, "engine": cfg.engine.model_dump()}, seg),
-        ModelStage("embed", EmbedStage, {
-            "model_uri": emb.model, "vocabulary": list(cfg.labels.vocabulary),
-            "templates": list(cfg.labels.templates), "mask_embeddings": emb.mask_embeddings,
-            "crops_per_batch": emb.crops_per_batch,
-        }, emb.model_copy(update={"enabled": emb.enabled and "clip" in emb.models})),
-        # a second embedding model shares the embed section's pool settings; its own hash pin, if
-        # any, goes in its URI (#sha256=...): model_sha256 belongs to `model`
-        ModelStage("embed_dinov2", FeatureEmbedStage, {"model_uri": emb.dinov2_model, "family": "dinov2"},
-                   emb.model_copy(update={"enabled": emb.enabled and "dinov2" in emb.models, "model_sha256": None})),
-        ModelStage("semantic", SemanticStage, {
-            "model_uri": stages.semantic.model, "classes": list(stages.semantic.classes),
-            "input_size": stages.semantic.input_size, "skip_classes": list(stages.semantic.skip_classes),
-            "connected_components": stages.semantic.connected_components, "min_area": stages.semantic.min_area,
-        }, stages.semantic),
-    ]
-    if track_videos(cfg):  # right after segment, whose engine seeds the tracks
-        after = next(i for i, stage in enumerate(candidates) if stage.name == "segment") + 1
-        candidates.insert(after, _track_stage(cfg))
-    return [stage for stage in candidates if stage.config.enabled]
-
-
-def _concepts_kwargs(cfg: RunConfig) -> dict[str, Any]:
-    """The concepts stage's arguments (the track stage seeds video tracks with it too)."""
-    concepts = cfg.stages.concepts
-    return {
-        "model_uri": concepts.model, "vocabulary": list(cfg.labels.vocabulary),
-        **concepts.model_dump(include={"score_thresh", "mask_thresh", "max_instances", "nms_iou"}),
-        "exemplars": ExemplarImages(cfg.labels.exemplars, cfg.storage, cfg.input.max_pixels) or None,
-    }
+def model_stages(cfg: RunConfig) -> list[ModelStage]:
+    """The stages of the stage table (samflow/actors/table.py) this run runs, in graph order."""
+    stages = []
+    for entry in STAGE_TABLE:
+        section = getattr(cfg.stages, entry.section)
+        if entry.runs(section, cfg):
+            stages.append(ModelStage(entry.name, entry.stage_class(), section, entry.model_field))
+    return stages
 
 
 def track_videos(cfg: RunConfig) -> bool:
-    """Whether videos go to the track stage (it needs the segment stage's model for seeds);
-    otherwise decode samples their frames and they are annotated like images."""
-    return cfg.stages.track.enabled and cfg.stages.segment.enabled
-
-
-def _track_stage(cfg: RunConfig) -> ModelStage:
-    track = cfg.stages.track
-    return ModelStage("track", TrackStage, {
-        "model_uri": track.model, "segment_model_uri": cfg.stages.segment.model,
-        "engine": cfg.engine.model_dump(), "source": StorageSource(cfg.storage), "input_cfg": cfg.input,
-        "params": {"reseed_s": track.reseed_s, "match_iou": track.match_iou, "max_objects": track.max_objects},
-        # with the concepts stage on, its labelled masks seed the tracks (videos skip that stage)
-        "concepts": _concepts_kwargs(cfg) if cfg.stages.concepts.enabled else None,
-    }, track)
+    """Whether videos go to the track stage; otherwise decode samples their frames and they are
+    annotated like images."""
+    return cfg.stages.track.runs(cfg)
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -249,7 +197,7 @@ def build_dataset(
     """``items``: {uri, size} rows, or a dataset of them in small blocks (the plan's, from
     samflow/inputs/sources.py, with inline ``data`` and preset errors), or members of containers
     still to be read."""
-    stages = model_stages(cfg, dst)
+    stages = model_stages(cfg)
     fit = fit_to_cluster(cfg, stages, reads_containers=isinstance(items, ContainerKeys))
     if isinstance(items, ContainerKeys):
         ds = items.items(fit.item_cpus)
@@ -276,14 +224,16 @@ def build_dataset(
     )
     # Model stages and the writer take Arrow batches (their __call__ is @arrow_batches): the
     # masks column stays Arrow from the stage that emits it to the Parquet file.
+    context = StageContext(run=cfg, dst=dst, store=StorageSource(cfg.storage))
     for position, stage in enumerate(stages, start=1):
         pool = _pool(stage.config, fit.stages[stage.name])
         # s3:// and https:// models are fetched (once per node) by the actor before it loads
-        stage_cls = with_model_cache(stage.cls, cfg.storage, stage.config.model_sha256)
+        stage_cls = with_model_cache(stage.cls, cfg.storage, stage.model_sha256, stage.model_field)
         stage_cls = with_torch_threads(stage_cls, stage.config.num_threads, stage.config.num_cpus)
         if position == len(stages):  # nothing after the last model stage reads the pixels
             stage_cls = dropping_outputs(stage_cls, ("pixels",))
-        ds = ds.map_batches(stage_cls, fn_constructor_kwargs=stage.kwargs, batch_format="pyarrow", **pool)
+        ds = ds.map_batches(stage_cls, fn_constructor_kwargs={"config": stage.config, "context": context},
+                            batch_format="pyarrow", **pool)
     if not stages:
         # With the writer's resources it fuses into the writer's tasks; with Ray's default of a
         # whole CPU it could never be scheduled beside the actors on a 1-CPU cluster.

@@ -209,12 +209,10 @@ def put_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         raise
 
 
-# --- file type from the bytes ------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class StorageSource:
-    """The decode stage's view of storage: reads by URI with this run's storage settings."""
+    """Storage as stages see it (samflow.actors.stage.ByteStore): bytes by URI with this run's
+    storage settings."""
 
     storage: StorageConfig
 
@@ -226,3 +224,6 @@ class StorageSource:
 
     def open(self, uri: str) -> IO[bytes]:
         return open_file(uri, self.storage)
+
+    def write(self, uri: str, data: bytes) -> None:
+        write_bytes(uri, data, self.storage)

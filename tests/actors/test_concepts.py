@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from samflow.actors.batch import object_column
-from samflow.actors.concepts import ConceptsStage
-from samflow.actors.embed import EmbedStage
-from samflow.actors.segment import SegmentStage
+from samflow.actors.concepts import ConceptsConfig, ConceptsStage, read_exemplars
+from samflow.actors.embed import EmbedConfig, EmbedStage
+from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.config import config_from
 from samflow.models.amg.grid import point_grid
 from samflow.models.sam3 import ConceptInstances
@@ -20,6 +20,7 @@ from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
 from samflow.schemas.rows import build_tables
 from tests.helpers.scene_model import SceneOracle, color_labels, make_scene
+from tests.helpers.stages import context, with_engine, with_labels
 
 OBJECTS = [(5, 5, 30, 25), (40, 8, 70, 40), (10, 42, 35, 70), (50, 50, 85, 75), (72, 2, 95, 20)]
 H, W = 80, 100
@@ -94,7 +95,7 @@ def test_concept_rows_then_grid_covers_only_the_rest():
     image = make_scene(H, W, OBJECTS)
     truth = _truth(image)
     batch = _batch([image, image], failed=(1,))
-    concepts = ConceptsStage("fake://sam3", VOCABULARY, score_thresh=0.5, runner=SceneConcepts())
+    concepts = ConceptsStage(ConceptsConfig(model="fake://sam3", score_thresh=0.5), with_labels(VOCABULARY), runner=SceneConcepts())
     batch = concepts(batch)
     records = mask_records_at(batch, 0)
     assert mask_records_at(batch, 1) == []  # a failed row is skipped
@@ -108,7 +109,7 @@ def test_concept_rows_then_grid_covers_only_the_rest():
 
     oracle = SceneOracle()
     oracle.checkpoint_sha256 = None
-    segment = SegmentStage("scene://sam", dict(points_per_side=10, points_per_batch=16), runner=oracle)
+    segment = SegmentStage(SegmentConfig(model="scene://sam"), with_engine(points_per_side=10, points_per_batch=16), runner=oracle)
     out = mask_records_at(segment(batch), 0)
     assert out[: len(records)] == records  # concept rows kept, first
     grid = out[len(records):]
@@ -134,13 +135,13 @@ def test_upscaled_pixels_concepts_in_original_coordinates_grid_in_upscaled():
     batch = _batch([image])
     batch["pixels"] = object_column([image.repeat(2, axis=0).repeat(2, axis=1).tobytes()])
     batch["upscale_factor"] = np.array([2.0])
-    batch = ConceptsStage("fake://sam3", VOCABULARY, score_thresh=0.5, runner=SceneConcepts())(batch)
+    batch = ConceptsStage(ConceptsConfig(model="fake://sam3", score_thresh=0.5), with_labels(VOCABULARY), runner=SceneConcepts())(batch)
     concepts = mask_records_at(batch, 0)
     for r, obj in zip(concepts, (0, 2, 1)):
         np.testing.assert_array_equal(rle.decode(r["segmentation"]), truth[obj])
     oracle = SceneOracle()
     oracle.checkpoint_sha256 = None
-    out = mask_records_at(SegmentStage("scene://sam", dict(points_per_side=10), runner=oracle)(batch), 0)
+    out = mask_records_at(SegmentStage(SegmentConfig(model="scene://sam"), with_engine(points_per_side=10), runner=oracle)(batch), 0)
     covered = truth[0] | truth[1] | truth[2]
     grid = [rle.decode(r["segmentation"]) for r in out[len(concepts):]]
     assert grid and all(m.shape == (H, W) and not (m & covered).any() for m in grid)
@@ -149,7 +150,7 @@ def test_upscaled_pixels_concepts_in_original_coordinates_grid_in_upscaled():
 def test_tiny_sam3_stage_rows_carry_label_score_and_source():
     image = make_scene(H, W, OBJECTS)
     batch = _batch([image, image[:40], image], failed=(2,))
-    stage = ConceptsStage("tiny://sam3", ["cat", "dog"], score_thresh=0.0, max_instances=3, device="cpu")
+    stage = ConceptsStage(ConceptsConfig(model="tiny://sam3", score_thresh=0.0, max_instances=3), with_labels(["cat", "dog"]), device="cpu")
     out = stage(batch)
     for row, (h, w) in ((0, (H, W)), (1, (40, W))):
         records = mask_records_at(out, row)
@@ -160,7 +161,7 @@ def test_tiny_sam3_stage_rows_carry_label_score_and_source():
     assert mask_records_at(out, 2) == []
     meta = json.loads(out["_meta_concepts"][0])
     assert meta["model"] == "tiny://sam3" and meta["checkpoint_sha256"]
-    none = ConceptsStage("tiny://sam3", ["cat"], score_thresh=0.99, device="cpu")(_batch([image]))
+    none = ConceptsStage(ConceptsConfig(model="tiny://sam3", score_thresh=0.99), with_labels(["cat"]), device="cpu")(_batch([image]))
     assert mask_records_at(none, 0) == []
     table = build_tables(out, "r1")["annotations"]
     assert set(table.column("source").to_pylist()) == {"concept"}
@@ -169,11 +170,11 @@ def test_tiny_sam3_stage_rows_carry_label_score_and_source():
 
 def test_embed_verifies_concept_masks_and_labels_the_rest():
     image = make_scene(H, W, OBJECTS)
-    batch = ConceptsStage("fake://sam3", VOCABULARY, score_thresh=0.5, runner=SceneConcepts())(_batch([image]))
+    batch = ConceptsStage(ConceptsConfig(model="fake://sam3", score_thresh=0.5), with_labels(VOCABULARY), runner=SceneConcepts())(_batch([image]))
     oracle = SceneOracle()
     oracle.checkpoint_sha256 = None
-    batch = SegmentStage("scene://sam", dict(points_per_side=10), runner=oracle)(batch)
-    embed = EmbedStage("tiny://clip", VOCABULARY, templates=["{}"], device="cpu")
+    batch = SegmentStage(SegmentConfig(model="scene://sam"), with_engine(points_per_side=10), runner=oracle)(batch)
+    embed = EmbedStage(EmbedConfig(model="tiny://clip"), with_labels(VOCABULARY, templates=["{}"]), device="cpu")
     records = mask_records_at(embed(batch), 0)
     concepts = [r for r in records if r["source"] == "concept"]
     grid = [r for r in records if r["source"] == "grid"]
@@ -197,42 +198,36 @@ def test_config_and_graph_order():
         config_from({"stages": {"concepts": {"enabled": True}}})
     cfg = config_from({"stages": {"concepts": {"enabled": True, "score_thresh": 0.3}, "propose": {"enabled": True}},
                       "labels": {"vocabulary": ["cat"]}}, profile="tiny")
-    stages = model_stages(cfg, "/tmp/out")
+    stages = model_stages(cfg)
     names = [s.name for s in stages]
     assert names.index("propose") + 1 == names.index("concepts") == names.index("segment") - 1
     concepts = stages[names.index("concepts")]
-    assert concepts.kwargs["model_uri"] == "tiny://sam3" and concepts.kwargs["score_thresh"] == 0.3
-    assert concepts.kwargs["vocabulary"] == ["cat"]
-    assert "concepts" not in [s.name for s in model_stages(config_from({}), "/tmp/out")]
+    assert concepts.cls is ConceptsStage and concepts.config is cfg.stages.concepts
+    assert concepts.config.model == "tiny://sam3" and concepts.config.score_thresh == 0.3
+    assert "concepts" not in [s.name for s in model_stages(config_from({}))]
 
 
 def test_exemplars_from_config_reach_the_stage(tmp_path):
     from PIL import Image
-
-    from samflow.pipeline.exemplars import ExemplarImages
 
     image = make_scene(H, W, OBJECTS)
     Image.fromarray(image).save(tmp_path / "ref.png")
     tree = {"labels": {"vocabulary": ["box", "slab"],
                        "exemplars": {"box": [{"image": str(tmp_path / "ref.png"), "boxes": [[5, 5, 30, 25]]}]}},
             "stages": {"concepts": {"enabled": True}}}
-    cfg = config_from(tree, profile="tiny")
-    stage = next(s for s in model_stages(cfg, str(tmp_path / "out")) if s.name == "concepts")
-    loaded = stage.kwargs["exemplars"]()
+    with_exemplars = context(tree, profile="tiny")
+    loaded = read_exemplars(with_exemplars)
     np.testing.assert_array_equal(loaded["box"][0][0], image)
     np.testing.assert_array_equal(loaded["box"][0][1], [[5, 5, 30, 25]])
-    options = dict(score_thresh=0.0, max_instances=2, device="cpu")
-    plain = mask_records_at(ConceptsStage("tiny://sam3", ["box", "slab"], **options)(_batch([image])), 0)
-    prompted = mask_records_at(
-        ConceptsStage("tiny://sam3", ["box", "slab"], exemplars=stage.kwargs["exemplars"], **options)(_batch([image])), 0)
+    config = ConceptsConfig(model="tiny://sam3", score_thresh=0.0, max_instances=2)
+    plain = mask_records_at(ConceptsStage(config, with_labels(["box", "slab"]), device="cpu")(_batch([image])), 0)
+    prompted = mask_records_at(ConceptsStage(config, with_exemplars, device="cpu")(_batch([image])), 0)
     scores = lambda recs, label: [r["label_score"] for r in recs if r["label"] == label]  # noqa: E731
     assert scores(plain, "slab") == pytest.approx(scores(prompted, "slab"))
     assert scores(plain, "box") != pytest.approx(scores(prompted, "box"))
 
     with pytest.raises(ValueError, match="not in labels.vocabulary"):
         config_from({"labels": {"vocabulary": ["slab"], "exemplars": tree["labels"]["exemplars"]}})
-    missing = ExemplarImages({"box": [type(cfg.labels.exemplars["box"][0])(image=str(tmp_path / "no.png"),
-                                                                          boxes=[[0, 0, 1, 1]])]},
-                             cfg.storage, cfg.input.max_pixels)
+    tree["labels"]["exemplars"]["box"][0]["image"] = str(tmp_path / "no.png")
     with pytest.raises(ValueError, match="box.*no.png"):
-        missing()
+        read_exemplars(context(tree))

@@ -6,14 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samflow.actors.propose import ProposeStage, proposal_labels_at, proposals_at
-from samflow.actors.segment import SegmentStage
+from samflow.actors.propose import (
+    ProposeConfig,
+    ProposeStage,
+    proposal_labels_at,
+    proposals_at,
+)
+from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.maskrcnn import TINY_CLASSES
 from samflow.scenes.sample import synthetic_scene
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 from tests.helpers.stage_batches import image_batch
+from tests.helpers.stages import context
 
 
 def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
@@ -28,7 +34,7 @@ def _found(batch) -> dict:
 
 
 def test_maskrcnn_masks_become_rle_rows_with_class_names():
-    stage = ProposeStage("tiny://maskrcnn", max_boxes=5, score_thresh=0.0, maskrcnn_masks="rows")
+    stage = ProposeStage(ProposeConfig(model="tiny://maskrcnn", max_boxes=5, score_thresh=0.0, maskrcnn_masks="rows"))
     assert stage.family == "maskrcnn"  # auto-detected from the URI
     image, other = _scenes((48, 64), (40, 40))
     out = stage(image_batch([image, other, image], failed=(1,)))
@@ -50,7 +56,7 @@ def test_maskrcnn_masks_become_rle_rows_with_class_names():
 def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
     (image,) = _scenes((24, 32))
     big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
-    stage = ProposeStage("tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows")
+    stage = ProposeStage(ProposeConfig(model="tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows"))
     records = mask_column.records_at(stage(image_batch([big], factor=2))["masks"], 0)
     assert records
     for record in records:
@@ -61,9 +67,9 @@ def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
 
 @pytest.mark.parametrize("family", ["detr", "maskrcnn"])
 def test_closed_set_class_names_reach_the_masks_they_prompt(family):
-    propose = ProposeStage(f"tiny://{family}", max_boxes=4, score_thresh=0.0)
-    segment = SegmentStage("tiny://sam", engine={"points_per_side": 2, "pred_iou_thresh": 0.0,
-                                                  "stability_score_thresh": 0.0}, device="cpu")
+    propose = ProposeStage(ProposeConfig(model=f"tiny://{family}", max_boxes=4, score_thresh=0.0))
+    segment = SegmentStage(SegmentConfig(model="tiny://sam"), context({"engine": {"points_per_side": 2, "pred_iou_thresh": 0.0,
+                                                  "stability_score_thresh": 0.0}}), device="cpu")
     (image,) = _scenes((48, 64))
     batch = propose(image_batch([image]))
     found = _found(batch)
@@ -81,9 +87,9 @@ def test_closed_set_class_names_reach_the_masks_they_prompt(family):
 
 
 def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
-    propose = ProposeStage("tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows")
-    segment = SegmentStage("tiny://sam", engine={"points_per_side": 4, "pred_iou_thresh": 0.0,
-                                                  "stability_score_thresh": 0.0}, device="cpu")
+    propose = ProposeStage(ProposeConfig(model="tiny://maskrcnn", max_boxes=3, score_thresh=0.0, maskrcnn_masks="rows"))
+    segment = SegmentStage(SegmentConfig(model="tiny://sam"), context({"engine": {"points_per_side": 4, "pred_iou_thresh": 0.0,
+                                                  "stability_score_thresh": 0.0}}), device="cpu")
     (image,) = _scenes((48, 64))
     batch = propose(image_batch([image]))
     before = mask_column.records_at(batch["masks"], 0)
@@ -94,13 +100,13 @@ def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
 
 def test_a_non_detector_model_is_refused_with_a_clear_error():
     with pytest.raises(ModelLoadError, match="proposals come from"):
-        ProposeStage("tiny://clip")
+        ProposeStage(ProposeConfig(model="tiny://clip"))
 
 
 def test_grounding_dino_needs_queries_and_labels_boxes_with_them():
     with pytest.raises(ModelLoadError, match="needs text queries"):
-        ProposeStage("tiny://grounding_dino")
-    stage = ProposeStage("tiny://grounding_dino", max_boxes=3, score_thresh=0.0, queries=["a cone", "a ball"])
+        ProposeStage(ProposeConfig(model="tiny://grounding_dino"))
+    stage = ProposeStage(ProposeConfig(model="tiny://grounding_dino", max_boxes=3, score_thresh=0.0, queries=["a cone", "a ball"]))
     (image,) = _scenes((30, 44))
     found = _found(stage(image_batch([image])))
     assert 0 < len(found["boxes"]) <= 3 and set(found["labels"]) <= {"a cone", "a ball"}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.actors.semantic import SemanticStage
+from samflow.actors.semantic import SemanticConfig, SemanticStage
 from samflow.models.loading.check import check_model
 from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.unet import UNet, save_checkpoint
@@ -48,7 +48,7 @@ def _paint(labels: np.ndarray) -> np.ndarray:
 
 def test_class_regions_match_the_label_map_exactly(identity_checkpoint):
     labels = _label_map()
-    stage = SemanticStage(identity_checkpoint, device="cpu")
+    stage = SemanticStage(SemanticConfig(model=identity_checkpoint), device="cpu")
     out = stage(image_batch([_paint(labels), _paint(labels)], failed=(1,)))
     records = mask_column.records_at(out["masks"], 0)
     assert sorted(r["label"] for r in records) == ["building", "road"]  # background skipped
@@ -62,7 +62,7 @@ def test_class_regions_match_the_label_map_exactly(identity_checkpoint):
 
 def test_connected_components_split_a_class_into_its_regions(identity_checkpoint):
     labels = _label_map()
-    stage = SemanticStage(identity_checkpoint, connected_components=True, skip_classes=(), device="cpu")
+    stage = SemanticStage(SemanticConfig(model=identity_checkpoint, connected_components=True, skip_classes=()), device="cpu")
     records = mask_column.records_at(stage(image_batch([_paint(labels)]))["masks"], 0)
     roads = [rle.decode(r["segmentation"]) for r in records if r["label"] == "road"]
     assert len(roads) == 2
@@ -73,7 +73,7 @@ def test_connected_components_split_a_class_into_its_regions(identity_checkpoint
 def test_upscaled_pixels_give_regions_in_original_coordinates(identity_checkpoint):
     labels = _label_map()
     big = np.repeat(np.repeat(_paint(labels), 2, axis=0), 2, axis=1)
-    stage = SemanticStage(identity_checkpoint, input_size=(96, 128), device="cpu")
+    stage = SemanticStage(SemanticConfig(model=identity_checkpoint, input_size=(96, 128)), device="cpu")
     records = mask_column.records_at(stage(image_batch([big], factor=2))["masks"], 0)
     for record in records:
         assert np.array_equal(rle.decode(record["segmentation"]), labels == CLASSES.index(record["label"]))
@@ -96,4 +96,4 @@ def test_batch_equals_single_calls_and_models_check():
 def test_checkpoint_folder_is_auto_detected_and_class_count_checked(identity_checkpoint):
     assert check_model(identity_checkpoint)["family"] == "unet"
     with pytest.raises(ModelLoadError, match="predicts 3"):
-        SemanticStage(identity_checkpoint, classes=["a", "b"], device="cpu")
+        SemanticStage(SemanticConfig(model=identity_checkpoint, classes=["a", "b"]), device="cpu")

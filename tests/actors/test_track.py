@@ -95,13 +95,11 @@ av = pytest.importorskip("av")
 
 def _stage(chunk_frames: int, reseed_s: float):
     from samflow.actors.track import TrackStage
-    from samflow.config import InputConfig, StorageConfig, VideoSampling, config_from
-    from samflow.store.storage import StorageSource
+    from tests.helpers.stages import context
 
-    cfg = config_from({}, profile="tiny")
-    input_cfg = InputConfig(video=VideoSampling(mode="every_n", every_n=1, chunk_frames=chunk_frames))
-    return TrackStage("tiny://sam2", "tiny://sam", cfg.engine.model_dump(), StorageSource(StorageConfig()),
-                      input_cfg, {"reseed_s": reseed_s, "match_iou": 0.5, "max_objects": 4})
+    run = context({"input": {"video": {"mode": "every_n", "every_n": 1, "chunk_frames": chunk_frames}},
+                   "stages": {"track": {"reseed_s": reseed_s, "match_iou": 0.5, "max_objects": 4}}}, profile="tiny")
+    return TrackStage(run.run.stages.track, run)
 
 
 

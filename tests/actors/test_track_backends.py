@@ -184,14 +184,13 @@ av = pytest.importorskip("av")
 
 def _labelled_stage(model: str, chunk_frames: int, reseed_s: float):
     from samflow.actors.track import TrackStage
-    from samflow.config import InputConfig, StorageConfig, VideoSampling, config_from
-    from samflow.store.storage import StorageSource
+    from tests.helpers.stages import context
 
-    cfg = config_from({}, profile="tiny")
-    input_cfg = InputConfig(video=VideoSampling(mode="every_n", every_n=1, chunk_frames=chunk_frames))
-    concepts = {"model_uri": "tiny://sam3", "vocabulary": VOCABULARY, "score_thresh": 0.0, "max_instances": 1}
-    return TrackStage(model, "tiny://sam", cfg.engine.model_dump(), StorageSource(StorageConfig()), input_cfg,
-                      {"reseed_s": reseed_s, "match_iou": 0.5, "max_objects": 8}, device="cpu", concepts=concepts)
+    run = context({"input": {"video": {"mode": "every_n", "every_n": 1, "chunk_frames": chunk_frames}},
+                   "stages": {"track": {"reseed_s": reseed_s, "match_iou": 0.5, "max_objects": 8},
+                              "concepts": {"enabled": True, "score_thresh": 0.0, "max_instances": 1}},
+                   "labels": {"vocabulary": VOCABULARY}}, profile="tiny")
+    return TrackStage(run.run.stages.track.model_copy(update={"model": model}), run, device="cpu")
 
 
 def test_concept_seeded_tracks_carry_the_vocabulary_labels_and_the_table_agrees(tmp_path: Path) -> None:
@@ -234,19 +233,26 @@ def test_the_pipeline_gives_the_track_stage_the_concepts_stage_when_it_is_on() -
     from samflow.config import config_from
     from samflow.pipeline.graph import model_stages
 
-    def track_kwargs(overrides: dict) -> dict:
-        cfg = config_from(overrides, profile="tiny")
-        return next(s for s in model_stages(cfg, "/tmp/out") if s.name == "track").kwargs
+    from samflow.actors.stage import StageContext
+    from samflow.actors.track import TrackStage
 
-    assert track_kwargs({})["concepts"] is None
-    on = track_kwargs({"stages": {"concepts": {"enabled": True, "score_thresh": 0.3}},
-                       "labels": {"vocabulary": VOCABULARY}})
-    assert on["concepts"]["vocabulary"] == VOCABULARY and on["concepts"]["model_uri"] == "tiny://sam3"
-    assert on["concepts"]["score_thresh"] == 0.3
+    def loaded_track_stage(overrides: dict) -> TrackStage:
+        cfg = config_from(overrides, profile="tiny")
+        stage = next(s for s in model_stages(cfg) if s.name == "track")
+        track = stage.cls(stage.config, StageContext(run=cfg, store=object()), device="cpu")
+        track._load()  # as the first video would
+        return track
+
+    assert loaded_track_stage({}).concepts is None
+    on = loaded_track_stage({"stages": {"concepts": {"enabled": True, "score_thresh": 0.3}},
+                             "labels": {"vocabulary": VOCABULARY}}).concepts
+    assert on.vocabulary == VOCABULARY and on.info["model"] == "tiny://sam3"
+    assert on.options["score_thresh"] == 0.3
 
 
 def test_embed_keeps_the_label_of_a_concept_track_and_labels_the_rest() -> None:
-    from samflow.actors.embed import EmbedStage
+    from samflow.actors.embed import EmbedConfig, EmbedStage
+    from tests.helpers.stages import context
     from samflow.schemas import masks as mask_column
     from tests.helpers.stage_batches import image_batch
 
@@ -256,7 +262,7 @@ def test_embed_keeps_the_label_of_a_concept_track_and_labels_the_rest() -> None:
                dict(blue.record, source="track", label=None, label_score=None, track_id=2)]
     batch = image_batch([frame])
     batch["masks"] = mask_column.from_records([records])
-    out = EmbedStage("tiny://clip", VOCABULARY, templates=["{}"], device="cpu")(batch)
+    out = EmbedStage(EmbedConfig(model="tiny://clip"), context({"labels": {"vocabulary": VOCABULARY, "templates": ["{}"]}}), device="cpu")(batch)
     named, unnamed = mask_column.records_at(out["masks"], 0)
     assert (named["label"], named["label_score"]) == ("blue square", pytest.approx(0.4))  # kept, and judged
     assert named["verified"] is not None and named["verify_score"] is not None

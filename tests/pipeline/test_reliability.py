@@ -18,8 +18,8 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from samflow.actors.embed import EmbedStage
-from samflow.actors.segment import SegmentStage
+from samflow.actors.embed import EmbedConfig, EmbedStage
+from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.config import StorageConfig
 from samflow.media.decode import DecodeStage
 from samflow.pipeline.graph import run_pipeline
@@ -38,6 +38,8 @@ from tests.helpers.accounting import (
     tiny_config,
     write_dataset,
 )
+
+from tests.helpers.stages import context
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +62,7 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def segment_stage():
-    return SegmentStage("tiny://sam", tiny_config().engine.model_dump())
+    return SegmentStage(SegmentConfig(model="tiny://sam"), context({"engine": tiny_config().engine.model_dump()}))
 
 
 def test_a_poisoned_image_fails_alone_and_its_batch_mates_keep_their_masks(dataset, segment_stage):
@@ -81,7 +83,7 @@ def test_a_poisoned_image_fails_alone_and_its_batch_mates_keep_their_masks(datas
         assert [m["segmentation"] for m in in_batch] == [m["segmentation"] for m in by_itself]
         assert [m["predicted_iou"] for m in in_batch] == pytest.approx([m["predicted_iou"] for m in by_itself], abs=1e-5)
 
-    embedded = EmbedStage("tiny://clip")(batch)
+    embedded = EmbedStage(EmbedConfig(model="tiny://clip"))(batch)
     norms = np.linalg.norm(embedded["embedding"], axis=1)
     np.testing.assert_allclose(norms[[0, 2]], 1.0, atol=1e-4)
     assert norms[1] == 0.0 and embedded["error_stage"][1] == "segment"

@@ -8,6 +8,7 @@ is (upscale and propose disabled, no vocabulary).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import pytest
 from PIL import Image
 
 from samflow.actors.batch import object_column
-from samflow.actors.embed import EmbedStage, mask_crop
-from samflow.actors.propose import PROPOSAL, ProposeStage, proposals_at
+from samflow.actors.embed import EmbedConfig, EmbedStage, mask_crop
+from samflow.actors.propose import PROPOSAL, ProposeConfig, ProposeStage, proposals_at
 from samflow.actors.rescale import downscale_mask, records_to_original
+from samflow.actors.stage import StageConfig, StageContext
 from samflow.actors.threads import torch_threads
-from samflow.actors.upscale import UpscaleStage
-from samflow.config import RayConfig, StageConfig, load_config
+from samflow.actors.upscale import UpscaleConfig, UpscaleStage, upscaled_uri
+from samflow.config import RayConfig, RunConfig, load_config
 from samflow.models.loading.registry import load_model
 from samflow.pipeline.graph import (
     _pool,
@@ -33,10 +35,10 @@ from samflow.pipeline.graph import (
     run_pipeline,
 )
 from samflow.pipeline.resources import StagePlacement
-from samflow.pipeline.upscaled import upscaled_uri
 from samflow.scenes.sample import synthetic_scene
 from samflow.schemas import rle, tables
 from samflow.schemas.ids import item_id
+from tests.helpers.stages import context
 
 SMALL = (40, 52)  # (h, w): short side under the threshold below -> upscaled
 LARGE = (96, 80)  # short side at/over the threshold -> left as it is
@@ -217,7 +219,7 @@ def test_actors_compute_on_the_configured_threads_and_the_run_reports_its_phases
 
 def test_disabled_stages_add_no_actors_and_no_outputs(lean_run, inputs):
     dst, stats, cfg = lean_run
-    assert [s.name for s in model_stages(cfg, str(dst))] == ["segment", "embed"]
+    assert [s.name for s in model_stages(cfg)] == ["segment", "embed"]
     plan = repr(build_dataset(_items(inputs), cfg, str(dst), "plan-only"))
     assert "SegmentStage" in plan and "EmbedStage" in plan
     assert "UpscaleStage" not in plan and "ProposeStage" not in plan
@@ -326,7 +328,7 @@ def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
 
 
 def test_upscale_fails_only_the_broken_row_and_skips_failed_ones():
-    stage = UpscaleStage("tiny://realesrgan", min_short_side=32, tile=None)
+    stage = UpscaleStage(UpscaleConfig(model="tiny://realesrgan", min_short_side=32, tile=None))
     small, large = _scenes((20, 24), (40, 36))
     out = stage(_batch([small, None, large, small], failed=(3,)))
     assert out["upscale_factor"].tolist() == [stage.scale, 1.0, 1.0, 1.0]
@@ -337,7 +339,7 @@ def test_upscale_fails_only_the_broken_row_and_skips_failed_ones():
 
 
 def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none():
-    stage = ProposeStage("tiny://owlv2", max_boxes=2, score_thresh=0.0, queries=["a cone", "a ball"])
+    stage = ProposeStage(ProposeConfig(model="tiny://owlv2", max_boxes=2, score_thresh=0.0, queries=["a cone", "a ball"]))
     (image,) = _scenes((30, 44))
     out = stage(_batch([image, image], failed=(1,)))
     boxes, scores = proposals_at(out, 0)
@@ -349,7 +351,7 @@ def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none
 
 
 def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():
-    stage = EmbedStage("tiny://clip", vocabulary=["cat"], mask_embeddings=True)
+    stage = EmbedStage(EmbedConfig(model="tiny://clip", mask_embeddings=True), context({"labels": {"vocabulary": ["cat"]}}))
     images = _scenes((24, 24), (16, 20))
     out = stage(_batch(images, failed=(1,)))
     assert "masks" not in out  # no segment stage ran: nothing to label
@@ -357,15 +359,22 @@ def test_embed_without_masks_or_vocabulary_writes_image_vectors_only():
     assert not out["embedding"][1].any()
 
 
-def test_upscale_hands_each_upscaled_image_to_save_and_a_failed_save_fails_its_row():
+def test_upscale_writes_each_upscaled_image_and_a_failed_write_fails_its_row():
     saved: dict[str, np.ndarray] = {}
 
-    def save(item: str, image: np.ndarray) -> None:
-        if item == "item1":
-            raise OSError("disk full")
-        saved[item] = image.copy()
+    class Store:  # storage as the stage sees it: a write to item1's file fails
+        def read(self, uri: str) -> bytes:
+            raise AssertionError("the upscale stage only writes")
 
-    stage = UpscaleStage("tiny://realesrgan", min_short_side=32, tile=None, save=save)
+        def write(self, uri: str, data: bytes) -> None:
+            assert uri.startswith("mem://out/upscaled/") and uri.endswith(".png")
+            item = uri.rsplit("/", 1)[1].removesuffix(".png")
+            if item == "item1":
+                raise OSError("disk full")
+            saved[item] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    context = StageContext(run=RunConfig(), dst="mem://out", store=Store())
+    stage = UpscaleStage(UpscaleConfig(model="tiny://realesrgan", min_short_side=32, tile=None, save=True), context)
     small, other, large = _scenes((20, 24), (18, 22), (40, 36))
     out = stage(_batch([small, other, large]))
     assert sorted(saved) == ["item0"]  # the large image is not upscaled, so not saved

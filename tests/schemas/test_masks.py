@@ -6,10 +6,12 @@ import pyarrow as pa
 import pytest
 
 from samflow.actors.batch import arrow_batches, dropping_outputs, from_arrow, to_arrow
+from samflow.actors.embed import EmbedConfig, EmbedStage
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
 from samflow.schemas.ids import annotation_id, item_id
 from samflow.schemas.rows import build_tables
+from tests.helpers.stages import context
 
 
 def _record(x: int, source: str = "grid") -> dict:
@@ -123,12 +125,11 @@ def test_the_last_stage_drops_the_pixels_from_its_own_output():
 
 
 def test_embed_labels_and_embeds_every_mask_of_healthy_rows_only():
-    from samflow.actors.embed import EmbedStage
 
     rng = np.random.default_rng(0)
     batch = _batch([[_record(0), _record(2)], [_record(4)], [_record(1)]], failed=(1,))
     batch["pixels"] = np.array([rng.integers(0, 255, (6, 8, 3), np.uint8).tobytes() for _ in range(3)], dtype=object)
-    stage = EmbedStage("tiny://clip", vocabulary=["cat", "dog"], mask_embeddings=True)
+    stage = EmbedStage(EmbedConfig(model="tiny://clip", mask_embeddings=True), context({"labels": {"vocabulary": ["cat", "dog"]}}))
     out = stage(batch)[mask_column.COLUMN]
     assert mask_column.field(out, "embedding").type == pa.list_(pa.float32(), stage.clip.dim)
     for row in (0, 2):

@@ -10,7 +10,19 @@ OpenCV), ``boxes`` (mask boxes, exact batched greedy NMS), ``rle_torch`` (COCO R
 device), ``maskset`` (ragged per-image mask store), ``generator`` (MaskGenerator).
 """
 
-from samflow.models.amg.generator import MaskGenerator
+from __future__ import annotations
+
+from typing import Any
+
 from samflow.models.amg.params import AmgParams
 
 __all__ = ["AmgParams", "MaskGenerator"]
+
+
+def __getattr__(name: str) -> Any:
+    # The generator (torch) loads on first use: the run config reads AmgParams' fields cheaply.
+    if name == "MaskGenerator":
+        from samflow.models.amg.generator import MaskGenerator
+
+        return MaskGenerator
+    raise AttributeError(name)

@@ -171,16 +171,17 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".")
 
 
-def with_model_cache(stage_cls: type, storage: StorageConfig, sha256: str | None = None) -> type:
-    """``stage_cls`` whose constructor first resolves its ``model_uri`` through the cache, on the
-    node where the actor runs; the stage's class name (Ray Data's operator name) is kept, and its
-    recorded model stays the URI the user gave."""
+def with_model_cache(stage_cls: type, storage: StorageConfig, sha256: str | None = None, model_field: str = "model") -> type:
+    """``stage_cls`` whose constructor first resolves its config's ``model_field`` URI through the
+    cache, on the node where the actor runs; the stage's class name (Ray Data's operator name) is
+    kept, and its recorded model stays the URI the user gave."""
 
-    def __init__(self: Any, *args: Any, model_uri: str = "", **kwargs: Any) -> None:
-        local = fetch_model(model_uri, storage, sha256)
-        stage_cls.__init__(self, *args, model_uri=local, **kwargs)
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        uri = getattr(config, model_field)
+        local = fetch_model(uri, storage, sha256)
+        stage_cls.__init__(self, config.model_copy(update={model_field: local}), *args, **kwargs)
         info = getattr(self, "info", None)
-        if local != model_uri and isinstance(info, dict):
-            info["model"] = model_uri
+        if local != uri and isinstance(info, dict):
+            info["model"] = uri
 
     return type(stage_cls.__name__, (stage_cls,), {"__init__": __init__, "__qualname__": f"cached.{stage_cls.__name__}"})
