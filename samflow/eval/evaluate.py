@@ -24,15 +24,14 @@ from samflow.config import StorageConfig
 from samflow.errors import UserError
 from samflow.eval import RUN_GT
 from samflow.eval.groundtruth import (
-    GROUND_TRUTH_SOURCE,
     GroundTruth,
     GroundTruthFileError,
     from_coco,
-    from_run,
+    from_truth,
 )
 from samflow.eval.matching import ImageMatcher, RunImage
 from samflow.eval.metrics import UNLABELLED, mask_metrics
-from samflow.reviews.table import REVIEWS, reviewed_masks
+from samflow.reviews.truth import GROUND_TRUTH_SOURCE, truth_table
 from samflow.store.catalog import EVALS, Catalog
 from samflow.store.storage import read_bytes
 
@@ -49,7 +48,7 @@ def evaluate(dst: str, gt: str | None = RUN_GT, storage: StorageConfig | None = 
     if annotations is None:
         annotations = pa.table({name: pa.array([], pa.string()) for name in ("item_id", "source")})
     manifests = catalog.run_manifests()
-    truth, gt_sha256 = _ground_truth(gt or RUN_GT, catalog, images, annotations, manifests, storage)
+    truth, gt_sha256 = _ground_truth(gt or RUN_GT, catalog, images, manifests, storage)
     if not truth.masks:
         raise UserError(_nothing_matched(gt or RUN_GT, truth, dst))
     items = sorted(truth.masks)
@@ -79,11 +78,10 @@ def _run_images(catalog: Catalog, dst: str) -> list[RunImage]:
     return [RunImage(r["item_id"], r["uri"], int(r["height"]), int(r["width"])) for r in table.to_pylist()]
 
 
-def _ground_truth(gt: str, catalog: Catalog, images: list[RunImage], annotations: pa.Table,
-                  manifests: list[dict], storage: StorageConfig) -> tuple[GroundTruth, str | None]:
+def _ground_truth(gt: str, catalog: Catalog, images: list[RunImage], manifests: list[dict],
+                  storage: StorageConfig) -> tuple[GroundTruth, str | None]:
     if gt == RUN_GT:
-        reviews = catalog.read_table(REVIEWS)
-        return from_run(images, annotations, reviewed_masks(reviews)), None
+        return from_truth(truth_table(catalog.dst, catalog=catalog)), None
     try:
         data = read_bytes(gt, storage)
     except FileNotFoundError:

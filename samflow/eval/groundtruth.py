@@ -8,18 +8,15 @@ of another size, annotations whose mask does not decode.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pycocotools import mask as coco_mask
 
 from samflow.eval.matching import ImageMatcher, RunImage
 from samflow.schemas.rle import Rle
 
-GROUND_TRUTH_SOURCE = "ground_truth"  # samflow.pipeline.ground_truth.SOURCE
 UNLABELLED = "object"
 
 
@@ -116,15 +113,9 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> Rle:
     return {"size": [height, width], "counts": encoded["counts"].decode("ascii")}
 
 
-def from_run(images: Iterable[RunImage], annotations: pa.Table,
-             reviewed: dict[str, list[tuple[Rle, str | None]]] | None = None) -> GroundTruth:
-    """The run's ground-truth rows and reviewed masks; items with neither are not evaluated."""
-    known = {image.item_id for image in images}
+def from_truth(truth: pa.Table) -> GroundTruth:
+    """A run's own ground truth (samflow.reviews.truth.truth_table): its items are the evaluated ones."""
     masks: dict[str, list[GtMask]] = defaultdict(list)
-    gt_rows = annotations.filter(pc.equal(annotations["source"], GROUND_TRUTH_SOURCE))
-    for row in gt_rows.select(["item_id", "segmentation", "label"]).to_pylist():
+    for row in truth.select(["item_id", "segmentation", "label"]).to_pylist():
         masks[row["item_id"]].append(GtMask(row["segmentation"], row["label"] or UNLABELLED))
-    for item, pairs in (reviewed or {}).items():
-        masks[item].extend(GtMask(rle, label or UNLABELLED) for rle, label in pairs)
-    return GroundTruth(masks={item: rows for item, rows in masks.items() if item in known},
-                       unknown_images=sorted(item for item in masks if item not in known))
+    return GroundTruth(masks=dict(masks))

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from samflow.config import StorageConfig
@@ -76,7 +77,7 @@ def _parse(fmt: str, content: Any, catalog: Catalog, dst: str, file: str, digest
         raise UserError(f"no committed images under {dst}: nothing to review")
     images = [RunImage(r["item_id"], r["uri"], int(r["height"]), int(r["width"])) for r in images_table.to_pylist()]
     matcher = ImageMatcher(images, [m["src"] for m in catalog.run_manifests() if m.get("src")])
-    run_masks = _run_masks(catalog)
+    run_masks = _run_masks(catalog, _named_ids(content))
     try:
         if fmt == coco.FORMAT:
             return coco.parse_coco(content, matcher, run_masks, file, digest)
@@ -90,11 +91,28 @@ def _task_image(data: dict[str, Any], matcher: ImageMatcher) -> RunImage | None:
     return matcher.match({"samflow_item_id": data.get("samflow_item_id"), "file_name": data.get("image")})
 
 
-def _run_masks(catalog: Catalog) -> dict[str, tuple[dict, str | None]]:
+def _named_ids(content: Any) -> list[str]:
+    """Every string the file could name one of the run's annotations by (region ids and their
+    ``samflow_annotation_id``), so that only those masks are read from the run."""
+    found: set[str] = set()
+    stack = [content]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            found.update(str(value[k]) for k in ("id", "samflow_annotation_id") if isinstance(value.get(k), str))
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(v for v in value if isinstance(v, (dict, list)))
+    return sorted(found)
+
+
+def _run_masks(catalog: Catalog, ids: list[str]) -> dict[str, tuple[dict, str | None]]:
+    """The run's (mask, label) of the annotations among ``ids``."""
     annotations = catalog.read_table("annotations", columns=["annotation_id", "segmentation", "label"])
-    if annotations is None:
+    if annotations is None or not ids:
         return {}
-    return {r["annotation_id"]: (r["segmentation"], r["label"]) for r in annotations.to_pylist()}
+    named = annotations.filter(pc.is_in(annotations["annotation_id"], value_set=pa.array(ids, pa.string())))
+    return {r["annotation_id"]: (r["segmentation"], r["label"]) for r in named.to_pylist()}
 
 
 def _reviews_table(parsed: Parsed, file: str, digest: str, fmt: str, import_id: str) -> pa.Table:

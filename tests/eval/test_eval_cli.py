@@ -138,3 +138,24 @@ def test_the_runs_own_ground_truth_rows_are_the_default_truth(scenes, s3_bucket)
     write_run(bare, scenes["src"], scenes["uris"][:1], _sizes(truth)[:1], [[mask_record(truth[0][0])]])
     done = samflow("eval", bare, "--gt", "run")
     assert done.returncode == 2 and "no ground-truth masks" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_tiny_annotate_run_on_s3_scores_one_against_its_own_export(scenes, s3_bucket, tmp_path, capsys,
+                                                                      ray_cluster, prefect_server):
+    from samflow.cli.main import main
+
+    dst = f"{s3_bucket}/annotated"
+    assert main(["annotate", scenes["src"], "--out", dst, "--profile", "tiny"]) == 0
+    capsys.readouterr()
+    exported = tmp_path / "own.json"
+    assert samflow("export", "coco", dst, str(exported)).returncode == 0
+    own = json.loads(exported.read_text())
+    result = _eval(dst, "--gt", str(exported))
+    assert result["images"] == 3 and result["gt_masks"] == len(own["annotations"]) == result["pred_masks"] > 0
+    assert result["miou"] == pytest.approx(1.0) and result["recall_75"] == pytest.approx(1.0)
+    assert result["mask_ap50"] == pytest.approx(1.0)
+    # against the scenes' truth the untrained model scores something in [0, 1], figured on every mask
+    result = _eval(dst, "--gt", str(scenes["gt"]))
+    assert result["images"] == 3 and result["gt_masks"] == sum(len(m) for m in scenes["truth"])
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["mask_ap"] <= 1.0
