@@ -4,8 +4,9 @@
 
 ``gt`` is a COCO instances JSON (local or s3://), or :data:`RUN_GT` for the run's own
 ground-truth rows and reviewed masks. Predictions are DST's other masks, scored by their
-predicted IoU (a concept mask by its label score). The result is the figures of
-:func:`samflow.eval.metrics.mask_metrics` plus what was left out and why (``warnings``).
+predicted IoU (a concept mask by its label score, a detector's by its box score). The result is
+the figures of :func:`samflow.eval.metrics.mask_metrics` plus what was left out and why
+(``warnings``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from samflow.store.catalog import EVALS, Catalog
 from samflow.store.storage import read_bytes
 
 _EXAMPLES = 3
-_PRED_COLUMNS = ["item_id", "segmentation", "predicted_iou", "label_score", "label", "source"]
+_SCORES = ("predicted_iou", "label_score", "proposal_score")  # a mask's score: the first it has
+_PRED_COLUMNS = ["item_id", "segmentation", *_SCORES, "label", "source"]
 
 
 def evaluate(dst: str, gt: str | None = RUN_GT, storage: StorageConfig | None = None,
@@ -102,7 +104,7 @@ def _predictions(annotations: pa.Table, items: list[str]) -> dict[str, list[tupl
                      pc.fill_null(pc.not_equal(annotations["source"], GROUND_TRUTH_SOURCE), True))
     by_item: dict[str, list[tuple[dict, float, str]]] = defaultdict(list)
     for row in annotations.filter(chosen).to_pylist():
-        score = next((row[k] for k in ("predicted_iou", "label_score") if row[k] is not None), 1.0)
+        score = next((row[k] for k in _SCORES if row.get(k) is not None), 1.0)
         by_item[row["item_id"]].append((row["segmentation"], float(score), row["label"] or UNLABELLED))
     return by_item
 

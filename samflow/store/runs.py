@@ -57,6 +57,8 @@ class RunReport:
     errors: list[ErrorKind] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # the newest `samflow eval` of DST made after this run (its figures and ground truth), if any
+    quality: dict[str, Any] = field(default_factory=dict)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -156,8 +158,17 @@ def build_report(manifest: dict[str, Any], errors: list[ErrorKind]) -> RunReport
     )
 
 
+QUALITY_FIGURES = ("miou", "recall_50", "recall_75", "mask_ap", "mask_ap50", "mask_ap75", "mask_ar100",
+                   "images", "gt_masks")
+
+
 def load_report(dst: str, run_id: str, storage: StorageConfig) -> RunReport:
-    return build_report(manifest(dst, run_id, storage), error_kinds(dst, run_id, storage))
+    report = build_report(manifest(dst, run_id, storage), error_kinds(dst, run_id, storage))
+    scored = latest_evaluation(evaluations(dst, storage), run_id)
+    if scored is not None:
+        report.quality = {"eval_id": scored.get("eval_id"), "gt": scored.get("gt"),
+                          **{name: scored[name] for name in QUALITY_FIGURES if name in scored}}
+    return report
 
 
 # --- views -----------------------------------------------------------------------------------
@@ -220,6 +231,15 @@ def report_renderable(report: RunReport) -> Group:
             stages.add_row(figures.stage, f"{figures.busy_s:.2f}", str(figures.rows),
                            f"{figures.rows_per_s:.2f}", str(figures.nodes))
         parts.append(stages)
+    if report.quality:
+        quality = Table(title=f"quality (eval {report.quality['eval_id']} against {report.quality['gt']})")
+        for name in ("figure", "value"):
+            quality.add_column(name, justify="left" if name == "figure" else "right", overflow="fold")
+        for name in QUALITY_FIGURES:
+            if name in report.quality:
+                value = report.quality[name]
+                quality.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+        parts.append(quality)
     if report.models:
         models = Table(title="models")
         for name in ("stage", "model", "checkpoint sha256"):

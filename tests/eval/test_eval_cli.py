@@ -68,6 +68,8 @@ def test_a_run_scores_one_against_a_coco_export_of_its_own_masks(scenes, s3_buck
     assert listed[0]["miou"] == pytest.approx(1.0) and listed[0]["mask_ap"] == pytest.approx(1.0)
     table = samflow("runs", dst).stdout
     assert "miou" in table and "1.0" in table
+    report = json.loads(samflow("runs", dst, listed[0]["run_id"], "--json").stdout)
+    assert report["quality"]["miou"] == pytest.approx(1.0) and report["quality"]["gt"] == str(scenes["gt"])
 
 
 def test_a_moved_mask_scores_its_iou(scenes, s3_bucket):
