@@ -8,8 +8,9 @@ error rows), ``error_stage, error_type, error_message`` ("" when the row is heal
 it into frame rows) as numpy arrays; nested Arrow columns (``masks``: every mask of the row, see ``samflow.schemas.masks``,
 the one module that owns that format) stay ``pyarrow`` arrays and are read and built only through
 that module; fixed-size float lists (``embedding``) arrive as 2-D numpy arrays and go back as
-fixed-size float32 lists. Stages add one ``_meta_<stage>`` column (JSON: model uri, checkpoint
-hash, busy seconds of the batch). No JSON text carries stage outputs.
+fixed-size float32 lists. Stages add one ``_meta_<stage>`` column (an Arrow struct,
+``samflow.schemas.tables.STAGE_META``: model uri, checkpoint hash, busy seconds of the batch).
+No JSON text carries stage outputs.
 
 When the upscale stage runs it adds ``upscale_factor`` (a whole number, 1 for images it left
 alone) and replaces ``pixels`` with the upscaled image, (H*f)*(W*f)*3 bytes, while ``width`` and
@@ -20,7 +21,6 @@ output (masks, boxes) is reported in the original image's coordinates.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 import traceback
@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from samflow.schemas.tables import STAGE_META, STAGE_META_PREFIX
 
 # Column -> numpy array, or pyarrow array for nested Arrow-native columns (``masks``).
 Batch = dict[str, Any]
@@ -186,7 +188,10 @@ def stage_meta(batch: Batch, stage: str, info: dict[str, Any]) -> Iterator[None]
         node=current_node_id(),
         pid=os.getpid(),
     )
-    batch[f"_meta_{stage}"] = object_column([json.dumps(meta)] * len(batch["uri"]))
+    unknown = set(meta) - set(STAGE_META.names)
+    if unknown:
+        raise ValueError(f"stage {stage!r} records {sorted(unknown)}, which STAGE_META does not hold")
+    batch[f"{STAGE_META_PREFIX}{stage}"] = pa.array([meta] * len(batch["uri"]), type=STAGE_META)
 
 
 def describe(exc: BaseException) -> str:

@@ -9,9 +9,18 @@ import sys
 
 import samflow
 from samflow import errors
-from samflow.cli import annotate, export, index, logs, models, schedule, serve, submit
+from samflow.cli import (
+    annotate,
+    export,
+    index,
+    logs,
+    models,
+    review,
+    schedule,
+    serve,
+    submit,
+)
 from samflow.cli import eval as evaluate
-from samflow.cli import review
 
 # Each group module adds its subcommands and sets ``run``; a new command group is one entry here.
 COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review)

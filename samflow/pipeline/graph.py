@@ -6,7 +6,6 @@ killed midway keeps everything committed so far and a re-run picks up the rest.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -276,11 +275,10 @@ def run_pipeline(
     held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []
     video_uris: set[str] = set()
     for row in dataset.iter_rows():
-        result = ShardResult(
-            shard=str(row["shard"]), uris=json.loads(row["uris"]), rows=json.loads(row["rows"]),
-            frame_uris=json.loads(row["frames"]),
-        )
-        meta = {stage: [json.loads(v) for v in values] for stage, values in json.loads(row["meta"]).items()}
+        result = ShardResult.from_row(row)
+        meta: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in row["meta"]:
+            meta[entry["stage"]].append({k: v for k, v in entry["info"].items() if v is not None})
         if result.frame_uris or video_uris.intersection(result.uris):
             # A video's frames may span shards: committing one of them would mark the video done
             # and a kill before the others would lose them. They commit together at the end.

@@ -8,7 +8,6 @@ model actors no CPU (importing the pipeline module took 3.7 s of CPU on 2 cores)
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 from collections import defaultdict
@@ -23,6 +22,7 @@ from samflow.inputs.sources import container_of
 from samflow.pipeline.ground_truth import add_ground_truth
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
+from samflow.schemas.tables import SHARD_RESULT, STAGE_META_PREFIX
 from samflow.store.catalog import DONE, Catalog
 from samflow.store.doneset import done_table
 
@@ -53,22 +53,27 @@ def stage_shard(
     pq.write_table(done_table(uris, [container_of(uri) for uri in uris]), buffer)
     catalog.put_staged(run_id, DONE, shard, buffer.getvalue())
     rows[DONE] = len(uris)
-    meta = {
-        column[len("_meta_"):]: sorted({str(v) for v in batch[column]})
-        for column in batch
-        if column.startswith("_meta_")
-    }
     frames = sorted({
         str(uri) for uri, seconds in zip(batch["uri"], batch["timestamp_s"], strict=True)
         if not math.isnan(float(seconds))  # only sampled video frames carry a timestamp
     })
-    return {
-        "shard": np.array([shard], dtype=object),
-        "uris": np.array([json.dumps(uris)], dtype=object),
-        "frames": np.array([json.dumps(frames)], dtype=object),
-        "rows": np.array([json.dumps(rows)], dtype=object),
-        "meta": np.array([json.dumps(meta)], dtype=object),
-    }
+    result = {"shard": [shard], "uris": [uris], "frames": [frames], "rows": [list(rows.items())],
+              "meta": [_stage_batches(batch)]}
+    return {field.name: pa.array(result[field.name], type=field.type) for field in SHARD_RESULT}
+
+
+def _stage_batches(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each stage batch whose rows are in this shard, once: {stage, info (STAGE_META)}."""
+    found = []
+    for column, values in batch.items():
+        if not column.startswith(STAGE_META_PREFIX):
+            continue
+        seen: dict[str, dict[str, Any]] = {}
+        for info in values.to_pylist():
+            if info is not None:
+                seen.setdefault(info["batch"], info)
+        found += [{"stage": column[len(STAGE_META_PREFIX):], "info": info} for info in seen.values()]
+    return found
 
 
 def _row_keys(batch: dict[str, np.ndarray]) -> list[str]:

@@ -152,3 +152,34 @@ REVIEW_ERRORS_TABLE = "review_errors"
 
 TABLES = ("images", "annotations", "embeddings", "errors", "tracks", "reviews", REVIEW_ERRORS_TABLE,
           *(embeddings_table(f) for f in EXTRA_EMBEDDING_FAMILIES), *LEGACY_EMBEDDING_TABLES.values())
+
+
+# --- between the stages, the writer and the driver (never JSON text) ----------------------------
+
+# ``_meta_<stage>``: what a stage did to one batch, on every row of it (the driver sums busy time
+# and records models, placement and worker processes per stage).
+STAGE_META = pa.struct([
+    ("batch", pa.string()),  # the batch's id: one batch split over two shards counts once
+    ("busy_s", pa.float64()),
+    ("started_at", pa.float64()),  # epoch seconds
+    ("rows", pa.int64()),
+    ("node", pa.string()),  # Ray node id ("" outside Ray)
+    ("pid", pa.int64()),
+    ("model", pa.string()),
+    ("checkpoint_sha256", pa.string()),
+    ("family", pa.string()),
+    ("torch_threads", pa.int64()),
+    ("dim", pa.int64()),
+    ("scale", pa.int64()),
+    ("classes", pa.list_(pa.string())),
+])
+STAGE_META_PREFIX = "_meta_"
+
+# One write task's shard, as the driver receives it: what it commits and what it counts.
+SHARD_RESULT = pa.schema([
+    ("shard", pa.string()),
+    ("uris", pa.list_(pa.string())),
+    ("frames", pa.list_(pa.string())),  # URIs with video frames in this shard
+    ("rows", pa.map_(pa.string(), pa.int64())),  # rows staged per table
+    ("meta", pa.list_(pa.struct([("stage", pa.string()), ("info", STAGE_META)]))),
+])

@@ -30,7 +30,9 @@ import json
 import logging
 import posixpath
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -58,6 +60,11 @@ class ShardResult:
     rows: dict[str, int] = field(default_factory=dict)
     # URIs with video frames in this shard: their other frames may lie in other shards.
     frame_uris: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ShardResult:
+        """From one row of the writer's output (schemas.tables.SHARD_RESULT, as Python values)."""
+        return cls(shard=row["shard"], uris=list(row["uris"]), rows=dict(row["rows"]), frame_uris=list(row["frames"]))
 
 
 class Catalog:

@@ -3,7 +3,6 @@ only what concept masks did not, CLIP verification in the embed stage, config an
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -159,7 +158,7 @@ def test_tiny_sam3_stage_rows_carry_label_score_and_source():
         assert [r["label_score"] for r in records] == sorted((r["label_score"] for r in records), reverse=True)
         assert all(r["segmentation"]["size"] == [h, w] for r in records)
     assert mask_records_at(out, 2) == []
-    meta = json.loads(out["_meta_concepts"][0])
+    meta = out["_meta_concepts"][0].as_py()
     assert meta["model"] == "tiny://sam3" and meta["checkpoint_sha256"]
     none = ConceptsStage(ConceptsConfig(model="tiny://sam3", score_thresh=0.99), with_labels(["cat"]), device="cpu")(_batch([image]))
     assert mask_records_at(none, 0) == []

@@ -105,7 +105,7 @@ def test_a_row_the_writer_cannot_build_becomes_a_write_error(dataset, segment_st
     dst = str(tmp_path / "out")
 
     out = stage_shard(batch, dst=dst, storage=StorageConfig(), run_id="r1", embed_model=None)
-    result = ShardResult(str(out["shard"][0]), json.loads(out["uris"][0]), json.loads(out["rows"][0]))
+    result = ShardResult.from_row({name: column[0].as_py() for name, column in out.items()})
     Catalog(dst, StorageConfig()).commit("r1", result)
 
     tables = assert_exactly_once(dst, [str(p) for p in scenes], embedded=False)
@@ -250,9 +250,8 @@ def test_frames_of_one_video_in_two_shards_commit_together_or_not_at_all(dataset
     for rows, first_frame in (([0, 1], 0), ([2, 3], 2)):
         out = stage_shard(_as_video_frames(_select(decoded, rows), video, first_frame),
                           dst=dst, storage=StorageConfig(), run_id="r1", embed_model=None)
-        assert json.loads(out["frames"][0]) == [video]
-        results.append(ShardResult(str(out["shard"][0]), json.loads(out["uris"][0]),
-                                   json.loads(out["rows"][0]), json.loads(out["frames"][0])))
+        assert out["frames"][0].as_py() == [video]
+        results.append(ShardResult.from_row({name: column[0].as_py() for name, column in out.items()}))
     assert results[0].shard != results[1].shard, "two shards of one video share a name"
 
     catalog = Catalog(dst, StorageConfig())

@@ -9,7 +9,6 @@ is (upscale and propose disabled, no vocabulary).
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -335,7 +334,7 @@ def test_upscale_fails_only_the_broken_row_and_skips_failed_ones():
     assert len(out["pixels"][0]) == small.size * stage.scale**2
     assert out["pixels"][2] == large.tobytes()
     assert list(out["error_stage"]) == ["", "upscale", "", "decode"]
-    assert json.loads(out["_meta_upscale"][0])["scale"] == stage.scale
+    assert out["_meta_upscale"][0].as_py()["scale"] == stage.scale
 
 
 def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none():
