@@ -64,7 +64,7 @@ class InputConfig(Section):
         "'uri' column), webdataset (tar shards), parquet (a column of image bytes); auto detects.",
     )
     include: list[str] = Field(
-        default_factory=lambda: ["**"], description="Globs (relative to SRC) of files to read."
+        default_factory=lambda: ["**"], description="gitignore-style globs (pathspec), relative to SRC, of files to read."
     )
     exclude: list[str] = Field(
         default_factory=lambda: ["**/.*", "**/_*"], description="Globs of files to skip."

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import ray
 
 from samflow.config import RunConfig, StorageConfig
-from samflow.store.storage import filesystem, list_files, open_file, selected
+from samflow.store.storage import absolute_uri, filesystem, list_files, open_file, selected
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,9 @@ def resolve_source(src: str, cfg: RunConfig, dst: str, fmt: str | None = None) -
     if fmt not in FORMATS:
         raise InputFormatError(f"unknown input format {fmt!r}; one of {', '.join(FORMATS)}")
     listed = list_files(src, cfg.storage, ["**"], [])
-    dst_prefix = dst.rstrip("/") + "/"
-    root = src.rstrip("/") + "/"
+    # Listed files are named absolutely, whether SRC and DST were given relative or not.
+    dst_prefix = absolute_uri(dst, cfg.storage).rstrip("/") + "/"
+    root = absolute_uri(src, cfg.storage).rstrip("/") + "/"
     chosen = [
         (uri, size) for uri, size in listed
         if not uri.startswith(dst_prefix)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO
 
 import fsspec
+import pathspec
 from fsspec.implementations.local import LocalFileSystem
 
 from samflow.config import StorageConfig
@@ -95,48 +95,30 @@ def join(uri: str, *parts: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob with ``**`` semantics: ``*`` and ``?`` stay within one path segment,
-    ``**`` crosses segments, and ``**/`` also matches zero directories."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
-            end = pattern.index("]", i + 2)
-            body = pattern[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append(f"[{body}]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
+def _spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    """gitignore's glob rules, every pattern anchored at the listing root (``*`` stays within
+    one segment, ``**/`` matches zero or more folders, a pattern naming a folder covers what is
+    inside it, ``!`` re-includes)."""
+    return pathspec.GitIgnoreSpec.from_lines(_anchored(p) for p in patterns)
 
 
-def _matches(rel_path: str, patterns: list[str]) -> bool:
-    """True if a pattern matches the path or one of its parent directories (as gitignore does:
-    ``**/_*`` excluding ``_gt`` excludes everything below ``_gt/``)."""
-    segments = rel_path.split("/")
-    candidates = ["/".join(segments[: n + 1]) for n in range(len(segments))]
-    return any(_glob_regex(p.strip("/")).match(c) for p in patterns for c in candidates)
+def _anchored(pattern: str) -> str:
+    negated = pattern.startswith("!")
+    body = pattern[1:] if negated else pattern
+    return ("!" if negated else "") + "/" + body.lstrip("/")
 
 
 def selected(rel_path: str, include: list[str], exclude: list[str]) -> bool:
     """Whether a path relative to the listing root passes the include and exclude globs."""
-    return _matches(rel_path, include) and not _matches(rel_path, exclude)
+    return _spec(tuple(include)).match_file(rel_path) and not _spec(tuple(exclude)).match_file(rel_path)
+
+
+def absolute_uri(uri: str, storage: StorageConfig) -> str:
+    """``uri`` as :func:`list_files` names what it lists: local paths absolute (``file://``
+    dropped), object-store keys with their scheme and no trailing slash."""
+    protocol, _ = _split(uri)
+    _, path = filesystem(uri, storage)
+    return _to_uri(protocol, path)
 
 
 def list_files(
