@@ -1,4 +1,4 @@
-"""Shared bench plumbing: the DESIGN.md result line, and process-tree memory sampling."""
+"""Shared bench plumbing: the result line (docs/architecture.md, "Stable interfaces"), and process-tree memory sampling."""
 
 from __future__ import annotations
 

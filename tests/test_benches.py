@@ -1,6 +1,6 @@
 """Every bench runs in CI: `python bench/NAME.py --smoke` for each bench/*.py script (found by
 glob, so a new bench is covered without editing this file) must exit 0 and end with the result
-line DESIGN.md describes."""
+line docs/architecture.md describes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Arrow schemas of every output table (see DESIGN.md, "Output tables")."""
+"""Arrow schemas of every output table and of what travels between stages (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Safe checkpoint reading and hashing.
 
-Rules (DESIGN.md, "Models"):
+Rules (docs/architecture.md, "Layout"):
 - safetensors files are preferred and read with `safetensors.torch.load_file`;
 - anything else is read with `torch.load(weights_only=True)`, so a pickle that needs code
   (a `__reduce__` that imports or calls anything outside plain tensors/containers) is refused
