@@ -36,8 +36,8 @@ from common import emit, result
 
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.loading.hf import build_in_code
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation
-from samflow.models.sam import SamRunner
+from samflow.models.common.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation
+from samflow.models.sam.runner import SamRunner
 from samflow.scenes.sample import synthetic_scene
 
 # SAM image encoders (Kirillov et al. 2023): width, depth, heads, global-attention blocks.
@@ -59,7 +59,7 @@ def sam_config(name: str):
     from transformers import SamConfig
 
     if name == "tiny":
-        from samflow.models.tiny import tiny_sam_config
+        from samflow.models.sam.tiny import tiny_sam_config
 
         return tiny_sam_config()
     width, depth, heads, global_attn = VIT[name]

@@ -68,7 +68,7 @@ def architecture_flops() -> list[dict]:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import Sam3Model
 
-    from samflow.models.tiny import reference_config
+    from samflow.models.sam3.tiny import reference_sam3_config
 
     def counted(step) -> tuple[float, dict]:
         # the math backend: FlopCounterMode has no formula for the CPU flash-attention kernel, so
@@ -78,7 +78,7 @@ def architecture_flops() -> list[dict]:
         return counter.get_total_flops() / 1e12, counter.get_flop_counts()
 
     with torch.device("meta"):
-        meta = Sam3Model._from_config(reference_config("sam3"), attn_implementation="sdpa").eval()
+        meta = Sam3Model._from_config(reference_sam3_config(), attn_implementation="sdpa").eval()
     encoder_tf, _ = counted(lambda: meta.get_vision_features(pixel_values=torch.zeros(1, 3, 1008, 1008, device="meta")))
     runner = load_model("sam3", "random://sam3", device="cpu")
     levels = [torch.randn(1, 256, s, s) for s in (288, 144, 72)]
@@ -90,7 +90,7 @@ def architecture_flops() -> list[dict]:
     text = runner.encode_texts(["a concept"])
     detection = {}
     detect_tf, _ = counted(lambda: detection.update(runner._detect(pairs, text.features, text.mask)))
-    from samflow.models.sam3_masks import ImageTerms
+    from samflow.models.sam3.masks import ImageTerms
 
     image_terms = ImageTerms(runner._mask_head, levels)
     image_tf, _ = counted(lambda: image_terms.for_pairs(torch.zeros(1, dtype=torch.long)))

@@ -57,7 +57,7 @@ from common import emit, result
 
 from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.loading.registry import load_model
-from samflow.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from samflow.models.common.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SEED = 0
 MATCH_IOU = 0.95

@@ -60,7 +60,7 @@ class ConceptsConfig(StageConfig):
 
 
 class ConceptRunner(Protocol):
-    """What the stage needs from a runner (samflow.models.sam3.Sam3Runner)."""
+    """What the stage needs from a runner (samflow.models.sam3.runner.Sam3Runner)."""
 
     checkpoint_sha256: str | None
 

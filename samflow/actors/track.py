@@ -60,7 +60,7 @@ from samflow.schemas.tables import TRACK_LIST
 if TYPE_CHECKING:
     from samflow.config import RunConfig
     from samflow.models.amg import MaskGenerator
-    from samflow.models.tracker import Seed, VideoTracker
+    from samflow.models.video.tracker import Seed, VideoTracker
 
 STAGE = "track"
 
@@ -117,7 +117,7 @@ class TrackStage:
     def _load_models(self, config: TrackConfig, context: StageContext, device: str | None) -> None:
         from samflow.models.amg import AmgParams, MaskGenerator
         from samflow.models.loading.registry import load_model
-        from samflow.models.video_models import load_video_model
+        from samflow.models.loading.video import load_video_model
 
         run = context.run
         self.video_model = load_video_model(config.model, device=device)
@@ -155,7 +155,7 @@ class TrackStage:
             self._load()
         uri = str(batch["uri"][row])
         data, batch = _inline_video(batch, row)
-        from samflow.models.tracker import VideoTracker
+        from samflow.models.video.tracker import VideoTracker
 
         run = _VideoRun(VideoTracker(self.video_model, match_iou=self.params.match_iou,
                                      max_objects=self.params.max_objects))
@@ -213,7 +213,7 @@ class TrackStage:
         """Segment the chunk's seed frames (the first frame of the video, then one every
         ``reseed_s`` seconds): concept instances first (labelled, best first), then the
         segment stage's engine where they do not lie."""
-        from samflow.models.tracker import Seed
+        from samflow.models.video.tracker import Seed
 
         due = []
         for position, frame in enumerate(frames):
@@ -230,7 +230,7 @@ class TrackStage:
                 for p, concept_seeds, records in zip(due, named, found)}
 
     def _concept_seeds(self, images: list[np.ndarray]) -> list[list[Seed]]:
-        from samflow.models.tracker import Seed
+        from samflow.models.video.tracker import Seed
 
         if self.concepts is None:
             return [[] for _ in images]

@@ -78,7 +78,7 @@ def _check_track_model(cfg: RunConfig) -> None:
     """An in-code track model must be a family that tracks (sam2, sam3). Nothing else is checked
     here: the track model loads only when a video comes, so an image-only run never needs it."""
     from samflow.models.loading.registry import ModelLoadError, parse_uri
-    from samflow.models.video_models import VIDEO_FAMILIES
+    from samflow.models.loading.video import VIDEO_FAMILIES
 
     track = cfg.stages.track
     if not (track.enabled and cfg.stages.segment.enabled):

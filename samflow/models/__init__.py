@@ -1,8 +1,8 @@
 """Pure torch + transformers inference shared by every stage and the serving app.
 
-Entry points: `registry.load_model(family, uri)` -> a runner (sam.SamRunner, sam2.Sam2Runner,
-clip.ClipRunner, dinov2.DinoRunner, owlv2.Owlv2Runner, realesrgan.RealEsrganRunner);
-`video_models.load_video_model(uri)` for video propagation (SAM 2 or SAM 3's tracker, by the
-URI's family); `check.check_model(uri)` for
-`samflow models check`. Never imports Ray, Prefect or fsspec.
+One folder per family (`sam/`, `sam2/`, `sam3/`, `clip/`, `dinov2/`, `detectors/`, `unet/`,
+`realesrgan/`), each with its runner and its in-code (`tiny://`, `random://`) config; shared
+pre-processing and boxes in `common/`; video tracking in `video/`; the automatic mask generator in
+`amg/`. `loading/` resolves URIs, checkpoints, the model cache and `models check`.
+Never imports Ray, Prefect or fsspec.
 """

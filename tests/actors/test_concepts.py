@@ -13,7 +13,7 @@ from samflow.actors.embed import EmbedConfig, EmbedStage
 from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.config import config_from
 from samflow.models.amg.grid import point_grid
-from samflow.models.sam3 import ConceptInstances
+from samflow.models.sam3.runner import ConceptInstances
 from samflow.pipeline.graph import model_stages
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables

@@ -14,7 +14,7 @@ from samflow.actors.propose import (
 )
 from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.models.loading.registry import ModelLoadError, load_model
-from samflow.models.maskrcnn import TINY_CLASSES
+from samflow.models.detectors.maskrcnn import TINY_CLASSES
 from samflow.scenes.sample import synthetic_scene
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle

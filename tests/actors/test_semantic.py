@@ -13,7 +13,7 @@ import torch
 from samflow.actors.semantic import SemanticConfig, SemanticStage
 from samflow.models.loading.check import check_model
 from samflow.models.loading.registry import ModelLoadError, load_model
-from samflow.models.unet import UNet, save_checkpoint
+from samflow.models.unet.runner import UNet, save_checkpoint
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
 from tests.helpers.stage_batches import image_batch

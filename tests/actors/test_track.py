@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from samflow.models.tracker import VideoTracker, match_by_iou
+from samflow.models.video.tracker import VideoTracker, match_by_iou
 from samflow.schemas import masks as mask_column
 from samflow.schemas.rows import build_tables
 from tests.helpers.track_oracle import ColourPropagator, colour_seeds, scene

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from samflow.models.loading.registry import ModelLoadError
-from samflow.models.tracker import Seed, VideoTracker
-from samflow.models.video_models import load_video_model
+from samflow.models.video.tracker import Seed, VideoTracker
+from samflow.models.loading.video import load_video_model
 from samflow.schemas import rle
 from tests.helpers.track_oracle import ColourPropagator, colour_seeds, scene
 
@@ -80,7 +80,7 @@ def test_a_sam3_video_checkpoint_serves_the_tracker(tmp_path: Path) -> None:
     import torch
     from transformers import Sam3Config, Sam3VideoConfig, Sam3VideoModel
 
-    from samflow.models.tiny import tiny_sam3_config, tiny_sam3_tracker_video_config
+    from samflow.models.sam3.tiny import tiny_sam3_config, tiny_sam3_tracker_video_config
 
     detector = tiny_sam3_config().to_dict()
     width = 128  # the tracker's neck is the detector's FPN: one width (the tracker needs 128)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from samflow.models.tracker import Seed
+from samflow.models.video.tracker import Seed
 from samflow.schemas import rle
 
 LOGIT = 8.0

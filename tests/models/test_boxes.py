@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from samflow.models.boxes import batched_nms, box_iou, clip_xyxy, cxcywh_to_xyxy, nms
+from samflow.models.common.boxes import batched_nms, box_iou, clip_xyxy, cxcywh_to_xyxy, nms
 
 
 def test_box_iou_known_values():

@@ -10,7 +10,7 @@ import torch
 
 from samflow.models.loading.check import check_model
 from samflow.models.loading.registry import ModelLoadError, load_model
-from samflow.models.maskrcnn import TINY_CLASSES, save_checkpoint
+from samflow.models.detectors.maskrcnn import TINY_CLASSES, save_checkpoint
 
 FAMILIES = ("maskrcnn", "detr")
 
@@ -53,7 +53,7 @@ def test_detr_boxes_match_transformers_post_processing(images):
 
     runner = load_model("detr", "tiny://detr", device="cpu")
     image = images[1]  # 100 x 60: not square, so a swapped or model-frame box would show
-    from samflow.models.preprocess import resize_square
+    from samflow.models.common.preprocess import resize_square
 
     with torch.inference_mode():
         outputs = runner.model(pixel_values=resize_square([image], runner.size, runner.norm, runner.device, runner.dtype))
@@ -130,7 +130,7 @@ def test_grounding_dino_boxes_match_transformers_post_processing(grounding, imag
     its post-processing reports for the original image size."""
     from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
 
-    from samflow.models.tiny import TINY_GROUNDING_EDGES
+    from samflow.models.detectors.tiny import TINY_GROUNDING_EDGES
 
     image = images[1]  # 100 x 60
     short, longest = TINY_GROUNDING_EDGES
@@ -167,7 +167,7 @@ def test_dfine_checkpoint_folder_loads_as_detr_with_its_processor_size(tmp_path,
     from transformers import DFineForObjectDetection
 
     from samflow.models.loading.hf import build_in_code
-    from samflow.models.tiny import tiny_dfine_config
+    from samflow.models.detectors.tiny import tiny_dfine_config
 
     built = build_in_code(DFineForObjectDetection, tiny_dfine_config(), torch.device("cpu"), torch.float32)
     built.model.save_pretrained(tmp_path / "dfine")

@@ -17,8 +17,8 @@ from samflow.models.loading.registry import load_model
 
 SCRIPT = """
 import json, sys
-import samflow.models.sam, samflow.models.sam2, samflow.models.clip, samflow.models.dinov2
-import samflow.models.owlv2, samflow.models.realesrgan
+import samflow.models.sam.runner, samflow.models.sam2.runner, samflow.models.clip.runner, samflow.models.dinov2.runner
+import samflow.models.detectors.owlv2, samflow.models.realesrgan.runner
 from samflow.models.loading.check import check_model
 from samflow.models.loading.registry import load_model
 load_model("clip", "tiny://clip", device="cpu").embed_texts(["a cat"])

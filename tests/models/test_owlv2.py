@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.boxes import box_iou, clip_xyxy
+from samflow.models.common.boxes import box_iou, clip_xyxy
 from samflow.models.loading.registry import load_model
 
 

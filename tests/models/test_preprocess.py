@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models import preprocess as pp
+from samflow.models.common import preprocess as pp
 from tests.helpers.synthetic import smooth_image
 
 CPU = torch.device("cpu")

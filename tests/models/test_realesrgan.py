@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.esrgan_arch import RRDBNet, SRVGGNetCompact
+from samflow.models.realesrgan.arch import RRDBNet, SRVGGNetCompact
 from samflow.models.loading.registry import load_model
 from tests.helpers.synthetic import smooth_image
 
@@ -107,7 +107,7 @@ def test_batch_equals_single_calls(tiny_esrgan):
 
 def test_x2_odd_sizes_and_srvgg_tiling():
     torch.manual_seed(0)
-    from samflow.models.realesrgan import RealEsrganRunner
+    from samflow.models.realesrgan.runner import RealEsrganRunner
 
     for net, scale in [(RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4), 2),
                        (SRVGGNetCompact(num_feat=8, num_conv=2, upscale=4), 4)]:

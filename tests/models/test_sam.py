@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.sam import SamEncoding
+from samflow.models.sam.runner import SamEncoding
 
 ATOL = 1e-4
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from samflow.models.loading.registry import ModelLoadError, load_model
-from samflow.models.sam2 import load_sam2_video
+from samflow.models.sam2.runner import load_sam2_video
 from tests.helpers.synthetic import smooth_image
 
 

@@ -9,7 +9,7 @@ import torch
 
 from samflow.models.amg.boxes import box_iou
 from samflow.models.loading.registry import ModelLoadError, load_model
-from samflow.models.sam3_masks import ImageTerms
+from samflow.models.sam3.masks import ImageTerms
 
 PROMPTS = ["cat", "dog", "traffic cone"]
 
@@ -129,9 +129,9 @@ def test_gated_hub_model_says_accept_licence_and_token(monkeypatch):
 
 
 def test_random_sam3_is_the_published_architecture():
-    from samflow.models.tiny import reference_config
+    from samflow.models.sam3.tiny import reference_sam3_config
 
-    config = reference_config("sam3")
+    config = reference_sam3_config()
     assert config.vision_config.backbone_config.num_hidden_layers == 32
     assert config.vision_config.image_size == 1008
     assert config.text_config.hidden_size == 1024

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samflow.models.sam3_masks import phase_kernels, upsampled_conv
+from samflow.models.sam3.masks import phase_kernels, upsampled_conv
 
 
 @pytest.mark.parametrize("coarse, size", [((5, 7), (10, 14)), ((4, 4), (8, 8)), ((5, 7), (9, 13))])

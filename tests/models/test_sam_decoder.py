@@ -1,4 +1,4 @@
-"""samflow's prompt decoder (samflow.models.sam_decoder) computes what transformers' SamModel
+"""samflow's prompt decoder (samflow.models.sam.decoder) computes what transformers' SamModel
 computes, prompt for prompt: points and boxes, one and three masks, chunked and not."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models import sam_decoder
-from samflow.models.sam_decoder import decode_prompts
+from samflow.models.sam import decoder as sam_decoder
+from samflow.models.sam.decoder import decode_prompts
 
 
 @pytest.mark.parametrize("multimask", [True, False])
@@ -42,7 +42,7 @@ def test_postprocess_masks_equals_sams_two_resizes(sam_runner, original) -> None
     """The composed resize (one matmul per axis) gives SAM's resize-crop-resize logits."""
     import torch.nn.functional as F
 
-    from samflow.models.sam import SamEncoding
+    from samflow.models.sam.runner import SamEncoding
 
     size = sam_runner.image_size
     scale = size / max(original)
@@ -106,7 +106,7 @@ def test_masks_and_stability_are_the_thresholded_logits_in_any_chunking(sam_runn
     (the upsampler's memory layout differs between them)."""
     from samflow.models.amg import AmgParams, postprocess
     from samflow.models.amg.filters import stability_score
-    from samflow.models.sam import SamEncoding
+    from samflow.models.sam.runner import SamEncoding
 
     monkeypatch.setattr(postprocess, "_CPU_UPSAMPLE_MASKS", masks_at_once)
     size = sam_runner.image_size

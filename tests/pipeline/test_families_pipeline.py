@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from samflow.config import load_config
-from samflow.models.esrgan_arch import SRVGGNetCompact
-from samflow.models.maskrcnn import TINY_CLASSES
-from samflow.models.unet import TINY as TINY_UNET
+from samflow.models.realesrgan.arch import SRVGGNetCompact
+from samflow.models.detectors.maskrcnn import TINY_CLASSES
+from samflow.models.unet.runner import TINY as TINY_UNET
 from samflow.pipeline.graph import run_pipeline
 from samflow.scenes.sample import synthetic_scene
 

@@ -38,7 +38,7 @@ _REGION_CHUNK = 16
 
 
 class PromptRunner(Protocol):
-    """What the engine needs from a SAM runner (samflow.models.sam.SamRunner)."""
+    """What the engine needs from a SAM runner (samflow.models.sam.runner.SamRunner)."""
 
     device: torch.device
 

@@ -93,9 +93,9 @@ def _single_checkpoint(path: Path) -> Path | None:
 
 
 def _family_of_checkpoint(uri: str, path: Path) -> str:
-    from samflow.models.esrgan_arch import infer_architecture
+    from samflow.models.realesrgan.arch import infer_architecture
     from samflow.models.loading.meta_checkpoints import is_meta_file
-    from samflow.models.realesrgan import load_generator_state
+    from samflow.models.realesrgan.runner import load_generator_state
 
     if is_meta_file(path):  # Meta's SAM (.pth) / SAM 2 (.pt): the keys say which
         layout = _meta_layout_or_none(path)

@@ -30,18 +30,18 @@ FAMILIES = ("sam", "sam2", "sam3", "clip", "siglip", "dinov2", "owlv2", "realesr
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
 # that loading CLIP never pays for importing SAM 2 and friends.
 _RUNNER_MODULES = {
-    "sam": "samflow.models.sam",
-    "sam2": "samflow.models.sam2",
-    "sam3": "samflow.models.sam3",
-    "clip": "samflow.models.clip",
-    "siglip": "samflow.models.clip",
-    "dinov2": "samflow.models.dinov2",
-    "owlv2": "samflow.models.owlv2",
-    "realesrgan": "samflow.models.realesrgan",
-    "maskrcnn": "samflow.models.maskrcnn",
-    "detr": "samflow.models.detr",
-    "unet": "samflow.models.unet",
-    "grounding_dino": "samflow.models.grounding_dino",
+    "sam": "samflow.models.sam.runner",
+    "sam2": "samflow.models.sam2.runner",
+    "sam3": "samflow.models.sam3.runner",
+    "clip": "samflow.models.clip.runner",
+    "siglip": "samflow.models.clip.runner",
+    "dinov2": "samflow.models.dinov2.runner",
+    "owlv2": "samflow.models.detectors.owlv2",
+    "realesrgan": "samflow.models.realesrgan.runner",
+    "maskrcnn": "samflow.models.detectors.maskrcnn",
+    "detr": "samflow.models.detectors.detr",
+    "unet": "samflow.models.unet.runner",
+    "grounding_dino": "samflow.models.detectors.grounding_dino",
 }
 
 OFFLINE_HINT = "offline? use a local model directory or a checkpoint file path, or tiny://<family> for a dry run"

@@ -14,7 +14,7 @@ import torch
 
 from samflow.actors.upscale import UpscaleStage
 from samflow.config import StorageConfig
-from samflow.models.esrgan_arch import SRVGGNetCompact
+from samflow.models.realesrgan.arch import SRVGGNetCompact
 from samflow.models.loading.cache import ModelFetchError, fetch_model, with_model_cache
 from samflow.models.loading.checkpoint import sha256_file
 from samflow.models.loading.registry import load_model
@@ -100,7 +100,7 @@ def test_s3_hf_folder_loads_through_cache(tmp_path, s3_bucket, s3_fs):
     """An HF-layout folder on S3, pinned by the checkpoint hash `models check` prints."""
     from transformers import Dinov2Model
 
-    from samflow.models.tiny import tiny_dinov2_config
+    from samflow.models.dinov2.tiny import tiny_dinov2_config
 
     folder = tmp_path / "dino"
     Dinov2Model(tiny_dinov2_config()).save_pretrained(folder)

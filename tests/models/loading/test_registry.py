@@ -58,7 +58,7 @@ def test_sam_directory_round_trip_matches_tiny(tmp_path, images):
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_clip_directory_round_trip_matches_tiny(tmp_path, images, family):
-    from samflow.models.tiny import tiny_tokenizer
+    from samflow.models.common.tiny_text import tiny_tokenizer
 
     tiny = load_model(family, f"tiny://{family}", device="cpu")
     tiny.model.save_pretrained(tmp_path)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.esrgan_arch import (
+from samflow.models.realesrgan.arch import (
     ArchSpec,
     RRDBNet,
     infer_architecture,

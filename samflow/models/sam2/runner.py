@@ -23,7 +23,9 @@ Video (for propagating masks across sampled frames into tracks):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +41,8 @@ from samflow.models.loading.hf import (
 )
 from samflow.models.loading.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.loading.registry import ModelSource, build_runner
-from samflow.models.preprocess import (
+from samflow.models.sam2.tiny import in_code_config
+from samflow.models.common.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Normalisation,
@@ -193,8 +196,6 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import Sam2Model
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
-
         loaded = build_in_code(Sam2Model, in_code_config("sam2", source.kind), device, dtype)
     elif source.kind == "local" and is_meta_file(source.location):  # Meta's own .pth / .pt
         loaded, report = load_meta_checkpoint("sam2", source.location, device, dtype)
@@ -206,14 +207,13 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     return Sam2Runner(loaded, source.uri, device, dtype)
 
 
-def load_tracker_weights(model_class, in_code_name: str, source: ModelSource, device: torch.device,
-                     dtype: torch.dtype, load=load_pretrained) -> LoadedModel:
-    """A video tracker's weights: built in code (tiny / random, objects always present) or
-    loaded by ``load`` (a family may wrap `load_pretrained`, e.g. SAM 3's gated Hub hint)."""
+def load_tracker_weights(model_class, in_code_config: Callable[[str], Any], source: ModelSource,
+                         device: torch.device, dtype: torch.dtype, load=load_pretrained) -> LoadedModel:
+    """A video tracker's weights: built in code from `in_code_config(kind)` (tiny / random, objects
+    always present) or loaded by ``load`` (a family may wrap `load_pretrained`, e.g. SAM 3's gated
+    Hub hint)."""
     if source.in_code:
-        from samflow.models.tiny import in_code_config
-
-        loaded = build_in_code(model_class, in_code_config(in_code_name, source.kind), device, dtype)
+        loaded = build_in_code(model_class, in_code_config(source.kind), device, dtype)
         objects_always_present(loaded.model)
         return loaded
     return load(model_class, source, device, dtype)
@@ -222,7 +222,7 @@ def load_tracker_weights(model_class, in_code_name: str, source: ModelSource, de
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam2VideoRunner:
     from transformers import Sam2VideoModel
 
-    loaded = load_tracker_weights(Sam2VideoModel, "sam2_video", source, device, dtype)
+    loaded = load_tracker_weights(Sam2VideoModel, partial(in_code_config, "sam2_video"), source, device, dtype)
     return Sam2VideoRunner(loaded, source.uri, device, dtype)
 
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from samflow.models.boxes import cxcywh_to_xyxy
-from samflow.models.detection import Detections, finish
+from samflow.models.common.boxes import cxcywh_to_xyxy
+from samflow.models.detectors.detection import Detections, finish
 from samflow.models.loading.hf import (
     HfRunner,
     LoadedModel,
@@ -29,7 +29,7 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
-from samflow.models.preprocess import Normalisation, resize_square
+from samflow.models.common.preprocess import Normalisation, resize_square
 
 DEFAULT_SIZE = 640
 UNIT = Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -91,7 +91,7 @@ def model_class(model_type: str):
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> DetrRunner:
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.detectors.tiny import in_code_config
 
         config = in_code_config("detr", source.kind)
         loaded = build_in_code(model_class(config.model_type), config, device, dtype)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samflow.models.boxes import batched_nms, box_area, clip_xyxy
+from samflow.models.common.boxes import batched_nms, box_area, clip_xyxy
 
 
 @dataclass

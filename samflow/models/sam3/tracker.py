@@ -16,13 +16,16 @@ config) loads its tracker part; the detector's weights are left out.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from samflow.models.loading.hf import HfRunner, LoadedModel
 from samflow.models.loading.registry import ModelSource, build_runner
-from samflow.models.sam2 import Sam2VideoRunner, load_tracker_weights
-from samflow.models.sam3 import _normalisation as sam3_normalisation
-from samflow.models.sam3 import load_gated
+from samflow.models.sam2.runner import Sam2VideoRunner, load_tracker_weights
+from samflow.models.sam3.runner import _normalisation as sam3_normalisation
+from samflow.models.sam3.runner import load_gated
+from samflow.models.sam3.tiny import in_code_config
 
 
 class Sam3TrackerVideoRunner(Sam2VideoRunner):
@@ -45,7 +48,7 @@ class Sam3TrackerVideoRunner(Sam2VideoRunner):
 def build_video(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> Sam3TrackerVideoRunner:
     from transformers import Sam3TrackerVideoModel
 
-    loaded = load_tracker_weights(Sam3TrackerVideoModel, "sam3_tracker_video", source, device, dtype, load=load_gated)
+    loaded = load_tracker_weights(Sam3TrackerVideoModel, partial(in_code_config, "sam3_tracker_video"), source, device, dtype, load=load_gated)
     return Sam3TrackerVideoRunner(loaded, source.uri, device, dtype)
 
 

@@ -26,7 +26,7 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
-from samflow.models.preprocess import (
+from samflow.models.common.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     HALF,
@@ -130,7 +130,7 @@ def _preprocessing(family: str, loaded: LoadedModel) -> tuple[Normalisation, boo
 
 def _tokenizer(loaded: LoadedModel):
     if loaded.directory is None:
-        from samflow.models.tiny import tiny_tokenizer
+        from samflow.models.common.tiny_text import tiny_tokenizer
 
         return tiny_tokenizer()
     from transformers import AutoTokenizer
@@ -150,7 +150,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
 
     model_cls = SiglipModel if family == "siglip" else CLIPModel
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.clip.tiny import in_code_config
 
         loaded = build_in_code(model_cls, in_code_config(family, source.kind), device, dtype)
     else:

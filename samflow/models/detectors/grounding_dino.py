@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samflow.models.boxes import cxcywh_to_xyxy
-from samflow.models.detection import Detections, finish
+from samflow.models.common.boxes import cxcywh_to_xyxy
+from samflow.models.detectors.detection import Detections, finish
 from samflow.models.loading.hf import (
     HfRunner,
     LoadedModel,
@@ -32,7 +32,7 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelSource
-from samflow.models.preprocess import (
+from samflow.models.common.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Normalisation,
@@ -120,7 +120,7 @@ class GroundingDinoRunner(HfRunner):
 
 def _processor(loaded: LoadedModel) -> tuple[tuple[int, int], Normalisation]:
     if loaded.directory is None:
-        from samflow.models.tiny import TINY_GROUNDING_EDGES
+        from samflow.models.detectors.tiny import TINY_GROUNDING_EDGES
 
         return TINY_GROUNDING_EDGES, Normalisation(IMAGENET_MEAN, IMAGENET_STD)
     config = read_json(loaded.directory / "preprocessor_config.json")
@@ -132,7 +132,7 @@ def _processor(loaded: LoadedModel) -> tuple[tuple[int, int], Normalisation]:
 
 def _tokenizer(loaded: LoadedModel):
     if loaded.directory is None:
-        from samflow.models.tiny import tiny_bert_tokenizer
+        from samflow.models.detectors.tiny import tiny_bert_tokenizer
 
         return tiny_bert_tokenizer()
     from transformers import AutoTokenizer
@@ -144,7 +144,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import GroundingDinoForObjectDetection
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.detectors.tiny import in_code_config
 
         config = in_code_config("grounding_dino", source.kind)
         loaded = build_in_code(GroundingDinoForObjectDetection, config, device, dtype)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from samflow.models.amg import rle_torch
 from samflow.models.amg.boxes import masks_to_boxes
-from samflow.models.boxes import batched_nms
+from samflow.models.common.boxes import batched_nms
 from samflow.models.loading.hf import (
     HfRunner,
     LoadedModel,
@@ -42,8 +42,8 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
-from samflow.models.preprocess import HALF, Normalisation, resize_square
-from samflow.models.sam3_masks import FactoredMaskDecoder, ImageTerms
+from samflow.models.common.preprocess import HALF, Normalisation, resize_square
+from samflow.models.sam3.masks import FactoredMaskDecoder, ImageTerms
 from samflow.schemas import rle
 
 TEXT_MAX_LENGTH = 32  # Sam3Processor pads every text prompt to 32 tokens
@@ -333,7 +333,7 @@ def _encode(kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 
 def _tokenizer(loaded: LoadedModel):
     if loaded.directory is None:
-        from samflow.models.tiny import tiny_tokenizer
+        from samflow.models.common.tiny_text import tiny_tokenizer
 
         return tiny_tokenizer()
     from transformers import AutoTokenizer
@@ -360,7 +360,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import Sam3Model
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.sam3.tiny import in_code_config
 
         loaded = build_in_code(Sam3Model, in_code_config("sam3", source.kind), device, dtype)
     else:

@@ -28,7 +28,7 @@ from samflow.models.loading.hf import (
 )
 from samflow.models.loading.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.loading.registry import ModelSource
-from samflow.models.preprocess import (
+from samflow.models.common.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Normalisation,
@@ -36,7 +36,7 @@ from samflow.models.preprocess import (
     resize_longest_pad,
     scale_xy,
 )
-from samflow.models.sam_decoder import decode_prompts
+from samflow.models.sam.decoder import decode_prompts
 
 
 @dataclass
@@ -187,7 +187,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import SamModel
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.sam.tiny import in_code_config
 
         loaded = build_in_code(SamModel, in_code_config("sam", source.kind), device, dtype)
     elif source.kind == "local" and is_meta_file(source.location):  # Meta's own .pth / .pt

@@ -24,7 +24,7 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelSource
-from samflow.models.preprocess import (
+from samflow.models.common.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Normalisation,
@@ -78,7 +78,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import Dinov2Model
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.dinov2.tiny import in_code_config
 
         loaded = build_in_code(Dinov2Model, in_code_config("dinov2", source.kind), device, dtype)
     else:

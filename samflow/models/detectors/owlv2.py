@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from samflow.models.boxes import batched_nms, box_area, clip_xyxy, cxcywh_to_xyxy
+from samflow.models.common.boxes import batched_nms, box_area, clip_xyxy, cxcywh_to_xyxy
 from samflow.models.loading.hf import (
     HfRunner,
     LoadedModel,
@@ -31,7 +31,7 @@ from samflow.models.loading.hf import (
     read_json,
 )
 from samflow.models.loading.registry import ModelSource
-from samflow.models.preprocess import (
+from samflow.models.common.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     Normalisation,
@@ -128,7 +128,7 @@ def _select(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor | No
 
 def _tokenizer(loaded: LoadedModel):
     if loaded.directory is None:
-        from samflow.models.tiny import tiny_tokenizer
+        from samflow.models.common.tiny_text import tiny_tokenizer
 
         return tiny_tokenizer()
     from transformers import AutoTokenizer
@@ -140,7 +140,7 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
     from transformers import Owlv2ForObjectDetection
 
     if source.in_code:
-        from samflow.models.tiny import in_code_config
+        from samflow.models.detectors.tiny import in_code_config
 
         loaded = build_in_code(Owlv2ForObjectDetection, in_code_config("owlv2", source.kind), device, dtype)
     else:

@@ -33,9 +33,9 @@ def video_family(uri: str) -> str:
 def load_video_model(uri: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """A `Sam2VideoRunner` or `Sam3TrackerVideoRunner` for ``uri``; ModelLoadError when it is neither."""
     if video_family(uri) == "sam3":
-        from samflow.models.sam3_tracker import load_sam3_tracker_video
+        from samflow.models.sam3.tracker import load_sam3_tracker_video
 
         return load_sam3_tracker_video(uri, device=device, dtype=dtype)
-    from samflow.models.sam2 import load_sam2_video
+    from samflow.models.sam2.runner import load_sam2_video
 
     return load_sam2_video(uri, device=device, dtype=dtype)

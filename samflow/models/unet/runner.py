@@ -35,7 +35,7 @@ from samflow.models.loading.checkpoint import (
     weight_files,
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
-from samflow.models.preprocess import Normalisation, resize_square
+from samflow.models.common.preprocess import Normalisation, resize_square
 
 TINY = dict(classes=["background", "road", "building"], input_size=[64, 64], width=8, depth=2)
 RANDOM = dict(classes=["background", "foreground"], input_size=[512, 512], width=64, depth=4)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from samflow.models.detection import Detections, finish
+from samflow.models.detectors.detection import Detections, finish
 from samflow.models.loading.checkpoint import (
     UnsafeCheckpointError,
     read_state_dict,
@@ -37,7 +37,7 @@ from samflow.models.loading.checkpoint import (
     weight_files,
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
-from samflow.models.preprocess import to_device
+from samflow.models.common.preprocess import to_device
 
 TORCHVISION_SCHEME = "torchvision://"
 DEFAULT_ARCH = "maskrcnn_resnet50_fpn_v2"
