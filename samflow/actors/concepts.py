@@ -28,13 +28,12 @@ from samflow.actors.batch import (
 )
 from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
-from samflow.schemas import rle
 
 if TYPE_CHECKING:
     from samflow.config import RunConfig
 
 STAGE = "concepts"
-SOURCE = "concept"
+SOURCE = mask_column.CONCEPT_SOURCE
 
 
 class ConceptsConfig(StageConfig):
@@ -139,21 +138,6 @@ def concept_records(per_prompt: Sequence[Any], prompts: Sequence[str]) -> list[d
             })
     records.sort(key=lambda r: -r["label_score"])
     return records
-
-
-def concept_coverage(batch: Batch, row: int, factor: int = 1) -> np.ndarray | None:
-    """(H*factor, W*factor) bool union of the row's concept masks (in the pixels a later stage
-    sees when upscale enlarged them ``factor`` times), or None without any."""
-    column = batch.get(mask_column.COLUMN)
-    if column is None:
-        return None
-    found = [rle.decode(r["segmentation"]) for r in mask_column.records_at(column, row) if r["source"] == SOURCE]
-    if not found:
-        return None
-    union = np.logical_or.reduce(found)
-    if factor > 1:
-        union = union.repeat(factor, axis=0).repeat(factor, axis=1)
-    return union
 
 
 def read_exemplars(context: StageContext) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:

@@ -33,7 +33,6 @@ from samflow.actors.batch import (
     stage_meta,
     upscale_factor_at,
 )
-from samflow.actors.concepts import SOURCE as CONCEPT_SOURCE
 from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
 
@@ -180,7 +179,7 @@ class EmbedStage:
         zero-shot label for class-agnostic masks; SAM 3's label kept and judged for concept ones."""
         top = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
         labelled_track = _present(masks, "track_id") & _present(masks, "label")
-        concept = valid & ((mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == CONCEPT_SOURCE)
+        concept = valid & ((mask_column.field(masks, "source").to_numpy(zero_copy_only=False) == mask_column.CONCEPT_SOURCE)
                            | labelled_track)
         own_labels = mask_column.field(masks, "label").to_pylist()
         own = np.array([self._index.get(label, -1) for label in own_labels], np.int64)

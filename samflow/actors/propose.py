@@ -9,10 +9,8 @@ Families (``family``; "auto" reads it from the model URI / checkpoint config, se
                   "prompts" hands the boxes to segment (SAM draws the masks), "rows" keeps
                   Mask R-CNN's own masks as ``source = "maskrcnn"`` annotation rows instead
 
-Adds ``proposals`` per row, an Arrow ``list<struct<box: [x0, y0, x1, y1], score, label>>`` in
-the pixels the stage saw (upscaled ones when upscale ran: segment works on
-those same pixels), best first; ``labels`` holds class names (or the matched query) and "" for
-class-agnostic boxes. Segment copies a box's label and score onto the mask it prompts
+Adds the ``proposals`` column (``samflow.schemas.proposals``) in the pixels the stage saw
+(upscaled ones when upscale ran: segment works on those same pixels). Segment copies a box's label and score onto the mask it prompts
 (``label`` / ``label_score``). Rows that failed here or earlier get no boxes.
 """
 
@@ -37,10 +35,9 @@ from samflow.actors.batch import (
 from samflow.actors.mask_records import append_records, mask_record
 from samflow.actors.rescale import records_to_original
 from samflow.actors.stage import StageConfig, StageContext
+from samflow.schemas.proposals import COLUMN, PROPOSALS
 
 STAGE = "propose"
-COLUMN = "proposals"
-PROPOSAL = pa.struct([("box", pa.list_(pa.float32(), 4)), ("score", pa.float32()), ("label", pa.string())])
 PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 
@@ -136,7 +133,7 @@ class ProposeStage:
 
             results = infer_or_fail(batch, STAGE, rows, infer)
             batch[COLUMN] = pa.array(
-                [results[r][0] if r in results else [] for r in range(len(batch["uri"]))], type=pa.list_(PROPOSAL)
+                [results[r][0] if r in results else [] for r in range(len(batch["uri"]))], type=PROPOSALS
             )
             if self.mask_rows:
                 append_records(batch, {r: records for r, (_, records) in results.items()})
@@ -167,54 +164,3 @@ def _proposals(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]) -> 
         {"box": box, "score": score, "label": label}
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels, strict=True)
     ]
-
-
-def proposals_at(batch: Batch, row: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The row's (boxes (N, 4) xyxy, scores (N,)), or None when propose did not run."""
-    column = batch.get(COLUMN)
-    if column is None:
-        return None
-    found = column[row].values
-    if found is None or len(found) == 0:
-        return np.zeros((0, 4), np.float64), np.zeros(0, np.float32)
-    boxes = found.field("box").flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 4)
-    return boxes, found.field("score").to_numpy(zero_copy_only=False).astype(np.float32)
-
-
-def proposal_labels_at(batch: Batch, row: int) -> list[str]:
-    """The row's proposal class names ("" = class-agnostic), aligned with :func:`proposals_at`."""
-    column = batch.get(COLUMN)
-    if column is None:
-        return []
-    found = column[row].values
-    if found is None or len(found) == 0:
-        return []
-    return [label or "" for label in found.field("label").to_pylist()]
-
-
-def label_box_records(
-    records: list[dict[str, Any]], boxes: np.ndarray, scores: np.ndarray, labels: Sequence[str]
-) -> None:
-    """Give each box-prompted record (source "box") the class name of the proposal that prompted
-    it, as ``label`` / ``label_score``, in place. The engine keeps a box record's proposal score,
-    so the prompt is the proposal with that score whose box best overlaps the mask's box."""
-    if not any(labels):
-        return
-    for record in records:
-        if record.get("source") != "box" or record.get("proposal_score") is None:
-            continue
-        candidates = np.flatnonzero(np.isclose(scores, record["proposal_score"], rtol=0, atol=1e-6))
-        if candidates.size == 0:
-            continue
-        x, y, w, h = record["bbox"]
-        best = max(candidates, key=lambda i: _iou(boxes[i], (x, y, x + w + 1, y + h + 1)))
-        if labels[best]:
-            record["label"], record["label_score"] = labels[best], float(scores[best])
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

@@ -37,7 +37,13 @@ import pyarrow.parquet as pq
 import ray
 
 from samflow.config import RunConfig, StorageConfig
-from samflow.store.storage import absolute_uri, filesystem, list_files, open_file, selected
+from samflow.store.storage import (
+    absolute_uri,
+    filesystem,
+    list_files,
+    open_file,
+    selected,
+)
 
 log = logging.getLogger(__name__)
 

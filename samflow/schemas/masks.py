@@ -32,6 +32,8 @@ import pyarrow.compute as pc
 from samflow.schemas.tables import BBOX_TYPE, RLE_TYPE
 
 COLUMN = "masks"
+# ``source`` of the concepts stage's masks (SAM 3): later stages keep them first and build on them.
+CONCEPT_SOURCE = "concept"
 
 MASK = pa.struct(
     [

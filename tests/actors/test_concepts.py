@@ -3,7 +3,6 @@ only what concept masks did not, CLIP verification in the embed stage, config an
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -6,18 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samflow.actors.propose import (
-    ProposeConfig,
-    ProposeStage,
-    proposal_labels_at,
-    proposals_at,
-)
+from samflow.actors.propose import ProposeConfig, ProposeStage
 from samflow.actors.segment import SegmentConfig, SegmentStage
 from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.detectors.maskrcnn import TINY_CLASSES
 from samflow.scenes.sample import synthetic_scene
 from samflow.schemas import masks as mask_column
-from samflow.schemas import rle
+from samflow.schemas import proposals, rle
 from tests.helpers.stage_batches import image_batch
 from tests.helpers.stages import context
 
@@ -29,8 +24,8 @@ def _scenes(*sizes: tuple[int, int]) -> list[np.ndarray]:
 
 def _found(batch) -> dict:
     """The first row's proposals as plain lists."""
-    boxes, scores = proposals_at(batch, 0)
-    return {"boxes": boxes.tolist(), "scores": scores.tolist(), "labels": proposal_labels_at(batch, 0)}
+    boxes, scores = proposals.boxes_at(batch, 0)
+    return {"boxes": boxes.tolist(), "scores": scores.tolist(), "labels": proposals.labels_at(batch, 0)}
 
 
 def test_maskrcnn_masks_become_rle_rows_with_class_names():

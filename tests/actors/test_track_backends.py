@@ -230,11 +230,10 @@ def test_concept_seeded_tracks_carry_the_vocabulary_labels_and_the_table_agrees(
 
 
 def test_the_pipeline_gives_the_track_stage_the_concepts_stage_when_it_is_on() -> None:
-    from samflow.config import config_from
-    from samflow.pipeline.graph import model_stages
-
     from samflow.actors.stage import StageContext
     from samflow.actors.track import TrackStage
+    from samflow.config import config_from
+    from samflow.pipeline.graph import model_stages
 
     def loaded_track_stage(overrides: dict) -> TrackStage:
         cfg = config_from(overrides, profile="tiny")
@@ -252,9 +251,9 @@ def test_the_pipeline_gives_the_track_stage_the_concepts_stage_when_it_is_on() -
 
 def test_embed_keeps_the_label_of_a_concept_track_and_labels_the_rest() -> None:
     from samflow.actors.embed import EmbedConfig, EmbedStage
-    from tests.helpers.stages import context
     from samflow.schemas import masks as mask_column
     from tests.helpers.stage_batches import image_batch
+    from tests.helpers.stages import context
 
     frame = scene(0, {RED: (0, 5, 3), BLUE: (50, 30, -2)})
     red, blue = (_labelled(frame, c, None, None) for c in (RED, BLUE))

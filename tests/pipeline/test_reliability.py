@@ -38,7 +38,6 @@ from tests.helpers.accounting import (
     tiny_config,
     write_dataset,
 )
-
 from tests.helpers.stages import context
 
 REPO = Path(__file__).resolve().parents[2]

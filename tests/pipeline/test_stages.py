@@ -19,7 +19,7 @@ from PIL import Image
 
 from samflow.actors.batch import object_column
 from samflow.actors.embed import EmbedConfig, EmbedStage, mask_crop
-from samflow.actors.propose import PROPOSAL, ProposeConfig, ProposeStage, proposals_at
+from samflow.actors.propose import ProposeConfig, ProposeStage
 from samflow.actors.rescale import downscale_mask, records_to_original
 from samflow.actors.stage import StageConfig, StageContext
 from samflow.actors.threads import torch_threads
@@ -35,8 +35,9 @@ from samflow.pipeline.graph import (
 )
 from samflow.pipeline.resources import StagePlacement
 from samflow.scenes.sample import synthetic_scene
-from samflow.schemas import rle, tables
+from samflow.schemas import proposals, rle, tables
 from samflow.schemas.ids import item_id
+from samflow.schemas.proposals import PROPOSAL
 from tests.helpers.stages import context
 
 SMALL = (40, 52)  # (h, w): short side under the threshold below -> upscaled
@@ -341,11 +342,11 @@ def test_open_vocabulary_proposals_lie_inside_the_image_and_failed_rows_get_none
     stage = ProposeStage(ProposeConfig(model="tiny://owlv2", max_boxes=2, score_thresh=0.0, queries=["a cone", "a ball"]))
     (image,) = _scenes((30, 44))
     out = stage(_batch([image, image], failed=(1,)))
-    boxes, scores = proposals_at(out, 0)
+    boxes, scores = proposals.boxes_at(out, 0)
     assert 0 < len(boxes) <= 2 and len(scores) == len(boxes)
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 <= x1 <= 44 and 0 <= y0 <= y1 <= 30
-    assert [len(found) for found in proposals_at(out, 1)] == [0, 0]
+    assert [len(found) for found in proposals.boxes_at(out, 1)] == [0, 0]
     assert out["proposals"].type == pa.list_(PROPOSAL)  # Arrow, not JSON text
 
 
