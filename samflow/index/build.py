@@ -13,15 +13,10 @@ The build is a small state machine kept in ``<work>/state.json``, so a crashed b
               held-out queries (unless given)
     evaluate  recall@10 of the index against exact search on held-out queries
 
-IVF-PQ search (samflow.index.search): the IVF lists nearest the query are scanned with 4-bit PQ
-codes (FAISS fast scan, SIMD); the best ``refine_factor`` x k candidates are re-scored exactly
-against the float32 vectors on disk (positioned reads of just those rows), so the k results and
-their scores are exact. Memory: the PQ codes alone (d/8 bytes per vector), so resident memory
-hardly grows with the count; the float32 vectors (4d bytes) stay on disk. ``rerank="sq8"`` (the
-default of earlier builds, still loaded and extended as they are) puts a stage between: the best
-``refine_factor`` x 2k candidates re-ranked by 8-bit scalar-quantized copies held in memory (FAISS
-IndexRefine, d more bytes per vector), then the top 2k re-scored from the file. bench/index.py
-compares the two (``--rerank``).
+IVF-PQ search (samflow.index.search) scans the nearest lists with 4-bit PQ codes (FAISS fast
+scan) and re-scores the best ``refine_factor`` x k candidates exactly from the float32 vectors on
+disk, so memory holds the codes alone. ``rerank="sq8"`` (earlier builds' default) adds 8-bit
+scalar-quantized copies in memory as a middle stage.
 
 ``index add`` runs the same machine on a fetched build: new sources are collected, training is
 skipped (the trained index is kept), and adding starts at ``ntotal``.
@@ -322,8 +317,8 @@ def overlap(truth: np.ndarray, found: np.ndarray) -> float:
 
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TUNING_SALT = 2
-# Re-ranking from the file costs a read per candidate, so its factors step finer (recall rose
-# 0.94 -> 0.997 from 32 to 64 at 1M: a step between may be enough).
+# Re-ranking from the file costs a read per candidate, so its factors step finer (recall climbs
+# steeply between 32 and 64 at 1M vectors: bench/index.py).
 REFINE_FACTORS = {"sq8": (4, 8, 16, 32, 64), "file": (8, 16, 24, 32, 48, 64, 96, 128)}
 
 

@@ -79,8 +79,8 @@ class VectorFile:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows at sorted or unsorted positions (a sample, a cluster's members). Positioned
-        reads, not a memory map: the page cache maps large folios whole, so 200 rows gathered
-        through a map of a 2 GB file added ~370 MB to the resident set (peak RSS at 1M)."""
+        reads, not a memory map: the page cache maps large folios whole, so a few hundred rows
+        gathered through a map of a large file would put much of it in the resident set."""
         return self.rows_at(np.asarray(rows, dtype=np.int64))
 
     def rows_at(self, rows: np.ndarray) -> np.ndarray:

@@ -1,27 +1,16 @@
 """Fit a run's Ray Data graph to the cluster before the stream starts, so a run never hangs.
 
-The graph needs, at minimum and all at once: the smallest pool of every model stage (its
-``concurrency`` minimum in actors), one decode task and one shard-write task (and, for tar or
-Parquet containers, one task reading their members). Ray Data places the actors first and they
-hold their resources for the whole run; if they take every CPU, the tasks wait forever
-(``backpressured: ResourceBudget``). So before the stream starts:
+The graph needs, all at once, every model stage's smallest pool, one decode task and one
+shard-write task (and one container-reading task for tar or Parquet inputs). Ray Data places the
+actors first and they hold their resources for the whole run; if they took every CPU, the tasks
+would wait forever. So before the stream starts:
 
-- a stage asking for GPUs on a cluster without (enough of) them runs on CPU when
-  ``ray.cpu_fallback`` allows it; otherwise the run waits up to ``ray.resource_wait_s`` for the
-  autoscaler to add GPU nodes (only when the cluster can autoscale) and then fails with a message
-  that names the short resource and the fix;
-- the tasks get their share of CPUs first; model actors share the rest, with fractional
-  ``num_cpus`` when the configured amounts do not fit (a model actor mostly waits on its model,
-  it does not need a whole core reserved);
-- Ray Data's resource manager reserves for every operator ``max(ratio * cluster / operators,
-  its minimum)`` (``DataContext.op_resource_reservation_ratio``), upstream first; when those
-  floors plus the minimums overflow a small cluster, the last operators (the writer) get no
-  reservation and wait for everything upstream to finish. The fit lowers the ratio for the run
-  so that every operator's minimum is always reserved.
-
-Every operator of the streaming graph asks Ray for a fraction of a CPU, so a 1-CPU cluster
-(``ray start --head --num-cpus=1``) runs it; Ray Data's ``repartition`` asks for a whole CPU per
-task and has no resource arguments, so it runs in the plan, before any actor holds a CPU.
+- a stage asking for GPUs the cluster lacks runs on CPU when ``ray.cpu_fallback`` allows it, or
+  waits up to ``ray.resource_wait_s`` for an autoscaler, then fails naming the short resource;
+- the tasks get their CPU shares first and the model actors share the rest (fractional
+  ``num_cpus``: a model actor mostly waits on its model);
+- the run lowers ``DataContext.op_resource_reservation_ratio`` so that every operator's minimum
+  stays reserved on a small cluster (otherwise the writer, last, may get none).
 
 ``fit_graph`` works on plain numbers (unit-tested without Ray); ``cluster_capacity`` reads them
 from the connected cluster.

@@ -2,7 +2,7 @@
 
 Kept apart from samflow.pipeline.graph, which imports every model stage (and torch): a Ray
 worker that only writes shards imports this light module, so starting one mid-run costs the
-model actors no CPU (importing the pipeline module took 3.7 s of CPU on 2 cores).
+model actors no CPU (the pipeline module imports torch, seconds of CPU on a small node).
 """
 
 from __future__ import annotations

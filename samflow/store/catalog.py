@@ -9,19 +9,16 @@
 A shard is committed by moving its staged files into place and then writing its marker; the marker
 is the commit point. Table files without a marker (a run killed between the two) are removed before
 the next run plans, so their items are simply processed again. Shards holding video frames are
-committed together at the end of the run under one group marker (``"shards": [...]``): a video
-whose frames span shards is then committed whole or not at all, never marked done half written. Shard names are a hash of the rows
-they hold (item and error flag), so a retried write task overwrites its own staged files instead
-of adding new ones, and two shards of one run never share a name.
+committed together at the end of the run under one group marker (``"shards": [...]``), so a video
+is committed whole or not at all. Shard names hash the rows they hold: a retried write task
+overwrites its own staged files.
 
 The marker is written whole or not at all (a temporary name, then a rename on local disks; a single
 PUT on object stores), so a kill while writing it cannot leave a half marker that would break the
 next plan. A marker that does not parse anyway (written by something else) counts as absent.
 
-Why not Ray Data's own tools: its checkpointing (``CheckpointConfig``) filters input rows by an id
-column that must survive every operator and pairs with one datasink, while a samflow batch writes
-four tables and a video becomes many rows; write_parquet's save modes and filename providers name
-files per write task, with no commit point across tables. The marker gives one.
+Not Ray Data's checkpointing or save modes: they work per datasink and write task, with no commit
+point across the several tables a batch writes. The marker gives one.
 """
 
 from __future__ import annotations

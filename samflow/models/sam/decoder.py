@@ -17,13 +17,12 @@ weights, same maths; equal up to float rounding), with far less work per prompt:
   fused, and the hypernetwork product is taken before the pixels are put in raster order, so
   only the K output masks are rearranged, not the 32-channel feature map;
 - the positional encoding is never added to per-prompt image tokens: its share of the attention
-  scores is one matmul for all prompts of a chunk (a (HW, C) sum per prompt and layer cost more
-  memory traffic than the product; measured 8 % of the decoder on 2 CPU cores);
+  scores is one matmul for all prompts of a chunk (a (HW, C) sum per prompt and layer costs more
+  memory traffic than the product);
 - prompts go through in chunks, so the per-prompt working set stays small; each chunk's masks
   are written straight into the output (no concatenation copies). On a CPU a chunk is one or
   two prompts and the upscaling runs a few token rows at a time, so the per-prompt tensors stay
-  small (measured on 2 cores: 17 ms per prompt against 28 ms with 16-prompt
-  chunks and the whole upscaling at once), while a GPU wants large chunks to fill it;
+  in cache (bench/amg.py measures it), while a GPU wants large chunks to fill it;
 - the upscaling is local (each image token makes its own 4 x 4 mask pixels), so ``region`` can
   ask for the top-left rows x columns of tokens only: the mask pixels that the image (not the
   padding below and right of it) needs. A 4:3 image leaves a quarter of the tokens out.
@@ -37,13 +36,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Image-token elements (prompts x HW x C) decoded together on a GPU: 16 prompts of SAM's
-# 64 x 64 x 256 tokens (~64 MB in fp32), while small models, whose cost is per-op overhead, go
-# through in one chunk. On a CPU, 2 SAM prompts (8 MB): the smaller working set measured faster.
+# Image-token elements (prompts x HW x C) decoded together: 16 of SAM's prompts on a GPU, which
+# needs large chunks to fill it (small models, whose cost is per-op overhead, go through in one
+# chunk); 2 on a CPU, whose cache wants a small working set.
 CHUNK_ELEMENTS = {"cuda": 16 * 64 * 64 * 256, "cpu": 2 * 64 * 64 * 256}
-# Upscaled features (prompts x tokens x 16 pixels x C / 8 channels) made at once on a CPU: 4 MB
-# in fp32, 16 token rows of SAM's (measured on 2 cores: 17 ms per prompt against 24 ms for the
-# whole 64 x 64 tokens at once; 16 MB blocks were as slow as none).
+# Upscaled features (prompts x tokens x 16 pixels x C / 8 channels) made at once on a CPU: 16
+# token rows of SAM's, a block that stays in cache (the whole upscaling at once does not).
 UPSCALE_BLOCK_ELEMENTS = {"cpu": 2 * 16 * 64 * 16 * 32}
 
 
