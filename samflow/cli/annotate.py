@@ -49,7 +49,7 @@ def run_annotate(args: argparse.Namespace) -> int:
         with logs.native_stderr_to_file(args.verbose, "annotate"), RunProgress() as progress:
             try:
                 manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
-                                            observer=progress, hold_lease=False)
+                                            observer=progress, lease=lease)
             finally:
                 if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
                     sys.modules["ray"].shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +76,12 @@ def plan_run(src: str, dst: str, cfg: RunConfig) -> Plan:
 # NO_CACHE: the run has side effects and its inputs (a progress hook) need not be hashable.
 @task(name="pipeline", cache_policy=NO_CACHE)
 def run_pipeline_task(
-    plan: Plan, cfg: RunConfig, dst: str, run_id: str, on_commit: CommitHook | None = None
+    plan: Plan, cfg: RunConfig, dst: str, run_id: str, on_commit: CommitHook | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> PipelineStats:
     # No task retries: every shard commits as it finishes, so a failed run is resumed by running
     # the flow again, which plans only what is missing.
-    return run_pipeline(plan.items, cfg, dst, run_id, on_commit=on_commit)
+    return run_pipeline(plan.items, cfg, dst, run_id, on_commit=on_commit, before_commit=before_commit)
 
 
 @task(name="commit", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)
@@ -139,24 +141,25 @@ def annotate_dataset(
     config: dict[str, Any] | None = None,
     profile: str | None = None,
     observer: Any = None,
-    hold_lease: bool = True,
+    lease: Any = None,
 ) -> dict[str, Any]:
     """Annotate every new image under ``src`` into Parquet tables under ``dst``.
 
     Returns the run manifest; when nothing is new, returns a summary and writes nothing.
     ``observer`` (in-process callers only, e.g. the CLI's progress display) gets
     ``planned(run_id, total)`` and ``committed(result, meta)`` after every shard commit.
-    The run holds DST's lease (one run per output; see flows/lease.py) unless ``hold_lease`` is
-    false because the caller holds it already (the CLI takes it before Prefect starts).
+    The run holds DST's lease (one run per output; see store/lease.py), or ``lease``, a held
+    :class:`Lease` the caller passes (the CLI takes it before Prefect starts); it checks the lease
+    before every commit and stops with ``LeaseLost`` once another run has taken it over.
     """
     cfg = config_from(config, profile=profile)
-    if not hold_lease:
-        return _annotate(src, dst, cfg, observer)
-    with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s):
-        return _annotate(src, dst, cfg, observer)
+    if lease is not None:
+        return _annotate(src, dst, cfg, observer, lease)
+    with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s) as held:
+        return _annotate(src, dst, cfg, observer, held)
 
 
-def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any) -> dict[str, Any]:
+def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any, lease: Lease) -> dict[str, Any]:
     started = time.perf_counter()
     logger = get_run_logger()
     run_id = new_run_id()
@@ -168,9 +171,12 @@ def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any) -> dict[str, An
     if not plan.new:
         return {"run_id": None, "counts": {"listed": plan.listed, "already_done": plan.already_done, "inputs": 0}}
     pipeline_start = time.perf_counter()
-    stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed if observer is not None else None)
+    stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed if observer is not None else None,
+                              lease.check)
+    lease.check()
     doneset.compact_done(dst, cfg.storage)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
+    lease.check()
     manifest["path"] = commit_run(manifest, cfg, dst)
     _artifact(manifest, cfg)
     logger.info("run %s done: %s", run_id, manifest["counts"])

@@ -260,11 +260,14 @@ def run_pipeline(
     dst: str,
     run_id: str,
     on_commit: CommitHook | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> PipelineStats:
     """Run the graph over ``items`` ({uri, size}) and commit every shard as it is staged.
 
-    ``on_commit(result, meta)`` is called after each shard's commit (progress reporting).
+    ``on_commit(result, meta)`` is called after each shard's commit (progress reporting);
+    ``before_commit()`` before each (the lease's check: it raises to stop the run).
     """
+    before_commit = before_commit or (lambda: None)
     stats = PipelineStats(started_at=time.time())
     if isinstance(items, list) and not items:
         return stats
@@ -287,9 +290,11 @@ def run_pipeline(
             video_uris.update(result.frame_uris)
             held.append((result, meta))
             continue
+        before_commit()
         catalog.commit(run_id, result)
         _committed(stats, result, meta, on_commit)
     if held:
+        before_commit()
         catalog.commit_group(run_id, [result for result, _ in held])
         for result, meta in held:
             _committed(stats, result, meta, on_commit)
