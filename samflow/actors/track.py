@@ -12,8 +12,10 @@ the graph keeps streaming across videos, because a video is a row like any other
 Frame rows leave with the segment stage's column filled (``masks``, through
 ``samflow.schemas.masks``: the seed records on seed frames, propagated masks elsewhere, each with
 its ``track_id``) and every other column copied from the video's row, so later stages (embed) and
-the writer see ordinary frames. The last frame row of a video carries its ``tracks``: one summary
-per track (``tables.TRACK_LIST``), for ``tracks/``.
+the writer see ordinary frames. The last row of a video (a frame, or an error row when its last
+chunk failed or its stream broke) carries its ``tracks``: one summary per track
+(``tables.TRACK_LIST``) from the stage's own log of the chunks it tracked, for ``tracks/``; the
+writer takes them from error rows too, so a failed last chunk never loses them.
 The video model's family picks the backend (``models.video_models``): SAM 2 / 2.1
 (``Sam2VideoModel``) or SAM 3 (``Sam3TrackerVideoModel``).
 
@@ -184,12 +186,15 @@ class TrackStage:
             if ready is not None:
                 yield ready
             ready = self._chunk(batch, row, run, chunk)
-        if ready is not None:
-            n = len(ready["uri"])
-            ready["tracks"] = pa.array([[]] * (n - 1) + [run.summaries(uri)], type=TRACK_LIST)
+        last = self._error(batch, row, "decode", *failure) if failure is not None else ready
+        if ready is not None and last is not ready:
             yield ready
-        if failure is not None:
-            yield self._error(batch, row, "decode", *failure)
+        if last is not None:
+            # The tracker's own account of every track, on the video's last row whatever it is
+            # (a frame, a failed chunk's frame, the decode error): the writer reads it from any row.
+            n = len(last["uri"])
+            last["tracks"] = pa.array([[]] * (n - 1) + [run.summaries(uri)], type=TRACK_LIST)
+            yield last
 
     def _chunk(self, batch: Batch, row: int, run: _VideoRun, frames: list[Frame]) -> Batch:
         out: Batch = {}

@@ -22,7 +22,7 @@ from samflow.inputs.sources import container_of
 from samflow.pipeline.ground_truth import add_ground_truth
 from samflow.schemas.ids import shard_id
 from samflow.schemas.rows import build_tables
-from samflow.schemas.tables import SHARD_RESULT, STAGE_META_PREFIX
+from samflow.schemas.tables import SHARD_RESULT, STAGE_META_PREFIX, TRACK_LIST
 from samflow.store.catalog import DONE, Catalog
 from samflow.store.doneset import done_table
 
@@ -103,7 +103,17 @@ def _tables_per_row_safe(
             tables = build_tables(one, run_id, embed_model)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
             mark_error(one, 0, "write", exc)
-            tables = {"errors": build_tables(one, run_id, None)["errors"]}
+            tables = _error_row(one, run_id)
         for table, data in tables.items():
             parts[table].append(data)
     return {table: pa.concat_tables(found) for table, found in parts.items()}
+
+
+def _error_row(one: dict[str, np.ndarray], run_id: str) -> dict[str, pa.Table]:
+    """A row that could not be written, as its error row; with the video's track summaries it
+    carries when they are sound (a failed row keeps its video's tracks)."""
+    try:
+        built = build_tables(one, run_id, None)
+    except Exception:  # noqa: BLE001 - the tracks themselves were malformed: the error row alone
+        built = build_tables({**one, "tracks": pa.array([[]], type=TRACK_LIST)}, run_id, None)
+    return {table: built[table] for table in ("errors", "tracks") if table in built}

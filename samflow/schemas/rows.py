@@ -2,7 +2,8 @@
 
 A batch (see ``samflow.actors.batch``) holds whole items; a healthy row yields one ``images`` row,
 its masks (the Arrow ``masks`` column, ``samflow.schemas.masks``) as ``annotations`` rows and its
-vector as an ``embeddings`` row; a failed row yields exactly one ``errors`` row. So inputs = image
+vector as an ``embeddings`` row; a failed row yields exactly one ``errors`` row. A video's
+``tracks`` rows come from whichever row carries them, failed or not. So inputs = image
 rows + error rows, always. Mask fields go from the batch's Arrow column to the table as they are.
 """
 
@@ -37,8 +38,8 @@ def build_tables(
         column = f"embedding_{family}"
         if column in batch and ok:
             out[tables.embeddings_table(family)] = _embeddings(batch, ok, str(batch[f"{column}_model"][ok[0]]), column)
-    if "tracks" in batch:
-        out["tracks"] = _tracks(batch, ok)
+    if "tracks" in batch:  # from every row: a video's last row carries them even when it failed
+        out["tracks"] = _tracks(batch, list(range(n)))
     return out
 
 
@@ -126,8 +127,8 @@ def _embeddings(batch: dict[str, np.ndarray], rows: list[int], model: str, colum
 
 
 def _tracks(batch: dict[str, Any], rows: list[int]) -> pa.Table:
-    """The track summaries the track stage put on a video's last frame row (``tracks`` column,
-    ``tables.TRACK_LIST``)."""
+    """The track summaries the track stage put on a video's last row (``tracks`` column,
+    ``tables.TRACK_LIST``), whether that row is a frame or an error."""
     column = batch["tracks"]
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()

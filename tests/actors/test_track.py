@@ -150,6 +150,56 @@ def pa_array(values):
 
 
 
+def _banner_tailed_video(path: Path) -> Path:
+    """Six good frames, then a 2x6000 tail (a new picture size mid-stream): SAM's resize of the
+    banner has no rows, so the video's last chunk fails in the tracker, as a real input can."""
+    from tests.helpers.videos import make_video
+
+    path.write_bytes(make_video("mpegts", "libx264", n_frames=6)
+                     + make_video("mpegts", "libx264", n_frames=3, width=6000, height=2))
+    return path
+
+
+def test_a_video_whose_last_chunk_fails_keeps_its_tracks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    video = _banner_tailed_video(tmp_path / "banner.ts")
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(still)
+    chunks = list(_stage(chunk_frames=4, reseed_s=0.5)(pending_batch([video], still)))[1:]
+    rows = {name: concat([c[name] for c in chunks]) for name in chunks[0]}
+    assert [str(e) for e in rows["error_type"]] == [""] * 6 + ["runtime_error"] * 3
+    assert set(rows["error_stage"][6:]) == {"track"}
+
+    tables = build_tables(rows, run_id="r1")
+    annotations, tracks, images = tables["annotations"], tables["tracks"], tables["images"]
+    assert images.num_rows == 6 and tables["errors"].num_rows == 3
+    assert annotations.num_rows > 0 and annotations["track_id"].null_count == 0
+    assert tracks.num_rows > 0  # carried by the failed chunk's last row, not lost with it
+    assert_tracks_agree(tracks, annotations, images)
+
+
+def test_a_later_stage_failing_a_videos_last_row_keeps_its_tracks(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from samflow.actors.batch import mark_error
+    from tests.helpers.videos import make_video
+
+    video = tmp_path / "clip.mkv"
+    video.write_bytes(make_video("matroska", "mpeg4", n_frames=6))
+    still = tmp_path / "still.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(still)
+    chunks = list(_stage(chunk_frames=4, reseed_s=0.5)(pending_batch([video], still)))[1:]
+    rows = {name: concat([c[name] for c in chunks]) for name in chunks[0]}
+    tracked = build_tables(rows, run_id="r1")["tracks"]
+    mark_error(rows, len(rows["uri"]) - 1, "embed", RuntimeError("out of memory"))  # as a later stage does
+
+    tables = build_tables(rows, run_id="r1")
+    assert tables["errors"]["stage"].to_pylist() == ["embed"]
+    assert tables["tracks"].to_pylist() == tracked.to_pylist() and tracked.num_rows > 0
+    assert set(tables["annotations"]["track_id"].to_pylist()) <= set(tracked["track_id"].to_pylist())
+
+
 def test_a_picture_size_change_mid_stream_restarts_tracking_without_errors(tmp_path: Path) -> None:
     from PIL import Image
 

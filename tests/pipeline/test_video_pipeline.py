@@ -1,6 +1,7 @@
 """Videos through the whole run (local Ray, Prefect, tiny models): frames stream out of the
 track stage with track ids, the tracks/ table agrees with the annotation rows, images are
-untouched, a cut-short video keeps its frames plus one error row, and the MOT and YouTube-VIS
+untouched, a cut-short video keeps its frames plus one error row, a video whose last chunk fails
+keeps its tracks, and the MOT and YouTube-VIS
 exports of the committed rows load back."""
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def video_run(tmp_path_factory, ray_cluster, prefect_server):
     (src / "pan.mp4").write_bytes(make_video("mp4", "libx264", rate=10, n_frames=8))
     whole = make_video("webm", "libvpx-vp9", rate=10, n_frames=25)
     (src / "cut.webm").write_bytes(whole[: len(whole) // 2])
+    # six good frames, then a 2x6000 tail that fails the tracker: its last chunk is error rows
+    (src / "banner.ts").write_bytes(make_video("mpegts", "libx264", rate=10, n_frames=6)
+                                    + make_video("mpegts", "libx264", rate=10, n_frames=3, width=6000, height=2))
     Image.fromarray(np.full((40, 56, 3), 120, np.uint8)).save(src / "still.png")
     dst = str(tmp_path_factory.mktemp("videos_out") / "out")
     cfg = load_config(profile="tiny", overrides=[
@@ -55,10 +59,11 @@ def test_every_sampled_frame_is_an_image_row_and_the_still_is_untouched(video_ru
         frames.setdefault(Path(uri).name, []).append(index)
     assert sorted(frames["walk.mkv"]) == list(range(12))
     assert sorted(frames["pan.mp4"]) == list(range(8))
+    assert sorted(frames["banner.ts"]) == list(range(6))
     assert frames["still.png"] == [0]
     assert 0 < len(frames["cut.webm"]) < 25
-    errors = [(Path(r["uri"]).name, r["error_type"]) for r in t["errors"].to_pylist()]
-    assert errors == [("cut.webm", "truncated")]
+    errors = sorted((Path(r["uri"]).name, r["stage"], r["error_type"]) for r in t["errors"].to_pylist())
+    assert errors == [("banner.ts", "track", "runtime_error")] * 3 + [("cut.webm", "decode", "truncated")]
 
 
 def test_video_masks_carry_track_ids_that_the_tracks_table_summarises(video_run) -> None:
@@ -66,7 +71,7 @@ def test_video_masks_carry_track_ids_that_the_tracks_table_summarises(video_run)
     t = _tables(dst)
     images, annotations, tracks = t["images"], t["annotations"], t["tracks"]
     still = images.filter(pc.match_substring(images["uri"], "still.png"))["item_id"].to_pylist()
-    for name in ("walk.mkv", "pan.mp4", "cut.webm"):
+    for name in ("walk.mkv", "pan.mp4", "cut.webm", "banner.ts"):  # banner.ts: its last chunk failed
         items = images.filter(pc.match_substring(images["uri"], name))["item_id"]
         ann = annotations.filter(pc.is_in(annotations["item_id"], items))
         assert ann.num_rows > 0 and ann["track_id"].null_count == 0
@@ -81,7 +86,7 @@ def test_mot_export_loads_back_and_matches_the_tracked_masks(video_run, tmp_path
     _, dst, _ = video_run
     assert main(["export", "mot", dst, str(tmp_path / "mot")]) == 0
     index = json.loads((tmp_path / "mot" / "videos.json").read_text())
-    assert sorted(Path(v["uri"]).name for v in index.values()) == ["cut.webm", "pan.mp4", "walk.mkv"]
+    assert sorted(Path(v["uri"]).name for v in index.values()) == ["banner.ts", "cut.webm", "pan.mp4", "walk.mkv"]
     t = _tables(dst)
     frame_of = dict(zip(t["images"]["item_id"].to_pylist(), t["images"]["frame_index"].to_pylist()))
     uri_of = dict(zip(t["images"]["item_id"].to_pylist(), t["images"]["uri"].to_pylist()))
@@ -107,7 +112,7 @@ def test_ytvis_export_loads_back_with_pycocotools(video_run, tmp_path) -> None:
     assert main(["export", "ytvis", dst, str(out)]) == 0
     data = json.loads(out.read_text())
     t = _tables(dst)
-    assert len(data["videos"]) == 3
+    assert len(data["videos"]) == 4
     assert len(data["annotations"]) == t["tracks"].num_rows
     videos = {v["id"]: v for v in data["videos"]}
     tracks = {(r["uri"], r["track_id"]): r for r in t["tracks"].to_pylist()}
