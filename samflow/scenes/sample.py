@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from skimage import draw
 
 GT_DIR = "_gt"
 MAX_SIDE = 512
@@ -34,8 +35,6 @@ SKIMAGE_IMAGES: tuple[tuple[str, str], ...] = (
     ("camera", "PNG"),
     ("coins", "PNG"),
 )
-
-ShapeMask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 # --- synthetic scenes --------------------------------------------------------------------------
@@ -63,49 +62,43 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray | None) -> n
     return colour
 
 
-def _disc(rng: np.random.Generator, height: int, width: int) -> ShapeMask:
+def _disc(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     r = rng.uniform(0.08, 0.2) * min(height, width)
     cy, cx = rng.uniform(r, height - r), rng.uniform(r, width - r)
-    return lambda yy, xx: (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    return _mask(height, width, draw.disk((cy, cx), r, shape=(height, width)))
 
 
-def _box(rng: np.random.Generator, height: int, width: int) -> ShapeMask:
+def _box(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     h, w = rng.uniform(0.15, 0.4) * height, rng.uniform(0.15, 0.4) * width
     y0, x0 = rng.uniform(0, height - h), rng.uniform(0, width - w)
-    return lambda yy, xx: (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
+    start, end = (int(np.ceil(y0)), int(np.ceil(x0))), (int(np.ceil(y0 + h)) - 1, int(np.ceil(x0 + w)) - 1)
+    return _mask(height, width, draw.rectangle(start, end=end, shape=(height, width)))
 
 
-def _ellipse(rng: np.random.Generator, height: int, width: int) -> ShapeMask:
+def _ellipse(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     a, b = rng.uniform(0.1, 0.25) * width, rng.uniform(0.05, 0.15) * height
     cy, cx = rng.uniform(b + a * 0.5, height - b - a * 0.5), rng.uniform(a, width - a)
     theta = rng.uniform(0, np.pi)
-    cos, sin = np.cos(theta), np.sin(theta)
-
-    def inside(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        u = (xx - cx) * cos + (yy - cy) * sin
-        v = -(xx - cx) * sin + (yy - cy) * cos
-        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-
-    return inside
+    # skimage's rotation turns the row axis towards the column axis: the opposite sense of theta
+    return _mask(height, width, draw.ellipse(cy, cx, b, a, shape=(height, width), rotation=-theta))
 
 
-def _triangle(rng: np.random.Generator, height: int, width: int) -> ShapeMask:
+def _triangle(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     size = rng.uniform(0.2, 0.4) * min(height, width)
     cy, cx = rng.uniform(size, height - size / 2), rng.uniform(size, width - size)
     turn = rng.uniform(0, 2 * np.pi)
-    angles = [turn + k * 2 * np.pi / 3 for k in range(3)]
-    corners = [(cy + size * np.sin(a), cx + size * np.cos(a)) for a in angles]
-
-    def inside(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        sides = []
-        for (y1, x1), (y2, x2) in zip(corners, corners[1:] + corners[:1]):
-            sides.append((x2 - x1) * (yy - y1) - (y2 - y1) * (xx - x1) >= 0)
-        return (sides[0] & sides[1] & sides[2]) | (~sides[0] & ~sides[1] & ~sides[2])
-
-    return inside
+    angles = np.array([turn + k * 2 * np.pi / 3 for k in range(3)])
+    rows, cols = cy + size * np.sin(angles), cx + size * np.cos(angles)
+    return _mask(height, width, draw.polygon(rows, cols, shape=(height, width)))
 
 
-SHAPES: dict[str, Callable[[np.random.Generator, int, int], ShapeMask]] = {
+def _mask(height: int, width: int, pixels: tuple[np.ndarray, ...]) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[pixels[0], pixels[1]] = True
+    return mask
+
+
+SHAPES: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "disc": _disc,
     "box": _box,
     "ellipse": _ellipse,
@@ -124,7 +117,7 @@ def synthetic_scene(
     names = [str(n) for n in rng.choice(sorted(SHAPES), size=n_shapes)]
     full_areas = []
     for index, name in enumerate(names):
-        inside = SHAPES[name](rng, height, width)(yy, xx)
+        inside = SHAPES[name](rng, height, width)
         full_areas.append(int(inside.sum()))
         colour = _contrasting_colour(rng, image[inside].mean(axis=0) if inside.any() else None)
         shading = 1.0 + 0.15 * (xx - xx.mean()) / width  # a soft light gradient across objects
