@@ -240,7 +240,8 @@ def missing(module: str) -> str | None:
 
 def matched(meta_records: list[list[dict]], ours: list[list[dict]]) -> tuple[int, int]:
     """(Meta's masks with a twin in ours at IoU >= MATCH_IOU, Meta's masks), one to one: within
-    each grid point, pairs are taken greedily by IoU, each mask used once."""
+    each grid point, pairs are taken greedily by IoU, each mask used once. Masks are compared by
+    their RLE, not their boxes: Meta's end on the mask's last pixel, samflow's are COCO's (toBbox)."""
     from pycocotools import mask as mask_utils
 
     hits = total = 0

@@ -28,6 +28,7 @@ from samflow.actors.batch import (
 )
 from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.schemas import masks as mask_column
+from samflow.schemas import rle
 
 if TYPE_CHECKING:
     from samflow.config import RunConfig
@@ -121,11 +122,10 @@ def concept_records(per_prompt: Sequence[Any], prompts: Sequence[str]) -> list[d
     records = []
     for prompt, inst in zip(prompts, per_prompt, strict=True):
         for k in range(len(inst.scores)):
-            x0, y0, x1, y1 = (float(v) for v in inst.mask_boxes[k])
             h, w = inst.segmentations[k]["size"]
             records.append({
                 "segmentation": inst.segmentations[k],
-                "bbox": [x0, y0, x1 - x0, y1 - y0],  # SAM's convention: inclusive max
+                "bbox": rle.to_bbox(inst.segmentations[k]),
                 "area": int(inst.areas[k]),
                 "predicted_iou": None,
                 "stability_score": None,

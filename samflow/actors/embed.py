@@ -16,13 +16,16 @@ a track's rows keep the label its tracks/ row has.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import torch
 from pydantic import Field
+from torchvision.ops import box_convert, clip_boxes_to_image
 
 from samflow.actors.batch import (
     Batch,
@@ -64,15 +67,14 @@ class EmbedConfig(StageConfig):
 
 
 def mask_crop(image: np.ndarray, bbox: Sequence[float], factor: int) -> np.ndarray:
-    """The pixels under a mask's [x, y, w, h] box (original coordinates, inclusive max, SAM's
-    convention), cut from ``image`` which is the original enlarged ``factor`` times."""
+    """The pixels under a mask's COCO [x, y, w, h] box (original coordinates), cut from ``image``
+    which is the original enlarged ``factor`` times; at least one pixel."""
     height, width = image.shape[:2]
-    x, y, w, h = (float(v) for v in bbox)
-    x0 = min(max(int(np.floor(x * factor)), 0), width - 1)
-    y0 = min(max(int(np.floor(y * factor)), 0), height - 1)
-    x1 = min(max(int(np.ceil((x + w + 1) * factor)), x0 + 1), width)
-    y1 = min(max(int(np.ceil((y + h + 1) * factor)), y0 + 1), height)
-    return np.ascontiguousarray(image[y0:y1, x0:x1])
+    xyxy = box_convert(torch.tensor([list(bbox)], dtype=torch.float64) * factor, "xywh", "xyxy")
+    x0, y0, x1, y1 = clip_boxes_to_image(xyxy, (height, width))[0].tolist()
+    left, top = min(math.floor(x0), width - 1), min(math.floor(y0), height - 1)
+    right, bottom = max(math.ceil(x1), left + 1), max(math.ceil(y1), top + 1)
+    return np.ascontiguousarray(image[top:bottom, left:right])
 
 
 class EmbedStage:

@@ -17,17 +17,16 @@ def mask_record(
     mask: np.ndarray, *, source: str, label: str | None = None, label_score: float | None = None,
     proposal_score: float | None = None,
 ) -> dict[str, Any] | None:
-    """One SA-1B record of a (H, W) bool mask; None for an empty mask. ``bbox`` follows the
-    engine's convention ([x, y, w, h] with w = x_max - x_min)."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
+    """One SA-1B record of a (H, W) bool mask; None for an empty mask."""
+    segmentation = rle.encode(np.ascontiguousarray(mask, dtype=bool))
+    area = rle.area(segmentation)
+    if area == 0:
         return None
-    x0, y0 = int(xs.min()), int(ys.min())
     height, width = mask.shape
     return {
-        "segmentation": rle.encode(np.ascontiguousarray(mask, dtype=bool)),
-        "bbox": [float(x0), float(y0), float(xs.max() - x0), float(ys.max() - y0)],
-        "area": int(xs.size),
+        "segmentation": segmentation,
+        "bbox": rle.to_bbox(segmentation),
+        "area": area,
         "predicted_iou": None,
         "stability_score": None,
         "point_coords": [],

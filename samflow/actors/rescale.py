@@ -30,14 +30,6 @@ def downscale_mask(mask: np.ndarray, factor: int) -> np.ndarray:
     return counts.astype(np.uint32) * 2 >= factor * factor
 
 
-def _sam_bbox(mask: np.ndarray) -> list[float]:
-    """SAM's [x, y, w, h]: top-left pixel, w = x_max - x (inclusive max, as the engine writes)."""
-    cols = np.flatnonzero(mask.any(axis=0))
-    rows = np.flatnonzero(mask.any(axis=1))
-    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
 def _scale_xywh(box: list[float], factor: float) -> list[float]:
     return [float(v) / factor for v in box]
 
@@ -51,7 +43,7 @@ def record_to_original(record: dict[str, Any], factor: int) -> dict[str, Any] | 
     out = dict(record)
     out["segmentation"] = rle.encode(mask)
     out["area"] = area
-    out["bbox"] = _sam_bbox(mask)
+    out["bbox"] = rle.to_bbox(out["segmentation"])
     out["point_coords"] = [[float(x) / factor, float(y) / factor] for x, y in record.get("point_coords") or []]
     if record.get("crop_box") is not None:
         out["crop_box"] = _scale_xywh(record["crop_box"], factor)

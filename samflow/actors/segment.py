@@ -110,7 +110,7 @@ def label_box_records(
         if candidates.size == 0:
             continue
         x, y, w, h = record["bbox"]
-        best = max(candidates, key=lambda i: _iou(boxes[i], (x, y, x + w + 1, y + h + 1)))
+        best = max(candidates, key=lambda i: _iou(boxes[i], (x, y, x + w, y + h)))
         if labels[best]:
             record["label"], record["label_score"] = labels[best], float(scores[best])
 

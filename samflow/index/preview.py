@@ -67,7 +67,7 @@ def _card_html(card: Card, page: int, section: str) -> str:
         label = mask.get("label") or ""
         score = mask.get("label_score") if mask.get("label_score") is not None else mask.get("predicted_iou")
         text = html.escape(f"{label} {score:.2f}" if score is not None else label)
-        boxes.append(f'<rect x="{x}" y="{y}" width="{w + 1}" height="{h + 1}" stroke="rgb({r},{g},{b})"/>'
+        boxes.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" stroke="rgb({r},{g},{b})"/>'
                      f'<text x="{x + 2}" y="{y + 12}" fill="rgb({r},{g},{b})">{text}</text>')
         legend.append(f'<li><span class="swatch" style="background:rgb({r},{g},{b})"></span>{text or "mask"}</li>')
     layer = ""

@@ -38,7 +38,7 @@ CONCEPT_SOURCE = "concept"
 MASK = pa.struct(
     [
         ("segmentation", RLE_TYPE),
-        ("bbox", BBOX_TYPE),  # [x, y, w, h], SAM's convention, original image coordinates
+        ("bbox", BBOX_TYPE),  # [x, y, w, h], pycocotools' toBbox of the RLE, original image coordinates
         ("area", pa.int64()),
         ("predicted_iou", pa.float32()),
         ("stability_score", pa.float32()),

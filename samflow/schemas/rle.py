@@ -1,18 +1,16 @@
-"""COCO run-length encoding, bit-exact with pycocotools.
+"""COCO run-length encoding, through pycocotools.
 
 A COCO RLE is ``{"size": [h, w], "counts": str}``: runs of 0s and 1s over the mask flattened in
 column-major (Fortran) order, starting with a (possibly empty) run of 0s, then compressed to a
-string with the LEB128-like scheme of ``maskApi.c`` (deltas against the run two back, 5 bits a
-character, offset by 48).
-
-Encoding, area and box go through pycocotools' C code; decoding checks that the runs cover the
-mask exactly first (pycocotools trusts the counts and would write past its buffer), so it reads
-the counts here.
+string (``maskApi.c``). Encoding, decoding, area and box are pycocotools' C code; a box is
+``toBbox``'s ``[x, y, w, h]`` with ``x + w`` one past the last column (COCO's convention), the
+box every table and export carries. :func:`string_to_counts` reads a counts string's runs:
+pycocotools trusts a string to cover its mask, so input that may not is checked with it.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -55,30 +53,40 @@ def encode(mask: np.ndarray) -> Rle:
     return {"size": [int(h), int(w)], "counts": encoded["counts"].decode("ascii")}
 
 
-def decode(rle: Rle) -> np.ndarray:
-    """Decode a COCO RLE (string or list ``counts``) to a boolean (h, w) mask."""
+def to_pycocotools(rle: Rle | dict[str, Any]) -> dict[str, Any]:
+    """The RLE as pycocotools takes it: compressed ``bytes`` counts (list counts are compressed)."""
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
-    runs = string_to_counts(counts) if isinstance(counts, str) else np.asarray(counts, np.int64)
-    if int(runs.sum()) != h * w:
-        raise ValueError(f"RLE counts sum to {int(runs.sum())}, expected {h * w} for size {[h, w]}")
-    values = np.zeros(runs.size, dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, runs)
-    return flat.reshape((w, h)).T.copy()
+    if isinstance(counts, str):
+        return {"size": [h, w], "counts": counts.encode("ascii")}
+    if isinstance(counts, bytes):
+        return {"size": [h, w], "counts": counts}
+    runs = [int(c) for c in counts]
+    if sum(runs) != h * w or min(runs, default=0) < 0:
+        raise ValueError(f"RLE counts sum to {sum(runs)}, expected {h * w} for size {[h, w]}")
+    return coco_mask.frPyObjects({"size": [h, w], "counts": runs}, h, w)
 
 
-def area(rle: Rle) -> int:
-    counts = rle["counts"]
-    runs = string_to_counts(counts) if isinstance(counts, str) else np.asarray(counts, np.int64)
-    return int(runs[1::2].sum())
+def decode(rle: Rle | dict[str, Any]) -> np.ndarray:
+    """Decode a COCO RLE (string or list ``counts``) to a boolean (h, w) mask; ValueError when
+    the runs do not cover the mask exactly."""
+    h, w = (int(v) for v in rle["size"])
+    if h * w == 0:
+        return np.zeros((h, w), dtype=bool)
+    theirs = to_pycocotools(rle)
+    mask = coco_mask.decode(theirs)  # refuses runs past the end, not runs that stop short
+    if coco_mask.encode(mask)["counts"] != theirs["counts"]:
+        # Not the canonical string of what was decoded: valid only when its runs cover the mask.
+        runs = string_to_counts(theirs["counts"].decode("ascii"))
+        if int(runs.sum()) != h * w:
+            raise ValueError(f"RLE counts sum to {int(runs.sum())}, expected {h * w} for size {[h, w]}")
+    return np.ascontiguousarray(mask.view(bool))
 
 
-def to_bbox(rle: Rle) -> list[float]:
-    """Tight [x, y, w, h] box of the mask, as pycocotools' ``toBbox``."""
-    mask = decode(rle)
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    x0, y0 = float(xs.min()), float(ys.min())
-    return [x0, y0, float(xs.max()) - x0 + 1.0, float(ys.max()) - y0 + 1.0]
+def area(rle: Rle | dict[str, Any]) -> int:
+    return int(coco_mask.area(to_pycocotools(rle)))
+
+
+def to_bbox(rle: Rle | dict[str, Any]) -> list[float]:
+    """The mask's [x, y, w, h] box, pycocotools' ``toBbox`` ([0, 0, 0, 0] for an empty mask)."""
+    return [float(v) for v in coco_mask.toBbox(to_pycocotools(rle))]

@@ -178,8 +178,8 @@ def test_embed_verifies_concept_masks_and_labels_the_rest():
     grid = [r for r in records if r["source"] == "grid"]
     assert [r["label"] for r in concepts] == ["box", "slab", "box"]  # SAM 3's labels stay
     assert [r["label_score"] for r in concepts] == pytest.approx([0.9, 0.8, 0.7])
-    crops = [image[int(r["bbox"][1]): int(r["bbox"][1] + r["bbox"][3]) + 1,
-                   int(r["bbox"][0]): int(r["bbox"][0] + r["bbox"][2]) + 1] for r in concepts]
+    crops = [image[int(r["bbox"][1]): int(r["bbox"][1] + r["bbox"][3]),
+                   int(r["bbox"][0]): int(r["bbox"][0] + r["bbox"][2])] for r in concepts]
     probs = embed.clip.label_probabilities(embed.clip.embed_images(crops), VOCABULARY, ["{}"])
     for r, p in zip(concepts, probs):
         own = VOCABULARY.index(r["label"])

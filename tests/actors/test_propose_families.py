@@ -57,7 +57,8 @@ def test_maskrcnn_rows_of_an_upscaled_image_are_in_original_coordinates():
     for record in records:
         assert record["segmentation"]["size"] == [24, 32]
         x, y, w, h = record["bbox"]
-        assert 0 <= x <= x + w < 32 and 0 <= y <= y + h < 24
+        assert 0 <= x < x + w <= 32 and 0 <= y < y + h <= 24
+        assert record["bbox"] == rle.to_bbox(record["segmentation"])
 
 
 @pytest.mark.parametrize("family", ["detr", "maskrcnn"])

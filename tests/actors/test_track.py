@@ -63,7 +63,7 @@ def test_seed_frame_records_keep_the_segment_record_and_propagated_ones_say_trac
     for records in per_frame[1:]:
         (record,) = records
         assert record["source"] == "track" and record["track_id"] == 1
-        assert record["bbox"][2:] == [9.0, 9.0] and record["area"] == 100  # SAM's inclusive x + w
+        assert record["bbox"][2:] == [10.0, 10.0] and record["area"] == 100  # COCO's box of a 10 x 10 square
         assert record["predicted_iou"] > 0.99
 
 

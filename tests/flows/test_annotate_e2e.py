@@ -117,8 +117,8 @@ def test_annotations_are_valid_rle_inside_their_image(first_run, s3_fs):
         assert rle.encode(mask)["counts"] == row["segmentation"]["counts"]
         x, y, w, h = row["bbox"]
         ys, xs = np.nonzero(mask)
-        # SA-1B / SAM convention: x + w is the last column of the mask (inclusive), not one past.
-        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max(), ys.max()))
+        # COCO's convention (pycocotools' toBbox): x + w is one past the mask's last column.
+        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
 
 
 def test_embeddings_are_unit_vectors_one_per_image(first_run, s3_fs):

@@ -194,11 +194,10 @@ def small_regions(records: list[dict], area: int, threshold: float) -> list[dict
 
 def finish(r: dict, h: int, w: int) -> dict:
     rle = coco_mask.encode(np.asfortranarray(r["mask"].astype(np.uint8)))
-    x0, y0, x1, y1 = r["box"]
     cx0, cy0, cx1, cy1 = r["crop_xyxy"]
     return {
         "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        "bbox": [float(v) for v in coco_mask.toBbox(rle)],  # COCO's box; SAM's ends on the last pixel
         "area": int(r["mask"].sum()),
         "predicted_iou": r["predicted_iou"],
         "stability_score": r["stability_score"],

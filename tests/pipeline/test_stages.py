@@ -176,8 +176,8 @@ def test_small_image_is_upscaled_and_reported_in_original_coordinates(full_run):
         assert int(mask.sum()) == row["area"] > 0
         x, y, w, h = row["bbox"]
         ys, xs = np.nonzero(mask)
-        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max(), ys.max()))
-        assert 0 <= x <= x + w < SMALL[1] and 0 <= y <= y + h < SMALL[0]
+        assert (x, y, x + w, y + h) == pytest.approx((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        assert 0 <= x < x + w <= SMALL[1] and 0 <= y < y + h <= SMALL[0]
         cx, cy, cw, ch = row["crop_box"]
         assert 0 <= cx and 0 <= cy and cx + cw <= SMALL[1] and cy + ch <= SMALL[0]
         for px, py in row["point_coords"]:
@@ -253,7 +253,7 @@ def test_records_map_back_exactly_from_a_nearest_neighbour_upscale():
     assert back["segmentation"] == rle.encode(original)
     assert back["area"] == int(original.sum())
     ys, xs = np.nonzero(original)
-    assert back["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]
+    assert back["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
     assert back["point_coords"] == [[2.0, 3.0]]
     assert back["crop_box"] == [0.0, 0.0, 13.0, 9.0]
 
@@ -262,7 +262,7 @@ def test_block_majority_and_vanishing_masks():
     thin = np.zeros((8, 8), dtype=bool)
     thin[0, :] = True  # one upscaled row of 4x4 blocks = a quarter of each block: under half
     assert not downscale_mask(thin, 4).any()
-    record = {"segmentation": rle.encode(thin), "bbox": [0, 0, 7, 0], "point_coords": [], "crop_box": None}
+    record = {"segmentation": rle.encode(thin), "bbox": [0, 0, 8, 1], "point_coords": [], "crop_box": None}
     assert records_to_original([record], 4) == []
     half = np.zeros((4, 4), dtype=bool)
     half[0:2, 0] = True  # half of the top-left 2x2 block is in: the pixel is in
@@ -271,7 +271,7 @@ def test_block_majority_and_vanishing_masks():
 
 def test_mask_crop_covers_the_box_in_upscaled_pixels():
     image = np.arange(20 * 24 * 3, dtype=np.uint8).reshape(20, 24, 3)
-    crop = mask_crop(image, [1, 2, 3, 1], factor=2)  # columns 1..4, rows 2..3 of a 12x10 original
+    crop = mask_crop(image, [1, 2, 4, 2], factor=2)  # columns 1..4, rows 2..3 of a 12x10 original
     np.testing.assert_array_equal(crop, image[4:8, 2:10])
 
 

@@ -37,6 +37,17 @@ def test_decode_round_trip(mask):
     np.testing.assert_array_equal(decoded, mask)
 
 
-def test_decode_rejects_counts_that_do_not_cover_the_image():
-    with pytest.raises(ValueError, match="expected 12"):
-        rle.decode({"size": [3, 4], "counts": [5, 2]})
+@pytest.mark.parametrize("counts", [[5, 2], [5, 8], "52", "0="], ids=["list-short", "list-long", "short", "long"])
+def test_decode_rejects_counts_that_do_not_cover_the_image(counts):
+    with pytest.raises(ValueError):
+        rle.decode({"size": [3, 4], "counts": counts})
+
+
+def test_decode_takes_a_valid_string_pycocotools_would_not_write():
+    # runs 0, 2, 0, 2 (an empty run inside): the same mask as the canonical "04"
+    assert rle.decode({"size": [2, 2], "counts": "02000"}).all()
+
+
+def test_box_and_area_of_list_counts():
+    assert rle.to_bbox({"size": [3, 4], "counts": [4, 2, 6]}) == [1.0, 1.0, 1.0, 2.0]
+    assert rle.area({"size": [3, 4], "counts": [4, 2, 6]}) == 2

@@ -4,7 +4,9 @@ torchvision.ops does the standard work (``box_iou``, ``box_area``, ``nms``: SAM'
 calls the same kernels, so results match it exactly, ties included). What torchvision lacks is
 kept here: NMS with *protected* boxes (box-prompt masks survive the small-region NMS) and the
 crop-edge test. ``masks_to_boxes`` stays ours: it returns SAM's integer boxes and reads the masks
-as bytes, several times faster on CPU than torchvision's float version (same values).
+as bytes, several times faster on CPU than torchvision's float version (same values). SAM's boxes
+end on the mask's last pixel (NMS and filters use them so, as SAM does); records carry
+:func:`coco_xywh`, pycocotools' ``toBbox`` of the mask.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     x0, x1 = _first_last(cols, w)
     boxes = torch.stack([x0, y0, x1, y1], dim=1)
     return boxes * rows.any(dim=1, keepdim=True)
+
+
+def coco_xywh(boxes: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """(N, 4) int xyxy with inclusive max (:func:`masks_to_boxes`) and the masks' (N,) areas ->
+    (N, 4) float64 COCO [x, y, w, h], ``toBbox``'s box of the same mask ([0, 0, 0, 0] when empty;
+    the area tells an empty mask from one pixel at the origin)."""
+    nonempty = (areas > 0).unsqueeze(1).to(boxes.device)
+    one_past = boxes.double() + torch.tensor([0, 0, 1, 1], dtype=torch.float64, device=boxes.device) * nonempty
+    return tvops.box_convert(one_past, "xyxy", "xywh")
 
 
 def _first_last(present: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 from samflow.models.amg import rle_torch
-from samflow.models.amg.boxes import box_area, box_iou, masks_to_boxes, nms
+from samflow.models.amg.boxes import box_area, box_iou, coco_xywh, masks_to_boxes, nms
 from samflow.models.amg.filters import remove_small_regions
 from samflow.models.amg.grid import crop_boxes, layer_point_grids
 from samflow.models.amg.maskset import MaskSet
@@ -78,8 +79,8 @@ class MaskGenerator:
          "predicted_iou": float, "stability_score": float, "point_coords": [[x, y]] or [],
          "crop_box": [x, y, w, h], "source": "grid" | "box", "proposal_score": float | None}
 
-    ``bbox`` follows SAM's generator: x, y of the top-left pixel, w = x_max - x (max inclusive,
-    so a one-pixel mask has w = 0). Box prompts have ``point_coords == []``.
+    ``bbox`` is COCO's (pycocotools' ``toBbox`` of the RLE: a one-pixel mask has w = 1; SAM's own
+    generator writes w = 0). Box prompts have ``point_coords == []``.
     ``timings`` holds encode / decode / postprocess seconds of the last call.
     """
 
@@ -305,10 +306,8 @@ def _records(masks: MaskSet, hw: tuple[int, int]) -> list[dict[str, Any]]:
     """SA-1B records; one host transfer per field."""
     counts = masks.counts
     area = masks.areas.tolist()
-    boxes = masks.boxes.cpu().numpy()
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).astype(float).tolist()
-    crops = masks.crop_boxes.cpu().numpy()
-    crop_xywh = np.concatenate([crops[:, :2], crops[:, 2:] - crops[:, :2]], axis=1).astype(float).tolist()
+    xywh = coco_xywh(masks.boxes, masks.areas).tolist()
+    crop_xywh = box_convert(masks.crop_boxes.double(), "xyxy", "xywh").tolist()
     iou = masks.iou_preds.tolist()
     stability = masks.stability.tolist()
     points = masks.points.tolist()

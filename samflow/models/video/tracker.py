@@ -273,7 +273,7 @@ def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label:
         stability = high / low if low else 0.0
     return {
         "segmentation": segmentation,
-        "bbox": _bbox(mask),
+        "bbox": rle.to_bbox(segmentation),
         "area": int(mask.sum()),
         "predicted_iou": score,
         "stability_score": stability,
@@ -285,12 +285,3 @@ def _record(mask: np.ndarray, logits: torch.Tensor | None, track_id: int, label:
         "label_score": label_score,
         "track_id": track_id,
     }
-
-
-def _bbox(mask: np.ndarray) -> list[float]:
-    """[x, y, w, h] of a non-empty mask in the segment engine's (SAM's) convention: x + w is the
-    mask's last column, inclusive, so tracked and segmented boxes compare as they are."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0]), float(rows[-1] - rows[0])]

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.models.amg.boxes import MAX_NMS_ROUNDS, masks_to_boxes, near_crop_edge, nms
+from pycocotools import mask as coco_mask
+
+from samflow.models.amg.boxes import MAX_NMS_ROUNDS, coco_xywh, masks_to_boxes, near_crop_edge, nms
 from tests.helpers import reference_amg as ref
 
 
@@ -20,6 +22,21 @@ def test_masks_to_boxes_matches_numpy() -> None:
     boxes = masks_to_boxes(torch.from_numpy(masks))
     assert boxes.tolist() == [ref.tight_box(m) for m in masks]
     assert boxes[5].tolist() == [0, 0, 0, 0]
+
+
+def test_record_boxes_are_pycocotools_to_bbox() -> None:
+    rng = np.random.default_rng(1)
+    masks = rng.random((8, 13, 17)) < rng.random((8, 1, 1)) * 0.2
+    masks[0] = False
+    masks[1] = False
+    masks[1, 0, 0] = True  # one pixel at the origin: SAM's box is the empty mask's, toBbox's is not
+    masks[2] = True
+    tensor = torch.from_numpy(masks)
+    areas = tensor.flatten(1).sum(1)
+    got = coco_xywh(masks_to_boxes(tensor), areas).tolist()
+    encoded = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    assert got == coco_mask.toBbox(encoded).tolist()
+    assert got[:3] == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 17, 13]]
 
 
 def reference_nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, protected=None) -> list[int]:

@@ -64,8 +64,9 @@ def test_records_are_sa1b_rows() -> None:
             assert r["segmentation"]["size"] == [h, w] and isinstance(r["segmentation"]["counts"], str)
             mask = rle.decode(r["segmentation"])
             assert r["area"] == int(mask.sum()) == rle.area(r["segmentation"])
-            x, y, bw, bh = r["bbox"]
-            assert [x, y, bw + 1, bh + 1] == rle.to_bbox(r["segmentation"])  # SAM: inclusive max
+            ys, xs = np.nonzero(mask)
+            assert r["bbox"] == rle.to_bbox(r["segmentation"])  # COCO's box: x + w one past the last column
+            assert r["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
             assert r["crop_box"] == [0.0, 0.0, float(w), float(h)]
             (px, py), = r["point_coords"]
             assert mask[int(py), int(px)]
