@@ -23,9 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import torch
 from pydantic import Field
-from torchvision.ops import box_convert, clip_boxes_to_image
 
 from samflow.actors.batch import (
     Batch,
@@ -69,6 +67,9 @@ class EmbedConfig(StageConfig):
 def mask_crop(image: np.ndarray, bbox: Sequence[float], factor: int) -> np.ndarray:
     """The pixels under a mask's COCO [x, y, w, h] box (original coordinates), cut from ``image``
     which is the original enlarged ``factor`` times; at least one pixel."""
+    import torch  # not at import time: the config imports this module in torch-free workers
+    from torchvision.ops import box_convert, clip_boxes_to_image
+
     height, width = image.shape[:2]
     xyxy = box_convert(torch.tensor([list(bbox)], dtype=torch.float64) * factor, "xywh", "xyxy")
     x0, y0, x1, y1 = clip_boxes_to_image(xyxy, (height, width))[0].tolist()
