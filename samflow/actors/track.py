@@ -1,35 +1,21 @@
 """Track stage: each video, decoded, seeded and tracked in order by one actor, leaves as chunks.
 
-Ray Data hands a stage batches of rows, and any actor of the pool may get any batch: frames of
-one video spread over actors would lose their order and the tracker's state. So this stage is
-fused per video (decode -> seed frames -> SAM 2 / SAM 3 tracker propagation -> rows): the decode
-stage passes each video on as one ``video_pending`` row without pixels, and here one actor
-streams that video's frames, a chunk of ``input.video.chunk_frames`` at a time, through the
-seed engine and the tracker, and yields each chunk's frame rows as soon as they are done. The
-actor holds one chunk (plus the one it is about to emit) at any moment, whatever the length;
-the graph keeps streaming across videos, because a video is a row like any other until here.
+Any actor of a pool may get any batch, so frames of one video spread over actors would lose
+their order and the tracker's state. The stage is therefore fused per video: decode passes a
+video on as one ``video_pending`` row, and here one actor streams its frames a chunk
+(``input.video.chunk_frames``) at a time through the seed engine and the tracker (SAM 2 / 2.1 or
+SAM 3's tracker, by the video model's family), yielding each chunk's frame rows when done. The
+actor holds one chunk at a time, whatever the video's length.
 
-Frame rows leave with the segment stage's column filled (``masks``, through
-``samflow.schemas.masks``: the seed records on seed frames, propagated masks elsewhere, each with
-its ``track_id``) and every other column copied from the video's row, so later stages (embed) and
-the writer see ordinary frames. The last row of a video (a frame, or an error row when its last
-chunk failed or its stream broke) carries its ``tracks``: one summary per track
-(``tables.TRACK_LIST``) from the stage's own log of the chunks it tracked, for ``tracks/``; the
-writer takes them from error rows too, so a failed last chunk never loses them.
-The video model's family picks the backend (``models.video_models``): SAM 2 / 2.1
-(``Sam2VideoModel``) or SAM 3 (``Sam3TrackerVideoModel``).
+Frame rows leave with ``masks`` filled (seeds on seed frames, propagated masks elsewhere, each
+with its ``track_id``). The last row of a video (a frame, or the error row of a failed last
+chunk) carries its ``tracks`` (``tables.TRACK_LIST``) from the stage's own log, for ``tracks/``.
 
-Seeds: the segment stage's engine (point grid) on each seed frame. With the concepts stage on
-(``concepts``: its constructor's arguments), SAM 3 first finds every instance of each vocabulary
-concept on the seed frame, those labelled masks seed tracks that keep their label (the tracker
-matches a labelled seed only to a track of the same label), and the grid covers only the rest,
-as the two stages do for images. Video rows skip the concepts stage itself (no pixels yet), so it
-runs here, on seed frames only. (Not ``Sam3VideoModel``: it runs the detector on every frame and
-keeps all frames' outputs and its own ids in one session; here detection runs on seed frames
-and the session stays one chunk long.)
-
-Still-image rows pass through untouched. A failure while tracking one chunk turns that chunk's
-frames into ``track`` error rows and the tracker starts over at the next chunk (new seeds).
+Seeds: the segment engine's grid on the first frame and every ``reseed_s`` seconds. With the
+concepts stage on, SAM 3's instances of the vocabulary seed labelled tracks first (a labelled
+seed matches only a track of its label) and the grid covers the rest; video rows skip the
+concepts stage itself, so it runs here, on seed frames only. Still images pass through; a chunk
+that fails becomes ``track`` error rows and the tracker starts over at the next one.
 """
 
 from __future__ import annotations
