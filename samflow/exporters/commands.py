@@ -9,9 +9,9 @@ from typing import Any
 import pyarrow as pa
 
 from samflow.config import StorageConfig
+from samflow.exporters.coco import to_coco
 from samflow.exporters.semi import SemiParams
 from samflow.schemas import tables
-from samflow.schemas.coco import to_coco
 from samflow.store.catalog import Catalog
 
 

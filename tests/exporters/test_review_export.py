@@ -12,10 +12,10 @@ from label_studio_sdk.label_interface import LabelInterface
 from pycocotools.coco import COCO
 
 from samflow.actors.batch import object_column
+from samflow.exporters.coco import to_coco
 from samflow.exporters.review import needs_review, to_label_studio
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle
-from samflow.schemas.coco import to_coco
 from samflow.schemas.rows import build_tables
 
 VOCABULARY = ["cat", "dog", "traffic cone"]

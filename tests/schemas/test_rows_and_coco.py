@@ -8,9 +8,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from samflow.actors.batch import object_column
+from samflow.exporters.coco import to_coco
 from samflow.schemas import masks as mask_column
 from samflow.schemas import rle, tables
-from samflow.schemas.coco import to_coco
 from samflow.schemas.ids import item_id
 from samflow.schemas.rows import build_tables
 
