@@ -18,6 +18,8 @@ from samflow.actors.stage import Section
 from samflow.actors.table import sections as stage_sections
 from samflow.models.amg.params import AmgParams
 
+from samflow.synth.settings import SynthConfig
+
 
 class StorageRetries(Section):
     """How S3 requests ride out throttling and transient faults (botocore's retry modes):
@@ -189,6 +191,7 @@ class RunConfig(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     schedule: str | None = Field(None, description="Cron string for the Prefect deployment.")
     index: IndexConfig = Field(default_factory=IndexConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @model_validator(mode="after")
     def _concepts_have_prompts(self) -> RunConfig:
@@ -212,6 +215,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "stages.embed.model": "tiny://clip",
         "stages.semantic.model": "tiny://unet",
         "stages.embed.dinov2_model": "tiny://dinov2",
+        "synth.model": "tiny://controlnet",
         "engine.points_per_side": 8,
         "engine.pred_iou_thresh": 0.0,
         "engine.stability_score_thresh": 0.0,

@@ -19,11 +19,12 @@ from samflow.cli import (
     schedule,
     serve,
     submit,
+    synth,
 )
 from samflow.cli import eval as evaluate
 
 # Each group module adds its subcommands and sets ``run``; a new command group is one entry here.
-COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review)
+COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, synth)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 FAMILIES = ("sam", "sam2", "sam3", "clip", "siglip", "dinov2", "owlv2", "realesrgan",
-            "maskrcnn", "detr", "grounding_dino", "unet")
+            "maskrcnn", "detr", "grounding_dino", "unet", "controlnet")
 
 # Family -> module exposing `build(family, source, device, dtype) -> runner`. Imported lazily so
 # that loading CLIP never pays for importing SAM 2 and friends.
@@ -42,6 +42,7 @@ _RUNNER_MODULES = {
     "detr": "samflow.models.detectors.detr",
     "unet": "samflow.models.unet.runner",
     "grounding_dino": "samflow.models.detectors.grounding_dino",
+    "controlnet": "samflow.models.controlnet.runner",
 }
 
 OFFLINE_HINT = "offline? use a local model directory or a checkpoint file path, or tiny://<family> for a dry run"
