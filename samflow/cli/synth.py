@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,14 @@ def _config(args: argparse.Namespace) -> Any:
     return user_config(args.config, list(args.overrides) + given, args.profile)
 
 
+def _absolute(uri: str) -> str:
+    """Local paths made absolute here: Ray workers do not share the command's working directory."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    args.dst, args.syn = _absolute(args.dst), _absolute(args.syn)
     if args.deploy:
         return _deploy(args, cfg)
     from samflow.store.catalog import Catalog

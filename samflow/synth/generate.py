@@ -43,10 +43,14 @@ class GenerateStage:
 
     def __init__(self, model_uri: str, controlnet_uri: str | None, settings: dict[str, Any],
                  fetch: Any = None) -> None:
+        import torch
+
         from samflow.models.controlnet import load_pair
 
         local = (lambda uri: uri) if fetch is None else fetch
-        self.runner = load_pair(local(model_uri), None if controlnet_uri is None else local(controlnet_uri))
+        dtype = settings.get("dtype", "auto")
+        self.runner = load_pair(local(model_uri), None if controlnet_uri is None else local(controlnet_uri),
+                                dtype=getattr(torch, dtype) if dtype != "auto" and torch.cuda.is_available() else None)
         self.settings = settings
         self.info = {"model": model_uri if controlnet_uri is None else f"{model_uri} + {controlnet_uri}",
                      "checkpoint_sha256": self.runner.checkpoint_sha256}

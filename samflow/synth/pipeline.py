@@ -61,7 +61,7 @@ class SynthStats:
 def settings(cfg: RunConfig) -> dict[str, Any]:
     """What the generation stage needs besides its models."""
     return cfg.synth.model_dump(include={"negative_prompt", "steps", "guidance_scale", "conditioning_scale",
-                                         "short_side", "max_side", "jpeg_quality", "save_conditions"})
+                                         "short_side", "max_side", "jpeg_quality", "save_conditions", "dtype"})
 
 
 def _stage_config(pool: SynthPoolConfig) -> StageConfig:

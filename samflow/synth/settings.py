@@ -73,6 +73,9 @@ class SynthConfig(_Section):
     min_clip_score: float | None = Field(
         None, description="Also drop images whose CLIP image-prompt cosine is below this; null = never.",
     )
+    dtype: Literal["auto", "float16", "bfloat16"] = Field(
+        "auto", description="Generation dtype on a GPU (auto: bf16 where supported, else fp16); CPUs use fp32.",
+    )
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the written images.")
     save_conditions: bool = Field(False, description="Also write each condition map to SYN/_conditions/<key>.png.")
     shard_rows: int = Field(64, ge=1, description="Candidates per tar shard (one commit).")
