@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from samflow.cli.main import user_config
+    from samflow.cli.options import user_config
 
     given = [f"{key}={json.dumps(getattr(args, name))}" for name, key in _OPTIONS.items()
              if getattr(args, name) is not None]
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         with logs.native_stderr_to_file(args.verbose, "synth"), RunProgress() as progress:
             try:
                 record = synth_dataset(args.dst, args.syn, config=cfg.model_dump(mode="json"),
-                                       observer=progress, hold_lease=False)
+                                       observer=progress, lease=lease)
             finally:
                 if not ray_was_up and _ray_is_up():
                     sys.modules["ray"].shutdown()

@@ -67,9 +67,10 @@ def plan_task(dst: str, syn: str, cfg: RunConfig) -> SynthPlan:
 
 
 @task(name="synth-pipeline", cache_policy=NO_CACHE)
-def pipeline_task(plan: SynthPlan, cfg: RunConfig, syn: str, run_id: str, on_commit: Any = None) -> SynthStats:
+def pipeline_task(plan: SynthPlan, cfg: RunConfig, syn: str, run_id: str, on_commit: Any = None,
+                  before_commit: Any = None) -> SynthStats:
     # No retries: shards commit as they finish; running the flow again does what is missing.
-    return run_synth(plan.todo, cfg, syn, run_id, on_commit=on_commit)
+    return run_synth(plan.todo, cfg, syn, run_id, on_commit=on_commit, before_commit=before_commit)
 
 
 def manifest(dst: str, syn: str, run_id: str, cfg: RunConfig, plan: SynthPlan, stats: SynthStats,
@@ -106,19 +107,19 @@ def report_markdown(record: dict[str, Any]) -> str:
 
 @flow(name="synth-dataset")
 def synth_dataset(dst: str, syn: str, config: dict[str, Any] | None = None, profile: str | None = None,
-                  observer: Any = None, hold_lease: bool = True) -> dict[str, Any]:
+                  observer: Any = None, lease: Any = None) -> dict[str, Any]:
     """Generate images from the trusted masks of ``dst`` into ``syn``; returns the run record
     (a summary without ``run_id`` when nothing is new). ``observer``: ``planned(run_id, total)``
-    and ``committed(result, meta)`` (the CLI's progress). The run holds SYN's lease unless the
-    caller holds it (``hold_lease=False``)."""
+    and ``committed(result, meta)`` (the CLI's progress). The run holds SYN's lease, or
+    ``lease``, a held :class:`Lease` the caller passes; it is checked before every commit."""
     cfg = config_from(config, profile=profile)
-    if not hold_lease:
-        return _synth(dst, syn, cfg, observer)
-    with Lease(syn, cfg.storage, ttl_s=cfg.output.lease_ttl_s):
-        return _synth(dst, syn, cfg, observer)
+    if lease is not None:
+        return _synth(dst, syn, cfg, observer, lease)
+    with Lease(syn, cfg.storage, ttl_s=cfg.output.lease_ttl_s) as held:
+        return _synth(dst, syn, cfg, observer, held)
 
 
-def _synth(dst: str, syn: str, cfg: RunConfig, observer: Any) -> dict[str, Any]:
+def _synth(dst: str, syn: str, cfg: RunConfig, observer: Any, lease: Lease) -> dict[str, Any]:
     started = time.perf_counter()
     logger = get_run_logger()
     run_id = new_run_id()
@@ -130,7 +131,9 @@ def _synth(dst: str, syn: str, cfg: RunConfig, observer: Any) -> dict[str, Any]:
     if not plan.todo.num_rows:
         return {"run_id": None, "counts": {"images_with_trusted_masks": plan.images, "candidates": plan.candidates,
                                            "already_done": plan.already_done, "inputs": 0}}
-    stats = pipeline_task(plan, cfg, syn, run_id, observer.committed if observer is not None else None)
+    stats = pipeline_task(plan, cfg, syn, run_id, observer.committed if observer is not None else None,
+                          lease.check)
+    lease.check()
     record = manifest(dst, syn, run_id, cfg, plan, stats, started)
     store = SynthStore(syn, cfg.storage)
     record["path"] = store.catalog.path(RUNS, f"{run_id}.json")

@@ -20,9 +20,9 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from samflow.actors.threads import with_torch_threads
-from samflow.config import RunConfig, StageConfig
+from samflow.config import RunConfig
 from samflow.models.loading.cache import fetch_model
-from samflow.pipeline.graph import ModelStage, ensure_ray, fit_to_cluster
+from samflow.pipeline.graph import ensure_ray, fit_to_cluster
 from samflow.store.catalog import ShardResult
 from samflow.synth.fidelity import FidelityStage
 from samflow.synth.generate import GenerateStage
@@ -64,30 +64,35 @@ def settings(cfg: RunConfig) -> dict[str, Any]:
                                          "short_side", "max_side", "jpeg_quality", "save_conditions", "dtype"})
 
 
-def _stage_config(pool: SynthPoolConfig) -> StageConfig:
-    return StageConfig(batch_size=pool.batch_size, num_gpus=pool.num_gpus, num_cpus=pool.num_cpus,
-                       num_threads=pool.num_threads, concurrency=pool.concurrency)
+@dataclass(frozen=True)
+class SynthStage:
+    """One actor pool of the graph (what ``fit_to_cluster`` reads of a stage: name and pool)."""
+
+    name: str
+    cls: type
+    kwargs: dict[str, Any]
+    config: SynthPoolConfig
 
 
-def synth_stages(cfg: RunConfig) -> list[ModelStage]:
+def synth_stages(cfg: RunConfig) -> list[SynthStage]:
     synth = cfg.synth
     fetch = functools.partial(fetch_model, storage=cfg.storage)
     segment, embed = cfg.stages.segment, cfg.stages.embed
     return [
-        ModelStage("generate", GenerateStage, {
+        SynthStage("generate", GenerateStage, {
             "model_uri": synth.model, "controlnet_uri": synth.controlnet, "settings": settings(cfg), "fetch": fetch,
-        }, _stage_config(synth.generate)),
-        ModelStage("verify", FidelityStage, {
+        }, synth.generate),
+        SynthStage("verify", FidelityStage, {
             "segment_uri": segment.model, "clip_uri": embed.model, "min_fidelity": synth.min_fidelity,
             "min_clip_score": synth.min_clip_score, "fetch": fetch,
             "hashes": {"segment": segment.model_sha256, "clip": embed.model_sha256},
-        }, _stage_config(synth.verify)),
+        }, synth.verify),
     ]
 
 
 def build_dataset(candidates: pa.Table, cfg: RunConfig, syn: str, run_id: str) -> ray.data.Dataset:
     stages = synth_stages(cfg)
-    fit = fit_to_cluster(cfg, stages)
+    fit = fit_to_cluster(cfg, stages)  # type: ignore[arg-type]  # duck-typed: name and pool
     step = cfg.synth.generate.batch_size
     ds = ray.data.from_arrow([candidates.slice(i, step) for i in range(0, candidates.num_rows, step)])
     for stage in stages:
@@ -104,8 +109,9 @@ def build_dataset(candidates: pa.Table, cfg: RunConfig, syn: str, run_id: str) -
 
 
 def run_synth(candidates: pa.Table, cfg: RunConfig, syn: str, run_id: str,
-              on_commit: ShardHook | None = None) -> SynthStats:
-    """Generate, check and commit every candidate; ``on_commit`` after each shard (progress)."""
+              on_commit: ShardHook | None = None, before_commit: Callable[[], None] | None = None) -> SynthStats:
+    """Generate, check and commit every candidate; ``before_commit()`` before each shard's
+    commit (the lease's check: it raises to stop the run), ``on_commit`` after (progress)."""
     stats = SynthStats()
     if candidates.num_rows == 0:
         return stats
@@ -113,6 +119,8 @@ def run_synth(candidates: pa.Table, cfg: RunConfig, syn: str, run_id: str,
     store = SynthStore(syn, cfg.storage)
     for row in build_dataset(candidates, cfg, syn, run_id).iter_rows():
         counts = {"kept": row["kept"], "dropped": row["dropped"]}
+        if before_commit is not None:
+            before_commit()
         store.commit(run_id, row["shard"], list(row["keys"]), counts)
         stats.add(row)
         if on_commit is not None:

@@ -1,7 +1,7 @@
 """In-code configs of the SD + ControlNet parts: ``tiny`` (tests, dry runs) and ``random``
 (Stable Diffusion 1.5's architecture at full size, for benchmarks without downloads).
 
-The text encoder keeps samflow's in-code CLIP tokenizer (``samflow.models.tiny``): a character
+The text encoder keeps samflow's in-code CLIP tokenizer (``samflow.models.common.tiny_text``): a character
 vocabulary whose special-token ids the text configs name, so prompts tokenize offline.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from samflow.models.tiny import TINY_BOS_ID, TINY_EOS_ID, TINY_TEXT_POSITIONS, TINY_VOCAB_SIZE
+from samflow.models.common.tiny_text import TINY_BOS_ID, TINY_EOS_ID, TINY_TEXT_POSITIONS, TINY_VOCAB_SIZE
 
 SD15_TEXT_POSITIONS = 77  # CLIP ViT-L/14's text length, as SD 1.5 was trained with
 

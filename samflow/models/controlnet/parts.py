@@ -46,8 +46,8 @@ def in_code(kind: str, device: torch.device, dtype: torch.dtype) -> Parts:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel, UniPCMultistepScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from samflow.models.common.tiny_text import tiny_tokenizer
     from samflow.models.controlnet.configs import in_code_parts, text_positions
-    from samflow.models.tiny import tiny_tokenizer
 
     configs = in_code_parts(kind)
     with torch.random.fork_rng(devices=[]):
