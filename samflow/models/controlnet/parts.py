@@ -65,7 +65,9 @@ def in_code(kind: str, device: torch.device, dtype: torch.dtype) -> Parts:
     # SD 1.5's noise schedule (scaled-linear betas), the sampler ControlNet's authors recommend
     scheduler = UniPCMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     for model in models.values():
-        model.to(device=device, dtype=dtype).eval()
+        model.to(device=device).eval()
+        if dtype != torch.float32:  # built in fp32; casting a float32 model only warns
+            model.to(dtype=dtype)
     return Parts({**models, "tokenizer": tokenizer, "scheduler": scheduler}, digest)
 
 
