@@ -21,6 +21,8 @@ from pycocotools import mask as coco_mask
 from samflow.cli.main import main
 from tests.helpers.synth_data import read_tars, shapes, write_tar
 
+pytestmark = pytest.mark.slow  # an annotate run and several synth runs through Ray and Prefect
+
 # The first colours of ADE20K's palette (wall, building, sky): instance colours of unlabelled masks
 INSTANCE_COLOURS = [(120, 120, 120), (180, 120, 120), (6, 230, 230)]
 TINY = ["--profile", "tiny", "--set", "stages.embed.enabled=false"]
@@ -154,9 +156,13 @@ def test_rerun_writes_nothing_and_new_source_masks_generate_only_their_images(sy
 
 def test_threshold_above_one_drops_every_image_and_counts_why(annotated, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative SYN
-    args = ("synth", annotated["dst"], "--out", "strict", *TINY, *FAST, "--set", "synth.min_fidelity=1.01")
+    # the engine's own masks this time, all of them trusted (a tiny model's scores are low)
+    engine = ["--set", "synth.sources=[engine]", "--set", "synth.min_predicted_iou=0",
+              "--set", "synth.min_stability_score=0", "--set", "synth.min_area=1"]
+    args = ("synth", annotated["dst"], "--out", "strict", *TINY, *FAST, *engine, "--set", "synth.min_fidelity=1.01")
     record = _cli(*args)
     images = record["counts"]["images_with_trusted_masks"]  # one more once the incremental test ran
+    assert record["counts"]["by_source"] == {"engine": images}
     assert images >= len(SOURCES) and record["counts"]["generated"] == record["counts"]["dropped"] == images
     assert record["counts"]["kept"] == 0 and record["dropped_by_reason"] == {"low_fidelity": images}
     assert not list(Path("strict").glob("*.tar"))
