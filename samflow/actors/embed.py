@@ -85,7 +85,7 @@ class EmbedStage:
         from samflow.models.loading.registry import load_model
 
         labels = context_or_default(context).run.labels
-        self.clip = load_model("clip", config.model, device=device)
+        self.clip = load_model("auto", config.model, task="embed", device=device)
         self.vocabulary = list(labels.vocabulary)
         self._index = {label: k for k, label in enumerate(self.vocabulary)}
         self.templates = list(labels.templates) or ["{}"]

@@ -44,7 +44,7 @@ class FeatureEmbedStage:
             raise ValueError(f"feature embeddings come from {', '.join(FEATURE_FAMILIES)}, not {family!r}")
         self.family = family
         model_uri = self.model_uri = config.dinov2_model
-        self.runner = load_model(family, model_uri, device=device)
+        self.runner = load_model(family, model_uri, task="features", device=device)
         self.stage = f"embed_{family}"
         self.info = {"model": model_uri, "checkpoint_sha256": self.runner.checkpoint_sha256, "dim": self.runner.dim}
 

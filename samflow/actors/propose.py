@@ -1,7 +1,7 @@
 """Propose stage: boxes per healthy image from one detector family, handed to segment as box prompts.
 
 Families (``family``; "auto" reads it from the model URI / checkpoint config, see
-``samflow.models.loading.check.infer_family``):
+``samflow.models.loading.registry.infer_family``):
   owlv2           class-agnostic objectness boxes, or open-vocabulary boxes for ``queries``
   grounding_dino  open-vocabulary boxes for ``queries`` (required)
   detr            closed-set boxes (RT-DETR v2, D-FINE) with the checkpoint's class names
@@ -38,7 +38,6 @@ from samflow.actors.stage import StageConfig, StageContext
 from samflow.schemas.proposals import COLUMN, PROPOSALS
 
 STAGE = "propose"
-PROPOSAL_FAMILIES = ("owlv2", "grounding_dino", "detr", "maskrcnn")
 
 
 class ProposeConfig(StageConfig):
@@ -74,17 +73,13 @@ class ProposeConfig(StageConfig):
 
 
 def resolve_family(family: str, model_uri: str) -> str:
-    from samflow.models.loading.registry import ModelLoadError
+    """The detector family of ``model_uri`` (the model registry decides; "auto" tells it from the URI)."""
+    from samflow.models.loading.registry import ModelLoadError, resolve_family as registry_family
 
-    if family == "auto":
-        from samflow.models.loading.check import infer_family
-
-        family = infer_family(model_uri)
-    if family not in PROPOSAL_FAMILIES:
-        raise ModelLoadError(
-            f"stages.propose: {model_uri} is a {family!r} model; proposals come from {', '.join(PROPOSAL_FAMILIES)}"
-        )
-    return family
+    try:
+        return registry_family(model_uri, "propose", family)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"stages.propose: {exc}") from None
 
 
 class ProposeStage:
@@ -97,7 +92,7 @@ class ProposeStage:
         self.family = resolve_family(config.family, config.model)
         if self.family == "grounding_dino" and not config.queries:
             raise ModelLoadError("stages.propose: grounding_dino needs text queries (stages.propose.queries)")
-        self.detector = load_model(self.family, config.model, device=device)
+        self.detector = load_model(self.family, config.model, task="propose", device=device)
         self.max_boxes = config.max_boxes
         self.score_thresh = config.score_thresh
         self.nms_iou = config.nms_iou

@@ -53,7 +53,7 @@ class SegmentStage:
         if runner is None:
             from samflow.models.loading.registry import load_model
 
-            runner = load_model("sam", config.model, device=device)
+            runner = load_model("auto", config.model, task="segment", device=device)
         self.sam = runner
         self.generator = MaskGenerator(self.sam, AmgParams(**context_or_default(context).run.engine.model_dump()))
         self.info = {"model": config.model, "checkpoint_sha256": self.sam.checkpoint_sha256}

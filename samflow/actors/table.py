@@ -32,7 +32,8 @@ class StageEntry:
     """``name``: the graph's operator and the metadata key; ``section``: its ``stages.<section>``
     config (two stages may share one: pool settings included); ``stage``: "module:Class";
     ``model_field``: the section's field holding this stage's model URI (its pin is
-    ``model_sha256`` only for ``model``); ``when``: overrides the section's ``runs``."""
+    ``model_sha256`` only for ``model``); ``when``: overrides the section's ``runs``; ``task``: what
+    its model does in the model registry (default: ``name``)."""
 
     name: str
     section: str
@@ -40,6 +41,12 @@ class StageEntry:
     stage: str
     model_field: str = "model"
     when: Callable[[Any], bool] | None = None
+    task: str | None = None
+
+    @property
+    def model_task(self) -> str:
+        """What the stage asks of its model, in the model registry's terms (default: its name)."""
+        return self.task or self.name
 
     def runs(self, section: StageConfig, run: RunConfig) -> bool:
         return self.when(section) if self.when is not None else section.runs(run)
@@ -59,7 +66,7 @@ STAGE_TABLE: tuple[StageEntry, ...] = (
     StageEntry("track", "track", TrackConfig, "samflow.actors.track:TrackStage"),
     StageEntry("embed", "embed", EmbedConfig, "samflow.actors.embed:EmbedStage"),
     StageEntry("embed_dinov2", "embed", EmbedConfig, "samflow.actors.embed_features:FeatureEmbedStage",
-               model_field="dinov2_model", when=runs_dinov2),
+               model_field="dinov2_model", when=runs_dinov2, task="features"),
     StageEntry("semantic", "semantic", SemanticConfig, "samflow.actors.semantic:SemanticStage"),
 )
 

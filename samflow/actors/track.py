@@ -104,15 +104,21 @@ class TrackStage:
 
     def _load_models(self, config: TrackConfig, context: StageContext, device: str | None) -> None:
         from samflow.models.amg import AmgParams, MaskGenerator
+        from samflow.models.loading.cache import with_model_cache
         from samflow.models.loading.registry import load_model
-        from samflow.models.loading.video import load_video_model
 
         run = context.run
-        self.video_model = load_video_model(config.model, device=device)
-        sam = load_model("sam", run.stages.segment.model, device=device)
+        # the seeding models go through the model cache and their pins, as their own stages do
+        self.video_model = load_model("auto", config.model, task="track", device=device, storage=run.storage,
+                                      sha256=config.model_sha256)
+        segment = run.stages.segment
+        sam = load_model("auto", segment.model, task="segment", device=device, storage=run.storage,
+                         sha256=segment.model_sha256)
         self.seeder = MaskGenerator(sam, AmgParams(**run.engine.model_dump()))
         if run.stages.concepts.enabled:
-            self.concepts = ConceptsStage(run.stages.concepts, context, device=device)
+            concepts = run.stages.concepts
+            stage = with_model_cache(ConceptsStage, run.storage, concepts.model_sha256)
+            self.concepts = stage(concepts, context, device=device)
         self.info = {"model": config.model, "family": self.video_model.family,
                      "checkpoint_sha256": self.video_model.checkpoint_sha256}
 

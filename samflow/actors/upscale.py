@@ -36,9 +36,11 @@ class UpscaleConfig(StageConfig):
 
     enabled: bool = Field(False, description="Off by default: upscaling costs more than any other stage.")
     model: str = Field(
-        "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth",
+        "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"
+        "#sha256=4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
         description="Real-ESRGAN checkpoint: a .pth / .safetensors file or a directory holding one; "
-        "the default, the official x4plus release, is fetched once per node into the model cache.",
+        "the default, the official x4plus release (pinned to its published sha256), is fetched once "
+        "per node into the model cache.",
     )
 
     min_short_side: int = Field(

@@ -17,16 +17,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from samflow.models.loading.cache import fetch_model
     from samflow.models.loading.check import check_model
     from samflow.models.loading.registry import ModelLoadError
 
-    try:
-        local = fetch_model(args.uri)  # s3:// / https:// models go through the node's cache
-        facts = check_model(local, family=args.family)
-        if local != args.uri:
-            facts.update(uri=args.uri, local_path=local)
-        print(json.dumps(facts, indent=1))
+    try:  # s3:// / https:// models go through the node's model cache
+        print(json.dumps(check_model(args.uri, family=args.family), indent=1))
     except ModelLoadError as exc:
         print(f"samflow models check: {exc}", file=sys.stderr)
         return 2

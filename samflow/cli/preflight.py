@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 
-HUB_TIMEOUT_S = 5.0
-
 from samflow.config import RunConfig, StorageConfig
 from samflow.errors import UserError, user_error
 from samflow.store.storage import filesystem
@@ -48,78 +46,23 @@ def check_output(dst: str, storage: StorageConfig) -> None:
 
 
 def check_models(cfg: RunConfig) -> None:
-    """Models named by a local path must exist; tiny:// and random:// must name a family; a Hub
-    id must be in the local cache or known to a Hub that answers within seconds (else the
-    loader would wait on the network in every actor)."""
-    from samflow.models.loading.registry import FAMILIES, ModelLoadError, parse_uri
+    """Every model the run's stages name passes the model preflight (`models.loading.preflight`):
+    it exists, can be reached (remote ones are fetched into this node's model cache), matches its
+    pin, and is of a family that does the stage's task."""
+    from samflow.actors.table import STAGE_TABLE
+    from samflow.models.loading.preflight import preflight_model
+    from samflow.models.loading.registry import ModelLoadError
 
-    for name in ("upscale", "propose", "segment", "embed"):
-        stage = getattr(cfg.stages, name)
-        if not stage.enabled:
+    for entry in STAGE_TABLE:
+        section = getattr(cfg.stages, entry.section)
+        if not entry.runs(section, cfg):
             continue
-        key = f"stages.{name}.model"
+        pin = section.model_sha256 if entry.model_field == "model" else None
         try:
-            source = parse_uri(stage.model)
+            preflight_model(getattr(section, entry.model_field), entry.model_task, family=getattr(section, "family", "auto"),
+                            storage=cfg.storage, sha256=pin)
         except ModelLoadError as exc:
-            raise UserError(f"{key}: {exc}") from exc
-        if source.in_code and source.location not in FAMILIES:
-            raise UserError(f"{key}: {stage.model} names no model family; known: {', '.join(FAMILIES)}")
-        if source.kind == "local" and not os.path.exists(source.location):
-            raise UserError(
-                f"{key}: model {stage.model} does not exist (a local path); give a model directory, "
-                "a checkpoint file, a Hub id or tiny://<family>"
-            )
-        if source.kind == "hub":
-            _check_hub_model(key, source.location)
-    _check_track_model(cfg)
-
-
-def _check_track_model(cfg: RunConfig) -> None:
-    """An in-code track model must be a family that tracks (sam2, sam3). Nothing else is checked
-    here: the track model loads only when a video comes, so an image-only run never needs it."""
-    from samflow.models.loading.registry import ModelLoadError, parse_uri
-    from samflow.models.loading.video import VIDEO_FAMILIES
-
-    track = cfg.stages.track
-    if not (track.enabled and cfg.stages.segment.enabled):
-        return
-    try:
-        source = parse_uri(track.model)
-    except ModelLoadError as exc:
-        raise UserError(f"stages.track.model: {exc}") from exc
-    if source.in_code and source.location not in VIDEO_FAMILIES:
-        raise UserError(
-            f"stages.track.model: {track.model} cannot track videos; use a SAM 2 / 2.1 or SAM 3 model "
-            f"({', '.join(f'{source.kind}://{f}' for f in VIDEO_FAMILIES)}, a Hub id or a model directory)"
-        )
-
-
-def _check_hub_model(key: str, location: str) -> None:
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-
-    repo = "/".join(location.split("/")[:2])
-    if isinstance(try_to_load_from_cache(repo, "config.json"), str) or _any_cached(repo):
-        return
-    if constants.HF_HUB_OFFLINE:
-        raise UserError(f"{key}: model {location} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                        "download it first or give a local path")
-    try:
-        HfApi().model_info(repo, timeout=HUB_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - any answer but a model info means it cannot load
-        raise UserError(
-            f"{key}: model {location} is not in the local cache and cannot be fetched from the Hub "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "check the id or the network, or give a local path"
-        ) from exc
-
-
-def _any_cached(repo: str) -> bool:
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        return any(r.repo_id == repo for r in scan_cache_dir().repos)
-    except Exception:  # noqa: BLE001 - no cache folder yet
-        return False
+            raise UserError(f"stages.{entry.section}.{entry.model_field}: {exc}") from exc
 
 
 def _is_s3(fs: object) -> bool:

@@ -173,7 +173,7 @@ def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None
 
                 if not self.model:
                     raise ApiError(409, f"no CLIP model recorded for {dst}")
-                self._clip = load_model("clip", self.model)
+                self._clip = load_model("auto", self.model, task="embed")
             return self._clip
 
         @serve.batch(max_batch_size=limits.clip_batch, batch_wait_timeout_s=0.005)
@@ -249,7 +249,7 @@ def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None
                 model = (self.run.run_models().get("segment") or {}).get("model")
                 if not model:
                     raise ApiError(409, f"no segment model recorded for {dst}")
-                self._sam = load_model("sam2" if "sam2" in model else "sam", model)
+                self._sam = load_model("auto", model, task="segment")  # the registry tells SAM from SAM 2
             return self._sam
 
     return SamflowApi.bind()

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samflow.models.loading.registry import ModelLoadError
+from samflow.models.loading.registry import ModelLoadError, load_model
 from samflow.models.video.tracker import Seed, VideoTracker
-from samflow.models.loading.video import load_video_model
 from samflow.schemas import rle
 from tests.helpers.track_oracle import ColourPropagator, colour_seeds, scene
 
@@ -28,6 +27,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def load_video_model(uri: str, **kwargs):
+    return load_model("auto", uri, task="track", **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ class SessionLengths:
 def test_the_uri_family_picks_the_backend(tmp_path: Path, sam3_tracker) -> None:
     assert type(sam3_tracker.model).__name__ == "Sam3TrackerVideoModel" and sam3_tracker.family == "sam3"
     assert type(load_video_model("tiny://sam2", device="cpu").model).__name__ == "Sam2VideoModel"
-    with pytest.raises(ModelLoadError, match="video tracking needs a SAM 2 / 2.1 or SAM 3 model"):
+    with pytest.raises(ModelLoadError, match="the track stage takes sam2 / sam3 models"):
         load_video_model("tiny://clip", device="cpu")
     # a checkpoint directory: the family comes from its config.json (model_type sam3_tracker_video)
     sam3_tracker.model.save_pretrained(tmp_path)

@@ -39,7 +39,6 @@ from samflow.models.loading.checkpoint import (
 from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.common.preprocess import to_device
 
-TORCHVISION_SCHEME = "torchvision://"
 DEFAULT_ARCH = "maskrcnn_resnet50_fpn_v2"
 TINY_CLASSES = ("cat", "dog", "bird")
 TINY_SEED = 0
@@ -191,8 +190,8 @@ def save_checkpoint(runner: MaskRcnnRunner, folder: Path, architecture: str) -> 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> MaskRcnnRunner:
     if source.in_code:
         model, classes, sha = _in_code(source.kind)
-    elif source.uri.startswith(TORCHVISION_SCHEME):
-        model, classes, sha = _torchvision(source.uri[len(TORCHVISION_SCHEME):].strip("/"))
+    elif source.kind == "torchvision":
+        model, classes, sha = _torchvision(source.location)
     else:
         path = Path(source.location)
         if not path.exists():

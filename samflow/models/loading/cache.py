@@ -8,15 +8,14 @@ A remote URI is copied into a local cache (``$SAMFLOW_MODEL_CACHE``, default
 the folder) is what the registry loads. A file lock per URI makes the actors of one node share a
 single download: the first fetches, the others wait and reuse it. The copy is written to a
 temporary folder and renamed into place only when complete (and verified), so a killed download
-never looks finished.
+never looks finished. HTTPS uses the system's CA store, or the bundle ``SSL_CERT_FILE`` names.
 
-An expected sha256 may come in the URI fragment (``#sha256=<hex>``) or from the stage config
-(``stages.<name>.model_sha256``). For a file it is the file's sha256; for a folder it is the
-checkpoint hash ``samflow models check`` prints (the weight files' combined hash). A download whose
-hash differs is deleted and refused with :class:`ModelFetchError`; a cached copy whose hash differs
-(edited on disk) is dropped and fetched again.
-
-Every other URI (local paths, Hub ids, ``tiny://``) passes through unchanged.
+A pin (``#sha256=<hex>`` at the end of the URI, or ``stages.<name>.model_sha256``) is
+`checkpoint.sha256_pin`: a file's sha256, or for a folder the hash over every file in it (the
+``model_sha256`` that ``samflow models check`` prints). A download that differs is deleted and
+refused with :class:`ModelFetchError` (nothing is cached); a cached copy that differs (edited on
+disk) is dropped and fetched again; a local file or folder that differs is refused. Hub ids,
+``tiny://``, ``random://`` and ``torchvision://`` pass through unchanged and cannot be pinned.
 """
 
 from __future__ import annotations
@@ -33,11 +32,10 @@ from typing import Any
 from filelock import FileLock
 
 from samflow.config import StorageConfig
-from samflow.models.loading.checkpoint import sha256_file, sha256_files, weight_files
-from samflow.models.loading.registry import ModelLoadError
+from samflow.models.loading.checkpoint import sha256_pin
+from samflow.models.loading.registry import REMOTE_SCHEMES, ModelLoadError, parse_uri
 from samflow.store.storage import filesystem
 
-REMOTE_SCHEMES = ("s3://", "s3a://", "gs://", "http://", "https://")
 CACHE_ENV = "SAMFLOW_MODEL_CACHE"
 _MARKER = ".samflow-fetched.json"
 _HTTP_TIMEOUT_S = 60
@@ -75,20 +73,45 @@ def fetch_model(
     uri: str, storage: StorageConfig | None = None, sha256: str | None = None, cache_dir: str | Path | None = None
 ) -> str:
     """The local path to load ``uri`` from: remote URIs are fetched (once per cache), verified,
-    and their cached path returned; any other URI comes back as it is."""
-    if not is_remote(uri):
-        return uri
-    base, from_uri = split_fragment(uri)
-    if sha256 and from_uri and sha256.lower() != from_uri:
-        raise ModelFetchError(f"{uri}: the URI's #sha256 and the configured model_sha256 disagree")
-    if sha256 and not _is_hex64(sha256):
-        raise ModelFetchError(f"model_sha256 {sha256!r} is not 64 hex digits")
-    expected = (sha256 or from_uri or "").lower() or None
+    and their cached path returned; a pinned local path is verified; any other URI comes back as
+    it is. Raises ModelFetchError on a pin that does not match or cannot apply."""
+    base, expected = split_pin(uri, sha256)
+    if not is_remote(base):
+        return _checked_local(base, expected)
     root = Path(cache_dir) if cache_dir else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(base.encode()).hexdigest()[:24]
     with FileLock(str(root / f"{key}.lock")):
         return str(_cached_or_fetched(base, expected, root / key, storage or StorageConfig()))
+
+
+def split_pin(uri: str, sha256: str | None = None) -> tuple[str, str | None]:
+    """The URI without its ``#sha256=`` fragment, and the expected hash (fragment or config)."""
+    uri = uri.strip()
+    base, from_uri = split_fragment(uri) if is_remote(uri) or "#sha256=" in uri.lower() else (uri, None)
+    if sha256 and not _is_hex64(sha256):
+        raise ModelFetchError(f"model_sha256 {sha256!r} is not 64 hex digits")
+    if sha256 and from_uri and sha256.lower() != from_uri:
+        raise ModelFetchError(f"{uri}: the URI's #sha256 and the configured model_sha256 disagree")
+    return base, (sha256 or from_uri or "").lower() or None
+
+
+def _checked_local(base: str, expected: str | None) -> str:
+    if expected is None:
+        return base
+    source = parse_uri(base)
+    if source.kind != "local":
+        raise ModelFetchError(
+            f"{base}: a sha256 pin checks a model file or folder (a local path, s3:// or https://); "
+            f"a {source.kind} model has none to check"
+        )
+    path = Path(source.location)
+    if not path.exists():
+        raise ModelFetchError(f"model {base} does not exist (a local path)")
+    actual = sha256_pin(path)
+    if actual != expected:
+        raise ModelFetchError(f"refused {base}: its sha256 is {actual}, expected {expected} (the pinned model was changed)")
+    return base
 
 
 def _cached_or_fetched(base: str, expected: str | None, slot: Path, storage: StorageConfig) -> Path:
@@ -119,10 +142,7 @@ def _cached_or_fetched(base: str, expected: str | None, slot: Path, storage: Sto
 
 
 def _hash_of(path: Path) -> str | None:
-    """A file's sha256; a folder's checkpoint hash (its weight files, as `models check` prints)."""
-    if path.is_file():
-        return sha256_file(path)
-    return sha256_files(weight_files(path)) if path.is_dir() else None
+    return sha256_pin(path) if path.exists() else None
 
 
 def _download(base: str, into: Path, storage: StorageConfig) -> str:

@@ -50,6 +50,18 @@ def sha256_files(paths: Iterable[str | Path]) -> str | None:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+def sha256_pin(path: str | Path) -> str:
+    """What a model pin (``model_sha256``, ``#sha256=``) names: a file's sha256; for a folder, the
+    hash of the sorted "relative/path sha256" lines of every file in it (config, tokenizer and
+    weights alike, so a changed config.json is a different model)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(path).as_posix()} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def sha256_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Hash of tensor names, dtypes, shapes and bytes (used for in-code `tiny://` models)."""
     digest = hashlib.sha256()

@@ -19,7 +19,7 @@ concepts on one object stay two tracks, as the concepts stage keeps them), an un
 any track. Every record of a labelled track carries its label and a ``label_score``: the seed's
 own score on frames where a seed of that label refreshed it, else the score of the last one.
 
-    tracker = VideoTracker(load_video_model("tiny://sam2"))   # or a SAM 3 tracker: tiny://sam3
+    tracker = VideoTracker(load_model("auto", "tiny://sam2", task="track"))   # or SAM 3's: tiny://sam3
     for frames, seeds in chunks:                 # seeds: {position in chunk: [Seed, ...]}
         per_frame = tracker.track(frames, seeds)  # per frame: SA-1B records with track_id
 """
