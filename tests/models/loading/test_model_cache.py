@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from samflow.actors.upscale import UpscaleStage
+from samflow.actors.upscale import UpscaleConfig, UpscaleStage
 from samflow.config import StorageConfig
 from samflow.models.realesrgan.arch import SRVGGNetCompact
 from samflow.models.loading.cache import ModelFetchError, fetch_model, with_model_cache
-from samflow.models.loading.checkpoint import sha256_file
+from samflow.models.loading.checkpoint import sha256_file, sha256_pin
 from samflow.models.loading.registry import load_model
 
 
@@ -97,7 +97,7 @@ def test_local_and_hub_uris_pass_through():
 
 
 def test_s3_hf_folder_loads_through_cache(tmp_path, s3_bucket, s3_fs):
-    """An HF-layout folder on S3, pinned by the checkpoint hash `models check` prints."""
+    """An HF-layout folder on S3, pinned by the folder hash (`models check`'s model_sha256)."""
     from transformers import Dinov2Model
 
     from samflow.models.dinov2.tiny import tiny_dinov2_config
@@ -107,7 +107,7 @@ def test_s3_hf_folder_loads_through_cache(tmp_path, s3_bucket, s3_fs):
     for file in folder.iterdir():
         s3_fs.put_file(str(file), f"{s3_bucket[5:]}/models/dino/{file.name}")
     reference = load_model("dinov2", str(folder), device="cpu")
-    uri = f"{s3_bucket}/models/dino#sha256={reference.checkpoint_sha256}"
+    uri = f"{s3_bucket}/models/dino#sha256={sha256_pin(folder)}"
     cache = tmp_path / "cache"
     local = fetch_model(uri, StorageConfig(), cache_dir=cache)
     runner = load_model("dinov2", local, device="cpu")
@@ -132,7 +132,8 @@ def test_stage_loads_its_remote_model_and_records_the_uri(tmp_path, web, monkeyp
     monkeypatch.setenv("SAMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
     stage_cls = with_model_cache(UpscaleStage, StorageConfig())
     assert stage_cls.__name__ == "UpscaleStage"  # Ray Data's operator name stays the same
-    stages = [stage_cls(model_uri=f"{base}/x4.pth", device="cpu") for _ in range(2)]
+    config = UpscaleConfig(enabled=True, model=f"{base}/x4.pth")
+    stages = [stage_cls(config, device="cpu") for _ in range(2)]
     assert requests == ["/x4.pth"]
     assert all(stage.info["model"] == f"{base}/x4.pth" for stage in stages)
 
