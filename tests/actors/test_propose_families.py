@@ -95,7 +95,7 @@ def test_segment_keeps_maskrcnn_rows_and_adds_its_own():
 
 
 def test_a_non_detector_model_is_refused_with_a_clear_error():
-    with pytest.raises(ModelLoadError, match="proposals come from"):
+    with pytest.raises(ModelLoadError, match="the propose stage takes owlv2 / grounding_dino / detr / maskrcnn models"):
         ProposeStage(ProposeConfig(model="tiny://clip"))
 
 

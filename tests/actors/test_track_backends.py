@@ -278,5 +278,5 @@ def test_a_track_model_that_cannot_track_is_refused_before_the_run() -> None:
 
     for ok in ("tiny://sam2", "tiny://sam3", "random://sam3"):
         check_models(config_from({}, profile="tiny", overrides=[f"stages.track.model={ok}"]))
-    with pytest.raises(UserError, match=r"stages.track.model: tiny://clip cannot track videos.*tiny://sam3"):
+    with pytest.raises(UserError, match=r"stages.track.model: tiny://clip is a .clip. model; the track stage takes sam2 / sam3 models"):
         check_models(config_from({}, profile="tiny", overrides=["stages.track.model=tiny://clip"]))

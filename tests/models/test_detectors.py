@@ -180,3 +180,25 @@ def test_dfine_checkpoint_folder_loads_as_detr_with_its_processor_size(tmp_path,
     for image, found in zip(images, batch):
         _same(found, runner.detect([image], threshold=0.0, max_boxes=5)[0])
         assert len(found) > 0 and set(found.labels) <= set(TINY_CLASSES)
+
+
+def test_mm_grounding_dino_loads_into_its_own_class_with_its_learned_weights(tmp_path, images):
+    """An MM-Grounding-DINO folder (model_type mm-grounding-dino) keeps its learned bias and
+    scaling: it loads as MMGroundingDinoForObjectDetection, and the runner's scores are that
+    model's own."""
+    from transformers import MMGroundingDinoConfig, MMGroundingDinoForObjectDetection
+
+    from samflow.models.detectors.tiny import tiny_bert_tokenizer, tiny_grounding_dino_config
+
+    config = MMGroundingDinoConfig(**{k: v for k, v in tiny_grounding_dino_config().to_dict().items()
+                                      if k not in ("model_type", "architectures", "transformers_version")})
+    torch.manual_seed(0)
+    reference = MMGroundingDinoForObjectDetection(config).eval()
+    reference.save_pretrained(tmp_path)
+    tiny_bert_tokenizer().save_pretrained(tmp_path)
+    runner = load_model("auto", str(tmp_path), task="propose", device="cpu")
+    assert type(runner.model).__name__ == "MMGroundingDinoForObjectDetection"
+    assert len(runner.detect(images[:1], QUERIES, threshold=0.0, max_boxes=5)[0]) > 0
+    loaded = runner.model.state_dict()  # every learned tensor, bias and scale included, as saved
+    assert loaded.keys() == reference.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())

@@ -29,6 +29,7 @@ from samflow.models.loading.hf import (
     LoadedModel,
     build_in_code,
     load_pretrained,
+    local_model_dir,
     read_json,
 )
 from samflow.models.loading.registry import ModelSource
@@ -153,6 +154,18 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
         else:
             edges, norm = _processor(loaded)
     else:
-        loaded = load_pretrained(GroundingDinoForObjectDetection, source, device, dtype)
+        loaded = load_pretrained(_pretrained_class(source), source, device, dtype)
         edges, norm = _processor(loaded)
     return GroundingDinoRunner(loaded, _tokenizer(loaded), source.uri, device, dtype, edges, norm)
+
+
+def _pretrained_class(source: ModelSource) -> type:
+    """MM-Grounding-DINO checkpoints carry a learned bias and logit scale of their own: they load
+    into their own class (in GroundingDinoForObjectDetection those weights would be dropped and
+    the scores wrong)."""
+    import transformers
+
+    model_type = read_json(local_model_dir(source) / "config.json").get("model_type")
+    if model_type == "mm-grounding-dino":
+        return transformers.MMGroundingDinoForObjectDetection
+    return transformers.GroundingDinoForObjectDetection
