@@ -30,8 +30,9 @@ class StageConfig(Section):
         "into $SAMFLOW_MODEL_CACHE; '#sha256=<hex>' at the end pins its hash) or tiny://<family>."
     )
     model_sha256: str | None = Field(
-        None, description="Expected sha256 of an s3:// / https:// model (a file's hash, or a folder's "
-        "checkpoint hash as `samflow models check` prints it); a fetched copy that differs is refused.",
+        None, description="Expected sha256 of the model file or folder (local, s3:// or https://): "
+        "`samflow models check`'s model_sha256, which for a folder covers every file in it; a model "
+        "that differs is refused before the run starts.",
     )
     batch_size: int = Field(4, ge=1, description="Rows (images) per model call.")
     num_gpus: float = Field(
