@@ -97,6 +97,8 @@ def _record(annotation: dict[str, Any], height: int, width: int) -> dict[str, An
         "crop_box": _numbers(annotation["crop_box"], 4, "crop_box") if annotation.get("crop_box") else None,
         "source": SOURCE,
         "source_id": None if annotation.get("id") is None else str(annotation["id"]),
+        # a class name where the sidecar gives one (samflow synth's tars do; SA-1B's have none)
+        "label": annotation["label"] if isinstance(annotation.get("label"), str) else None,
     }
 
 

@@ -102,3 +102,13 @@ def test_uncompressed_rle_counts_are_accepted():
     (record,) = sa1b_records({"annotations": [{"id": 1, "segmentation": {"size": [H, W], "counts": runs}}]}, H, W)
     assert record["area"] == 20 and record["bbox"] == [6.0, 4.0, 4.0, 5.0]
     assert record["segmentation"]["counts"] == coco_mask.encode(mask)["counts"].decode()
+
+
+def test_a_sidecar_label_becomes_the_rows_label():
+    mask = np.zeros((H, W), np.uint8, order="F")
+    mask[2:5, 3:7] = 1
+    rle = coco_mask.encode(mask)
+    segmentation = {"size": [H, W], "counts": rle["counts"].decode()}
+    labelled, plain = sa1b_records({"annotations": [{"id": 1, "segmentation": segmentation, "label": "car"},
+                                                     {"id": 2, "segmentation": segmentation}]}, H, W)
+    assert (labelled["label"], plain["label"]) == ("car", None)
