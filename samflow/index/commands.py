@@ -8,7 +8,6 @@ run's CLIP model for text and image queries.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -20,20 +19,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-from fsspec.implementations.local import LocalFileSystem
 
 from samflow.config import StorageConfig
 from samflow.index import store
 from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
 from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
+from samflow.media.decode import DecodeError
+from samflow.media.reread import Pictures, picture
 from samflow.schemas.tables import (
     EMBEDDING_MODELS,
     LEGACY_EMBEDDING_TABLES,
     embeddings_table,
 )
 from samflow.store.catalog import RUNS, Catalog
-from samflow.store.storage import read_bytes
+from samflow.store.runs import input_sections
+from samflow.store.storage import StorageSource, read_bytes
 
 if TYPE_CHECKING:
     from samflow.index.dedup import DedupParams
@@ -55,7 +56,7 @@ class RunIndex:
         self.dst = dst
         self.storage = storage or StorageConfig()
         self.catalog = Catalog(dst, self.storage)
-        self.local = isinstance(self.catalog.fs, LocalFileSystem)
+        self.local = "file" in _protocols(self.catalog.fs)
         if self.local:
             self.fs: pafs.FileSystem = pafs.LocalFileSystem()
         else:
@@ -104,6 +105,11 @@ class RunIndex:
 
     def manifest(self, kind: str, model: str = "clip") -> dict[str, Any] | None:
         return store.read_manifest(self.fs, self.root(kind, model))
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    """The protocols an fsspec filesystem answers to (a string or a tuple of them)."""
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
 def index_name(kind: str, model: str = "clip") -> str:
@@ -240,23 +246,18 @@ class OpenIndex:
         return self.clip.embed_texts([text]).float().numpy()
 
     def image_vector(self, data: bytes) -> np.ndarray:
-        return self.clip.embed_images([decode_image(data)]).float().numpy()
+        """The vector of a query image, decoded as the run decoded its own pictures."""
+        limits = input_sections(self.run.dst, self.run.storage)("")
+        try:
+            pixels = picture(data, limits)
+        except DecodeError as exc:
+            raise IndexUserError(f"not a readable image: {exc.message}") from None
+        return self.clip.embed_images([pixels]).float().numpy()
 
     def query(self, vector: np.ndarray, k: int = 20) -> list[dict[str, Any]]:
         if k < 1:
             raise IndexUserError(f"k must be at least 1 (got {k})")
         return [_clean(row, self.kind) for row in results(self.searcher, self.ids, vector, k)]
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """HxWx3 uint8 RGB; a clear IndexUserError for bytes that are not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise IndexUserError(f"not a readable image: {exc}") from None
 
 
 def _clean(row: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -379,19 +380,30 @@ def _masks_by_item(run: RunIndex, item_ids: list[str]) -> dict[str, list[dict[st
     return by_item
 
 
+PREVIEW_IMAGE_COLUMNS = ["item_id", "uri", "frame_index", "timestamp_s", "run_id"]
+
+
 def _cards(run: RunIndex, rows: list[dict[str, Any]], captions: list[str]) -> list:
+    """A card per images row whose picture reads again (the pipeline's decoder: EXIF rotation,
+    colour modes, a video's sampled frame), in the rows' order; the others are logged."""
     from samflow.index.preview import Card
 
     masks = _masks_by_item(run, [row["item_id"] for row in rows])
+    pictures = Pictures(StorageSource(run.storage), input_sections(run.dst, run.storage))
+    read = dict(pictures.rows(rows))
     cards = []
-    for row, caption in zip(rows, captions):
-        try:
-            image = decode_image(read_bytes(row["uri"], run.storage))
-        except (OSError, IndexUserError) as exc:
-            log.warning("preview: skipping %s: %s", row["uri"], exc)
+    for position, (row, caption) in enumerate(zip(rows, captions)):
+        pixels = read[position]
+        if isinstance(pixels, Exception):
+            log.warning("preview: skipping %s: %s", row["uri"], pixels)
             continue
-        cards.append(Card(row["uri"].rsplit("/", 1)[-1], image, masks[row["item_id"]], caption))
+        cards.append(Card(_title(row), pixels, masks[row["item_id"]], caption))
     return cards
+
+
+def _title(row: dict[str, Any]) -> str:
+    name = row["uri"].rsplit("/", 1)[-1]
+    return name if row.get("timestamp_s") is None else f"{name} frame {row['frame_index']}"
 
 
 def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: int = 500, k: int = 12,
@@ -402,18 +414,20 @@ def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: i
     from samflow.store.storage import write_bytes
 
     run = RunIndex(dst, storage)
-    images = run.catalog.read_table("images", columns=["item_id", "uri"])
+    images = run.catalog.read_table("images", columns=PREVIEW_IMAGE_COLUMNS)
     if images is None:
         raise IndexUserError(f"no committed images under {dst}")
-    rows = sorted(images.to_pylist(), key=lambda r: (r["uri"], r["item_id"]))
+    rows = sorted(images.to_pylist(), key=lambda r: (r["uri"], r["frame_index"], r["item_id"]))
     shown = rows[:limit]
     gallery = _cards(run, shown, [""] * len(shown))
     searches = {}
     if queries:
         index = OpenIndex(dst, "image", run.storage)
+        by_item = {row["item_id"]: row for row in rows}
         for query in queries:
-            hits = index.query(index.text_vector(query), k)
-            searches[query] = _cards(run, hits, [f"score {h['score']:.3f}" for h in hits])
+            hits = [h for h in index.query(index.text_vector(query), k) if h["item_id"] in by_item]
+            searches[query] = _cards(run, [by_item[h["item_id"]] for h in hits],
+                                     [f"score {h['score']:.3f}" for h in hits])
     summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
     write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
     if "://" not in out or out.startswith("file://"):

@@ -10,14 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from samflow.config import StorageConfig
+from samflow.config import InputConfig, StorageConfig
 from samflow.errors import UserError
 from samflow.store.catalog import EVALS, RUNS, Catalog
 
@@ -100,6 +102,19 @@ def evaluations(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
 def latest_evaluation(evals: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
     """The newest evaluation made when ``run_id`` was DST's latest run."""
     return next((e for e in reversed(evals) if e.get("run_id") == run_id), None)
+
+
+def input_sections(dst: str, storage: StorageConfig) -> Callable[[str], InputConfig]:
+    """run_id -> the ``input`` section that run decoded with, to read its pictures again the same
+    way. A run without a manifest (killed after committing) gets the newest run's."""
+    sections: dict[str, InputConfig] = {}
+    for found in manifests(dst, storage):
+        try:
+            sections[str(found.get("run_id"))] = InputConfig.model_validate(found["config"]["input"])
+        except (KeyError, TypeError, ValidationError):
+            continue  # written by an older samflow: its limits are not known
+    latest = list(sections.values())[-1] if sections else InputConfig()
+    return lambda run_id: sections.get(run_id, latest)
 
 
 def manifest(dst: str, run_id: str, storage: StorageConfig) -> dict[str, Any]:
