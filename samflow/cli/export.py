@@ -24,12 +24,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="annotation sources considered (repeatable; default: concept, in semi mode all "
                              "but ground_truth)")
     _add_semi_options(review)
-    mot = export_formats.add_parser("mot", help="MOTChallenge text, one file per video (tracked masks)")
+    mot = export_formats.add_parser(
+        "mot", help="MOTChallenge sequences (frames in img1/, seqinfo.ini, gt/gt.txt of the tracked masks)")
     mot.add_argument("dst", help="output URI of an annotate run")
-    mot.add_argument("out", type=Path, help="directory to write <video>.txt files into")
-    ytvis = export_formats.add_parser("ytvis", help="YouTube-VIS JSON (videos, per-track per-frame RLE)")
+    mot.add_argument("out", type=Path, help="directory to write one sequence folder per video into")
+    ytvis = export_formats.add_parser(
+        "ytvis", help="YouTube-VIS JSON (videos, per-track per-frame RLE) and its frames in JPEGImages/")
     ytvis.add_argument("dst", help="output URI of an annotate run")
-    ytvis.add_argument("out", type=Path, help="JSON file to write")
+    ytvis.add_argument("out", type=Path, help="JSON file to write (frames go to JPEGImages/ beside it)")
 
 
 def _add_semi_options(review: argparse.ArgumentParser) -> None:

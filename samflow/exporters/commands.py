@@ -10,9 +10,14 @@ import pyarrow as pa
 
 from samflow.config import StorageConfig
 from samflow.exporters.coco import to_coco
+from samflow.exporters.frames import write_frames
 from samflow.exporters.semi import SemiParams
+from samflow.exporters.videos import VideoFrames, tracked_videos
+from samflow.media.reread import Pictures
 from samflow.schemas import tables
 from samflow.store.catalog import Catalog
+from samflow.store.runs import input_sections
+from samflow.store.storage import StorageSource
 
 
 def export_coco(dst: str, out: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
@@ -79,32 +84,55 @@ def committed_tables(catalog: Catalog, dst: str) -> tuple[pa.Table, pa.Table]:
     return images, annotations
 
 
-def _video_tables(dst: str, storage: StorageConfig | None) -> tuple[pa.Table, pa.Table]:
-    return committed_tables(Catalog(dst, storage or StorageConfig()), dst)
+def _videos(dst: str, storage: StorageConfig) -> list[VideoFrames]:
+    videos = tracked_videos(*committed_tables(Catalog(dst, storage), dst))
+    if not videos:
+        raise NothingToExport(f"no committed video frames under {dst}")
+    return videos
+
+
+def _pictures(dst: str, storage: StorageConfig) -> Pictures:
+    """The run's source pictures, decoded again as each run decoded them."""
+    return Pictures(StorageSource(storage), input_sections(dst, storage))
 
 
 def export_mot(dst: str, out_dir: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """``samflow export mot DST OUT_DIR``: one MOTChallenge ``<video>.txt`` per committed video,
-    and ``videos.json`` naming the video (URI, size, frames) behind each file."""
-    from samflow.exporters.mot import to_mot
+    """``samflow export mot DST OUT_DIR``: a MOTChallenge sequence per committed video (frames,
+    ``seqinfo.ini``, ``gt/gt.txt``; see ``samflow.exporters.mot``), the sequence map, and
+    ``videos.json`` naming the video (URI, size, source frames) behind each sequence."""
+    from samflow.exporters import mot
 
-    per_video = to_mot(*_video_tables(dst, storage))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = {}
-    for name, (video, text) in per_video.items():
-        (out_dir / f"{name}.txt").write_text(text)
-        index[name] = {"uri": video.uri, "width": video.width, "height": video.height,
-                       "frames": [f["frame_index"] for f in video.frames]}
-    (out_dir / "videos.json").write_text(json.dumps(index, indent=1))
-    lines = sum(text.count("\n") for _, text in per_video.values())
-    return {"out": str(out_dir), "videos": len(per_video), "boxes": lines}
+    storage = storage or StorageConfig()
+    videos = _videos(dst, storage)
+    lines = 0
+    for video in videos:
+        folder = out_dir / video.name
+        (folder / "gt").mkdir(parents=True, exist_ok=True)
+        text = mot.gt_lines(video)
+        (folder / "gt" / "gt.txt").write_text(text)
+        (folder / "seqinfo.ini").write_text(mot.seqinfo(video))
+        lines += text.count("\n")
+    frames = write_frames(videos, _pictures(dst, storage),
+                          lambda video, position: out_dir / video.name / mot.IMAGE_DIR / mot.image_name(position))
+    (out_dir / mot.SEQMAP).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / mot.SEQMAP).write_text(mot.seqmap(videos))
+    (out_dir / "videos.json").write_text(json.dumps(mot.video_index(videos), indent=1))
+    return {"out": str(out_dir), "videos": len(videos), "frames": frames, "boxes": lines}
 
 
 def export_ytvis(dst: str, out: Path, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """``samflow export ytvis DST OUT.json``: YouTube-VIS style JSON of the committed videos."""
-    from samflow.exporters.ytvis import to_ytvis
+    """``samflow export ytvis DST OUT.json``: YouTube-VIS JSON of the committed videos, and their
+    frames where its ``file_names`` point: ``JPEGImages/<video>/<frame>.jpg`` beside OUT.json."""
+    from samflow.exporters.ytvis import IMAGE_DIR, to_ytvis
 
-    data = to_ytvis(*_video_tables(dst, storage))
+    storage = storage or StorageConfig()
+    videos = _videos(dst, storage)
+    data = to_ytvis(videos)
     out.parent.mkdir(parents=True, exist_ok=True)
+    names = {video_ann["id"]: video_ann["file_names"] for video_ann in data["videos"]}
+    ids = {video.uri: video_id for video_id, video in enumerate(videos, start=1)}
+    frames = write_frames(videos, _pictures(dst, storage),
+                          lambda video, position: out.parent / IMAGE_DIR / names[ids[video.uri]][position])
     out.write_text(json.dumps(data))
-    return {"out": str(out), "videos": len(data["videos"]), "tracks": len(data["annotations"])}
+    return {"out": str(out), "images": str(out.parent / IMAGE_DIR), "videos": len(videos), "frames": frames,
+            "tracks": len(data["annotations"])}

@@ -1,4 +1,5 @@
-"""YouTube-VIS JSON: ``videos`` (one per video: size, length, one file name per sampled frame),
+"""YouTube-VIS JSON: ``videos`` (one per video: size, length, one file name per sampled frame,
+``<video>/<source frame index>.jpg`` under ``JPEGImages/`` beside the JSON),
 ``categories`` (from the labels; unlabelled masks are "object"), and ``annotations``, one per
 track with one entry per frame of its video in ``segmentations`` (COCO RLE, compressed counts),
 ``bboxes`` and ``areas``: null on frames where the track has no mask. Tracks come from the
@@ -11,13 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pyarrow as pa
+from samflow.exporters.videos import UNLABELLED, VideoFrames
 
-from samflow.exporters.videos import UNLABELLED, VideoFrames, tracked_videos
+IMAGE_DIR = "JPEGImages"
 
 
-def to_ytvis(images: pa.Table, annotations: pa.Table) -> dict[str, Any]:
-    videos = tracked_videos(images, annotations)
+def to_ytvis(videos: list[VideoFrames]) -> dict[str, Any]:
     labels = sorted({m["label"] for v in videos for ms in v.masks.values() for m in ms if m["label"]} - {UNLABELLED})
     category_ids = {name: i + 1 for i, name in enumerate([UNLABELLED, *labels])}
     out_videos, out_annotations = [], []
