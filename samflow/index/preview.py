@@ -1,6 +1,7 @@
 """A static HTML gallery of a run: thumbnails with their masks drawn over them in colours,
 labels and scores, client-side paging, and a search-results page. One self-contained file:
-thumbnails and mask overlays are embedded as data URIs (PNG/JPEG), no server needed.
+thumbnails and mask overlays are embedded as data URIs (PNG/JPEG), no server needed. The page is
+the jinja2 template ``templates/preview.html.j2`` (autoescaped); this module prepares what it draws.
 
 The renderer takes prepared cards (pixels, masks, captions); reading the run is the flows' job.
 """
@@ -8,17 +9,17 @@ The renderer takes prepared cards (pixels, masks, captions); reading the run is 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
 import numpy as np
 from PIL import Image
 
 from samflow.schemas import rle
 
+TEMPLATE = "preview.html.j2"
 THUMB_SIDE = 320
 PAGE_SIZE = 24
 # Distinct, saturated colours (RGB) cycled over the masks of one image.
@@ -56,91 +57,35 @@ def overlay(masks: list[dict[str, Any]], height: int, width: int, size: tuple[in
     return Image.fromarray(rgba, "RGBA").resize(size, Image.Resampling.NEAREST)
 
 
-def _card_html(card: Card, page: int, section: str) -> str:
+def _card(card: Card, page: int) -> dict[str, Any]:
+    """What the template draws for one card: a thumbnail, the mask overlay, boxes and legend."""
     height, width = card.image.shape[:2]
     size = _thumb_size(height, width)
-    photo = _data_uri(Image.fromarray(card.image).resize(size, Image.Resampling.BILINEAR), "JPEG")
-    boxes, legend = [], []
+    masks = []
     for number, mask in enumerate(card.masks):
         r, g, b = PALETTE[number % len(PALETTE)]
-        x, y, w, h = mask["bbox"]
         label = mask.get("label") or ""
         score = mask.get("label_score") if mask.get("label_score") is not None else mask.get("predicted_iou")
-        text = html.escape(f"{label} {score:.2f}" if score is not None else label)
-        boxes.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" stroke="rgb({r},{g},{b})"/>'
-                     f'<text x="{x + 2}" y="{y + 12}" fill="rgb({r},{g},{b})">{text}</text>')
-        legend.append(f'<li><span class="swatch" style="background:rgb({r},{g},{b})"></span>{text or "mask"}</li>')
-    layer = ""
-    if card.masks:
-        layer = (f'<img class="overlay" alt="masks" src="{_data_uri(overlay(card.masks, height, width, size), "PNG")}">'
-                 f'<svg class="boxes" viewBox="0 0 {width} {height}" preserveAspectRatio="none">{"".join(boxes)}</svg>')
-    return (
-        f'<figure class="card" data-section="{section}" data-page="{page}">'
-        f'<div class="frame" style="width:{size[0]}px;height:{size[1]}px">'
-        f'<img class="photo" alt="{html.escape(card.title)}" src="{photo}">{layer}</div>'
-        f'<figcaption><b>{html.escape(card.title)}</b> {html.escape(card.caption)}'
-        f'<ul class="legend">{"".join(legend)}</ul></figcaption></figure>'
-    )
+        masks.append({"box": [float(v) for v in mask["bbox"]], "colour": f"rgb({r},{g},{b})",
+                      "text": f"{label} {score:.2f}" if score is not None else label})
+    return {
+        "title": card.title, "caption": card.caption, "page": page, "size": size, "width": width, "height": height,
+        "photo": _data_uri(Image.fromarray(card.image).resize(size, Image.Resampling.BILINEAR), "JPEG"),
+        "overlay": _data_uri(overlay(card.masks, height, width, size), "PNG") if card.masks else "",
+        "masks": masks,
+    }
 
 
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1rem;background:#f4f4f4;color:#222}
-nav button{margin:0 .2rem;padding:.3rem .7rem}
-.grid{display:flex;flex-wrap:wrap;gap:12px}
-.card{margin:0;background:#fff;padding:6px;border-radius:6px;box-shadow:0 1px 3px #0003;max-width:330px}
-.frame{position:relative}
-.frame img,.frame svg{position:absolute;left:0;top:0;width:100%;height:100%}
-.boxes rect{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}
-.boxes text{font-size:11px;paint-order:stroke;stroke:#000;stroke-width:2px}
-figcaption{font-size:12px;margin-top:4px;word-break:break-all}
-.legend{list-style:none;padding:0;margin:2px 0;display:flex;flex-wrap:wrap;gap:6px}
-.swatch{display:inline-block;width:10px;height:10px;margin-right:3px;border-radius:2px}
-.hidden{display:none}
-"""
-
-SCRIPT = """
-const pageSize = %d;
-function show(section, page) {
-  document.querySelectorAll('section').forEach(s => s.classList.toggle('hidden', s.id !== section));
-  document.querySelectorAll('#' + section + ' .card').forEach(
-    c => c.classList.toggle('hidden', Number(c.dataset.page) !== page));
-  const pages = Number(document.getElementById(section).dataset.pages);
-  document.getElementById(section + '-at').textContent = 'page ' + (page + 1) + ' of ' + pages;
-  window.current = {section, page, pages};
-}
-function step(delta) {
-  const c = window.current, next = Math.min(Math.max(c.page + delta, 0), c.pages - 1);
-  show(c.section, next);
-}
-function countLoaded() {
-  const done = sel => [...document.querySelectorAll(sel)].filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.photosLoaded = done('img.photo');
-  document.body.dataset.overlaysLoaded = done('img.overlay');
-}
-window.addEventListener('load', () => { show('gallery', 0); countLoaded(); });
-"""
-
-
-def _section(section: str, title: str, cards: list[str], extra: str = "") -> str:
-    pages = max(1, -(-len(cards) // PAGE_SIZE))
-    return (f'<section id="{section}" data-pages="{pages}"><h2>{html.escape(title)}</h2>{extra}'
-            f'<nav><button onclick="step(-1)">&larr; previous</button><span id="{section}-at"></span>'
-            f'<button onclick="step(1)">next &rarr;</button></nav>'
-            f'<div class="grid">{"".join(cards)}</div></section>')
+def _section(section: str, heading: str, link: str, cards: list[Card]) -> dict[str, Any]:
+    return {"id": section, "heading": heading, "link": link, "pages": max(1, -(-len(cards) // PAGE_SIZE)),
+            "cards": [_card(card, i // PAGE_SIZE) for i, card in enumerate(cards)]}
 
 
 def render(title: str, gallery: list[Card], searches: dict[str, list[Card]], summary: dict[str, Any]) -> str:
     """The whole report: a gallery page and one search-results page per query."""
-    gallery_cards = [_card_html(card, i // PAGE_SIZE, "gallery") for i, card in enumerate(gallery)]
-    parts = [_section("gallery", f"Gallery ({len(gallery)} images)", gallery_cards)]
-    links = ['<a href="#" onclick="show(\'gallery\',0);return false">gallery</a>']
-    for number, (query, cards) in enumerate(searches.items()):
-        section = f"search-{number}"
-        html_cards = [_card_html(card, i // PAGE_SIZE, section) for i, card in enumerate(cards)]
-        parts.append(_section(section, f"Search: “{query}”", html_cards))
-        links.append(f'<a href="#" onclick="show(\'{section}\',0);return false">search: {html.escape(query)}</a>')
-    facts = html.escape(json.dumps(summary))
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>'
-            f'<p class="summary">{facts}</p><p class="links">{" | ".join(links)}</p>'
-            f'{"".join(parts)}<script>{SCRIPT % PAGE_SIZE}</script></body></html>')
+    sections = [_section("gallery", f"Gallery ({len(gallery)} images)", "gallery", gallery)]
+    sections += [_section(f"search-{number}", f"Search: “{query}”", f"search: {query}", cards)
+                 for number, (query, cards) in enumerate(searches.items())]
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("samflow.index", "templates"), autoescape=True)
+    return environment.get_template(TEMPLATE).render(title=title, summary=summary, sections=sections,
+                                                     page_size=PAGE_SIZE)

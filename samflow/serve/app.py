@@ -8,24 +8,26 @@
 
 CLIP calls from concurrent requests are batched with ``@serve.batch``. Ray Serve has no
 authentication of its own: with a token (``SAMFLOW_SERVE_TOKEN`` for the CLI) every route but
-/healthz wants ``Authorization: Bearer <token>``. Bodies and decoded images are size-limited.
-Every bad request gets a 4xx JSON ``{"error": "..."}``; bodies are parsed here, not by FastAPI,
-so malformed JSON, wrong types and oversized bodies all say what was wrong.
+/healthz wants ``Authorization: Bearer <token>`` (``fastapi.security.HTTPBearer``). Bodies are
+typed (pydantic models FastAPI validates); bodies and decoded images are size-limited. Every bad
+request gets a 4xx JSON ``{"error": "..."}`` saying what was wrong: malformed JSON 400, a body
+that fails its model 422 (the validation errors, one line), too large 413, no token 401, a wrong
+one 403. FastAPI reads a body before it checks the token, so malformed JSON is a 400 either way.
 """
 
 
 import base64
 import binascii
 import hmac
-import io
-import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TOKEN_ENV = "SAMFLOW_SERVE_TOKEN"
 
@@ -81,38 +83,38 @@ class SegmentBody(_Body):
         return self
 
 
-def parse_body(raw: bytes, model: type[BaseModel], limits: Limits) -> Any:
-    if len(raw) > limits.max_body_bytes:
-        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}")
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "the body must be a JSON object")
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise ApiError(422, problems) from None
+# pydantic's error types for a body that is JSON but not an object
+_NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type"}
+
+
+def validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's validation errors of a body as one line: 400 for malformed JSON, else 422."""
+    errors = exc.errors()
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return ApiError(400, f"malformed JSON: {(error.get('ctx') or {}).get('error', error['msg'])}")
+        if error["type"] in _NOT_AN_OBJECT and tuple(error["loc"]) == ("body",):
+            return ApiError(422, "the body must be a JSON object")
+    problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'][1:]) or 'body'}: {error['msg']}"
+                         for error in errors)
+    return ApiError(422, problems)
 
 
 def decode_image(data: str, limits: Limits) -> np.ndarray:
-    """Base64 text -> HxWx3 uint8 RGB, with size checks before any pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
+    """Base64 text -> HxWx3 uint8 RGB through the pipeline's decoder (EXIF rotation, colour
+    modes, 16-bit), the pixel limit checked on the header before any pixels are decoded."""
+    from samflow.media.decode import DecodeError
+    from samflow.media.decode import decode_image as pipeline_decode
 
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "'image' is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            width, height = image.size
-            if width * height > limits.max_image_pixels:
-                raise ApiError(413, f"image is {width}x{height}; the limit is {limits.max_image_pixels} pixels")
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ApiError(400, f"'image' is not a readable image: {type(exc).__name__}") from None
+        return pipeline_decode(raw, limits.max_image_pixels)
+    except DecodeError as exc:
+        status = 413 if exc.error_type == "too_many_pixels" else 400
+        raise ApiError(status, f"'image' is not a readable image: {exc.message}") from None
 
 
 def segment_image(runner: Any, image: np.ndarray, body: SegmentBody) -> list[dict[str, Any]]:
@@ -135,17 +137,45 @@ def segment_image(runner: Any, image: np.ndarray, body: SegmentBody) -> list[dic
     return out
 
 
+def http_app(token: str | None, limits: Limits) -> tuple[FastAPI, list[Any]]:
+    """The FastAPI app with its error handlers, and the dependencies every guarded route takes
+    (the bearer token, the body limit)."""
+    app = FastAPI(title="samflow", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = validation_error(exc)
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    bearer = HTTPBearer(auto_error=False)
+
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if not token:
+            return
+        if credentials is None:
+            raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise ApiError(403, "wrong bearer token")
+
+    async def within_limit(request: Request) -> None:
+        size = len(await request.body())  # the body FastAPI read, cached
+        if size > limits.max_body_bytes:
+            raise ApiError(413, f"request body is {size} bytes; the limit is {limits.max_body_bytes}")
+
+    return app, [Depends(authorized), Depends(within_limit)]
+
+
 def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None = None,
               limits: Limits | None = None, name: str = "samflow"):
     """The Serve application (bind it with ``serve.run``)."""
     from ray import serve
 
     limits = limits or Limits()
-    app = FastAPI(title="samflow", docs_url=None, redoc_url=None)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    app, guarded = http_app(token, limits)
 
     @serve.deployment(name=name)
     @serve.ingress(app)
@@ -191,23 +221,6 @@ def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None
                 return await self.embed_texts(text)
             return await self.embed_images(decode_image(image, limits))
 
-        def _authorize(self, request: Request) -> None:
-            if not token:
-                return
-            header = request.headers.get("authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not given:
-                raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                raise ApiError(403, "wrong bearer token")
-
-        async def _body(self, request: Request, model: type[BaseModel]) -> Any:
-            self._authorize(request)
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-                raise ApiError(413, f"request body is {declared} bytes; the limit is {limits.max_body_bytes}")
-            return parse_body(await request.body(), model, limits)
-
         # -- routes ---------------------------------------------------------------------
 
         @app.get("/healthz")
@@ -215,9 +228,8 @@ def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None
             return {"status": "ok", "model": self.model,
                     "indexes": {kind: index.searcher.count for kind, index in self.indexes.items()}}
 
-        @app.post("/search")
-        async def search(self, request: Request) -> dict[str, Any]:
-            body = await self._body(request, SearchBody)
+        @app.post("/search", dependencies=guarded)
+        async def search(self, body: SearchBody) -> dict[str, Any]:
             if body.k > limits.max_k:
                 raise ApiError(422, f"k: at most {limits.max_k}")
             index = self.indexes.get(body.kind)
@@ -226,15 +238,13 @@ def build_app(dst: str, storage: dict[str, Any] | None = None, token: str | None
             vector = await self._vector(body.text, body.image)
             return {"kind": body.kind, "results": index.query(vector[None], body.k)}
 
-        @app.post("/embed")
-        async def embed(self, request: Request) -> dict[str, Any]:
-            body = await self._body(request, EmbedBody)
+        @app.post("/embed", dependencies=guarded)
+        async def embed(self, body: EmbedBody) -> dict[str, Any]:
             vector = await self._vector(body.text, body.image)
             return {"model": self.model, "dim": int(vector.shape[0]), "embedding": vector.tolist()}
 
-        @app.post("/segment")
-        async def segment(self, request: Request) -> dict[str, Any]:
-            body = await self._body(request, SegmentBody)
+        @app.post("/segment", dependencies=guarded)
+        async def segment(self, body: SegmentBody) -> dict[str, Any]:
             prompts = body.points if body.points is not None else body.boxes
             if len(prompts) > limits.max_prompts:
                 raise ApiError(422, f"at most {limits.max_prompts} prompts per request")
