@@ -179,6 +179,55 @@ class IndexConfig(Section):
     )
 
 
+class TrainLossConfig(_Section):
+    """SAM's loss: focal and dice on the masks (the paper's 20:1), MSE on the IoU head."""
+
+    focal_weight: float = Field(20.0, ge=0, description="Weight of the focal loss (alpha 0.25, gamma 2).")
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the dice loss.")
+    iou_weight: float = Field(1.0, ge=0, description="Weight of the IoU head's mean squared error.")
+
+
+class TrainConfig(_Section):
+    """``samflow train`` / the engine round: fine-tuning the segment model (SAM) on DST's
+    ground-truth masks (annotations with source ground_truth) and reviewed masks (reviews/)."""
+
+    base_model: str | None = Field(
+        None, description="Model to start from (any model URI); null: stages.segment.model. --base overrides.")
+    epochs: int = Field(4, ge=1, description="Passes over the training split.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop after this many minutes of training (the current step ends, the held-out "
+        "split is scored and a checkpoint written); null: no limit.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel, DDP: gloo on CPU, NCCL on GPU).")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads, rounded up).")
+    batch_size: int = Field(4, ge=1, description="Images per step per worker (the image encoder runs once per image).")
+    masks_per_image: int = Field(8, ge=1, description="Masks trained per image per step (drawn again when it has fewer).")
+    box_fraction: float = Field(0.5, ge=0, le=1, description="Share of a step's masks prompted by a box; the rest by a point.")
+    box_jitter: float = Field(0.1, ge=0, description="Std of box-corner noise, as a share of the box side (max 20 input px).")
+    correction_rounds: int = Field(
+        2, ge=0, description="Corrective rounds after the first prompt: each adds a click from the previous "
+        "prediction's error (positive where missed, negative where spilled).")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    image_encoder: Literal["frozen", "lora", "full"] = Field(
+        "frozen", description="The image encoder: frozen (features computed without gradients), lora "
+        "(low-rank adapters on its attention, merged into the saved weights) or full (every weight trains).")
+    prompt_encoder: bool = Field(True, description="Train the prompt encoder.")
+    mask_decoder: bool = Field(True, description="Train the mask decoder (and its IoU head).")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank (image_encoder: lora).")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (image_encoder: lora).")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of DST's items held out (by a hash of item_id: the same items every "
+        "run) and scored each epoch: mean IoU of one centre-point prompt per mask.")
+    use_reviews: bool = Field(True, description="Train on reviews/ (accepted, corrected, added masks) when present.")
+    shuffle_buffer: int = Field(64, ge=0, description="Images in each worker's local shuffle buffer; 0: stream order.")
+    checkpoint_uri: str | None = Field(
+        None, description="Where epoch checkpoints go (local or s3://); null: DST/_train/. A run with the same "
+        "DST and --out resumes from its last checkpoint.")
+    seed: int = Field(0, description="Seed of prompt sampling and mask choice.")
+    loss: TrainLossConfig = Field(default_factory=TrainLossConfig)
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -192,6 +241,7 @@ class RunConfig(BaseModel):
     schedule: str | None = Field(None, description="Cron string for the Prefect deployment.")
     index: IndexConfig = Field(default_factory=IndexConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _concepts_have_prompts(self) -> RunConfig:

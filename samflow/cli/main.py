@@ -20,11 +20,13 @@ from samflow.cli import (
     serve,
     submit,
     synth,
+    train,
 )
 from samflow.cli import eval as evaluate
 
 # Each group module adds its subcommands and sets ``run``; a new command group is one entry here.
-COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, synth)
+COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, synth, train)
+COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, train)
 
 
 def _parser() -> argparse.ArgumentParser:

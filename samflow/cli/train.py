@@ -1,0 +1,53 @@
+"""``samflow train DST --out MODEL_URI``: fine-tune the segment model on DST's ground truth
+and reviews (Ray Train); ``samflow engine-round``: one round of the data engine (Prefect)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="fine-tune the segment model (SAM) on DST's ground truth and reviews")
+    train.add_argument("dst", help="output URI of annotate runs (its ground-truth rows and reviews/ are the data)")
+    train.add_argument("--out", required=True, dest="out_uri", help="model directory to write (local path or s3://)")
+    train.add_argument("--base", help="model to start from (default: train.base_model, else stages.segment.model)")
+    train.add_argument("--epochs", type=int, help="passes over the training split (train.epochs)")
+    train.add_argument("--max-minutes", type=float, help="stop training after this many minutes (train.max_minutes)")
+    train.add_argument("--num-workers", type=int, help="Ray Train workers (train.num_workers)")
+    train.add_argument("--config", type=Path, help="YAML run config (its train, storage and ray sections)")
+    train.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    train.add_argument("--profile", choices=["tiny"], help="tiny: the base is tiny://sam unless --base says otherwise")
+    train.set_defaults(run=run_train)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    flags = {"train.epochs": args.epochs, "train.max_minutes": args.max_minutes, "train.num_workers": args.num_workers}
+    return list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from samflow.cli import logs
+    from samflow.cli.options import user_config
+    from samflow.train.run import train_model
+
+    cfg = user_config(args.config, _overrides(args), args.profile)
+    logs.quiet_ray_data(args.verbose)
+    ray_was_up = _ray_is_up()
+    try:
+        lineage = train_model(args.dst, args.out_uri, cfg, base=args.base)
+    finally:
+        if not ray_was_up and _ray_is_up():
+            sys.modules["ray"].shutdown()
+    last = lineage["epochs"][-1] if lineage["epochs"] else {}
+    summary = {"model": args.out_uri, "base_model": lineage["base_model"], "epochs_done": lineage["epochs_done"],
+               "holdout_miou": last.get("holdout_miou"), "data": lineage["data"], "stopped": lineage["stopped"]}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
