@@ -29,12 +29,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from samflow.cli import logs
     from samflow.cli.options import user_config
     from samflow.train.run import train_model
 
     cfg = user_config(args.config, _overrides(args), args.profile)
-    logs.quiet_ray_data(args.verbose)
+    _quiet_ray_data()
     ray_was_up = _ray_is_up()
     try:
         lineage = train_model(args.dst, args.out_uri, cfg, base=args.base)
@@ -46,6 +45,16 @@ def run_train(args: argparse.Namespace) -> int:
                "holdout_miou": last.get("holdout_miou"), "data": lineage["data"], "stopped": lineage["stopped"]}
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _quiet_ray_data() -> None:
+    """No Ray Data progress bars; the workers' own lines (samflow train: epoch ...) stay: they
+    are the run's progress on the terminal."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
 
 
 def _ray_is_up() -> bool:

@@ -36,6 +36,7 @@ class Progress:
     epochs_done: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended before its last epoch ("max_minutes")
+    resumed_at: list[int] = field(default_factory=list)  # epochs done when each resume started
 
 
 def save_checkpoint(directory: Path, state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,

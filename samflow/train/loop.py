@@ -103,7 +103,10 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progre
     with checkpoint.as_directory() as directory:
         load_trainable(Path(directory), model)
         load_optimizer(Path(directory), optimizer)
-        return read_progress(Path(directory))
+        progress = read_progress(Path(directory))
+    progress.resumed_at.append(progress.epochs_done)
+    progress.stopped = None  # a new budget: the run goes on to its last epoch
+    return progress
 
 
 def _batches(name: str, spec: WorkerSpec, shuffle: bool):

@@ -145,6 +145,7 @@ def _lineage(dst: str, out_uri: str, cfg: RunConfig, base: BaseModel, reviews: R
         "epochs": progress.history,
         "epochs_done": progress.epochs_done,
         "stopped": progress.stopped,
+        "resumed_at": progress.resumed_at,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "samflow_version": samflow.__version__,
     }

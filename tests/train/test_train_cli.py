@@ -1,0 +1,114 @@
+"""``samflow train`` as a user runs it: a subprocess joined to the session's Ray cluster, on a
+DST whose ground truth came in through ``samflow annotate`` (SA-1B-style tars of synthetic
+scenes), writing its model to the S3 server; the model then loads by URI and annotates. A run
+killed mid-training resumes from its last checkpoint epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from samflow.train.run import run_name
+from samflow.train.scenes import write_scene_tars
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--set", "train.batch_size=2", "--set", "train.masks_per_image=2", "--set", "train.correction_rounds=1",
+        "--set", "train.holdout_fraction=0.3"]
+
+
+def _env(ray_cluster) -> dict[str, str]:
+    return {**os.environ, "RAY_ADDRESS": ray_cluster.address, "PYTHONPATH": str(REPO)}
+
+
+def samflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "samflow.cli.main", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout)
+
+
+def _last_json(stdout: str) -> dict:
+    return json.JSONDecoder().raw_decode(stdout[stdout.rindex("{\n"):])[0]
+
+
+@pytest.fixture(scope="module")
+def scenes_dst(tmp_path_factory, s3_bucket, s3_fs, ray_cluster) -> dict[str, str]:
+    """SA-1B-style tars of 8 scenes on S3, annotated for their ground truth only."""
+    local = tmp_path_factory.mktemp("scenes")
+    for path in write_scene_tars(local, 8, seed=3, side=(64, 96), per_tar=4):
+        s3_fs.pipe_file(f"{s3_bucket}/scenes/{path.name}", path.read_bytes())
+    src, dst = f"{s3_bucket}/scenes", f"{s3_bucket}/dst"
+    done = samflow(_env(ray_cluster), "annotate", src, "--out", dst, "--profile", "tiny",
+                   "--set", "input.sa1b_ground_truth=true", "--set", "stages.segment.enabled=false",
+                   "--set", "stages.embed.enabled=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"src": src, "dst": dst}
+
+
+@pytest.mark.slow
+def test_trained_model_on_s3_has_lineage_loads_by_uri_and_annotates(scenes_dst, s3_bucket, s3_fs, ray_cluster):
+    env = _env(ray_cluster)
+    out = f"{s3_bucket}/models/tuned"
+    trained = samflow(env, "train", scenes_dst["dst"], "--out", out, "--profile", "tiny", "--epochs", "2", *FAST)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "samflow train: epoch 2/2" in trained.stdout + trained.stderr  # progress on the terminal
+    summary = _last_json(trained.stdout)
+    assert summary["epochs_done"] == 2 and summary["data"]["train_items"] + summary["data"]["holdout_items"] == 8
+
+    lineage = json.loads(s3_fs.cat_file(f"{out}/samflow.json"))
+    base_sha = json.loads(samflow(env, "models", "check", "tiny://sam").stdout)["checkpoint_sha256"]
+    assert lineage["base_model"] == "tiny://sam" and lineage["base_sha256"] == base_sha
+    assert lineage["dst"] == scenes_dst["dst"] and lineage["reviews_version"] is None
+    assert [e["epoch"] for e in lineage["epochs"]] == [1, 2]
+    assert all(0.0 <= e["holdout_miou"] <= 1.0 and e["images"] > 0 for e in lineage["epochs"])
+    assert lineage["train_config"]["masks_per_image"] == 2
+    assert {"config.json", "model.safetensors", "samflow.json"} <= {p.rsplit("/", 1)[1] for p in s3_fs.ls(out)}
+
+    checked = samflow(env, "models", "check", out)
+    assert checked.returncode == 0, checked.stderr
+    facts = json.loads(checked.stdout)
+    assert facts["family"] == "sam" and facts["checkpoint_sha256"] != base_sha  # the weights moved
+
+    annotated = samflow(env, "annotate", scenes_dst["src"], "--out", f"{s3_bucket}/by-tuned", "--profile", "tiny",
+                        "--set", f"stages.segment.model={out}", "--set", "stages.embed.enabled=false")
+    assert annotated.returncode == 0, annotated.stderr[-3000:]
+    assert _last_json(annotated.stdout)["counts"]["images"] == 8
+
+
+def _wait_for_checkpoint(folder: Path, process: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if any(folder.glob("checkpoint_*/progress.json")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint under {folder} within {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint_epoch(scenes_dst, tmp_path, ray_cluster):
+    env = _env(ray_cluster)
+    out = tmp_path / "model"
+    checkpoints = tmp_path / "checkpoints"
+    args = ["train", scenes_dst["dst"], "--out", str(out), "--profile", "tiny", "--epochs", "3",
+            "--set", f"train.checkpoint_uri={checkpoints}", *FAST]
+    process = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", *args], env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_checkpoint(checkpoints / run_name(str(out)), process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not out.exists()  # killed before it finished
+
+    resumed = samflow(env, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lineage = json.loads((out / "samflow.json").read_text())
+    assert lineage["epochs_done"] == 3 and [e["epoch"] for e in lineage["epochs"]] == [1, 2, 3]
+    assert len(lineage["resumed_at"]) == 1 and 1 <= lineage["resumed_at"][0] < 3
+    assert len(list((checkpoints / run_name(str(out))).glob("checkpoint_*"))) >= 1  # train.checkpoint_uri honoured
