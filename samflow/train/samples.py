@@ -32,8 +32,6 @@ from samflow.store.storage import read_bytes
 from samflow.train.targets import decode_rles, masks_in_frame, pack
 
 GROUND_TRUTH = "ground_truth"
-REVIEWS = "reviews"
-KEPT_ACTIONS = ("accepted", "corrected", "added")
 _MAX_PIXELS = 178_956_970
 
 log = logging.getLogger(__name__)
@@ -70,23 +68,20 @@ def committed_shards(dst: str, storage: StorageConfig) -> list[str]:
 
 
 def read_reviews(dst: str, storage: StorageConfig) -> Reviews:
-    """The kept reviewed masks of DST (none without a reviews table). Reviews are people's work,
-    so they are few next to the run's masks: read whole, and sent to the readers by item."""
-    catalog = Catalog(dst, storage)
-    table = catalog.read_table(REVIEWS, columns=["item_id", "segmentation", "action"])
-    if table is None or table.num_rows == 0:
+    """The masks people settled on in DST's reviews/ (none without one), and its version: a
+    hash of the imports they came from. Reviews are people's work, few next to the run's masks:
+    read whole, and sent to the readers by item."""
+    from samflow.reviews.table import read_reviews as read_table
+    from samflow.reviews.table import reviewed_masks
+
+    table = read_table(dst, storage)
+    masks = reviewed_masks(table)
+    if not masks:
         return Reviews()
-    kept = table.filter(pc.is_in(table["action"], value_set=pc.cast(list(KEPT_ACTIONS), table["action"].type)))
-    by_item: dict[str, list[str]] = defaultdict(list)
-    for item, seg in zip(kept["item_id"].to_pylist(), kept["segmentation"].to_pylist()):
-        if seg and seg.get("counts"):
-            by_item[item].append(seg["counts"])
-    digest = hashlib.sha256()
-    for item in sorted(by_item):
-        digest.update(item.encode())
-        for counts in sorted(by_item[item]):
-            digest.update(counts.encode())
-    return Reviews(dict(by_item), digest.hexdigest()[:16], sum(len(v) for v in by_item.values()))
+    by_item = {item: [rle["counts"] for rle, _ in pairs] for item, pairs in masks.items()}
+    imports = sorted(set(table.column("import_id").to_pylist()) - {None})
+    version = hashlib.sha256("\n".join(imports).encode()).hexdigest()[:16]
+    return Reviews(by_item, version, sum(len(v) for v in by_item.values()))
 
 
 class ShardItems:
