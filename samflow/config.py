@@ -179,7 +179,7 @@ class IndexConfig(Section):
     )
 
 
-class TrainLossConfig(_Section):
+class TrainLossConfig(Section):
     """SAM's loss: focal and dice on the masks (the paper's 20:1), MSE on the IoU head."""
 
     focal_weight: float = Field(20.0, ge=0, description="Weight of the focal loss (alpha 0.25, gamma 2).")
@@ -187,7 +187,7 @@ class TrainLossConfig(_Section):
     iou_weight: float = Field(1.0, ge=0, description="Weight of the IoU head's mean squared error.")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """``samflow train`` / the engine round: fine-tuning the segment model (SAM) on DST's
     ground-truth masks (annotations with source ground_truth) and reviewed masks (reviews/)."""
 

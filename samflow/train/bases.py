@@ -21,12 +21,13 @@ def small_sam_config(image_size: int = 128, hidden: int = 48):
 
     patch = 8
     return SamConfig(
-        vision_config=dict(hidden_size=hidden, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch, window_size=8, global_attn_indexes=[1],
-                           num_pos_feats=hidden // 2, mlp_dim=2 * hidden, scale=1.0),
-        prompt_encoder_config=dict(hidden_size=hidden, image_size=image_size, patch_size=patch, mask_input_channels=8),
-        mask_decoder_config=dict(hidden_size=hidden, mlp_dim=2 * hidden, num_attention_heads=2,
-                                 iou_head_hidden_dim=hidden),
+        vision_config={"hidden_size": hidden, "output_channels": hidden, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": image_size, "patch_size": patch, "window_size": 8,
+                       "global_attn_indexes": [1], "num_pos_feats": hidden // 2, "mlp_dim": 2 * hidden, "scale": 1.0},
+        prompt_encoder_config={"hidden_size": hidden, "image_size": image_size, "patch_size": patch,
+                               "mask_input_channels": 8},
+        mask_decoder_config={"hidden_size": hidden, "mlp_dim": 2 * hidden, "num_attention_heads": 2,
+                             "iou_head_hidden_dim": hidden},
     )
 
 

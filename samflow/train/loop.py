@@ -19,10 +19,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from samflow.train.checkpoints import Progress, load_optimizer, load_trainable, read_progress, save_checkpoint
+from samflow.train.checkpoints import (
+    Progress,
+    load_optimizer,
+    load_trainable,
+    read_progress,
+    save_checkpoint,
+)
 from samflow.train.step import SamTrainStep, StepParams
 from samflow.train.targets import unpack
-from samflow.train.trainable import Parts, prepare, sam_of, trainable_parameters, trainable_state
+from samflow.train.trainable import (
+    Parts,
+    prepare,
+    sam_of,
+    trainable_parameters,
+    trainable_state,
+)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,22 @@ import samflow
 from samflow.config import RunConfig, StorageConfig
 from samflow.errors import UserError
 from samflow.store.storage import filesystem, join
-from samflow.train.checkpoints import LINEAGE, load_trainable, publish, read_progress, staging_dir, write_model_dir
+from samflow.train.checkpoints import (
+    LINEAGE,
+    load_trainable,
+    publish,
+    read_progress,
+    staging_dir,
+    write_model_dir,
+)
 from samflow.train.loop import WorkerSpec, train_worker
-from samflow.train.samples import ModelFrame, Reviews, item_counts, read_reviews, sample_datasets
+from samflow.train.samples import (
+    ModelFrame,
+    Reviews,
+    item_counts,
+    read_reviews,
+    sample_datasets,
+)
 from samflow.train.step import StepParams
 from samflow.train.trainable import Parts, merged, prepare
 
@@ -98,7 +111,7 @@ def run_name(out_uri: str) -> str:
     return "train-" + hashlib.sha256(out_uri.rstrip("/").encode()).hexdigest()[:16]
 
 
-def _storage_for_ray(uri: str, storage: StorageConfig):  # noqa: ANN202
+def _storage_for_ray(uri: str, storage: StorageConfig):
     """(storage_path, pyarrow filesystem or None) for Ray Train, through samflow's fsspec settings."""
     fs, path = filesystem(uri, storage)
     if "://" not in uri or uri.startswith("file://"):
@@ -109,7 +122,7 @@ def _storage_for_ray(uri: str, storage: StorageConfig):  # noqa: ANN202
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelFrame, reviews: Reviews):  # noqa: ANN202
+def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelFrame, reviews: Reviews):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -131,7 +144,7 @@ def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelF
 
 
 def _lineage(dst: str, out_uri: str, cfg: RunConfig, base: BaseModel, reviews: Reviews, data: dict[str, int],
-             progress) -> dict[str, Any]:  # noqa: ANN001
+             progress) -> dict[str, Any]:
     return {
         "family": "sam",
         "model": out_uri,
@@ -146,7 +159,7 @@ def _lineage(dst: str, out_uri: str, cfg: RunConfig, base: BaseModel, reviews: R
         "epochs_done": progress.epochs_done,
         "stopped": progress.stopped,
         "resumed_at": progress.resumed_at,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "samflow_version": samflow.__version__,
     }
 

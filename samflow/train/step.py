@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from samflow.train.losses import mask_iou, sam_loss
-from samflow.train.prompts import Prompts, centre_point, corrective_points, first_prompts
+from samflow.train.prompts import (
+    Prompts,
+    centre_point,
+    corrective_points,
+    first_prompts,
+)
 
 
 @dataclass(frozen=True)

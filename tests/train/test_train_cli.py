@@ -29,7 +29,7 @@ def _env(ray_cluster) -> dict[str, str]:
 
 def samflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "samflow.cli.main", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=timeout)
+                          check=False, env=env, cwd=REPO, timeout=timeout)
 
 
 def _last_json(stdout: str) -> dict:
