@@ -78,7 +78,7 @@ def train_worker(config: dict[str, Any]) -> None:
     device = next(sam_of(model).parameters()).device
     for epoch in range(progress.epochs_done, spec.epochs):
         started = time.time()
-        generator = torch.Generator().manual_seed(spec.seed * 100_003 + epoch * 1_009 + rank)
+        generator = torch.Generator(device=device).manual_seed(spec.seed * 100_003 + epoch * 1_009 + rank)
         stats = _train_epoch(step, optimizer, spec, device, generator, epoch, rank)
         holdout = _score(step, spec, device)
         progress.epochs_done = epoch + 1

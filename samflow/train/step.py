@@ -81,7 +81,8 @@ class SamTrainStep(nn.Module):
         """``masks_per_image`` of the image's non-empty masks in random order."""
         keep = image_masks[image_masks.flatten(1).any(1)]
         want = self.params.masks_per_image
-        order = torch.cat([torch.randperm(len(keep), generator=generator) for _ in range(-(-want // len(keep)))])
+        order = torch.cat([torch.randperm(len(keep), generator=generator, device=generator.device)
+                           for _ in range(-(-want // len(keep)))])
         return keep[order[:want]]
 
     def _interactive(self, embeddings: torch.Tensor, masks: torch.Tensor, box: bool,
