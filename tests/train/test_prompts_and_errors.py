@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 
 from samflow.train.losses import mask_iou, sam_loss
-from samflow.train.prompts import centre_point, corrective_points, first_prompts, mask_boxes
+from samflow.train.prompts import (
+    centre_point,
+    corrective_points,
+    first_prompts,
+    mask_boxes,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE, IMAGE = 16, 64  # a 16 x 16 low-res frame over a 64-px input: 4 input pixels per mask pixel
