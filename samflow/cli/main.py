@@ -26,7 +26,6 @@ from samflow.cli import eval as evaluate
 
 # Each group module adds its subcommands and sets ``run``; a new command group is one entry here.
 COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, synth, train)
-COMMAND_GROUPS = (annotate, export, models, submit, index, serve, schedule, evaluate, review, train)
 
 
 def _parser() -> argparse.ArgumentParser:
