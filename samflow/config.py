@@ -195,8 +195,8 @@ class TrainConfig(Section):
         None, description="Model to start from (any model URI); null: stages.segment.model. --base overrides.")
     epochs: int = Field(4, ge=1, description="Passes over the training split.")
     max_minutes: float | None = Field(
-        None, gt=0, description="Stop after this many minutes of training (the current step ends, the held-out "
-        "split is scored and a checkpoint written); null: no limit.")
+        None, gt=0, description="Stop after this many minutes of training, counted from the first batch (the "
+        "current step ends, the held-out split is scored and a checkpoint written); null: no limit.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel, DDP: gloo on CPU, NCCL on GPU).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads, rounded up).")

@@ -51,7 +51,7 @@ class WorkerSpec:
     seed: int
     shuffle_buffer: int
     threads: int
-    deadline: float | None  # time.time() after which no new step starts
+    max_seconds: float | None  # training time after which no new step starts (from the first batch)
 
     def to_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,10 +76,11 @@ def train_worker(config: dict[str, Any]) -> None:
         _say(f"resuming after epoch {progress.epochs_done} (from the last checkpoint)")
     step = prepare_model(SamTrainStep(sam_of(model), spec.step), parallel_strategy_kwargs={"find_unused_parameters": True})
     device = next(sam_of(model).parameters()).device
+    budget = _Budget(spec.max_seconds)
     for epoch in range(progress.epochs_done, spec.epochs):
         started = time.time()
         generator = torch.Generator(device=device).manual_seed(spec.seed * 100_003 + epoch * 1_009 + rank)
-        stats = _train_epoch(step, optimizer, spec, device, generator, epoch, rank)
+        stats = _train_epoch(step, optimizer, spec, device, generator, epoch, rank, budget)
         holdout = _score(step, spec, device)
         progress.epochs_done = epoch + 1
         progress.history.append({"epoch": epoch + 1, **stats, "holdout_miou": holdout,
@@ -137,10 +138,11 @@ def _tensors(batch: dict[str, np.ndarray], low_res: int, device: torch.device) -
     return pixels, masks
 
 
-def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: int, rank: int) -> dict[str, Any]:
+def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: int, rank: int,
+                 budget: _Budget) -> dict[str, Any]:
     losses, images, stopped, started = [], 0, False, time.time()
     for index, batch in enumerate(_batches("train", spec, shuffle=True)):
-        if _all_agree(spec.deadline is not None and time.time() > spec.deadline):
+        if _all_agree(budget.spent()):
             stopped = True
             break
         pixels, masks = _tensors(batch, spec.low_res, device)
@@ -182,6 +184,19 @@ def _report(model, optimizer, progress: Progress, rank: int) -> None:
             save_checkpoint(Path(directory), trainable_state(model), optimizer, progress)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class _Budget:
+    """The training-time budget, counted from the first batch (not the cluster's start-up)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.started: float | None = None
+
+    def spent(self) -> bool:
+        if self.started is None:
+            self.started = time.time()
+        return self.seconds is not None and time.time() - self.started > self.seconds
 
 
 def _all_agree(flag: bool) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +65,7 @@ def train_model(dst: str, out_uri: str, cfg: RunConfig, base: str | None = None)
     from samflow.pipeline.graph import ensure_ray
 
     ensure_ray(cfg.ray)
-    started = time.time()
-    spec = _worker_spec(cfg, base_model, started)
+    spec = _worker_spec(cfg, base_model)
     result = _fit(dst, out_uri, cfg, spec, base_model.frame, reviews)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
@@ -92,7 +90,7 @@ def _load_base(uri: str, storage: StorageConfig) -> BaseModel:
     return BaseModel(uri, local, runner.checkpoint_sha256, frame)
 
 
-def _worker_spec(cfg: RunConfig, base: BaseModel, started: float) -> WorkerSpec:
+def _worker_spec(cfg: RunConfig, base: BaseModel) -> WorkerSpec:
     t = cfg.train
     return WorkerSpec(
         base_model=base.uri, storage=cfg.storage.model_dump(mode="json"),
@@ -102,7 +100,7 @@ def _worker_spec(cfg: RunConfig, base: BaseModel, started: float) -> WorkerSpec:
         epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
         low_res=base.frame.low_res, seed=t.seed, shuffle_buffer=t.shuffle_buffer,
         threads=max(1, math.ceil(t.cpus_per_worker)),
-        deadline=started + 60 * t.max_minutes if t.max_minutes else None,
+        max_seconds=60 * t.max_minutes if t.max_minutes else None,
     )
 
 
