@@ -69,12 +69,17 @@ def run_deploy(args: argparse.Namespace) -> int:
 def run_schedule(args: argparse.Namespace) -> int:
     from prefect import serve
 
+    from samflow.flows.local_server import scheduling_server
+
     deployments, cfg = _scheduled_deployments(args)
     if not cfg.schedule and not cfg.index.schedule:
         raise UserError("no schedule: set `schedule` (or `index.schedule`) in the config or give --cron '0 2 * * *'")
-    for deployment in deployments:
-        print(f"serving {deployment.flow_name}/{deployment.name} on {_cron_of(deployment, args.timezone)}",
-              file=sys.stderr)
-    print("Ctrl-C stops", file=sys.stderr)
-    serve(*deployments, print_starting_message=bool(args.verbose))
+    # Without PREFECT_API_URL, a Prefect server of its own: Prefect's temporary one schedules nothing.
+    with scheduling_server() as (url, started_here):
+        print(f"Prefect server {url}" + (" (started for this schedule)" if started_here else ""), file=sys.stderr)
+        for deployment in deployments:
+            print(f"serving {deployment.flow_name}/{deployment.name} on {_cron_of(deployment, args.timezone)}",
+                  file=sys.stderr)
+        print("Ctrl-C stops", file=sys.stderr)
+        serve(*deployments, print_starting_message=bool(args.verbose))
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,11 +67,20 @@ def cron_schedules(cron: str | None, timezone: str = "UTC") -> list[Any]:
     return [CronSchedule(cron=cron, timezone=timezone)]
 
 
+def absolute(uri: str) -> str:
+    """A local path as an absolute one (other URIs as they are): a deployment's runs start later,
+    in another process and folder, and their Ray workers write from folders of their own."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    path = uri.removeprefix("file://")
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def flow_parameters(src: str, dst: str, config: RunConfig, profile: str | None) -> dict[str, Any]:
     # Only what the user set: the flow applies defaults (and the profile) itself, so a profile
     # is not shadowed by defaults frozen into the deployment.
     tree = config.model_dump(mode="json", exclude_unset=True)
-    return {"src": src, "dst": dst, "config": tree or None, "profile": profile}
+    return {"src": absolute(src), "dst": absolute(dst), "config": tree or None, "profile": profile}
 
 
 def build_deployment(
@@ -125,7 +135,7 @@ def build_index_deployment(
     return flow.to_deployment(
         name=name,
         schedules=cron_schedules(run_config.index.schedule, timezone),
-        parameters={"dst": dst, "config": tree or None},
+        parameters={"dst": absolute(dst), "config": tree or None},
         concurrency_limit=1,
         description=f"samflow index build|add {dst}",
         tags=["samflow", "index"],

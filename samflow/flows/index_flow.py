@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from samflow.config import RunConfig, config_from
 from samflow.index.commands import RunIndex, add_to_index, build_index
+from samflow.store.catalog import Catalog
 
 
 # NO_CACHE: the task writes the index; a second call must do the work again.
@@ -43,7 +44,11 @@ def index_dataset(dst: str, config: dict[str, Any] | None = None) -> dict[str, d
     (without its source list) with ``added``: the vectors this run put in."""
     cfg = config_from(config)
     logger = get_run_logger()
-    summaries = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    if not Catalog(dst, cfg.storage).committed_names():
+        # A schedule's first ticks may come before annotate's first commit: nothing to do yet.
+        logger.info("nothing committed under %s yet: no index to build", dst)
+        return summaries
     for kind in cfg.index.kinds:
         summaries[kind] = update_index(dst, kind, cfg)
         logger.info("%s index of %s: %d vectors (%d added)", kind, dst,
