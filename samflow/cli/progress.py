@@ -3,14 +3,12 @@
 On a TTY: one rich bar with inputs done of total, inputs/s, ETA, errors so far and the stage
 that is the bottleneck. Elsewhere (CI, Prefect worker logs): one plain line every
 ``interval_s`` seconds. Fed by the flow: ``planned`` once the plan is known, ``committed`` after
-every shard commit (``run_pipeline``'s ``on_commit`` hook).
+every shard commit (``run_pipeline``'s ``on_commit`` hook). The figures and the plain line are the
+flow's own (samflow/flows/progress.py), which deployment-started runs log.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import defaultdict
 from typing import IO, Any
 
 from rich.console import Console
@@ -22,63 +20,49 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from samflow.flows.progress import INTERVAL_S, RunCounts, StageLoad, Ticker
 from samflow.store.catalog import ShardResult
-
-
-class StageLoad:
-    """Busy seconds and worker processes per stage, from the per-batch metadata of commits.
-    The bottleneck is the stage with the most busy time per worker."""
-
-    def __init__(self) -> None:
-        self.busy_s: dict[str, float] = defaultdict(float)
-        self.workers: dict[str, set[str]] = defaultdict(set)
-        self._seen: set[str] = set()
-
-    def add(self, meta: dict[str, list[dict[str, Any]]]) -> None:
-        for stage, batches in meta.items():
-            for info in batches:
-                key = f"{stage}/{info.get('batch', '')}"
-                if key in self._seen:
-                    continue
-                self._seen.add(key)
-                self.busy_s[stage] += float(info.get("busy_s", 0.0))
-                self.workers[stage].add(str(info.get("pid", info.get("node", ""))))
-
-    def bottleneck(self) -> str | None:
-        if not self.busy_s:
-            return None
-        return max(self.busy_s, key=lambda s: self.busy_s[s] / max(1, len(self.workers[s])))
 
 
 class RunProgress:
     """Progress of one run. Call ``close()`` (or use it as a context manager) when it ends."""
 
     # No instance __dict__: Prefect records flow parameters and must see an opaque object here.
-    __slots__ = ("console", "interval_s", "live", "run_id", "total", "done", "errors", "started",
-                 "load", "_bar", "_task", "_lock", "_stop", "_ticker")
+    __slots__ = ("_bar", "_task", "_ticker", "console", "counts", "live")
 
-    def __init__(self, stream: IO[str] | None = None, *, interval_s: float = 10.0,
+    def __init__(self, stream: IO[str] | None = None, *, interval_s: float = INTERVAL_S,
                  live: bool | None = None) -> None:
         self.console = Console(file=stream, stderr=stream is None)
-        self.interval_s = interval_s
         self.live = self.console.is_terminal if live is None else live
-        self.run_id: str | None = None
-        self.total = 0
-        self.done = 0
-        self.errors = 0
-        self.started = time.monotonic()
-        self.load = StageLoad()
+        self.counts = RunCounts()
         self._bar: Progress | None = None
         self._task: Any = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ticker: threading.Thread | None = None
+        self._ticker = Ticker(self.counts, self._print, interval_s)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.counts.run_id
+
+    @property
+    def total(self) -> int:
+        return self.counts.total
+
+    @property
+    def done(self) -> int:
+        return self.counts.done
+
+    @property
+    def errors(self) -> int:
+        return self.counts.errors
+
+    @property
+    def load(self) -> StageLoad:
+        return self.counts.load
 
     # --- fed by the flow ---------------------------------------------------------------------
 
     def planned(self, run_id: str, total: int) -> None:
-        with self._lock:
-            self.run_id, self.total, self.started = run_id, total, time.monotonic()
+        self.counts.plan(run_id, total)
         if not total:
             return
         if self.live:
@@ -90,55 +74,34 @@ class RunProgress:
             self._task = self._bar.add_task("annotate", total=total, rate="", extra="")
             self._bar.start()
         else:
-            self.console.print(f"samflow: run {run_id}: {total} inputs to process", soft_wrap=True, highlight=False)
-            self._ticker = threading.Thread(target=self._tick, name="samflow-progress", daemon=True)
+            self._print(f"samflow: run {run_id}: {total} inputs to process")
             self._ticker.start()
 
     def committed(self, result: ShardResult, meta: dict[str, list[dict[str, Any]]]) -> None:
-        with self._lock:
-            self.done += len(result.uris)
-            self.errors += int(result.rows.get("errors", 0))
-            self.load.add(meta)
+        self.counts.add(result, meta)
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, rate=f"{self.rate():.2f} inputs/s",
-                             extra=self._extra())
+            self._bar.update(self._task, completed=self.counts.done, rate=f"{self.rate():.2f} inputs/s",
+                             extra=self.counts.extra())
 
     # --- figures -----------------------------------------------------------------------------
 
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done / elapsed if elapsed > 0 else 0.0
+        return self.counts.rate()
 
     def eta_s(self) -> float | None:
-        rate = self.rate()
-        return (self.total - self.done) / rate if rate > 0 else None
+        return self.counts.eta_s()
 
     def line(self) -> str:
         """The plain progress line (non-TTY)."""
-        with self._lock:
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            eta = self.eta_s()
-            eta_text = f"ETA {eta:.0f}s" if eta is not None else "ETA ?"
-            return (f"samflow: {self.done}/{self.total} inputs ({pct:.0f}%), {self.rate():.2f} inputs/s, "
-                    f"{eta_text}{self._extra()}")
+        return self.counts.line()
 
-    def _extra(self) -> str:
-        slowest = self.load.bottleneck()
-        return f", errors {self.errors}" + (f", bottleneck {slowest}" if slowest else "")
-
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.console.print(self.line(), soft_wrap=True, highlight=False)
+    def _print(self, text: str) -> None:
+        self.console.print(text, soft_wrap=True, highlight=False)
 
     # --- end ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join()
-            self._ticker = None
-            if self.total:
-                self.console.print(self.line(), soft_wrap=True, highlight=False)
+        self._ticker.stop()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None

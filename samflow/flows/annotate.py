@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 import samflow
 from samflow.config import RunConfig, config_from
 from samflow.errors import retry_unless_permanent
+from samflow.flows.progress import LoggedProgress
 from samflow.inputs.sources import (
     ContainerKeys,
     items_from_keys,
@@ -147,16 +148,23 @@ def annotate_dataset(
 
     Returns the run manifest; when nothing is new, returns a summary and writes nothing.
     ``observer`` (in-process callers only, e.g. the CLI's progress display) gets
-    ``planned(run_id, total)`` and ``committed(result, meta)`` after every shard commit.
+    ``planned(run_id, total)`` and ``committed(result, meta)`` after every shard commit; without
+    one the run logs its progress line every few seconds (samflow/flows/progress.py).
     The run holds DST's lease (one run per output; see store/lease.py), or ``lease``, a held
     :class:`Lease` the caller passes (the CLI takes it before Prefect starts); it checks the lease
     before every commit and stops with ``LeaseLost`` once another run has taken it over.
     """
     cfg = config_from(config, profile=profile)
-    if lease is not None:
-        return _annotate(src, dst, cfg, observer, lease)
-    with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s) as held:
-        return _annotate(src, dst, cfg, observer, held)
+    # A run nobody watches (a deployment's): its progress line goes to the run log.
+    logged = LoggedProgress(get_run_logger()) if observer is None else None
+    try:
+        if lease is not None:
+            return _annotate(src, dst, cfg, observer or logged, lease)
+        with Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s) as held:
+            return _annotate(src, dst, cfg, observer or logged, held)
+    finally:
+        if logged is not None:
+            logged.close()
 
 
 def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any, lease: Lease) -> dict[str, Any]:
@@ -166,13 +174,11 @@ def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any, lease: Lease) -
     plan = plan_run(src, dst, cfg)
     logger.info("run %s: %d listed, %d already done, %d to process",
                 run_id, plan.listed, plan.already_done, plan.new)
-    if observer is not None:
-        observer.planned(run_id, plan.new)
+    observer.planned(run_id, plan.new)
     if not plan.new:
         return {"run_id": None, "counts": {"listed": plan.listed, "already_done": plan.already_done, "inputs": 0}}
     pipeline_start = time.perf_counter()
-    stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed if observer is not None else None,
-                              lease.check)
+    stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed, lease.check)
     lease.check()
     doneset.compact_done(dst, cfg.storage)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)

@@ -5,6 +5,7 @@ malformed cron is a user error."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ from samflow.cli.main import main
 from samflow.config import StorageConfig
 from samflow.scenes.sample import write_sample_dataset
 from samflow.store.catalog import Catalog
-from tests.helpers.prefect_runs import trigger_deployment
+from tests.helpers.prefect_runs import run_logs_and_artifacts, trigger_deployment
 
 
 def test_deploy_registers_annotate_with_the_cron(prefect_server, tmp_path, capsys):
@@ -63,8 +64,18 @@ def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_se
     assert main(["deploy", src, "--out", dst, "--profile", "tiny", "--cron", "0 2 * * *", "--name", "trigger-test",
                  "--set", "stages.embed.enabled=false"]) == 0
 
-    trigger_deployment("annotate-dataset/trigger-test")
+    flow_run_id = trigger_deployment("annotate-dataset/trigger-test", env={"PREFECT_LOGGING_LEVEL": "INFO"})
     catalog = Catalog(dst, StorageConfig())
     assert sorted(catalog.done_uris(catalog.committed_shards())) == sorted(f"{src}/{p.name}" for p in written)
     manifests = s3_fs.ls(f"{dst}/_runs")
-    assert len(manifests) == 1 and json.loads(s3_fs.cat(manifests[0]))["counts"]["inputs"] == len(written) == 3
+    manifest = json.loads(s3_fs.cat(manifests[0]))
+    assert len(manifests) == 1 and manifest["counts"]["inputs"] == len(written) == 3
+
+    # Nobody watched it on a terminal: its progress is in the run's log, and its report is the
+    # run's markdown artifact, both read back from the Prefect server.
+    logs, artifacts = run_logs_and_artifacts(flow_run_id)
+    assert f"samflow: run {manifest['run_id']}: 3 inputs to process" in logs
+    progress = [line for line in logs if re.fullmatch(r"samflow: \d+/3 inputs \(\d+%\), .* inputs/s, ETA .*", line)]
+    assert progress and progress[-1].startswith("samflow: 3/3 inputs (100%)")  # the last one, at the end
+    report = artifacts["samflow-annotate-run"]
+    assert f"# samflow run `{manifest['run_id']}`" in report and "| inputs | 3 |" in report
