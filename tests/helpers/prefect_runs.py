@@ -25,7 +25,8 @@ def trigger_deployment(name: str, timeout_s: int = 900, env: dict[str, str] | No
                           env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     with get_client(sync_client=True) as client:
-        assert client.read_flow_run(flow_run.id).state.is_completed()
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_completed(), f"{state.name}: {state.message}\n{(done.stdout + done.stderr)[-4000:]}"
     return flow_run.id
 
 
