@@ -42,7 +42,7 @@ from samflow.actors.stage import StageConfig, StageContext, context_or_default
 from samflow.media.decode import DecodeError, DecodeStage
 from samflow.media.video import Frame, VideoError
 from samflow.schemas import masks as mask_column
-from samflow.schemas.ids import item_id
+from samflow.schemas.ids import item_id, item_key
 from samflow.schemas.tables import TRACK_LIST
 
 if TYPE_CHECKING:
@@ -343,7 +343,9 @@ def _frame_rows(batch: Batch, row: int, frames: list[Frame], per_frame: list[lis
     """One row per frame: the video row's columns, with the frame's own fields and masks."""
     uri = str(batch["uri"][row])
     out = _take(batch, [row] * len(frames))
-    out["item_id"] = _objects([item_id(uri, f.index) for f in frames])
+    source_id = batch.get("source_id")  # a manifest's id keys the video instead of its URI
+    key = item_key(uri, "" if source_id is None else str(source_id[row] or ""))
+    out["item_id"] = _objects([item_id(key, f.index) for f in frames])
     out["frame_index"] = np.array([f.index for f in frames], dtype=np.int32)
     out["timestamp_s"] = np.array([f.timestamp_s for f in frames], dtype=np.float64)
     out["height"] = np.array([f.rgb.shape[0] for f in frames], dtype=np.int32)

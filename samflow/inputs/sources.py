@@ -33,17 +33,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from samflow.config import RunConfig, StorageConfig
-from samflow.store.storage import (
-    absolute_uri,
-    filesystem,
-    list_files,
-    open_file,
-    selected,
-)
+from samflow.schemas.ids import ID_KEY_PREFIX
+from samflow.store.storage import absolute_uri, filesystem, list_files, open_file, selected
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +50,12 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ID_COLUMNS = ("id", "key", "url", "uri")  # the first present names a Parquet row
 CONTAINER_SUFFIXES = (*TAR_SUFFIXES, ".parquet")
 BYTES_PREFERRED = ("jpg", "jpeg", "png", "webp", "image", "img", "bytes")
+# ``key``: what the done-set holds (``samflow.schemas.ids.item_key``: the URI, or a manifest's
+# ``id``); ``uri``: where the item is read; ``source_id``: the manifest's id ("" when none).
 KEY_SCHEMA = pa.schema([
     ("key", pa.string()), ("container", pa.string()), ("size", pa.int64()),
     ("error_type", pa.string()), ("error_message", pa.string()),
+    ("uri", pa.string()), ("source_id", pa.string()),
 ])
 ITEMS_PER_BATCH = 8  # items a container reader hands to decode at a time
 _SCAN_BLOCK = 64 * 1024  # read-ahead while scanning tar headers (a seek skips the member data)
@@ -190,7 +189,7 @@ def _paths(uris: list[str], storage: StorageConfig) -> tuple[Any, list[str]]:
 
 def _key(key: str, container: str, size: int = 0, error_type: str = "", message: str = "") -> dict[str, Any]:
     return {"key": key, "container": container, "size": int(size), "error_type": error_type,
-            "error_message": message}
+            "error_message": message, "uri": key, "source_id": ""}
 
 
 def _keys_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -198,14 +197,19 @@ def _keys_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _manifest_keys(batch: pa.Table) -> pa.Table:
+    """Key rows of manifest entries; an entry's ``id`` (when the manifest has the column and the
+    entry a value) is its key, so the file may move to another URI without being done again."""
     if "uri" not in batch.column_names:
         raise InputFormatError(f"manifest has no 'uri' column (columns: {batch.column_names})")
+    batch = batch.filter(pc.is_valid(batch.column("uri")))
     uris = batch.column("uri").cast(pa.string())
-    uris = uris.filter(uris.is_valid())
     n = len(uris)
     empty = pa.array([""] * n, pa.string())
-    return pa.table({"key": uris, "container": empty, "size": pa.array(np.zeros(n, np.int64)),
-                     "error_type": empty, "error_message": empty}, schema=KEY_SCHEMA)
+    ids = batch.column("id").cast(pa.string()).fill_null("") if "id" in batch.column_names else empty
+    keys = pc.if_else(pc.equal(ids, ""), uris, pc.binary_join_element_wise(ID_KEY_PREFIX, ids, ""))
+    return pa.table({"key": keys, "container": empty, "size": pa.array(np.zeros(n, np.int64)),
+                     "error_type": empty, "error_message": empty, "uri": uris, "source_id": ids},
+                    schema=KEY_SCHEMA)
 
 
 class TarKeys:
@@ -343,10 +347,10 @@ def items_from_keys(todo: ray.data.Dataset, fmt: str, storage: StorageConfig) ->
 def _loose_items(batch: pa.Table) -> pa.Table:
     n = batch.num_rows
     return pa.table({
-        "uri": batch.column("key"), "size": batch.column("size"),
+        "uri": batch.column("uri"), "size": batch.column("size"),
         "data": pa.nulls(n, pa.binary()),
         "error_type": batch.column("error_type"), "error_message": batch.column("error_message"),
-        "meta_json": pa.array([""] * n, pa.string()),
+        "meta_json": pa.array([""] * n, pa.string()), "source_id": batch.column("source_id"),
     })
 
 
@@ -354,6 +358,7 @@ def _loose_items(batch: pa.Table) -> pa.Table:
 ITEM_SCHEMA = pa.schema([
     ("uri", pa.string()), ("size", pa.int64()), ("data", pa.binary()),
     ("error_type", pa.string()), ("error_message", pa.string()), ("meta_json", pa.string()),
+    ("source_id", pa.string()),
 ])
 SIDECAR_SUFFIX = ".json"
 
@@ -461,7 +466,7 @@ def _item(
     uri: str, data: bytes | None, error_type: str = "", message: str = "", meta_json: str = ""
 ) -> dict[str, Any]:
     return {"uri": uri, "size": len(data) if data is not None else 0, "data": data,
-            "error_type": error_type, "error_message": message, "meta_json": meta_json}
+            "error_type": error_type, "error_message": message, "meta_json": meta_json, "source_id": ""}
 
 
 def _item_with_sidecar(uri: str, data: bytes, sidecar: bytes | None) -> dict[str, Any]:

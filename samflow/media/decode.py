@@ -26,7 +26,7 @@ from PIL import (
 
 from samflow.media.filetypes import IMAGE_KINDS, VIDEO_KINDS, sniff_kind
 from samflow.media.video import VideoError, VideoPolicy, sample_frames, video_support
-from samflow.schemas.ids import item_id
+from samflow.schemas.ids import item_id, item_key
 
 # Files above this size are peeked at (a ranged read of the first bytes) before being fetched
 # whole, so a large video is refused without downloading it.
@@ -350,11 +350,16 @@ class DecodeStage:
             yield _columns(pending)
 
     def _item_rows(
-        self, uri: str, size: int, data: bytes | None, failure: tuple[str, str], meta_json: str
+        self, uri: str, size: int, data: bytes | None, failure: tuple[str, str], meta_json: str,
+        source_id: str,
     ) -> Iterator[dict[str, Any]]:
-        """The file's rows, each carrying the input's sidecar JSON text (a tar member's)."""
+        """The file's rows, each carrying the input's sidecar JSON text (a tar member's) and its
+        manifest id, which then keys its ``item_id`` instead of the URI."""
         for row in self._rows(uri, size, data, failure):
             row["meta_json"] = meta_json
+            row["source_id"] = source_id
+            if source_id:
+                row["item_id"] = item_id(item_key(uri, source_id), row["frame_index"])
             yield row
 
     def _rows(
@@ -490,7 +495,7 @@ def _error_row(uri: str, stage: str, error_type: str, message: str) -> dict[str,
     }
 
 
-_STR_COLUMNS = ("uri", "item_id", "error_stage", "error_type", "error_message", "meta_json")
+_STR_COLUMNS = ("uri", "item_id", "error_stage", "error_type", "error_message", "meta_json", "source_id")
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -513,20 +518,22 @@ def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 _ORDER = (
     "uri", "item_id", "frame_index", "timestamp_s", "width", "height",
-    "pixels", "error_stage", "error_type", "error_message", "video_pending", "meta_json",
+    "pixels", "error_stage", "error_type", "error_message", "video_pending", "meta_json", "source_id",
 )
 
 
-def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, bytes | None, tuple[str, str], str]]:
-    """(uri, size, inline bytes, preset failure, sidecar JSON text) of each input row. Tar and
-    Parquet inputs carry their bytes in ``data``; an input found broken before decode carries
-    ``error_type`` / ``error_message``; a tar member with a JSON sidecar carries ``meta_json``.
-    Plain files have none of these columns."""
+def _listed(batch: dict[str, np.ndarray]) -> Iterator[tuple[str, int, bytes | None, tuple[str, str], str, str]]:
+    """(uri, size, inline bytes, preset failure, sidecar JSON text, manifest id) of each input
+    row. Tar and Parquet inputs carry their bytes in ``data``; an input found broken before decode
+    carries ``error_type`` / ``error_message``; a tar member with a JSON sidecar carries
+    ``meta_json``; a manifest entry with an ``id`` carries ``source_id``. Plain files have none
+    of these columns."""
     n = len(batch["uri"])
     inline = batch.get("data", [None] * n)
     failed = batch.get("error_type", [""] * n)
     messages = batch.get("error_message", [""] * n)
     sidecars = batch.get("meta_json", [""] * n)
+    source_ids = batch.get("source_id", [""] * n)
     for row, (uri, size) in enumerate(zip(batch["uri"], batch["size"], strict=True)):
         failure = (str(failed[row] or ""), str(messages[row] or ""))
-        yield str(uri), int(size or 0), inline[row], failure, str(sidecars[row] or "")
+        yield str(uri), int(size or 0), inline[row], failure, str(sidecars[row] or ""), str(source_ids[row] or "")

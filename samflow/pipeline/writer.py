@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from samflow.actors.batch import arrow_batches, describe, mark_error
 from samflow.inputs.sources import container_of
 from samflow.pipeline.ground_truth import add_ground_truth
-from samflow.schemas.ids import shard_id
+from samflow.schemas.ids import item_key, shard_id
 from samflow.schemas.rows import build_tables
 from samflow.schemas.tables import SHARD_RESULT, STAGE_META_PREFIX, TRACK_LIST
 from samflow.store.catalog import DONE, Catalog
@@ -38,7 +38,8 @@ def stage_shard(
     ``ground_truth``: SA-1B sidecar annotations become rows too (samflow/pipeline/ground_truth.py)."""
     if ground_truth:
         add_ground_truth(batch)
-    uris = sorted({str(u) for u in batch["uri"]})
+    keys = _input_keys(batch)
+    uris = sorted(set(keys))
     shard = shard_id(_row_keys(batch))
     catalog = Catalog(dst, storage)
     rows: dict[str, int] = {}
@@ -54,12 +55,19 @@ def stage_shard(
     catalog.put_staged(run_id, DONE, shard, buffer.getvalue())
     rows[DONE] = len(uris)
     frames = sorted({
-        str(uri) for uri, seconds in zip(batch["uri"], batch["timestamp_s"], strict=True)
+        key for key, seconds in zip(keys, batch["timestamp_s"], strict=True)
         if not math.isnan(float(seconds))  # only sampled video frames carry a timestamp
     })
     result = {"shard": [shard], "uris": [uris], "frames": [frames], "rows": [list(rows.items())],
               "meta": [_stage_batches(batch)]}
     return {field.name: pa.array(result[field.name], type=field.type) for field in SHARD_RESULT}
+
+
+def _input_keys(batch: dict[str, Any]) -> list[str]:
+    """Each row's input key (``item_key``: its manifest id, else its URI), what the done-set holds."""
+    source_ids = batch.get("source_id")
+    return [item_key(str(uri), "" if source_ids is None else str(source_ids[row] or ""))
+            for row, uri in enumerate(batch["uri"])]
 
 
 def _stage_batches(batch: dict[str, Any]) -> list[dict[str, Any]]:

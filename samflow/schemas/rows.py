@@ -50,6 +50,7 @@ def _images(batch: dict[str, np.ndarray], rows: list[int], run_id: str) -> pa.Ta
     timestamps = [float(batch["timestamp_s"][r]) for r in rows]
     upscale = batch.get("upscale_factor")
     sidecars = batch.get("meta_json")  # "" or absent: the input had no sidecar
+    source_ids = batch.get("source_id")  # "" or absent: the input had no manifest id
     return pa.Table.from_pydict(
         {
             "item_id": col("item_id", str),
@@ -61,6 +62,7 @@ def _images(batch: dict[str, np.ndarray], rows: list[int], run_id: str) -> pa.Ta
             "upscale_factor": [1.0 if upscale is None else float(upscale[r]) for r in rows],
             "run_id": [run_id] * len(rows),
             "meta_json": [None if sidecars is None else str(sidecars[r] or "") or None for r in rows],
+            "source_id": [None if source_ids is None else str(source_ids[r] or "") or None for r in rows],
         },
         schema=tables.IMAGES,
     )

@@ -20,6 +20,9 @@ IMAGES = pa.schema(
         # the input's sidecar JSON as it came (a WebDataset / SA-1B tar member's .json); null
         # for inputs without one. Parquet stores it with the JSON logical type.
         ("meta_json", pa.json_()),
+        # the item's own id in a manifest (its ``id`` column); null when it gave none. When set,
+        # item_id hashes it instead of the URI, so moved files keep their ids.
+        ("source_id", pa.string()),
     ]
 )
 

@@ -10,14 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` in ``cwd``, importing this checkout's samflow."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def samflow(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def samflow(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     """``samflow ARGS`` in ``cwd``; fails the test with its stderr when it exits non-zero."""
     done = run_module("samflow.cli.main", *args, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, f"samflow {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}"

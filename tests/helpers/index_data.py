@@ -53,6 +53,7 @@ def write_image_shard(dst: str, shard: str, vectors: np.ndarray, first: int,
         "timestamp_s": pa.array([0.0] * n), "width": pa.array([64] * n, pa.int32()),
         "height": pa.array([64] * n, pa.int32()), "upscale_factor": pa.array([1.0] * n, pa.float32()),
         "run_id": ["run"] * n, "meta_json": pa.array([None] * n, pa.json_()),
+        "source_id": pa.array([None] * n, pa.string()),
     }, schema=tables.IMAGES)
     _put(catalog, "images", shard, images)
     _put(catalog, "embeddings", shard, _embeddings(items, model, vectors))

@@ -220,7 +220,8 @@ def test_manifest_and_parquet_with_bytes(root, s3_fs, s3_server, ray_cluster, pr
         s3_fs.pipe_file(f"{files}/img{n}.png", _png())
         uris.append(f"{files}/img{n}.png")
     missing = f"{files}/never-uploaded.png"
-    lines = "".join(json.dumps({"uri": u, "id": str(i)}) + "\n" for i, u in enumerate(uris + [missing, uris[0]]))
+    # the last line repeats the first entry (same id)
+    lines = "".join(json.dumps({"uri": u, "id": str(i)}) + "\n" for i, u in [*enumerate(uris + [missing]), (0, uris[0])])
     s3_fs.pipe_file(f"{root}/manifest/part-0.jsonl", lines.encode())
     dst = f"{root}/manifest-out"
     manifest = annotate_dataset(f"{root}/manifest", dst, config=_config(s3_server))

@@ -31,7 +31,7 @@ BAD = bad_inputs()
 DEFAULT_MAX_PIXELS = InputConfig().max_pixels
 OUTPUT_COLUMNS = [
     "uri", "item_id", "frame_index", "timestamp_s", "width", "height",
-    "pixels", "error_stage", "error_type", "error_message", "video_pending", "meta_json",
+    "pixels", "error_stage", "error_type", "error_message", "video_pending", "meta_json", "source_id",
 ]
 
 
