@@ -11,6 +11,7 @@ video into an ``unsupported_video`` error row instead of frames.
 
 from __future__ import annotations
 
+import heapq
 import io
 import math
 from collections import deque
@@ -31,6 +32,8 @@ _MAX_BAD_RUN = 25
 _SEEK_MIN_S = 2.0
 # Packets a decoder may hold before it outputs their frames (B-frame reorder, frame threads).
 _REORDER_DEPTH = 64
+# Container and stream times are rounded to their time bases.
+_ROUNDING_S = 0.005
 
 
 class VideoPolicy(Protocol):
@@ -186,6 +189,37 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise VideoError("too_many_pixels", message + " (input.max_pixels)")
 
 
+class _FrameDurations:
+    """The longest a frame of the stream lasts: a packet's own duration, or the time to the next
+    frame in display order. Packets come in decode order, reordered by at most ``depth``."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.pending: list[float] = []  # a min-heap of start times not yet in display order
+        self.previous: float | None = None
+        self.longest = 0.0
+
+    def add(self, start: float, duration: float) -> None:
+        self.longest = max(self.longest, duration)
+        heapq.heappush(self.pending, start)
+        if len(self.pending) > self.depth:
+            self._settle(heapq.heappop(self.pending))
+
+    def restart(self) -> None:
+        """After a seek: the jump is no frame's duration."""
+        self.finish()
+        self.previous = None
+
+    def finish(self) -> None:
+        while self.pending:
+            self._settle(heapq.heappop(self.pending))
+
+    def _settle(self, start: float) -> None:
+        if self.previous is not None and start > self.previous:
+            self.longest = max(self.longest, start - self.previous)
+        self.previous = start
+
+
 class _StreamDecoder:
     """Demux packet by packet (so the end of the stream is known even when frames are skipped),
     decode, keep what the sampler keeps, then check the stream reached its declared end."""
@@ -200,6 +234,7 @@ class _StreamDecoder:
         if self.keyframes_only:  # the decoder drops everything else without decoding it
             stream.codec_context.skip_frame = "NONKEY"
         self.end_s: float | None = None  # latest packet end (pts + its own duration) seen
+        self.durations = _FrameDurations(_REORDER_DEPTH)
         self.frames_seen = 0  # frames decoded, or lost to an undecodable packet
         self.kept, self.last_index, self.last_kept_s = 0, -1, 0.0
         self.bad_packets, self.bad_run, self.first_bad_s = 0, 0, None
@@ -250,6 +285,7 @@ class _StreamDecoder:
             return
         self.seeked = True
         self.last_key_s = None  # the jump is not a keyframe interval
+        self.durations.restart()  # nor a frame's duration
 
     def _decode(self, packet: Any) -> list[Any]:
         try:
@@ -279,7 +315,8 @@ class _StreamDecoder:
             if self.last_key_s is not None and seconds > self.last_key_s:
                 self.gop_s = max(self.gop_s or 0.0, seconds - self.last_key_s)
             self.last_key_s = seconds
-        duration = _seconds(packet.duration, packet.time_base) or (1.0 / self.rate if self.rate else 0.0)
+        duration = _seconds(packet.duration, packet.time_base) or 0.0
+        self.durations.add(self._relative(start), duration)
         end = self._relative(start) + duration
         self.end_s = end if self.end_s is None else max(self.end_s, end)
 
@@ -365,15 +402,17 @@ class _StreamDecoder:
         self._check_complete()
 
     def _check_complete(self) -> None:
-        """FFmpeg stops quietly at the end of the bytes; a stream ending well before the duration
-        its container declares was cut short, and that must not pass as a complete video. The
-        end is the last packet's time plus its own duration (a 6 fps frame lasts 0.17 s, a
-        variable-rate frame as long as the container says)."""
+        """FFmpeg stops quietly at the end of the bytes; a stream ending before the duration its
+        container declares by more than a frame lasts was cut short, and that must not pass as
+        a complete video. The end is the last packet's time plus its own duration; many muxers
+        keep no duration per packet (or only the nominal rate's), so the last frame may last as
+        long as the stream's longest frame (a variable-rate video's may last most of a second)."""
         declared = self._declared_s()
         if declared is None or self.end_s is None:
             return
-        slack = max(1.0 / self.rate, 0.25) if self.rate else 0.5
-        if self.end_s + slack < declared:
+        self.durations.finish()
+        frame_s = self.durations.longest or (1.0 / self.rate if self.rate else 0.5)
+        if self.end_s + frame_s + _ROUNDING_S < declared:
             raise VideoError(
                 "truncated",
                 f"truncated video: the stream ends at {self.end_s:.2f}s of the {declared:.2f}s its "

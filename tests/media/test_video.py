@@ -17,6 +17,7 @@ from samflow.media.decode import DecodeStage  # noqa: E402
 from samflow.media.video import VideoError, sample_frames  # noqa: E402
 from samflow.schemas.ids import item_id  # noqa: E402
 from samflow.store.storage import StorageSource, join, open_file, write_bytes  # noqa: E402
+from tests.helpers.vfr_videos import VFR_LONG_MS, vfr_mkv  # noqa: E402
 from tests.helpers.videos import (  # noqa: E402
     damaged_packet_avi,
     fake_video,
@@ -145,11 +146,32 @@ def test_a_user_cap_keeps_the_first_frames_and_names_what_it_skipped(policy, kep
     pytest.param(make_video("matroska", "libx264", times_ms=VFR_MS, last_ms=600), id="vfr-mkv-long-last-frame"),
     pytest.param(make_video("matroska", "libx264", times_ms=VFR_MS, last_ms=40), id="vfr-mkv"),
     pytest.param(make_video("webm", "libvpx-vp9", rate=6, n_frames=13), id="6fps-webm"),
+    pytest.param(vfr_mkv(), id="vfr-mkv-no-block-durations"),
 ])
 def test_good_low_and_variable_rate_videos_are_not_truncated(data: bytes) -> None:
     frames, err = _sample_until_error(data, mode="every_n", every_n=1)
     assert err is None, err
     assert frames and [f.index for f in frames] == list(range(len(frames)))
+
+
+@pytest.mark.parametrize("policy", [{"mode": "every_n", "every_n": 1}, {"mode": "keyframes"}, {"mode": "fps", "fps": 1.0}])
+def test_a_variable_rate_mkv_whose_last_frame_lasts_long_is_whole(policy: dict) -> None:
+    """Its blocks carry no durations and its last frame lasts 0.7 s, which the segment counts:
+    the stream's own frames last up to 0.7 s, so nothing is missing."""
+    frames, err = _sample_until_error(vfr_mkv(), **policy)
+    assert err is None, err
+    if policy["mode"] == "every_n":
+        assert [f.timestamp_s for f in frames] == pytest.approx([t / 1000 for t in VFR_LONG_MS], abs=1e-3)
+
+
+def test_a_variable_rate_mkv_missing_its_last_frames_is_truncated() -> None:
+    whole = vfr_mkv()
+    with av.open(io.BytesIO(whole)) as container:  # cut where the third-last frame's block starts
+        stream = container.streams.video[0]
+        cut_at = next(p.pos for p in container.demux(stream) if p.pts == VFR_LONG_MS[-3])
+    frames, err = _sample_until_error(whole[:cut_at], mode="every_n", every_n=1)
+    assert err is not None and err.error_type == "truncated", err
+    assert "of the 14.14s" in err.message and 0 < len(frames) < len(VFR_LONG_MS)
 
 
 # --- broken videos -----------------------------------------------------------------------------
