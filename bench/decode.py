@@ -19,7 +19,8 @@ from common import emit, result
 from PIL import Image
 
 from samflow.config import InputConfig, StorageConfig
-from samflow.media.decode import DecodeStage, decode_image
+from samflow.media.decode import DecodeStage
+from samflow.media.image import decode_image
 from samflow.scenes.sample import synthetic_scene
 from samflow.store.storage import StorageSource
 from tests.helpers.badinputs import write_bad_inputs  # noqa: E402

@@ -143,7 +143,7 @@ def concept_records(per_prompt: Sequence[Any], prompts: Sequence[str]) -> list[d
 def read_exemplars(context: StageContext) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """{concept: [(RGB reference image, (N, 4) xyxy boxes), ...]} of ``labels.exemplars``, read
     where the model is, with the run's storage settings and input limits."""
-    from samflow.media.decode import decode_image
+    from samflow.media.image import decode_image
 
     run: RunConfig = context.run
     store = context.require_store("labels.exemplars")

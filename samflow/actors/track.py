@@ -39,7 +39,8 @@ from samflow.actors.batch import (
 )
 from samflow.actors.concepts import ConceptsStage
 from samflow.actors.stage import StageConfig, StageContext, context_or_default
-from samflow.media.decode import DecodeError, DecodeStage
+from samflow.media.decode import DecodeStage
+from samflow.media.image import DecodeError
 from samflow.media.video import Frame, VideoError
 from samflow.schemas import masks as mask_column
 from samflow.schemas.ids import item_id, item_key

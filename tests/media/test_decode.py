@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from samflow.config import InputConfig, StorageConfig
-from samflow.media.decode import DecodeError, DecodeStage, decode_image
+from samflow.media.decode import DecodeStage
+from samflow.media.image import DecodeError, decode_image
 from samflow.media.filetypes import VIDEO_KINDS, sniff_kind
 from samflow.schemas.ids import item_id
 from samflow.store.storage import StorageSource, join, write_bytes

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from samflow.config import InputConfig, StorageConfig
-from samflow.media.decode import decode_image
+from samflow.media.image import decode_image
 from samflow.scenes.sample import (
     SKIMAGE_IMAGES,
     gt_path,
