@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from samflow.actors.stage import Section
 from samflow.actors.table import sections as stage_sections
+from samflow.inputs import INPUT_FORMATS
 from samflow.models.amg.params import AmgParams
 
 from samflow.synth.settings import SynthConfig
@@ -60,7 +61,7 @@ class VideoSampling(Section):
 
 
 class InputConfig(Section):
-    format: Literal["auto", "files", "manifest", "webdataset", "parquet"] = Field(
+    format: Literal[INPUT_FORMATS] = Field(
         "auto",
         description="What SRC holds: files (images/videos), manifest (Parquet/CSV/JSONL with a "
         "'uri' column), webdataset (tar shards), parquet (a column of image bytes); auto detects.",

@@ -68,7 +68,7 @@ def _ray_is_up() -> bool:
 
 def run_plan(args: argparse.Namespace) -> int:
     from samflow.flows.annotate import make_plan
-    from samflow.inputs.sources import InputFormatError
+    from samflow.inputs.formats import InputFormatError
 
     cfg = options.user_config(args.config, options.with_format(args), None)
     logs.quiet_ray_data(args.verbose)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from samflow import errors
 from samflow.errors import UserError, user_error
-
-INPUT_FORMATS = ("auto", "files", "manifest", "webdataset", "parquet")  # samflow.inputs.sources.FORMATS
+from samflow.inputs import INPUT_FORMATS
 
 
 def add_source_and_out(parser: argparse.ArgumentParser) -> None:

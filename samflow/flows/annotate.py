@@ -17,7 +17,7 @@ import samflow
 from samflow.config import RunConfig, config_from
 from samflow.errors import retry_unless_permanent
 from samflow.flows.progress import LoggedProgress
-from samflow.inputs.sources import (
+from samflow.inputs.plan import (
     ContainerKeys,
     items_from_keys,
     key_dataset,
@@ -33,7 +33,7 @@ from samflow.store.runs import build_report, error_kinds, report_markdown
 
 @dataclass
 class Plan:
-    items: list[dict[str, Any]] | ContainerKeys | Any  # a Ray Dataset of items (samflow/inputs/sources.py)
+    items: list[dict[str, Any]] | ContainerKeys | Any  # a Ray Dataset of items (samflow/inputs/plan.py)
     listed: int
     already_done: int
     removed_uncommitted: int

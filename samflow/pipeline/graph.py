@@ -23,7 +23,7 @@ from samflow.actors.stage import StageConfig, StageContext
 from samflow.actors.table import STAGE_TABLE
 from samflow.actors.threads import with_torch_threads
 from samflow.config import RayConfig, RunConfig
-from samflow.inputs.sources import ContainerKeys
+from samflow.inputs.plan import ContainerKeys
 from samflow.media.decode import DecodeStage
 from samflow.models.loading.cache import with_model_cache
 from samflow.pipeline.resources import (
@@ -194,7 +194,7 @@ def build_dataset(
     items: list[dict[str, Any]] | ray.data.Dataset | ContainerKeys, cfg: RunConfig, dst: str, run_id: str
 ) -> ray.data.Dataset:
     """``items``: {uri, size} rows, or a dataset of them in small blocks (the plan's, from
-    samflow/inputs/sources.py, with inline ``data`` and preset errors), or members of containers
+    samflow/inputs/plan.py, with inline ``data`` and preset errors), or members of containers
     still to be read."""
     stages = model_stages(cfg)
     fit = fit_to_cluster(cfg, stages, reads_containers=isinstance(items, ContainerKeys))

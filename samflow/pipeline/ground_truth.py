@@ -3,7 +3,7 @@
 An SA-1B tar pairs each ``sa_N.jpg`` with ``sa_N.json``: ``{"image": {...}, "annotations": [{
 "segmentation": {"size": [h, w], "counts": str}, "bbox": [x, y, w, h], "area", "predicted_iou",
 "stability_score", "point_coords", "crop_box", "id"}, ...]}``. The sidecar reaches the writer as
-the row's ``meta_json`` (samflow/inputs/sources.py); here each annotation becomes one mask of the
+the row's ``meta_json`` (samflow/inputs/webdataset.py); here each annotation becomes one mask of the
 row with ``source = "ground_truth"`` and ``source_id`` = its ``id``, after the model's masks.
 
 Every annotation is checked before it becomes a row: the RLE's size must be the image's, its

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samflow.actors.batch import arrow_batches, describe, mark_error
-from samflow.inputs.sources import container_of
+from samflow.inputs.formats import container_of
 from samflow.pipeline.ground_truth import add_ground_truth
 from samflow.schemas.ids import item_key, shard_id
 from samflow.schemas.rows import build_tables

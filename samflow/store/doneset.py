@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import ray
 
 from samflow.config import StorageConfig
-from samflow.inputs.sources import container_of
+from samflow.inputs.formats import container_of
 from samflow.store.catalog import Catalog
 from samflow.store.storage import filesystem
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_module(module: str, *args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS`` in ``cwd``, importing this checkout's samflow."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], check=False, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

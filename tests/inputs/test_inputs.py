@@ -19,12 +19,8 @@ from pycocotools import mask as coco_mask
 
 from samflow.config import load_config
 from samflow.flows.annotate import annotate_dataset, make_plan
-from samflow.inputs.sources import (
-    InputFormatError,
-    container_of,
-    detect_format,
-    resolve_source,
-)
+from samflow.inputs.formats import InputFormatError, container_of
+from samflow.inputs.plan import detect_format, resolve_source
 from samflow.store.doneset import BUCKETS, done_table, with_bucket
 
 RNG = np.random.default_rng(7)
