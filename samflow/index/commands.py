@@ -25,7 +25,7 @@ from samflow.index import store
 from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
 from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
-from samflow.media.decode import DecodeError
+from samflow.media.image import DecodeError
 from samflow.media.reread import Pictures, picture
 from samflow.schemas.tables import (
     EMBEDDING_MODELS,

@@ -12,13 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from samflow.media.decode import (
-    ByteSource,
-    DecodeError,
-    DecodeStage,
-    InputLimits,
-    decode_image,
-)
+from samflow.media.decode import ByteSource, DecodeStage, InputLimits
+from samflow.media.image import DecodeError, decode_image
 from samflow.media.video import Frame, VideoError
 
 # What reading a picture again may raise: the decoder's own errors, and storage failing.

@@ -103,8 +103,8 @@ def validation_error(exc: RequestValidationError) -> ApiError:
 def decode_image(data: str, limits: Limits) -> np.ndarray:
     """Base64 text -> HxWx3 uint8 RGB through the pipeline's decoder (EXIF rotation, colour
     modes, 16-bit), the pixel limit checked on the header before any pixels are decoded."""
-    from samflow.media.decode import DecodeError
-    from samflow.media.decode import decode_image as pipeline_decode
+    from samflow.media.image import DecodeError
+    from samflow.media.image import decode_image as pipeline_decode
 
     try:
         raw = base64.b64decode(data, validate=True)

@@ -126,7 +126,7 @@ class PrepareSamples:
         self.norm = Normalisation(frame.mean, frame.std)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from samflow.media.decode import DecodeError, decode_image
+        from samflow.media.image import DecodeError, decode_image
 
         data = item_bytes([str(u) for u in batch["uri"]], self.storage)
         out: dict[str, list] = {"item_id": [], "pixels": [], "masks": [], "num_masks": []}
@@ -158,7 +158,8 @@ class PrepareSamples:
 def item_bytes(uris: list[str], storage: StorageConfig) -> dict[str, bytes]:
     """The bytes of each readable item: loose files by URI, tar and Parquet members through the
     run's own container reader (one pass per container)."""
-    from samflow.inputs.sources import TAR_SUFFIXES, ContainerItems, container_of
+    from samflow.inputs.formats import TAR_SUFFIXES, container_of
+    from samflow.inputs.plan import ContainerItems
 
     found: dict[str, bytes] = {}
     wanted: dict[str, list[dict[str, str]]] = defaultdict(list)
