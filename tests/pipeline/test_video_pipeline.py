@@ -194,6 +194,13 @@ def test_ytvis_export_frames_open_where_the_json_names_them(video_run, tmp_path)
             assert ann["bboxes"][i] == mask_utils.toBbox(rle).tolist()
 
 
+def test_preview_shows_every_sampled_frame(video_run, tmp_path) -> None:
+    _, dst, _ = video_run
+    summary = json.loads(samflow("preview", dst, "--out", "page.html", cwd=tmp_path).stdout)
+    rows = _tables(dst)["images"].num_rows  # the still and every committed frame, read again
+    assert summary["shown"] == rows == (tmp_path / "page.html").read_text().count('class="card"')
+
+
 def test_export_of_a_destination_without_rows_is_one_line_and_exit_2(tmp_path, capsys) -> None:
     from samflow.cli.main import main
 
