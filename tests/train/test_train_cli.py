@@ -32,8 +32,9 @@ def samflow(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess
                           check=False, env=env, cwd=REPO, timeout=timeout)
 
 
-def _last_json(stdout: str) -> dict:
-    return json.JSONDecoder().raw_decode(stdout[stdout.rindex("{\n"):])[0]
+def _last_json(stdout: str, first_key: str) -> dict:
+    """The command's JSON summary: the last object on stdout that opens with ``first_key``."""
+    return json.JSONDecoder().raw_decode(stdout[stdout.rindex(f'{{\n "{first_key}"'):])[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_trained_model_on_s3_has_lineage_loads_by_uri_and_annotates(scenes_dst, 
     out = f"{s3_bucket}/models/tuned"
     trained = samflow(env, "train", scenes_dst["dst"], "--out", out, "--profile", "tiny", "--epochs", "2", *FAST)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    summary = _last_json(trained.stdout)
+    summary = _last_json(trained.stdout, "model")
     assert summary["epochs_done"] == 2 and summary["data"]["train_items"] + summary["data"]["holdout_items"] == 8
 
     lineage = json.loads(s3_fs.cat_file(f"{out}/samflow.json"))
@@ -76,14 +77,17 @@ def test_trained_model_on_s3_has_lineage_loads_by_uri_and_annotates(scenes_dst, 
     annotated = samflow(env, "annotate", scenes_dst["src"], "--out", f"{s3_bucket}/by-tuned", "--profile", "tiny",
                         "--set", f"stages.segment.model={out}", "--set", "stages.embed.enabled=false")
     assert annotated.returncode == 0, annotated.stderr[-3000:]
-    assert _last_json(annotated.stdout)["counts"]["images"] == 8
+    assert _last_json(annotated.stdout, "run_id")["counts"]["images"] == 8
 
 
 def _wait_for_checkpoint(folder: Path, process: subprocess.Popen, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if any(folder.glob("checkpoint_*/progress.json")):
+        # Ray Train registers a checkpoint in its snapshot after the files are up: a run killed
+        # before that has nothing to resume from
+        snapshot = folder / "checkpoint_manager_snapshot.json"
+        if snapshot.is_file() and "checkpoint_" in snapshot.read_text():
             return
         time.sleep(0.5)
     raise AssertionError(f"no checkpoint under {folder} within {timeout_s} s")
