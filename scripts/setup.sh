@@ -15,6 +15,10 @@ python -m pip install --quiet -e ".[test]"
 python -m pip install --quiet "setuptools>=70.1"
 SAM2_BUILD_CUDA=0 python -m pip install --quiet --no-build-isolation --no-deps "sam2==1.1.0"
 python -m pip install --quiet "hydra-core==1.3.8" "iopath==0.1.10"
+# TrackEval, which the MOT export test reads its output with: without its declared dependencies,
+# which ask for a numpy (>= 2.3.2) that label-studio-sdk's OpenCV (< 2.3) excludes; its readers
+# need only numpy and scipy, both here already.
+python -m pip install --quiet --no-deps "trackeval==1.3.0"
 # Headless Chromium for the preview page tests (Debian's package; no browser download of a tool's own).
 if ! command -v chromium >/dev/null 2>&1; then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
