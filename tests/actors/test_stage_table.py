@@ -58,7 +58,7 @@ def test_a_toy_stage_added_by_one_table_line_runs_from_the_command_line(tmp_path
     assert set(annotations["label"].to_pylist()) == {"toy"} and set(annotations["area"].to_pylist()) == {9}
     run_id = summary_of(proc.stdout)["run_id"]
     manifest = json.loads((tmp_path / "out" / "_runs" / f"{run_id}.json").read_text())
-    assert manifest["models"]["toy"]["model"] == "toy://corner"
+    assert manifest["models"]["toy"]["model"] == "tiny://sam"
 
     unknown = subprocess.run([sys.executable, "-m", "samflow.cli.main", "annotate", "src", "--out", "out2",
                               "--set", "stages.toy.enabled=true"], cwd=tmp_path, env=env, capture_output=True, text=True)

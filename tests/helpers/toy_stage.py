@@ -21,7 +21,7 @@ class ToyConfig(StageConfig):
     """A toy stage: off unless asked for."""
 
     enabled: bool = Field(False, description="Off by default.")
-    model: str = Field("toy://corner", description="Recorded, never loaded.")
+    model: str = Field("tiny://sam", description="Checked by the preflight like any stage's model; never loaded.")
     corner: int = Field(2, ge=1, description="Side of the marked square, in pixels.")
     label: str = Field("corner", description="Label of the mask.")
 
@@ -43,4 +43,4 @@ class ToyStage:
         return batch
 
 
-ENTRY = StageEntry("toy", "toy", ToyConfig, f"{__name__}:ToyStage")
+ENTRY = StageEntry("toy", "toy", ToyConfig, f"{__name__}:ToyStage", task="segment")
