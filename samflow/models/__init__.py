@@ -7,7 +7,7 @@ One folder per family (`sam/`, `sam2/`, `sam3/`, `clip/`, `dinov2/`, `detectors/
 `realesrgan/`), each with its runner and its in-code (`tiny://`, `random://`) config; shared
 pre-processing and boxes in `common/`; video tracking in `video/`; the automatic mask generator in
 `amg/`. `loading/` holds the family registry, URIs, checkpoints, the model cache, the model
-preflight and `models check`. Never imports Ray, Prefect or fsspec.
+preflight and `models check`. Never imports Ray or Prefect; fsspec only to fetch a model from an object store.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from filelock import FileLock
 from samflow.config import StorageConfig
 from samflow.models.loading.checkpoint import sha256_pin
 from samflow.models.loading.registry import REMOTE_SCHEMES, ModelLoadError, parse_uri
-from samflow.store.storage import filesystem
 
 CACHE_ENV = "SAMFLOW_MODEL_CACHE"
 _MARKER = ".samflow-fetched.json"
@@ -166,6 +165,8 @@ def _download_http(url: str, into: Path) -> str:
 
 
 def _download_object_store(uri: str, into: Path, storage: StorageConfig) -> str:
+    from samflow.store.storage import filesystem  # fsspec loads only for a model in an object store
+
     fs, path = filesystem(uri, storage)
     name = _safe_name(path.rstrip("/").rsplit("/", 1)[-1]) or "model"
     if fs.isfile(path):

@@ -32,12 +32,18 @@ def test_cpu_runs_fp32():
         ("nope", "tiny://nope", "unknown model family"),
         ("sam", "tiny://clip", "tiny://sam"),
         ("sam", "/does/not/exist", "tiny://"),
-        ("clip", "s3://bucket/model", "local"),
     ],
 )
 def test_bad_requests_fail_with_actionable_message(family, uri, needle):
     with pytest.raises(ModelLoadError, match=needle):
         load_model(family, uri)
+
+
+def test_missing_object_store_model_fails_with_its_uri(s3_server, tmp_path, monkeypatch):
+    """load_model fetches a remote model through the model cache; a missing one names the URI."""
+    monkeypatch.setenv("SAMFLOW_MODEL_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="could not fetch s3://no-such-bucket/model"):
+        load_model("clip", "s3://no-such-bucket/model")
 
 
 def test_directory_without_weights_is_refused(tmp_path):
