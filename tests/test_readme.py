@@ -3,6 +3,7 @@ README itself, run on the sample as a user types them (the tiny profile, offline
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -80,5 +81,22 @@ def test_the_readmes_commands_run_on_the_sample(tmp_path):
         if " annotate " in command:
             counts = summary_of(done.stdout)["counts"]
             assert counts["errors"] == 0 and counts["inputs"] == counts["images"] > 0, counts
+        if words[0] == "dedup" and "--model" not in words:
+            dedup = json.loads(done.stdout)
+            assert dedup["dropped"] == 0 and dedup["kept"] == dedup["vectors"], dedup  # distinct pictures stay distinct
+            assert "in-code model" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert names <= ran, f"the README no longer shows {sorted(names - ran)}"
+    _each_picture_finds_itself_first(tmp_path, env)
+
+
+def _each_picture_finds_itself_first(tmp_path: Path, env: dict[str, str]) -> None:
+    """Search by image, with the README's search command, from a relative path."""
+    pictures = sorted(p for p in (tmp_path / "data/sample").iterdir() if p.suffix in {".png", ".jpg"})
+    for picture in pictures[:4]:
+        query = str(picture.relative_to(tmp_path))
+        done = subprocess.run(["samflow", "search", "out/sample", "--image", query, "--json", "-k", "2"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        hits = json.loads(done.stdout)
+        assert hits[0]["uri"].endswith(picture.name) and hits[0]["score"] > hits[1]["score"], hits
     assert (tmp_path / "out/sample.coco.json").exists() and (tmp_path / "report.html").exists()

@@ -68,13 +68,14 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from samflow.index.commands import IndexUserError, search
+    from samflow.index.commands import IndexUserError, in_code_notice, search
 
     try:
         hits = search(args.dst, text=args.text, image=args.image, k=args.k, kind=args.kind, model=args.model)
     except IndexUserError as exc:
         print(f"samflow search: {exc}", file=sys.stderr)
         return 2
+    _print_notice(in_code_notice(args.dst, args.kind, args.model))
     if args.json:
         print(json.dumps(hits))
         return 0
@@ -86,15 +87,21 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_dedup(args: argparse.Namespace) -> int:
     from samflow.index.build import IndexBuildError
-    from samflow.index.commands import IndexUserError, dedup
+    from samflow.index.commands import IndexUserError, dedup, in_code_notice
 
     try:
         summary = dedup(args.dst, threshold=args.threshold, kind=args.kind, model=args.model)
     except (IndexUserError, IndexBuildError) as exc:
         print(f"samflow dedup: {exc}", file=sys.stderr)
         return 2
+    _print_notice(in_code_notice(args.dst, args.kind, args.model))
     print(json.dumps(summary, indent=1))
     return 0
+
+
+def _print_notice(notice: str | None) -> None:
+    if notice:  # on stderr, so --json output stays one parseable document
+        print(notice, file=sys.stderr)
 
 
 def run_preview(args: argparse.Namespace) -> int:

@@ -282,6 +282,23 @@ def search(dst: str, text: str | None = None, image: str | None = None, k: int =
     return index.query(vector, k)
 
 
+def in_code_notice(dst: str, kind: str = "image", model: str = "clip",
+                   storage: StorageConfig | None = None) -> str | None:
+    """One line when DST's ``kind`` vectors come from an in-code model (``tiny://``,
+    ``random://``): random weights, so similarity follows colour and layout, not meaning."""
+    from samflow.models.loading.registry import ModelLoadError, parse_uri
+
+    uri = (RunIndex(dst, storage).manifest(kind, model) or {}).get("model") or ""
+    try:
+        in_code = bool(uri) and parse_uri(uri).in_code
+    except ModelLoadError:
+        return None
+    if not in_code:
+        return None
+    return (f"note: these vectors come from {uri}, an in-code model with random weights; "
+            "similarity follows colour and layout, not meaning")
+
+
 # --- dedup ---------------------------------------------------------------------------------
 
 DEDUP_DIR = "dedup"

@@ -150,9 +150,10 @@ def build(family: str, source: ModelSource, device: torch.device, dtype: torch.d
 
     model_cls = SiglipModel if family == "siglip" else CLIPModel
     if source.in_code:
-        from samflow.models.clip.tiny import in_code_config
+        from samflow.models.clip.tiny import in_code_config, settle_in_code_clip
 
-        loaded = build_in_code(model_cls, in_code_config(family, source.kind), device, dtype)
+        settle = settle_in_code_clip if (family, source.kind) == ("clip", "tiny") else None
+        loaded = build_in_code(model_cls, in_code_config(family, source.kind), device, dtype, settle)
     else:
         loaded = load_pretrained(model_cls, source, device, dtype)
     norm, center_crop = _preprocessing(family, loaded)

@@ -6,9 +6,27 @@ from samflow.models.common.tiny_text import pick_config, reference_text_ids, tin
 
 
 def tiny_clip_config():
+    """The image tower sees the whole 32-px picture as one patch: a random ViT pools its patches
+    into a bag of local colours, which made every picture's vector alike; one patch keeps the
+    picture's layout, so distinct pictures get distinct vectors."""
     from transformers import CLIPConfig
 
-    return CLIPConfig(text_config=tiny_text_config(), vision_config=tiny_vit_config(), projection_dim=16)
+    vision = tiny_vit_config(image_size=32, patch_size=32) | dict(hidden_size=64, intermediate_size=128)
+    return CLIPConfig(text_config=tiny_text_config(), vision_config=vision, projection_dim=32)
+
+
+def settle_in_code_clip(model) -> None:
+    """Zero the class token and give positions HF's small scale: torch's N(0, 1) embedding init
+    and a random class token are constants that outweigh the picture in the pooled vector."""
+    import torch
+
+    if not hasattr(model, "vision_model"):
+        return
+    embeddings = model.vision_model.embeddings
+    with torch.no_grad():
+        embeddings.class_embedding.zero_()
+        embeddings.position_embedding.weight.mul_(0.02)
+        embeddings.position_embedding.weight[0].zero_()
 
 
 def tiny_siglip_config():

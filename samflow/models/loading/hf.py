@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,21 @@ def load_pretrained(model_cls: Any, source: ModelSource, device: torch.device, d
     return LoadedModel(model, sha, directory)
 
 
-def build_in_code(model_cls: Any, config: Any, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Instantiate `model_cls` from an in-code config with a fixed seed (same class as real)."""
+def build_in_code(
+    model_cls: Any,
+    config: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    settle: Callable[[torch.nn.Module], None] | None = None,
+) -> LoadedModel:
+    """Instantiate `model_cls` from an in-code config with a fixed seed (same class as real);
+    `settle` adjusts a family's random weights before the checkpoint hash is taken."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = _with_sdpa(model_cls._from_config, config=config)
         _reset_to_torch_defaults(model)
+        if settle is not None:
+            settle(model)
     sha = sha256_state_dict(model.state_dict())
     model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, sha, None)
