@@ -34,36 +34,22 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_annotate(args: argparse.Namespace) -> int:
     from samflow.cli.preflight import check_run
-    from samflow.cli.progress import RunProgress
+    from samflow.cli.session import pipeline_session
     from samflow.store.lease import Lease
+    from samflow.store.storage import absolute
 
     cfg = options.user_config(args.config, options.with_format(args), args.profile)
-    check_run(args.src, args.dst, cfg)  # seconds, before Prefect and Ray start
-    lease = Lease(args.dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
-    lease.acquire(wait=args.wait)  # refuses at once when another run writes DST
-    try:
+    src, dst = absolute(args.src), absolute(args.dst)
+    check_run(src, dst, cfg)  # seconds, before Prefect and Ray start
+    lease = Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
+    with pipeline_session("annotate", args.verbose, lease, args.wait) as progress:
         from samflow.flows.annotate import annotate_dataset
 
-        logs.quiet_ray_data(args.verbose)
-        ray_was_up = _ray_is_up()
-        with logs.native_stderr_to_file(args.verbose, "annotate"), RunProgress() as progress:
-            try:
-                manifest = annotate_dataset(args.src, args.dst, config=cfg.model_dump(mode="json"),
-                                            observer=progress, lease=lease)
-            finally:
-                if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
-                    sys.modules["ray"].shutdown()
-    finally:
-        lease.release()
+        manifest = annotate_dataset(src, dst, config=cfg.model_dump(mode="json"), observer=progress, lease=lease)
     _print_run_summary(manifest, cfg, progress)
     # For scripts: the last thing on stdout.
     print(json.dumps({"run_id": manifest["run_id"], "counts": manifest["counts"]}, indent=1))
     return 0
-
-
-def _ray_is_up() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
 
 
 def run_plan(args: argparse.Namespace) -> int:

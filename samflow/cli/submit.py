@@ -162,6 +162,39 @@ def build_runtime_env(
 # ------------------------------------------------------------------------------- job helpers
 
 
+def absolute_local_paths(command: Sequence[str], cwd: Path) -> list[str]:
+    """``command`` with each local path a user typed relative to ``cwd`` made absolute.
+
+    The job runs in the uploaded working_dir on the head, where ``data/x`` would name another
+    folder; made absolute, a path means the same place on a cluster that shares this filesystem
+    (a local cluster, NFS). A token is a local path when it has no scheme, is not an option or a
+    ``KEY=VALUE``, and exists here or starts with a folder that does (an output not yet written).
+    """
+    resolved: list[str] = []
+    for token in command:
+        after_output = bool(resolved) and resolved[-1] in _OUTPUT_OPTIONS
+        option, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        if token.startswith("--") and not eq:
+            resolved.append(token)
+        elif eq:
+            resolved.append(f"{option}={_absolute(value, cwd, option in _OUTPUT_OPTIONS)}")
+        else:
+            resolved.append(_absolute(token, cwd, after_output))
+    return resolved
+
+
+_OUTPUT_OPTIONS = frozenset({"--out", "--config"})
+
+
+def _absolute(token: str, cwd: Path, is_path: bool = False) -> str:
+    if not token or "://" in token or "=" in token or token.startswith("-") or os.path.isabs(token):
+        return token
+    first = Path(token).parts[0]
+    if is_path or (cwd / token).exists() or ("/" in token.rstrip("/") and (cwd / first).is_dir()):
+        return str((cwd / token).resolve())
+    return token
+
+
 def build_entrypoint(command: Sequence[str], program: Sequence[str] = DEFAULT_PROGRAM) -> str:
     # shlex.join: URIs with spaces or shell characters reach the CLI as one argument each.
     return shlex.join([*program, *command])
@@ -276,9 +309,10 @@ def run_submit(
             pip=pip_enabled() if pip is None else pip,
             env_vars={**forwarded_env(), **(env_vars or {})},
         )
+        job = absolute_local_paths(command, Path.cwd())
         client = _connect(address)
         job_id = client.submit_job(
-            entrypoint=build_entrypoint(command, program),
+            entrypoint=build_entrypoint(job, program),
             submission_id=submission_id(command),
             runtime_env=runtime_env or None,
             metadata={"samflow_version": _samflow_version()},
@@ -289,6 +323,10 @@ def run_submit(
     except Exception as error:  # the Jobs API refused the submission
         print(f"samflow submit: submission to {address} failed: {error}", file=err)
         return 1
+    moved = [f"{before} -> {after}" for before, after in zip(command, job) if before != after]
+    if moved:
+        print(f"samflow submit: local paths sent as absolute paths (the cluster must see this filesystem): "
+              f"{', '.join(moved)}", file=err)
     print(f"samflow submit: job {job_id} submitted to {address}", file=err)
     if not wait:
         print(job_id, file=out)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,49 +43,29 @@ def _config(args: argparse.Namespace) -> Any:
     return user_config(args.config, list(args.overrides) + given, args.profile)
 
 
-def _absolute(uri: str) -> str:
-    """Local paths made absolute here: Ray workers do not share the command's working directory."""
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
-
-
 def run(args: argparse.Namespace) -> int:
+    from samflow.store.storage import absolute
+
     cfg = _config(args)
-    args.dst, args.syn = _absolute(args.dst), _absolute(args.syn)
+    args.dst, args.syn = absolute(args.dst), absolute(args.syn)
     if args.deploy:
         return _deploy(args, cfg)
     from samflow.store.catalog import Catalog
 
     if not Catalog(args.dst, cfg.storage).committed_names():
         raise UserError(f"{args.dst} holds no committed annotate run (nothing to take masks from)")
-    from samflow.cli import logs
-    from samflow.cli.progress import RunProgress
+    from samflow.cli.session import pipeline_session
     from samflow.store.lease import Lease
 
     lease = Lease(args.syn, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
-    lease.acquire(wait=args.wait)
-    try:
+    with pipeline_session("synth", args.verbose, lease, args.wait) as progress:
         from samflow.flows.synth import synth_dataset
 
-        logs.quiet_ray_data(args.verbose)
-        ray_was_up = _ray_is_up()
-        with logs.native_stderr_to_file(args.verbose, "synth"), RunProgress() as progress:
-            try:
-                record = synth_dataset(args.dst, args.syn, config=cfg.model_dump(mode="json"),
-                                       observer=progress, lease=lease)
-            finally:
-                if not ray_was_up and _ray_is_up():
-                    sys.modules["ray"].shutdown()
-    finally:
-        lease.release()
+        record = synth_dataset(args.dst, args.syn, config=cfg.model_dump(mode="json"), observer=progress, lease=lease)
     _print_summary(record, progress.console)
     print(json.dumps({"run_id": record["run_id"], "counts": record["counts"],
                       "dropped_by_reason": record.get("dropped_by_reason", {})}, indent=1))
     return 0
-
-
-def _ray_is_up() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
 
 
 def _print_summary(record: dict[str, Any], console: Any) -> None:

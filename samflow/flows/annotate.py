@@ -29,6 +29,7 @@ from samflow.store import doneset
 from samflow.store.catalog import RUNS, Catalog
 from samflow.store.lease import Lease
 from samflow.store.runs import build_report, error_kinds, report_markdown
+from samflow.store.storage import absolute
 
 
 @dataclass
@@ -155,6 +156,7 @@ def annotate_dataset(
     before every commit and stops with ``LeaseLost`` once another run has taken it over.
     """
     cfg = config_from(config, profile=profile)
+    src, dst = absolute(src), absolute(dst)  # the workers do not share this process's folder
     # A run nobody watches (a deployment's): its progress line goes to the run log.
     logged = LoggedProgress(get_run_logger()) if observer is None else None
     try:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from samflow.config import RunConfig, load_config
+from samflow.store.storage import absolute
 
 if TYPE_CHECKING:  # Prefect is imported lazily: building the CLI must not pay for it.
     from prefect import Flow
@@ -65,15 +65,6 @@ def cron_schedules(cron: str | None, timezone: str = "UTC") -> list[Any]:
     from prefect.client.schemas.schedules import CronSchedule
 
     return [CronSchedule(cron=cron, timezone=timezone)]
-
-
-def absolute(uri: str) -> str:
-    """A local path as an absolute one (other URIs as they are): a deployment's runs start later,
-    in another process and folder, and their Ray workers write from folders of their own."""
-    if "://" in uri and not uri.startswith("file://"):
-        return uri
-    path = uri.removeprefix("file://")
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def flow_parameters(src: str, dst: str, config: RunConfig, profile: str | None) -> dict[str, Any]:

@@ -113,6 +113,15 @@ def selected(rel_path: str, include: list[str], exclude: list[str]) -> bool:
     return _spec(tuple(include)).match_file(rel_path) and not _spec(tuple(exclude)).match_file(rel_path)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded, ``file://`` dropped); other URIs as they are.
+    Ray workers, a job on a cluster and a deployment's later runs each start in a folder of their
+    own, so a path relative to the command's folder would name another place there."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def absolute_uri(uri: str, storage: StorageConfig) -> str:
     """``uri`` as :func:`list_files` names what it lists: local paths absolute (``file://``
     dropped), object-store keys with their scheme and no trailing slash."""

@@ -8,6 +8,7 @@ processes of this head.
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import secrets
@@ -281,3 +282,23 @@ def test_real_samflow_cli_runs_from_the_uploaded_checkout(with_token):
     assert run_submit(with_token.address, ["--version"], pip=False, out=out, err=err) == 0, err.getvalue()
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert f"samflow {version}" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_relative_paths_mean_the_same_place_on_the_cluster(with_token, tmp_path):
+    """`samflow submit -- plan data/x --out out/x` typed in a folder: the job, which runs in the
+    uploaded checkout on the head, plans the folder the user meant (a local cluster shares it)."""
+    from PIL import Image
+
+    (tmp_path / "data/pics").mkdir(parents=True)
+    for n in range(3):
+        Image.new("RGB", (8, 8), (40 * n, 0, 0)).save(tmp_path / f"data/pics/p{n}.png")
+    env = {**os.environ, "RAY_AUTH_TOKEN": with_token.token, "PYTHONPATH": str(ROOT)}
+    samflow = str(Path(sys.executable).with_name("samflow"))
+    done = subprocess.run([samflow, "submit", "--address", with_token.address, "--no-pip", "--",
+                           "plan", "data/pics", "--out", "out/pics"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert f"data/pics -> {tmp_path / 'data/pics'}" in done.stderr
+    plan = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert plan["new"] == 3 and plan["done"] == 0

@@ -1,0 +1,36 @@
+"""One pipeline command's session on this machine: the output's lease held, a progress display,
+quiet logs, and Ray shut down afterwards when the command started it."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from samflow.cli import logs
+
+
+@contextlib.contextmanager
+def pipeline_session(name: str, verbose: int, lease: Any, wait: bool) -> Iterator[Any]:
+    """Take ``lease`` (``wait``: for another run to finish, else refuse at once), then yield a
+    :class:`RunProgress` for the run; release the lease whatever happens."""
+    from samflow.cli.progress import RunProgress
+
+    lease.acquire(wait=wait)
+    try:
+        logs.quiet_ray_data(verbose)
+        ray_was_up = _ray_is_up()
+        with logs.native_stderr_to_file(verbose, name), RunProgress() as progress:
+            try:
+                yield progress
+            finally:
+                if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
+                    sys.modules["ray"].shutdown()
+    finally:
+        lease.release()
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
