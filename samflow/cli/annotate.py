@@ -99,8 +99,11 @@ def run_runs(args: argparse.Namespace) -> int:
     rows = runs.history_rows(runs.manifests(args.dst, cfg.storage), runs.evaluations(args.dst, cfg.storage))
     if args.json:
         print(json.dumps(rows, indent=1))
-    elif not rows:
-        console.print(f"no runs under {args.dst}")
-    else:
-        console.print(runs.history_table(rows, args.dst))
+        return 0
+    console.print(runs.history_table(rows, args.dst) if rows else f"no runs under {args.dst}")
+    from samflow.rounds.record import round_rows, rounds
+
+    found = rounds(args.dst, cfg.storage)
+    if found:
+        console.print(runs.history_table(round_rows(found), args.dst, title="engine rounds"))
     return 0

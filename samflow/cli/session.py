@@ -20,17 +20,17 @@ def pipeline_session(name: str, verbose: int, lease: Any, wait: bool) -> Iterato
     lease.acquire(wait=wait)
     try:
         logs.quiet_ray_data(verbose)
-        ray_was_up = _ray_is_up()
+        ray_was_up = ray_is_up()
         with logs.native_stderr_to_file(verbose, name), RunProgress() as progress:
             try:
                 yield progress
             finally:
-                if not ray_was_up and _ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
+                if not ray_was_up and ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
                     sys.modules["ray"].shutdown()
     finally:
         lease.release()
 
 
-def _ray_is_up() -> bool:
+def ray_is_up() -> bool:
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from samflow.cli import options
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="fine-tune the segment model (SAM) on DST's ground truth and reviews")
@@ -22,6 +24,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--profile", choices=["tiny"], help="tiny: the base is tiny://sam unless --base says otherwise")
     train.set_defaults(run=run_train)
 
+    round_ = commands.add_parser("engine-round", help="one data-engine round: annotate, score, train, score again")
+    options.add_source_and_out(round_)
+    round_.add_argument("--holdout", required=True, help="held-out images with their ground truth (never trained on)")
+    options.add_config(round_, profile=True)
+    round_.set_defaults(run=run_round)
+
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     flags = {"train.epochs": args.epochs, "train.max_minutes": args.max_minutes, "train.num_workers": args.num_workers}
@@ -30,15 +38,17 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from samflow.cli.options import user_config
+    from samflow.cli.session import ray_is_up
+    from samflow.store.storage import absolute
     from samflow.train.run import train_model
 
     cfg = user_config(args.config, _overrides(args), args.profile)
     _quiet_ray_data()
-    ray_was_up = _ray_is_up()
-    try:
-        lineage = train_model(args.dst, args.out_uri, cfg, base=args.base)
+    ray_was_up = ray_is_up()
+    try:  # absolute: the training workers do not share this process's folder
+        lineage = train_model(absolute(args.dst), absolute(args.out_uri), cfg, base=args.base)
     finally:
-        if not ray_was_up and _ray_is_up():
+        if not ray_was_up and ray_is_up():
             sys.modules["ray"].shutdown()
     last = lineage["epochs"][-1] if lineage["epochs"] else {}
     summary = {"model": args.out_uri, "base_model": lineage["base_model"], "epochs_done": lineage["epochs_done"],
@@ -57,6 +67,21 @@ def _quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
-def _ray_is_up() -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+def run_round(args: argparse.Namespace) -> int:
+    from samflow.cli import logs
+    from samflow.cli.session import ray_is_up
+    from samflow.flows.engine_round import engine_round
+
+    cfg = options.user_config(args.config, args.overrides, args.profile)
+    logs.quiet_ray_data(args.verbose)
+    ray_was_up = ray_is_up()
+    try:
+        record = engine_round(args.src, args.dst, args.holdout, config=cfg.model_dump(mode="json"))
+    finally:
+        if not ray_was_up and ray_is_up():
+            sys.modules["ray"].shutdown()
+    before, after = record["holdout_before"], record["holdout_after"]
+    print(f"samflow engine-round {record['round_id']}: held-out mIoU {before['miou']:.4f} -> {after['miou']:.4f}; "
+          f"current model: {record['current_model']}", file=sys.stderr)
+    print(json.dumps(record, indent=1))
+    return 0

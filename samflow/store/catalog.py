@@ -44,6 +44,7 @@ DONE = "_done"  # committed item keys, one file per shard (see samflow/store/don
 STAGING = "_staging"
 RUNS = "_runs"
 EVALS = "_eval"  # one JSON per `samflow eval`: figures, ground truth, the runs it covered
+ROUNDS = "_rounds"  # one JSON per `samflow engine-round`: models, data, held-out figures before and after
 
 log = logging.getLogger(__name__)
 

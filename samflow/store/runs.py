@@ -87,8 +87,13 @@ def manifests(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
 
 def evaluations(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
     """Every ``samflow eval`` record under DST (``_eval/<eval_id>.json``), oldest first."""
+    return json_records(dst, EVALS, storage, order_by="created_at")
+
+
+def json_records(dst: str, folder: str, storage: StorageConfig, order_by: str) -> list[dict[str, Any]]:
+    """The JSON records in ``DST/<folder>/``, sorted by their ``order_by`` field."""
     catalog = Catalog(dst, storage)
-    paths = catalog._ls(catalog.path(EVALS), suffix=".json")
+    paths = catalog._ls(catalog.path(folder), suffix=".json")
     blobs = catalog.fs.cat(paths) if paths else {}
     found = []
     for path in paths:
@@ -96,7 +101,7 @@ def evaluations(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
             found.append(json.loads(blobs[path]))
         except ValueError:
             continue  # a record that does not parse holds no figure
-    return sorted(found, key=lambda e: str(e.get("created_at", "")))
+    return sorted(found, key=lambda record: str(record.get(order_by, "")))
 
 
 def latest_evaluation(evals: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
@@ -211,10 +216,11 @@ def history_rows(found: list[dict[str, Any]], evals: list[dict[str, Any]] | None
     return rows
 
 
-def history_table(rows: list[dict[str, Any]], dst: str) -> Table:
-    table = Table(title=f"runs under {dst}")
+def history_table(rows: list[dict[str, Any]], dst: str, title: str = "runs") -> Table:
+    table = Table(title=f"{title} under {dst}")
     for name in rows[0] if rows else ():
-        table.add_column(name, justify="right" if name not in ("run_id", "started", "models") else "left")
+        numeric = rows and isinstance(rows[0][name], (int, float)) and not isinstance(rows[0][name], bool)
+        table.add_column(name, justify="right" if numeric or name.startswith("miou") or name == "mask_ap" else "left")
     for row in rows:
         table.add_row(*("-" if value is None else str(value) for value in row.values()))
     return table

@@ -231,10 +231,11 @@ def test_a_cli_run_that_lost_its_lease_stops_before_its_next_commit(tmp_path, pr
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
            "RAY_ADDRESS": ray_cluster.address}  # the session's cluster: only the driver pauses
-    run = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", "annotate", str(src), "--out", str(out),
+    # Relative SRC and DST, typed in their folder: the joined cluster's workers stage under the same DST.
+    run = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", "annotate", "in", "--out", "out",
                             "--profile", "tiny", "--set", "output.shard_rows=1", "--set", "stages.embed.enabled=false",
                             "--set", "output.lease_ttl_s=2"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list(out.glob("_staging/**/*.parquet")) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # the first shard is staged: the driver commits it next
