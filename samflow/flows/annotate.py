@@ -42,6 +42,7 @@ class Plan:
     new: int = 0
     excluded: int = 0
     format: str = "files"
+    may_hold_videos: bool = True  # False: the track stage is not started
 
 
 def new_run_id() -> str:
@@ -65,7 +66,8 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     # A read-only plan is only looked at (samflow plan): its keys are not shaped into items.
     items = items_from_keys(result.todo, source.format, cfg.storage) if result.new and not read_only else []
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
-                new=result.new, excluded=source.excluded, format=source.format)
+                new=result.new, excluded=source.excluded, format=source.format,
+                may_hold_videos=source.may_hold_videos)
 
 
 # Permanent errors (missing source, denied bucket, ...) are not retried: they cannot succeed.
@@ -83,7 +85,8 @@ def run_pipeline_task(
 ) -> PipelineStats:
     # No task retries: every shard commits as it finishes, so a failed run is resumed by running
     # the flow again, which plans only what is missing.
-    return run_pipeline(plan.items, cfg, dst, run_id, on_commit=on_commit, before_commit=before_commit)
+    return run_pipeline(plan.items, cfg, dst, run_id, on_commit=on_commit, before_commit=before_commit,
+                        videos=plan.may_hold_videos)
 
 
 @task(name="commit", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent)

@@ -76,6 +76,9 @@ def _kmeans(vectors: VectorFile, count: int, params: DedupParams) -> np.ndarray:
     k = max(1, min(count // max(params.cluster_size, 1), 50_000))
     rng = np.random.default_rng(params.seed)
     sample = vectors.take(np.sort(rng.choice(count, size=min(count, max(params.train_sample, 40 * k)), replace=False)))
+    if k == 1:  # one cluster: its centre is the mean direction (FAISS would warn of a small sample)
+        centre = sample.astype(np.float32).mean(axis=0, keepdims=True)
+        return centre / max(float(np.linalg.norm(centre)), 1e-12)
     kmeans = faiss.Kmeans(vectors.dim, k, niter=params.niter, spherical=True, seed=params.seed, verbose=False)
     kmeans.train(sample)
     return kmeans.centroids

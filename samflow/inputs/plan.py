@@ -23,6 +23,7 @@ from samflow.inputs.formats import (
     INPUT_FORMATS,
     ITEM_SCHEMA,
     LOOSE_FORMATS,
+    VIDEO_SUFFIXES,
     TAR_SUFFIXES,
     InputFormatError,
     item_row,
@@ -45,6 +46,12 @@ class Source:
     format: str
     files: list[tuple[str, int]]
     excluded: int
+
+    @property
+    def may_hold_videos(self) -> bool:
+        """False only when it surely holds none: loose files, none with a video's suffix (a
+        manifest's or a container's members are not known before they are read)."""
+        return self.format != "files" or any(uri.lower().endswith(VIDEO_SUFFIXES) for uri, _ in self.files)
 
 
 def resolve_source(src: str, cfg: RunConfig, dst: str, fmt: str | None = None) -> Source:

@@ -131,11 +131,14 @@ class ModelStage:
         return self.config.model_sha256 if self.model_field == "model" else None
 
 
-def model_stages(cfg: RunConfig) -> list[ModelStage]:
-    """The stages of the stage table (samflow/actors/table.py) this run runs, in graph order."""
+def model_stages(cfg: RunConfig, videos: bool = True) -> list[ModelStage]:
+    """The stages of the stage table (samflow/actors/table.py) this run runs, in graph order;
+    without ``videos`` (the input surely holds none) not the track stage: nothing to track."""
     stages = []
     for entry in STAGE_TABLE:
         section = getattr(cfg.stages, entry.section)
+        if entry.name == "track" and not videos:
+            continue
         if entry.runs(section, cfg):
             stages.append(ModelStage(entry.name, entry.stage_class(), section, entry.model_field))
     return stages
@@ -191,12 +194,13 @@ def _decode_task_args(num_cpus: float) -> Callable[[], dict[str, Any]]:
 
 
 def build_dataset(
-    items: list[dict[str, Any]] | ray.data.Dataset | ContainerKeys, cfg: RunConfig, dst: str, run_id: str
+    items: list[dict[str, Any]] | ray.data.Dataset | ContainerKeys, cfg: RunConfig, dst: str, run_id: str,
+    videos: bool = True,
 ) -> ray.data.Dataset:
     """``items``: {uri, size} rows, or a dataset of them in small blocks (the plan's, from
     samflow/inputs/plan.py, with inline ``data`` and preset errors), or members of containers
-    still to be read."""
-    stages = model_stages(cfg)
+    still to be read. ``videos``: False when the items surely hold no video."""
+    stages = model_stages(cfg, videos)
     fit = fit_to_cluster(cfg, stages, reads_containers=isinstance(items, ContainerKeys))
     if isinstance(items, ContainerKeys):
         ds = items.items(fit.item_cpus)
@@ -212,7 +216,7 @@ def build_dataset(
     # Giving them a remote-args function keeps Ray Data from fusing decode into the first model
     # actor, where it would run serially with the model instead of beside it.
     # stream: a video's frames leave in chunks of input.video.chunk_frames, never one block.
-    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=track_videos(cfg))
+    decode = DecodeStage(StorageSource(cfg.storage), cfg.input, defer_videos=videos and track_videos(cfg))
     # num_cpus too: Ray Data's resource budget counts the static amount (a whole CPU without it).
     ds = ds.map_batches(
         decode.stream,
@@ -261,6 +265,7 @@ def run_pipeline(
     run_id: str,
     on_commit: CommitHook | None = None,
     before_commit: Callable[[], None] | None = None,
+    videos: bool = True,
 ) -> PipelineStats:
     """Run the graph over ``items`` ({uri, size}) and commit every shard as it is staged.
 
@@ -274,7 +279,7 @@ def run_pipeline(
     ensure_ray(cfg.ray)
     stats.ray_ready_at = time.time()
     catalog = Catalog(dst, cfg.storage)
-    dataset = build_dataset(items, cfg, dst, run_id)
+    dataset = build_dataset(items, cfg, dst, run_id, videos)
     held: list[tuple[ShardResult, dict[str, list[dict[str, Any]]]]] = []
     video_uris: set[str] = set()
     for row in dataset.iter_rows():
