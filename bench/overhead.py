@@ -12,6 +12,9 @@
      the model alone, which also leaves out its model load. Goal: >= 80 %.
    - end to end: images / the pipeline phase, which adds Ray's start and the actor's start and
      model load (``ray_start``, ``to_first_batch``): fixed costs per run, printed apart.
+   - start-up: the command's start to its first model batch, by phase (the manifest's
+     ``timings_s.startup``: process = interpreter, imports and Prefect's server; ray_start; plan;
+     actors = actor starts, model loads, the first decode).
 Also the embed actor's busy seconds and Ray Data's per-operator figures.
 """
 
@@ -84,6 +87,7 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
         "images_per_s": manifest["counts"]["images"] / timings["pipeline"],
         "pipeline_s": timings["pipeline"],
         "phases": phases,
+        "startup": timings.get("startup") or {},
         "embed_busy_s": timings["stage_busy"].get("embed", 0.0),
         "embed_threads": manifest["models"].get("embed", {}).get("torch_threads"),
         "operators": timings.get("ray_operators", {}),
@@ -126,6 +130,9 @@ def main() -> None:
           f"{100 * run['images_per_s'] / alone['images_per_s']:.0f} % of the model alone; fixed costs: "
           f"Ray start {phases.get('ray_start', 0):.1f} s, actor start + model load + first decode "
           f"{phases.get('to_first_batch', 0):.1f} s (model load here: {before['load_s']:.1f} s)")
+    startup = run["startup"]
+    print(f"start-up:    {startup.get('total', 0):8.1f} s from the command's start to its first model batch: "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items() if name != "total"))
     for name, figures in run["operators"].items():
         print(f"  {name:<48} task wall {figures['task_wall_s']:7.1f} s  span {figures['span_s']:7.1f} s")
     case = f"{model}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
@@ -139,6 +146,7 @@ def main() -> None:
         result(case, "ray_start", phases.get("ray_start", 0.0), "s"),
         result(case, "to_first_batch", phases.get("to_first_batch", 0.0), "s"),
         result(case, "pipeline_time", run["pipeline_s"], "s"),
+        *(result(case, f"startup_{name}", seconds, "s") for name, seconds in startup.items()),
         result(case, "embed_busy", run["embed_busy_s"], "s"),
         result(case, "embed_actor_throughput", run["images"] / max(run["embed_busy_s"], 1e-9), "images/s"),
     ])

@@ -28,6 +28,8 @@ FORBIDDEN = {
     "index": {"samflow.actors", "samflow.pipeline", *ENTRY, "ray", "prefect"},
     "serve": {"samflow.actors", "samflow.pipeline", *ENTRY, "prefect"},
     "flows": {"samflow.cli"},
+    # rounds records and reads what a round did; the flow (flows/engine_round.py) runs it
+    "rounds": {"samflow.actors", "samflow.pipeline", "samflow.train", *ENTRY, "ray", "prefect", "torch"},
 }
 
 

@@ -83,6 +83,9 @@ def test_the_readmes_commands_run_on_the_sample(tmp_path):
             assert counts["errors"] == 0 and counts["inputs"] == counts["images"] > 0, counts
             manifest = json.loads(next((tmp_path / "out/sample/_runs").glob("*.json")).read_text())
             assert "segment" in manifest["models"] and "track" not in manifest["models"]  # no videos: no tracker started
+            startup = manifest["timings_s"]["startup"]  # the command's start to its first model batch, by phase
+            assert set(startup) == {"process", "ray_start", "plan", "actors", "total"}
+            assert startup["total"] >= startup["actors"] > 0 and startup["ray_start"] > 0
         if words[0] == "dedup" and "--model" not in words:
             dedup = json.loads(done.stdout)
             assert dedup["dropped"] == 0 and dedup["kept"] == dedup["vectors"], dedup  # distinct pictures stay distinct

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -43,6 +45,7 @@ class Plan:
     excluded: int = 0
     format: str = "files"
     may_hold_videos: bool = True  # False: the track stage is not started
+    ray_start_s: float = 0.0  # of ``seconds``: joining or starting Ray
 
 
 def new_run_id() -> str:
@@ -58,7 +61,9 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     committed = catalog.committed_names()
     removed = [] if read_only else catalog.remove_uncommitted(committed)
     source = resolve_source(src, cfg, dst)
+    ray_started = time.perf_counter()
     ensure_ray(cfg.ray)
+    ray_start_s = time.perf_counter() - ray_started
     # Read-only either way: a plan never rewrites DST's done-set (the run compacts it at its end).
     # A run's plan also shapes what is to do into the blocks the run streams.
     shape = None if read_only else (lambda todo, listed: todo_blocks(todo, source.format, listed))
@@ -67,7 +72,7 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     items = items_from_keys(result.todo, source.format, cfg.storage) if result.new and not read_only else []
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
                 new=result.new, excluded=source.excluded, format=source.format,
-                may_hold_videos=source.may_hold_videos)
+                may_hold_videos=source.may_hold_videos, ray_start_s=ray_start_s)
 
 
 # Permanent errors (missing source, denied bucket, ...) are not retried: they cannot succeed.
@@ -126,10 +131,25 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
             "plan": plan.seconds,
             "pipeline": pipeline_s,
             "pipeline_phases": stats.phases(),
+            "startup": _startup(plan, stats, started),
             "stage_busy": dict(stats.stage_busy_s),
             "ray_operators": stats.operators,
         },
     }
+
+
+def _startup(plan: Plan, stats: PipelineStats, started: float) -> dict[str, float]:
+    """Seconds from this process's start to the first model batch, by phase: ``process`` (the
+    interpreter, imports, Prefect's server until the flow began), ``ray_start``, ``plan`` (the
+    rest of it), ``actors`` (actor starts, model loads, the first decode) and their ``total``."""
+    if math.isinf(stats.first_batch_at):
+        return {}
+    flow_began = time.time() - (time.perf_counter() - started)
+    process = flow_began - psutil.Process().create_time()
+    phases = {"process": process, "ray_start": plan.ray_start_s, "plan": plan.seconds - plan.ray_start_s,
+              "actors": stats.first_batch_at - stats.started_at}
+    phases["total"] = stats.first_batch_at - psutil.Process().create_time()
+    return {name: round(max(value, 0.0), 3) for name, value in phases.items()}
 
 
 def _artifact(manifest: dict[str, Any], cfg: RunConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from samflow.train.trainable import (
     trainable_parameters,
     trainable_state,
 )
+
+PROGRESS_KEY = "progress_lines"  # the train_loop_config entry holding the driver's queue
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.torch import prepare_model
 
+    config = dict(config)
+    say = _sayer(config.pop(PROGRESS_KEY, None))
     spec = WorkerSpec.from_config(config)
     torch.set_num_threads(spec.threads)
     context = ray.train.get_context()
@@ -73,14 +78,14 @@ def train_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     progress = _restore(model, optimizer)
     if progress.epochs_done and rank == 0:
-        _say(f"resuming after epoch {progress.epochs_done} (from the last checkpoint)")
+        say(f"resuming after epoch {progress.epochs_done} (from the last checkpoint)")
     step = prepare_model(SamTrainStep(sam_of(model), spec.step), parallel_strategy_kwargs={"find_unused_parameters": True})
     device = next(sam_of(model).parameters()).device
     budget = _Budget(spec.max_seconds)
     for epoch in range(progress.epochs_done, spec.epochs):
         started = time.time()
         generator = torch.Generator(device=device).manual_seed(spec.seed * 100_003 + epoch * 1_009 + rank)
-        stats = _train_epoch(step, optimizer, spec, device, generator, epoch, rank, budget)
+        stats = _train_epoch(step, optimizer, spec, device, generator, epoch, rank, budget, say)
         holdout = _score(step, spec, device)
         progress.epochs_done = epoch + 1
         progress.history.append({"epoch": epoch + 1, **stats, "holdout_miou": holdout,
@@ -89,7 +94,7 @@ def train_worker(config: dict[str, Any]) -> None:
             progress.stopped = "max_minutes"
         _report(model, optimizer, progress, rank)
         if rank == 0:
-            _say(_epoch_line(progress.history[-1], spec.epochs))
+            say(_epoch_line(progress.history[-1], spec.epochs))
         if progress.stopped:
             break
 
@@ -139,7 +144,7 @@ def _tensors(batch: dict[str, np.ndarray], low_res: int, device: torch.device) -
 
 
 def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: int, rank: int,
-                 budget: _Budget) -> dict[str, Any]:
+                 budget: _Budget, say: Callable[[str], None]) -> dict[str, Any]:
     losses, images, stopped, started = [], 0, False, time.time()
     for index, batch in enumerate(_batches("train", spec, shuffle=True)):
         if _all_agree(budget.spent()):
@@ -154,7 +159,7 @@ def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: in
         images += len(pixels)
         if rank == 0 and (index + 1) % 10 == 0:
             rate = images / max(time.time() - started, 1e-9)
-            _say(f"epoch {epoch + 1}/{spec.epochs} step {index + 1} loss {np.mean(losses[-10:]):.4f} "
+            say(f"epoch {epoch + 1}/{spec.epochs} step {index + 1} loss {np.mean(losses[-10:]):.4f} "
                  f"{rate:.2f} images/s per worker")
     seconds = time.time() - started
     total = _sum_over_workers(torch.tensor([float(sum(losses)), float(len(losses)), float(images)], dtype=torch.float64))
@@ -223,5 +228,18 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
             + (" (stopped: max_minutes)" if record["stopped"] else ""))
 
 
-def _say(line: str) -> None:
-    print(f"samflow train: {line}", flush=True)
+def _sayer(lines: Any) -> Callable[[str], None]:
+    """Progress lines go to the worker's log and, through ``lines`` (a Ray queue the driver
+    drains), to the terminal of whoever started the run, wherever the worker runs."""
+
+    def say(line: str) -> None:
+        text = f"samflow train: {line}"
+        try:
+            if lines is not None:
+                lines.put_nowait(text)
+                return
+        except Exception:  # a full or gone queue: the line goes to the worker's log only
+            pass
+        print(text, flush=True)
+
+    return say

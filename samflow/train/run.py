@@ -11,9 +11,13 @@ named after MODEL_URI: the same command run again resumes from the last epoch th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +35,7 @@ from samflow.train.checkpoints import (
     staging_dir,
     write_model_dir,
 )
-from samflow.train.loop import WorkerSpec, train_worker
+from samflow.train.loop import PROGRESS_KEY, WorkerSpec, train_worker
 from samflow.train.samples import (
     ModelFrame,
     Reviews,
@@ -123,13 +127,15 @@ def _storage_for_ray(uri: str, storage: StorageConfig):
 def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelFrame, reviews: Reviews):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
 
     t = cfg.train
     storage_path, storage_fs = _storage_for_ray(t.checkpoint_uri or join(dst, CHECKPOINTS), cfg.storage)
     datasets = sample_datasets(dst, cfg.storage, frame, reviews, t.holdout_fraction)
+    lines = Queue(maxsize=1000, actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=spec.to_config(),
+        train_loop_config={**spec.to_config(), PROGRESS_KEY: lines},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker}),
@@ -138,7 +144,38 @@ def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelF
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
     )
-    return trainer.fit()
+    with _printing(lines):
+        return trainer.fit()
+
+
+@contextlib.contextmanager
+def _printing(lines: Any) -> Iterator[None]:
+    """Print the workers' progress lines here while the block runs (Ray's log forwarding may be
+    off, and does not carry a joined driver's training workers' output)."""
+    import ray
+
+    done = threading.Event()
+
+    def drain(block: bool) -> None:
+        while True:
+            try:
+                print(lines.get(block=block, timeout=0.5), file=sys.stderr, flush=True)
+            except Exception:  # Empty (or the queue gone): nothing to print now
+                return
+
+    def follow() -> None:
+        while not done.is_set():
+            drain(block=True)
+
+    printer = threading.Thread(target=follow, daemon=True, name="train-progress")
+    printer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        printer.join(timeout=5)
+        drain(block=False)
+        ray.kill(lines.actor)
 
 
 def _lineage(dst: str, out_uri: str, cfg: RunConfig, base: BaseModel, reviews: Reviews, data: dict[str, int],

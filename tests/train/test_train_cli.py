@@ -57,6 +57,8 @@ def test_trained_model_on_s3_has_lineage_loads_by_uri_and_annotates(scenes_dst, 
     out = f"{s3_bucket}/models/tuned"
     trained = samflow(env, "train", scenes_dst["dst"], "--out", out, "--profile", "tiny", "--epochs", "2", *FAST)
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # The workers' progress reaches the terminal of the command that started them.
+    assert "samflow train: epoch 1/2" in trained.stderr and "samflow train: epoch 2/2" in trained.stderr, trained.stderr[-3000:]
     summary = _last_json(trained.stdout, "model")
     assert summary["epochs_done"] == 2 and summary["data"]["train_items"] + summary["data"]["holdout_items"] == 8
 
