@@ -70,7 +70,7 @@ def test_sample_run_shows_progress_and_summary_then_runs_lists_and_reports_it(tm
     assert sum(kind["count"] for kind in report["errors"]) == result["counts"]["errors"]
     broken = [kind for kind in report["errors"] if kind["example_uri"].endswith("broken.png")]
     assert broken and broken[0]["stage"] == "decode" and broken[0]["example_message"]
-    assert {s["stage"] for s in report["stages"]} == {"segment", "track"}  # track: in the default graph
+    assert {s["stage"] for s in report["stages"]} == {"segment"}  # no videos among the inputs: no track stage
     assert len(report["models"]["segment"]["checkpoint_sha256"]) == 64
 
     missing = samflow("runs", str(out), "nope")

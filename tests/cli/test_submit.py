@@ -26,6 +26,7 @@ from packaging.requirements import Requirement
 
 from samflow.cli import submit
 from samflow.cli.submit import SubmitError, run_submit
+from tests.helpers.cli_process import hears_ctrl_c
 from tests.helpers.ray_head import RayHead, running_head
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +254,7 @@ def test_ctrl_c_stops_the_job(with_token, probe_dir):
         f"pip=False, program={PROBE_PROGRAM!r}))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_TOKEN": with_token.token}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, text=True, preexec_fn=hears_ctrl_c,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -265,7 +266,7 @@ def test_ctrl_c_stops_the_job(with_token, probe_dir):
             assert line is not None, "".join(seen)
             seen.append(line)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=45) == 130
+        assert proc.wait(timeout=90) == 130  # it stops the job and waits up to 30 s to see it stopped
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -21,6 +21,7 @@ import pytest
 from samflow.config import StorageConfig
 from samflow.scenes.sample import write_sample_dataset
 from samflow.store.catalog import Catalog
+from tests.helpers.cli_process import hears_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[2]
 MINUTE = 60.0
@@ -69,7 +70,8 @@ def test_schedule_starts_annotate_and_index_runs_on_their_crons(tmp_path, ray_cl
         schedule = subprocess.Popen(
             [sys.executable, "-m", "samflow.cli.main", "schedule", "in", "--out", "out", "--profile", "tiny",
              "--cron", "* * * * *", "--index-cron", "* * * * *"],
-            cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=hears_ctrl_c)
     try:
         api_url = _wait_for(lambda: (m := re.search(r"Prefect server (\S+)", log.read_text())) and m.group(1),
                             "the Prefect server", log)

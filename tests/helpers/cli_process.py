@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,10 @@ def samflow(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.Complete
     done = run_module("samflow.cli.main", *args, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, f"samflow {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done
+
+
+def hears_ctrl_c() -> None:
+    """``preexec_fn`` for a child the test stops with SIGINT: Ctrl-C's default action, as at a
+    terminal. A shell starts background commands (pytest among them) with SIGINT ignored, and
+    children inherit that, so without this the child would never hear it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
