@@ -17,6 +17,7 @@ import pytest
 
 from samflow.cli.main import main
 from samflow.store.catalog import RUNS
+from tests.helpers.cli_process import hears_ctrl_c
 from tests.helpers.index_data import clustered, write_image_shard
 from tests.helpers.ports import free_port
 
@@ -59,7 +60,7 @@ def test_samflow_serve_answers_http_and_stops_cleanly_on_ctrl_c(ray_cluster, ind
            "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [sys.executable, "-m", "samflow.cli.main", "serve", indexed_dst, "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=hears_ctrl_c,
     )
     base = f"http://127.0.0.1:{port}"
     try:
