@@ -33,7 +33,8 @@ class StageEntry:
     config (two stages may share one: pool settings included); ``stage``: "module:Class";
     ``model_field``: the section's field holding this stage's model URI (its pin is
     ``model_sha256`` only for ``model``); ``when``: overrides the section's ``runs``; ``task``: what
-    its model does in the model registry (default: ``name``)."""
+    its model does in the model registry (default: ``name``); ``videos_only``: nothing to do for an
+    input that holds no video."""
 
     name: str
     section: str
@@ -42,13 +43,16 @@ class StageEntry:
     model_field: str = "model"
     when: Callable[[Any], bool] | None = None
     task: str | None = None
+    videos_only: bool = False
 
     @property
     def model_task(self) -> str:
         """What the stage asks of its model, in the model registry's terms (default: its name)."""
         return self.task or self.name
 
-    def runs(self, section: StageConfig, run: RunConfig) -> bool:
+    def runs(self, section: StageConfig, run: RunConfig, videos: bool = True) -> bool:
+        if self.videos_only and not videos:
+            return False
         return self.when(section) if self.when is not None else section.runs(run)
 
     def stage_class(self) -> type:
@@ -63,7 +67,7 @@ STAGE_TABLE: tuple[StageEntry, ...] = (
     StageEntry("propose", "propose", ProposeConfig, "samflow.actors.propose:ProposeStage"),
     StageEntry("concepts", "concepts", ConceptsConfig, "samflow.actors.concepts:ConceptsStage"),
     StageEntry("segment", "segment", SegmentConfig, "samflow.actors.segment:SegmentStage"),
-    StageEntry("track", "track", TrackConfig, "samflow.actors.track:TrackStage"),
+    StageEntry("track", "track", TrackConfig, "samflow.actors.track:TrackStage", videos_only=True),
     StageEntry("embed", "embed", EmbedConfig, "samflow.actors.embed:EmbedStage"),
     StageEntry("embed_dinov2", "embed", EmbedConfig, "samflow.actors.embed_features:FeatureEmbedStage",
                model_field="dinov2_model", when=runs_dinov2, task="features"),

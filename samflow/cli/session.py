@@ -20,17 +20,24 @@ def pipeline_session(name: str, verbose: int, lease: Any, wait: bool) -> Iterato
     lease.acquire(wait=wait)
     try:
         logs.quiet_ray_data(verbose)
-        ray_was_up = ray_is_up()
-        with logs.native_stderr_to_file(verbose, name), RunProgress() as progress:
-            try:
-                yield progress
-            finally:
-                if not ray_was_up and ray_is_up():  # now, while Ray's C++ shutdown lines go to the log file
-                    sys.modules["ray"].shutdown()
+        # Ray stops inside the log redirect, so its C++ shutdown lines go to the log file.
+        with logs.native_stderr_to_file(verbose, name), RunProgress() as progress, stopping_ray_started_here():
+            yield progress
     finally:
         lease.release()
 
 
-def ray_is_up() -> bool:
+@contextlib.contextmanager
+def stopping_ray_started_here() -> Iterator[None]:
+    """Shut Ray down at the end if the block started it (a joined or earlier Ray stays up)."""
+    was_up = _ray_is_up()
+    try:
+        yield
+    finally:
+        if not was_up and _ray_is_up():
+            sys.modules["ray"].shutdown()
+
+
+def _ray_is_up() -> bool:
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()

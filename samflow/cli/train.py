@@ -38,18 +38,14 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def run_train(args: argparse.Namespace) -> int:
     from samflow.cli.options import user_config
-    from samflow.cli.session import ray_is_up
+    from samflow.cli.session import stopping_ray_started_here
     from samflow.store.storage import absolute
     from samflow.train.run import train_model
 
     cfg = user_config(args.config, _overrides(args), args.profile)
     _quiet_ray_data()
-    ray_was_up = ray_is_up()
-    try:  # absolute: the training workers do not share this process's folder
+    with stopping_ray_started_here():  # absolute: the training workers do not share this process's folder
         lineage = train_model(absolute(args.dst), absolute(args.out_uri), cfg, base=args.base)
-    finally:
-        if not ray_was_up and ray_is_up():
-            sys.modules["ray"].shutdown()
     last = lineage["epochs"][-1] if lineage["epochs"] else {}
     summary = {"model": args.out_uri, "base_model": lineage["base_model"], "epochs_done": lineage["epochs_done"],
                "holdout_miou": last.get("holdout_miou"), "data": lineage["data"], "stopped": lineage["stopped"]}
@@ -69,17 +65,13 @@ def _quiet_ray_data() -> None:
 
 def run_round(args: argparse.Namespace) -> int:
     from samflow.cli import logs
-    from samflow.cli.session import ray_is_up
+    from samflow.cli.session import stopping_ray_started_here
     from samflow.flows.engine_round import engine_round
 
     cfg = options.user_config(args.config, args.overrides, args.profile)
     logs.quiet_ray_data(args.verbose)
-    ray_was_up = ray_is_up()
-    try:
+    with stopping_ray_started_here():
         record = engine_round(args.src, args.dst, args.holdout, config=cfg.model_dump(mode="json"))
-    finally:
-        if not ray_was_up and ray_is_up():
-            sys.modules["ray"].shutdown()
     before, after = record["holdout_before"], record["holdout_after"]
     print(f"samflow engine-round {record['round_id']}: held-out mIoU {before['miou']:.4f} -> {after['miou']:.4f}; "
           f"current model: {record['current_model']}", file=sys.stderr)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import secrets
 from collections import defaultdict
 from typing import Any
 
@@ -34,6 +33,7 @@ from samflow.eval.matching import ImageMatcher, RunImage
 from samflow.eval.metrics import UNLABELLED, mask_metrics
 from samflow.reviews.truth import GROUND_TRUTH_SOURCE, truth_table
 from samflow.store.catalog import EVALS, Catalog
+from samflow.store.runs import record_id
 from samflow.store.storage import read_bytes
 
 _EXAMPLES = 3
@@ -136,5 +136,5 @@ def _nothing_matched(gt: str, truth: GroundTruth, dst: str) -> str:
 def _identity(dst: str, gt: str, gt_sha256: str | None, manifests: list[dict]) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     runs = [m["run_id"] for m in manifests if m.get("run_id")]
-    return {"eval_id": f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}", "created_at": now.isoformat(),
+    return {"eval_id": record_id(now), "created_at": now.isoformat(),
             "dst": dst, "gt": gt, "gt_sha256": gt_sha256, "run_id": runs[-1] if runs else None, "runs": runs}

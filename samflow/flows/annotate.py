@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from samflow.pipeline.graph import CommitHook, PipelineStats, ensure_ray, run_pi
 from samflow.store import doneset
 from samflow.store.catalog import RUNS, Catalog
 from samflow.store.lease import Lease
-from samflow.store.runs import build_report, error_kinds, report_markdown
+from samflow.store.runs import build_report, error_kinds, record_id, report_markdown
 from samflow.store.storage import absolute
 
 
@@ -49,8 +48,7 @@ class Plan:
 
 
 def new_run_id() -> str:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    return record_id()
 
 
 def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Plan:
@@ -144,11 +142,11 @@ def _startup(plan: Plan, stats: PipelineStats, started: float) -> dict[str, floa
     rest of it), ``actors`` (actor starts, model loads, the first decode) and their ``total``."""
     if math.isinf(stats.first_batch_at):
         return {}
+    process_began = psutil.Process().create_time()
     flow_began = time.time() - (time.perf_counter() - started)
-    process = flow_began - psutil.Process().create_time()
-    phases = {"process": process, "ray_start": plan.ray_start_s, "plan": plan.seconds - plan.ray_start_s,
-              "actors": stats.first_batch_at - stats.started_at}
-    phases["total"] = stats.first_batch_at - psutil.Process().create_time()
+    phases = {"process": flow_began - process_began, "ray_start": plan.ray_start_s,
+              "plan": plan.seconds - plan.ray_start_s, "actors": stats.first_batch_at - stats.started_at,
+              "total": stats.first_batch_at - process_began}
     return {name: round(max(value, 0.0), 3) for name, value in phases.items()}
 
 

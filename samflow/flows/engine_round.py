@@ -22,8 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from samflow.config import RunConfig, config_from
 from samflow.eval.evaluate import evaluate
 from samflow.flows.annotate import annotate_dataset
-from samflow.rounds.record import current_model, figures, keeps_new_model, new_round_id, write_round
+from samflow.rounds.record import current_model, figures, keeps_new_model, write_round
 from samflow.store.catalog import ROUNDS
+from samflow.store.runs import record_id
 from samflow.store.storage import absolute, join
 
 
@@ -58,7 +59,7 @@ def engine_round(src: str, dst: str, holdout: str, config: dict[str, Any] | None
     cfg = config_from(config, profile=profile)
     src, dst, holdout = absolute(src), absolute(dst), absolute(holdout)
     logger = get_run_logger()
-    round_id = new_round_id()
+    round_id = record_id()
     started = dt.datetime.now(dt.UTC).isoformat()
     current = current_model(dst, cfg.storage, cfg.stages.segment.model)
     folder = join(dst, ROUNDS, round_id)

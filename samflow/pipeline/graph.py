@@ -137,9 +137,7 @@ def model_stages(cfg: RunConfig, videos: bool = True) -> list[ModelStage]:
     stages = []
     for entry in STAGE_TABLE:
         section = getattr(cfg.stages, entry.section)
-        if entry.name == "track" and not videos:
-            continue
-        if entry.runs(section, cfg):
+        if entry.runs(section, cfg, videos):
             stages.append(ModelStage(entry.name, entry.stage_class(), section, entry.model_field))
     return stages
 

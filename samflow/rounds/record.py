@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import secrets
 from typing import Any
 
 from samflow.config import StorageConfig
@@ -13,10 +11,6 @@ from samflow.store.runs import json_records
 # The held-out figure that decides a round, and the ones the record keeps.
 DECIDING_METRIC = "miou"
 KEPT_METRICS = ("miou", "recall_50", "recall_75", "mask_ap", "mask_ap50", "images", "gt_masks")
-
-
-def new_round_id() -> str:
-    return f"{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 def rounds(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:

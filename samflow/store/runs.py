@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import posixpath
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,12 @@ def manifests(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a manifest that does not parse is not a run anyone can report on
     return sorted(found, key=lambda m: str(m.get("run_id", "")))
+
+
+def record_id(now: dt.datetime | None = None) -> str:
+    """``20261205T034912Z-f00e22``: sortable by time, unique across machines (runs, evals, rounds)."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
 def evaluations(dst: str, storage: StorageConfig) -> list[dict[str, Any]]:
@@ -219,8 +226,9 @@ def history_rows(found: list[dict[str, Any]], evals: list[dict[str, Any]] | None
 def history_table(rows: list[dict[str, Any]], dst: str, title: str = "runs") -> Table:
     table = Table(title=f"{title} under {dst}")
     for name in rows[0] if rows else ():
-        numeric = rows and isinstance(rows[0][name], (int, float)) and not isinstance(rows[0][name], bool)
-        table.add_column(name, justify="right" if numeric or name.startswith("miou") or name == "mask_ap" else "left")
+        values = [row[name] for row in rows if row[name] is not None]  # a figure may be blank (None) in any row
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        table.add_column(name, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*("-" if value is None else str(value) for value in row.values()))
     return table
