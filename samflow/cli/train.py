@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from samflow.cli import options
+from samflow.errors import UserError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -69,6 +70,9 @@ def run_round(args: argparse.Namespace) -> int:
     from samflow.flows.engine_round import engine_round
 
     cfg = options.user_config(args.config, args.overrides, args.profile)
+    if not cfg.input.sa1b_ground_truth:  # before Prefect and Ray start: the round could never be scored
+        raise UserError("a round scores HOLDOUT against its own ground truth: set input.sa1b_ground_truth=true "
+                        "(SA-1B sidecars in its tars)")
     logs.quiet_ray_data(args.verbose)
     with stopping_ray_started_here():
         record = engine_round(args.src, args.dst, args.holdout, config=cfg.model_dump(mode="json"))

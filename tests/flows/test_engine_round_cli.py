@@ -48,3 +48,14 @@ def test_a_round_scores_before_and_after_and_keeps_the_better_model(tmp_path, ra
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "engine rounds under dst" in shown.stdout and record["round_id"] in shown.stdout
+
+
+def test_a_round_without_held_out_ground_truth_is_refused_in_one_line(tmp_path):
+    write_scene_tars(tmp_path / "train", 1, seed=3, side=(64, 96), per_tar=1)
+    done = subprocess.run([sys.executable, "-m", "samflow.cli.main", "engine-round", "train", "--out", "dst",
+                           "--holdout", "train", "--profile", "tiny"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("samflow engine-round: ") and "input.sa1b_ground_truth=true" in lines[0]
+    assert not (tmp_path / "dst").exists()
