@@ -1,31 +1,20 @@
 """SAM's prompt decoder for many prompts per image, without repeating the image per prompt.
 
 transformers' `SamMaskDecoder` (like Meta's) copies the image embedding and its positional
-encoding once per prompt, then projects every copy to queries, keys and values (4096 tokens x
-256 channels per prompt, several times per block). The same result is computed here (same
-weights, same maths; equal up to float rounding), with far less work per prompt:
+encoding once per prompt and projects every copy. The same result (same weights, equal up to
+float rounding) is computed here with far less work per prompt:
 
-- attention between the few prompt tokens (N = 7) and the image tokens is re-associated so
-  the image tokens are never projected: for token->image attention, scores are
-  ``(q W_k) . x`` and the output is ``(A x) W_v^T``; for image->token attention, scores are
-  ``x . (W_q^T k)`` and the output is ``A (v W_o^T)``. The per-prompt products are then
-  (N * heads) x 256 x 4096 matrices instead of 4096 x 256 x 128 ones, and no (4096, 128)
-  query / key / value tensors are materialised per prompt;
-- in the first block the image tokens are not yet prompt-dependent: they are shared by all
-  prompts of an image (one matmul for all prompts' scores, no copy per prompt);
-- the output upscaling (two stride-2 transposed convolutions) runs as two matmuls with the bias
-  fused, and the hypernetwork product is taken before the pixels are put in raster order, so
-  only the K output masks are rearranged, not the 32-channel feature map;
-- the positional encoding is never added to per-prompt image tokens: its share of the attention
-  scores is one matmul for all prompts of a chunk (a (HW, C) sum per prompt and layer costs more
-  memory traffic than the product);
-- prompts go through in chunks, so the per-prompt working set stays small; each chunk's masks
-  are written straight into the output (no concatenation copies). On a CPU a chunk is one or
-  two prompts and the upscaling runs a few token rows at a time, so the per-prompt tensors stay
-  in cache (bench/amg.py measures it), while a GPU wants large chunks to fill it;
-- the upscaling is local (each image token makes its own 4 x 4 mask pixels), so ``region`` can
-  ask for the top-left rows x columns of tokens only: the mask pixels that the image (not the
-  padding below and right of it) needs. A 4:3 image leaves a quarter of the tokens out.
+- prompt<->image attention is re-associated so the image tokens are never projected per prompt
+  (token->image: scores ``(q W_k) . x``, output ``(A x) W_v^T``; image->token: scores
+  ``x . (W_q^T k)``, output ``A (v W_o^T)``);
+- the first block's image tokens, and the positional encoding's share of the scores, are shared
+  by all prompts of an image: one matmul each, no copy per prompt;
+- the upscaling runs as two matmuls with the bias fused, and the hypernetwork product comes
+  before the pixels are put in raster order;
+- prompts go in chunks written straight into the output: one or two on a CPU (the working set
+  stays in cache), large ones on a GPU;
+- the upscaling is local, so ``region`` asks for the top-left tokens only: the mask pixels that
+  the image, not its padding, needs.
 
 `decode_prompts(model, embeddings, sparse, dense, multimask)` returns what
 `SamModel.forward(image_embeddings=...)` returns as (pred_masks, iou_scores).
