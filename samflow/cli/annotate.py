@@ -42,7 +42,8 @@ def run_annotate(args: argparse.Namespace) -> int:
     src, dst = absolute(args.src), absolute(args.dst)
     check_run(src, dst, cfg)  # seconds, before Prefect and Ray start
     lease = Lease(dst, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
-    with pipeline_session("annotate", args.verbose, lease, args.wait) as progress:
+    with pipeline_session("annotate", args.verbose, lease, args.wait, ray_config=cfg.ray,
+                          flow_module="samflow.flows.annotate") as progress:
         from samflow.flows.annotate import annotate_dataset
 
         manifest = annotate_dataset(src, dst, config=cfg.model_dump(mode="json"), observer=progress, lease=lease)

@@ -4,6 +4,7 @@ quiet logs, and Ray shut down afterwards when the command started it."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -12,16 +13,28 @@ from samflow.cli import logs
 
 
 @contextlib.contextmanager
-def pipeline_session(name: str, verbose: int, lease: Any, wait: bool) -> Iterator[Any]:
+def pipeline_session(name: str, verbose: int, lease: Any, wait: bool, ray_config: Any = None,
+                     flow_module: str | None = None) -> Iterator[Any]:
     """Take ``lease`` (``wait``: for another run to finish, else refuse at once), then yield a
-    :class:`RunProgress` for the run; release the lease whatever happens."""
+    :class:`RunProgress` for the run; release the lease whatever happens. While Prefect's temporary
+    server (when none is configured) starts, ``flow_module`` is imported and Ray started
+    (``ray_config``), so that the three overlap."""
     from samflow.cli.progress import RunProgress
+    from samflow.flows.local_server import start_temporary_server_early
 
     lease.acquire(wait=wait)
     try:
         logs.quiet_ray_data(verbose)
+        prefect_ready = start_temporary_server_early()
         # Ray stops inside the log redirect, so its C++ shutdown lines go to the log file.
         with logs.native_stderr_to_file(verbose, name), RunProgress() as progress, stopping_ray_started_here():
+            if flow_module is not None:
+                importlib.import_module(flow_module)
+            if ray_config is not None:
+                from samflow.pipeline.graph import ensure_ray
+
+                ensure_ray(ray_config)
+            prefect_ready()
             yield progress
     finally:
         lease.release()

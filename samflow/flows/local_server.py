@@ -1,5 +1,8 @@
-"""The Prefect server ``samflow schedule`` serves against: the configured one (``PREFECT_API_URL``),
-or, without one, a server of its own with the scheduler on.
+"""The Prefect servers samflow's commands run against when no server is configured.
+
+``samflow annotate`` and ``synth`` start Prefect's temporary server early, alongside Ray's start
+(:func:`start_temporary_server_early`). ``samflow schedule`` serves against the configured server
+(``PREFECT_API_URL``) or, without one, a server of its own with the scheduler on.
 
 A Prefect client with no API URL starts a temporary server that runs no scheduler service
 (Prefect's own runner warns: "Cannot schedule flows on an ephemeral server"), so a deployment
@@ -18,10 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from samflow.errors import UserError
@@ -106,3 +110,33 @@ def _stop(server: subprocess.Popen) -> None:
             os.killpg(server.pid, signal_number)
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(timeout=wait_s)
+
+
+def start_temporary_server_early() -> Callable[[], None]:
+    """Start Prefect's temporary server in a thread now, if no server is configured, and return
+    the call that waits for it. The server is a process of its own, so its start-up overlaps with
+    the caller's (imports, Ray's start) instead of coming after them; the flow then finds it
+    running and uses it, as it would have started it itself."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SubprocessASGIServer().start()
+        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+
+    starting = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    starting.start()
+
+    def wait() -> None:
+        starting.join()
+        if failure:
+            raise failure[0]
+
+    return wait

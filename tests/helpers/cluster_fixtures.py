@@ -42,7 +42,19 @@ def prefect_server():
     # No network here, and none wanted from tests.
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        from prefect.settings import PREFECT_API_URL
+
+        # Commands the tests start as subprocesses use this server too, instead of each starting
+        # a temporary one of its own; tests of the unconfigured path remove it from their env.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+            yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_prefect_server(prefect_server):
+    """Every test session has the one Prefect server, so no command a test starts pays for its own."""
+    return prefect_server
 
 
 @pytest.fixture(scope="session")
