@@ -24,6 +24,13 @@ def add_config(parser: argparse.ArgumentParser, profile: bool = False) -> None:
         parser.add_argument("--profile", choices=["tiny"], help="tiny: offline dry run on tiny:// models")
 
 
+def add_deploy(parser: argparse.ArgumentParser) -> None:
+    """--deploy (register a Prefect deployment instead of running), --cron and --work-pool."""
+    parser.add_argument("--deploy", action="store_true", help="register a Prefect deployment instead of running")
+    parser.add_argument("--cron", help="with --deploy: cron schedule (default: on demand)")
+    parser.add_argument("--work-pool", help="with --deploy: work pool whose workers run it")
+
+
 def add_input_format(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-format", choices=INPUT_FORMATS,
                         help="what SRC holds (config input.format; default auto: detected)")

@@ -1,10 +1,13 @@
-"""``samflow deploy`` and ``samflow schedule``: annotate (and the index update) on a cron."""
+"""``samflow deploy`` and ``samflow schedule``: annotate (and the index update) on a cron; the
+``--deploy`` of ``synth`` and ``engine-round``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from samflow import errors
 from samflow.cli import options
@@ -82,4 +85,16 @@ def run_schedule(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         print("Ctrl-C stops", file=sys.stderr)
         serve(*deployments, print_starting_message=bool(args.verbose))
+    return 0
+
+
+def register_deployment(build: Callable[[], Any], args: argparse.Namespace) -> int:
+    """``--deploy``: register the deployment ``build`` makes, on ``--cron`` or on demand, for
+    ``--work-pool``'s workers (or for ``prefect deployment run``)."""
+    try:
+        deployment = build()
+    except ValueError as exc:  # a malformed cron
+        raise UserError(f"--cron {args.cron!r}: {errors.one_line(exc)}") from exc
+    deployment_id = deployment.apply(work_pool_name=args.work_pool)
+    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); schedule: {args.cron or 'on demand'}")
     return 0

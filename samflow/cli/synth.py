@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
+from samflow.cli import options
 from samflow.errors import UserError
 
 # option -> config key (given options override --config and --set)
@@ -25,13 +25,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--controlnet", help="ControlNet URI (synth.controlnet)")
     parser.add_argument("--prompt", help="prompt template, {labels} = the masks' labels (synth.prompt)")
     parser.add_argument("--seed", type=int, help="base seed (synth.seed)")
-    parser.add_argument("--config", type=Path, help="YAML run config")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    parser.add_argument("--profile", choices=["tiny"], help="tiny: every model a tiny:// one (offline dry run)")
+    options.add_config(parser, profile=True)
     parser.add_argument("--wait", action="store_true", help="if another run holds SYN, wait for it")
-    parser.add_argument("--deploy", action="store_true", help="register a Prefect deployment instead of running")
-    parser.add_argument("--cron", help="with --deploy: cron schedule (default: on demand)")
-    parser.add_argument("--work-pool", help="with --deploy: work pool whose workers run it")
+    options.add_deploy(parser)
     parser.set_defaults(run=run)
 
 
@@ -58,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from samflow.store.lease import Lease
 
     lease = Lease(args.syn, cfg.storage, ttl_s=cfg.output.lease_ttl_s)
-    with pipeline_session("synth", args.verbose, lease, args.wait) as progress:
+    with pipeline_session("synth", args.verbose, lease, args.wait, ray_config=cfg.ray,
+                          flow_module="samflow.flows.synth") as progress:
         from samflow.flows.synth import synth_dataset
 
         record = synth_dataset(args.dst, args.syn, config=cfg.model_dump(mode="json"), observer=progress, lease=lease)
@@ -81,14 +78,8 @@ def _print_summary(record: dict[str, Any], console: Any) -> None:
 
 
 def _deploy(args: argparse.Namespace, cfg: Any) -> int:
-    from samflow import errors
+    from samflow.cli.schedule import register_deployment
     from samflow.flows.synth import build_synth_deployment
 
-    try:
-        deployment = build_synth_deployment(args.dst, args.syn, config=cfg, profile=args.profile, cron=args.cron,
-                                            work_pool_name=args.work_pool)
-    except ValueError as exc:
-        raise UserError(f"--cron {args.cron!r}: {errors.one_line(exc)}") from exc
-    deployment_id = deployment.apply(work_pool_name=args.work_pool)
-    print(f"deployment {deployment.flow_name}/{deployment.name} ({deployment_id}); schedule: {args.cron or 'on demand'}")
-    return 0
+    return register_deployment(lambda: build_synth_deployment(
+        args.dst, args.syn, config=cfg, profile=args.profile, cron=args.cron, work_pool_name=args.work_pool), args)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from samflow.cli import options
 from samflow.errors import UserError
@@ -20,15 +19,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int, help="passes over the training split (train.epochs)")
     train.add_argument("--max-minutes", type=float, help="stop training after this many minutes (train.max_minutes)")
     train.add_argument("--num-workers", type=int, help="Ray Train workers (train.num_workers)")
-    train.add_argument("--config", type=Path, help="YAML run config (its train, storage and ray sections)")
-    train.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    train.add_argument("--profile", choices=["tiny"], help="tiny: the base is tiny://sam unless --base says otherwise")
+    options.add_config(train, profile=True)
     train.set_defaults(run=run_train)
 
     round_ = commands.add_parser("engine-round", help="one data-engine round: annotate, score, train, score again")
     options.add_source_and_out(round_)
     round_.add_argument("--holdout", required=True, help="held-out images with their ground truth (never trained on)")
     options.add_config(round_, profile=True)
+    options.add_deploy(round_)
     round_.set_defaults(run=run_round)
 
 
@@ -73,6 +71,13 @@ def run_round(args: argparse.Namespace) -> int:
     if not cfg.input.sa1b_ground_truth:  # before Prefect and Ray start: the round could never be scored
         raise UserError("a round scores HOLDOUT against its own ground truth: set input.sa1b_ground_truth=true "
                         "(SA-1B sidecars in its tars)")
+    if args.deploy:
+        from samflow.cli.schedule import register_deployment
+        from samflow.flows.engine_round import build_round_deployment
+
+        return register_deployment(lambda: build_round_deployment(
+            args.src, args.dst, args.holdout, config=cfg, profile=args.profile, cron=args.cron,
+            work_pool_name=args.work_pool), args)
     logs.quiet_ray_data(args.verbose)
     with stopping_ray_started_here():
         record = engine_round(args.src, args.dst, args.holdout, config=cfg.model_dump(mode="json"))

@@ -85,22 +85,34 @@ def build_deployment(
     work_pool_name: str | None = None,
     flow: Flow | None = None,
 ) -> RunnerDeployment:
-    """A deployment of annotate_dataset(src, dst, config, profile) on the config's cron schedule.
+    """A deployment of annotate_dataset(src, dst, config, profile) on the config's cron schedule."""
+    run_config = resolve_config(config)
+    return scheduled_deployment(
+        flow or load_annotate_flow(), name=name, parameters=flow_parameters(src, dst, run_config, profile),
+        cron=run_config.schedule, timezone=timezone, work_pool_name=work_pool_name,
+        command="annotate", description=f"samflow annotate {src} -> {dst}",
+    )
+
+
+def scheduled_deployment(
+    flow: Flow, *, name: str, parameters: dict[str, Any], cron: str | None, command: str, description: str,
+    timezone: str = "UTC", work_pool_name: str | None = None,
+) -> RunnerDeployment:
+    """``flow`` with ``parameters`` as a deployment on ``cron`` (none: on demand only).
 
     Runs of one deployment never overlap (concurrency limit 1): a slow night must finish before
-    the next starts, and the run is incremental, so a skipped tick loses nothing.
+    the next starts, and every samflow flow is incremental, so a skipped tick loses nothing.
+    Raises ValueError for a malformed cron string or an unknown timezone.
     """
     from prefect.deployments.runner import EntrypointType
 
-    run_config = resolve_config(config)
-    flow = flow or load_annotate_flow()
     return flow.to_deployment(
         name=name,
-        schedules=cron_schedules(run_config.schedule, timezone),
-        parameters=flow_parameters(src, dst, run_config, profile),
+        schedules=cron_schedules(cron, timezone),
+        parameters=parameters,
         concurrency_limit=1,
-        description=f"samflow annotate {src} -> {dst}",
-        tags=["samflow", "annotate"],
+        description=description,
+        tags=["samflow", command],
         work_pool_name=work_pool_name,
         # A module path loads wherever samflow is installed (the image), whatever the cwd.
         entrypoint_type=EntrypointType.MODULE_PATH,
@@ -118,20 +130,12 @@ def build_index_deployment(
 ) -> RunnerDeployment:
     """A deployment of index_dataset(dst, config) on the config's ``index.schedule`` (none: on
     demand only). Runs never overlap: two builds of one index must not race."""
-    from prefect.deployments.runner import EntrypointType
-
     run_config = resolve_config(config)
     tree = run_config.model_dump(mode="json", exclude_unset=True)
-    flow = flow or load_index_flow()
-    return flow.to_deployment(
-        name=name,
-        schedules=cron_schedules(run_config.index.schedule, timezone),
-        parameters={"dst": absolute(dst), "config": tree or None},
-        concurrency_limit=1,
-        description=f"samflow index build|add {dst}",
-        tags=["samflow", "index"],
-        work_pool_name=work_pool_name,
-        entrypoint_type=EntrypointType.MODULE_PATH,
+    return scheduled_deployment(
+        flow or load_index_flow(), name=name, parameters={"dst": absolute(dst), "config": tree or None},
+        cron=run_config.index.schedule, timezone=timezone, work_pool_name=work_pool_name,
+        command="index", description=f"samflow index build|add {dst}",
     )
 
 

@@ -14,7 +14,7 @@ it is never trained on. The current model is the one the newest round kept, else
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -26,6 +26,9 @@ from samflow.rounds.record import current_model, figures, keeps_new_model, write
 from samflow.store.catalog import ROUNDS
 from samflow.store.runs import record_id
 from samflow.store.storage import absolute, join
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
 
 
 def _with_segment_model(cfg: RunConfig, uri: str) -> dict[str, Any]:
@@ -85,3 +88,20 @@ def engine_round(src: str, dst: str, holdout: str, config: dict[str, Any] | None
     logger.info("round %s: held-out mIoU %.4f -> %.4f; %s", round_id, before["miou"], after["miou"],
                 "the new model is current" if kept else "the current model stays")
     return record
+
+
+def build_round_deployment(
+    src: str, dst: str, holdout: str, *, config: RunConfig, profile: str | None = None, cron: str | None = None,
+    name: str = "engine-round", timezone: str = "UTC", work_pool_name: str | None = None,
+) -> RunnerDeployment:
+    """``engine_round(src, dst, holdout, config, profile)`` as a deployment: on ``cron``, or on demand.
+    Each run starts from the model the newest round kept, so scheduled rounds follow each other."""
+    from samflow.flows.deployments import scheduled_deployment
+
+    tree = config.model_dump(mode="json", exclude_unset=True)
+    parameters = {"src": absolute(src), "dst": absolute(dst), "holdout": absolute(holdout),
+                  "config": tree or None, "profile": profile}
+    return scheduled_deployment(
+        engine_round, name=name, parameters=parameters, cron=cron, timezone=timezone,
+        work_pool_name=work_pool_name, command="engine-round", description=f"samflow engine-round {src} -> {dst}",
+    )

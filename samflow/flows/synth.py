@@ -21,6 +21,7 @@ from samflow.errors import retry_unless_permanent
 from samflow.flows.annotate import new_run_id
 from samflow.store.catalog import RUNS
 from samflow.store.lease import Lease
+from samflow.store.storage import absolute
 from samflow.synth.pipeline import SynthStats, run_synth
 from samflow.synth.plan import candidates, recipe
 from samflow.synth.store import SynthStore
@@ -148,16 +149,13 @@ def build_synth_deployment(
     profile: str | None = None, cron: str | None = None, name: str = "synth", timezone: str = "UTC",
     work_pool_name: str | None = None,
 ) -> RunnerDeployment:
-    """``synth_dataset(dst, syn, config, profile)`` as a deployment: on ``cron``, or on demand.
-    Runs never overlap; each is incremental, so a skipped tick loses nothing."""
-    from prefect.deployments.runner import EntrypointType
-
-    from samflow.flows.deployments import cron_schedules, resolve_config
+    """``synth_dataset(dst, syn, config, profile)`` as a deployment: on ``cron``, or on demand."""
+    from samflow.flows.deployments import resolve_config, scheduled_deployment
 
     tree = resolve_config(config).model_dump(mode="json", exclude_unset=True)
-    return synth_dataset.to_deployment(
-        name=name, schedules=cron_schedules(cron, timezone),
-        parameters={"dst": dst, "syn": syn, "config": tree or None, "profile": profile},
-        concurrency_limit=1, description=f"samflow synth {dst} -> {syn}", tags=["samflow", "synth"],
-        work_pool_name=work_pool_name, entrypoint_type=EntrypointType.MODULE_PATH,
+    parameters = {"dst": absolute(dst), "syn": absolute(syn), "config": tree or None, "profile": profile}
+    return scheduled_deployment(
+        synth_dataset, name=name, parameters=parameters,
+        cron=cron, timezone=timezone, work_pool_name=work_pool_name,
+        command="synth", description=f"samflow synth {dst} -> {syn}",
     )

@@ -79,3 +79,34 @@ def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_se
     assert progress and progress[-1].startswith("samflow: 3/3 inputs (100%)")  # the last one, at the end
     report = artifacts["samflow-annotate-run"]
     assert f"# samflow run `{manifest['run_id']}`" in report and "| inputs | 3 |" in report
+
+
+@pytest.mark.parametrize("command, flow_name, paths", [
+    (["engine-round", "train", "--out", "dst", "--holdout", "holdout", "--set", "input.sa1b_ground_truth=true"],
+     "engine-round", {"src": "train", "dst": "dst", "holdout": "holdout"}),
+    (["synth", "dst", "--out", "syn"], "synth-dataset", {"dst": "dst", "syn": "syn"}),
+])
+def test_deploy_of_a_round_or_synth_keeps_the_cron_and_absolute_paths(prefect_server, tmp_path, command, flow_name,
+                                                                      paths):
+    from prefect.client.orchestration import get_client
+
+    from tests.helpers.cli_process import samflow
+
+    done = samflow(*command, "--profile", "tiny", "--deploy", "--cron", "0 4 * * 1", cwd=tmp_path)
+    assert f"deployment {flow_name}/{command[0]} " in done.stdout and "0 4 * * 1" in done.stdout
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"{flow_name}/{command[0]}")
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 4 * * 1"]
+    # a worker runs it in another folder: the relative paths typed here are made absolute
+    assert {key: deployment.parameters[key] for key in paths} == {k: str(tmp_path / v) for k, v in paths.items()}
+    assert deployment.parameters["profile"] == "tiny"
+    assert deployment.global_concurrency_limit.limit == 1  # rounds and synth runs never overlap
+
+
+def test_a_malformed_cron_of_a_round_is_one_line(tmp_path):
+    from tests.helpers.cli_process import run_module
+
+    done = run_module("samflow.cli.main", "engine-round", "train", "--out", "dst", "--holdout", "holdout",
+                      "--set", "input.sa1b_ground_truth=true", "--deploy", "--cron", "every night", cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "every night" in lines[0], done.stderr
