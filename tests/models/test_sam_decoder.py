@@ -123,3 +123,45 @@ def test_masks_and_stability_are_the_thresholded_logits_in_any_chunking(sam_runn
     logits = upsample(low_res)[:, 0]
     assert torch.equal(masks, logits > params.mask_threshold)
     torch.testing.assert_close(stability, stability_score(logits, params.mask_threshold, params.stability_score_offset))
+
+
+@pytest.fixture(scope="module")
+def sam2_decoder_model():
+    """SAM 2 with sam2.1's prompt encoder and mask decoder at full size (64 x 64 image tokens,
+    width 256) and random weights; its vision encoder is never run (embeddings are given)."""
+    from transformers import Sam2Config, Sam2Model
+
+    from samflow.models.sam2.tiny import _tiny_sam2_parts
+
+    parts = _tiny_sam2_parts(256)
+    parts["prompt_encoder_config"] = {}
+    parts["mask_decoder_config"] = {}
+    torch.manual_seed(0)
+    return Sam2Model(Sam2Config(**parts)).eval()
+
+
+@pytest.mark.parametrize("prompt", ["points", "boxes"])
+@pytest.mark.parametrize("chunk", [3, None])
+def test_decoder_equals_sam2model(sam2_decoder_model, prompt: str, chunk: int | None) -> None:
+    """SAM 2's decoder (object-score token, skip features in the upscaling) through the same
+    many-prompt decoder: three masks per prompt, as the mask engine asks."""
+    model = sam2_decoder_model
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(2, 256, 64, 64, generator=generator)
+    high_res = [torch.randn(2, 32, 256, 256, generator=generator), torch.randn(2, 64, 128, 128, generator=generator)]
+    if prompt == "points":
+        points = torch.rand(2, 7, 1, 2, generator=generator) * 1024
+        labels = torch.ones(2, 7, 1, dtype=torch.long)
+        kwargs = dict(input_points=points, input_labels=labels)
+    else:
+        corners = torch.rand(2, 7, 2, 2, generator=generator).sort(dim=2).values * 1024
+        kwargs = dict(input_boxes=corners.reshape(2, 7, 4)[..., [0, 2, 1, 3]])
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(input_points=kwargs.get("input_points"),
+                                             input_labels=kwargs.get("input_labels"),
+                                             input_boxes=kwargs.get("input_boxes"), input_masks=None)
+        expected = model(image_embeddings=[*high_res, embeddings], multimask_output=True, **kwargs)
+        masks, iou = decode_prompts(model, embeddings, sparse, dense, True, chunk=chunk, high_res=high_res)
+    assert masks.shape == expected.pred_masks.shape and iou.shape == expected.iou_scores.shape
+    torch.testing.assert_close(masks, expected.pred_masks, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(iou, expected.iou_scores, atol=1e-5, rtol=1e-5)

@@ -41,6 +41,7 @@ from samflow.models.loading.hf import (
 )
 from samflow.models.loading.meta_checkpoints import is_meta_file, load_meta_checkpoint
 from samflow.models.loading.registry import ModelSource, build_runner
+from samflow.models.sam.decoder import decode_prompts
 from samflow.models.sam2.tiny import in_code_config
 from samflow.models.common.preprocess import (
     IMAGENET_MEAN,
@@ -105,21 +106,30 @@ class Sam2Runner(HfRunner):
         image_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Same contract as SamRunner.decode: (low_res_logits (B,N,K,h,w), iou (B,N,K)), float32.
-        ``image_only`` is accepted for that contract; here the logits always cover the whole input."""
+        ``image_only`` is accepted for that contract; here the logits always cover the whole input
+        (the square resize leaves no padding to skip).
+
+        SAM's many-prompt decoder (samflow/models/sam/decoder.py) runs SAM 2's decoder too; a
+        single mask picked by stability (``dynamic_multimask_via_stability``) goes through the
+        library's decoder, which makes all four masks to choose from."""
         prompts = checked_prompts(points, boxes, len(image_indices))
         index = torch.as_tensor(list(image_indices), dtype=torch.long, device=enc.embeddings.device)
         levels = [level.index_select(0, index) for level in (*enc.high_res_features, enc.embeddings)]
         originals = [enc.original_sizes[i] for i in image_indices]
         inputs = [enc.input_sizes[i] for i in image_indices]
         scaled = scale_xy(prompts.to(self.device), originals, inputs)
-        if points is not None:
-            coords = scaled.unsqueeze(2)
-            labels = torch.ones(coords.shape[:3], dtype=torch.long, device=self.device)
+        coords = scaled.unsqueeze(2) if points is not None else None
+        labels = torch.ones(coords.shape[:3], dtype=torch.long, device=self.device) if coords is not None else None
+        box_prompts = scaled if points is None else None
+        if not multimask_output and self.model.mask_decoder.dynamic_multimask_via_stability:
             out = self.model(image_embeddings=levels, input_points=coords, input_labels=labels,
-                             multimask_output=multimask_output)
-        else:
-            out = self.model(image_embeddings=levels, input_boxes=scaled, multimask_output=multimask_output)
-        return out.pred_masks.float(), out.iou_scores.float()
+                             input_boxes=box_prompts, multimask_output=False)
+            return out.pred_masks.float(), out.iou_scores.float()
+        sparse, dense = self.model.prompt_encoder(
+            input_points=None if coords is None else coords.to(self.dtype), input_labels=labels,
+            input_boxes=None if box_prompts is None else box_prompts.to(self.dtype), input_masks=None)
+        masks, iou = decode_prompts(self.model, levels[-1], sparse, dense, multimask_output, high_res=levels[:-1])
+        return masks.float(), iou.float()
 
     @torch.inference_mode()
     def postprocess_masks(self, low_res_logits: torch.Tensor, enc: Sam2Encoding, image_index: int) -> torch.Tensor:
