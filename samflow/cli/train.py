@@ -65,12 +65,14 @@ def _quiet_ray_data() -> None:
 def run_round(args: argparse.Namespace) -> int:
     from samflow.cli import logs
     from samflow.cli.session import stopping_ray_started_here
-    from samflow.flows.engine_round import engine_round
+    from samflow.rounds.holdout import config_problem, ground_truth_problem
+    from samflow.store.storage import absolute
 
     cfg = options.user_config(args.config, args.overrides, args.profile)
-    if not cfg.input.sa1b_ground_truth:  # before Prefect and Ray start: the round could never be scored
-        raise UserError("a round scores HOLDOUT against its own ground truth: set input.sa1b_ground_truth=true "
-                        "(SA-1B sidecars in its tars)")
+    # before Prefect and Ray start; a deployment's held-out split is read when it runs
+    problem = config_problem(cfg) if args.deploy else ground_truth_problem(absolute(args.holdout), cfg)
+    if problem:
+        raise UserError(problem)
     if args.deploy:
         from samflow.cli.schedule import register_deployment
         from samflow.flows.engine_round import build_round_deployment
@@ -78,6 +80,8 @@ def run_round(args: argparse.Namespace) -> int:
         return register_deployment(lambda: build_round_deployment(
             args.src, args.dst, args.holdout, config=cfg, profile=args.profile, cron=args.cron,
             work_pool_name=args.work_pool), args)
+    from samflow.flows.engine_round import engine_round
+
     logs.quiet_ray_data(args.verbose)
     with stopping_ray_started_here():
         record = engine_round(args.src, args.dst, args.holdout, config=cfg.model_dump(mode="json"))

@@ -59,3 +59,26 @@ def test_a_round_without_held_out_ground_truth_is_refused_in_one_line(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("samflow engine-round: ") and "input.sa1b_ground_truth=true" in lines[0]
     assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("holdout", ["pictures", "tars without sidecars", "missing"])
+def test_a_held_out_split_without_ground_truth_is_refused_in_one_line(tmp_path, holdout):
+    import tarfile
+
+    from samflow.scenes.sample import write_sample_dataset
+
+    write_scene_tars(tmp_path / "train", 1, seed=3, side=(64, 96), per_tar=1)
+    if holdout == "pictures":
+        write_sample_dataset(tmp_path / "held")
+    elif holdout == "tars without sidecars":
+        (tmp_path / "held").mkdir()
+        with tarfile.open(tmp_path / "held" / "a.tar", "w") as tar:
+            tar.add(next((tmp_path / "train").glob("*.tar")), arcname="not_a_sidecar.jpg")
+    done = subprocess.run([sys.executable, "-m", "samflow.cli.main", "engine-round", "train", "--out", "dst",
+                           "--holdout", "held", "--profile", "tiny", "--set", "input.sa1b_ground_truth=true"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("samflow engine-round: ") and "held" in lines[0]
+    assert not (tmp_path / "dst").exists()
