@@ -271,6 +271,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "engine.pred_iou_thresh": 0.0,
         "engine.stability_score_thresh": 0.0,
         "engine.max_masks_per_image": 16,
+        "synth.min_predicted_iou": 0.0,
+        "synth.min_stability_score": 0.0,
+        "synth.min_fidelity": 0.0,
+        "synth.steps": 2,
+        "synth.short_side": 64,
+        "synth.max_side": 96,
     }
 }
 

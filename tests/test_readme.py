@@ -72,7 +72,8 @@ def test_the_readmes_commands_run_on_the_sample(tmp_path):
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.pop("PREFECT_API_URL", None)  # a fresh machine has no Prefect server configured
-    names = {"export coco", "models check", "plan", "runs", "index build", "index add", "search", "dedup", "preview"}
+    names = {"export coco", "models check", "plan", "runs", "index build", "index add", "search", "dedup", "preview",
+             "synth"}
     ran = set()
     for command in [setup.removeprefix("./scripts/setup.sh && "), *rest]:
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -86,7 +87,10 @@ def test_the_readmes_commands_run_on_the_sample(tmp_path):
             assert "segment" in manifest["models"] and "track" not in manifest["models"]  # no videos: no tracker started
             startup = manifest["timings_s"]["startup"]  # the command's start to its first model batch, by phase
             assert set(startup) == {"process", "ray_start", "plan", "actors", "total"}
-            assert startup["total"] >= startup["actors"] > 0 and startup["ray_start"] > 0
+            # Ray started beside Prefect's server, before the flow: its seconds are in "process"
+            assert startup["total"] >= startup["process"] + startup["actors"] > startup["actors"] > 0
+        if words[0] == "synth":  # the tiny profile's dry run keeps what it generates, as SA-1B-style tars
+            assert list((tmp_path / "out/syn").glob("*.tar")), done.stderr
         if words[0] == "dedup" and "--model" not in words:
             dedup = json.loads(done.stdout)
             assert dedup["dropped"] == 0 and dedup["kept"] == dedup["vectors"], dedup  # distinct pictures stay distinct

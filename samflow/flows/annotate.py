@@ -138,8 +138,10 @@ def _manifest(src: str, dst: str, run_id: str, cfg: RunConfig, plan: Plan,
 
 def _startup(plan: Plan, stats: PipelineStats, started: float) -> dict[str, float]:
     """Seconds from this process's start to the first model batch, by phase: ``process`` (the
-    interpreter, imports, Prefect's server until the flow began), ``ray_start``, ``plan`` (the
-    rest of it), ``actors`` (actor starts, model loads, the first decode) and their ``total``."""
+    interpreter, imports, Prefect's server until the flow began; from the CLI also Ray's start,
+    which runs beside the server), ``ray_start`` (joining or starting Ray in the flow: 0 when the
+    CLI started it), ``plan`` (the rest of it), ``actors`` (actor starts, model loads, the first
+    decode) and their ``total``."""
     if math.isinf(stats.first_batch_at):
         return {}
     process_began = psutil.Process().create_time()
