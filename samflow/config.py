@@ -178,6 +178,11 @@ class IndexConfig(Section):
         description="Indexes kept up to date: image (CLIP vector per image) and/or mask "
         "(needs stages.embed.mask_embeddings).",
     )
+    max_segments: int = Field(
+        8, ge=1,
+        description="`index add` writes each update as a new segment; past this many it merges them "
+        "into one (as `samflow index compact` does).",
+    )
 
 
 class TrainLossConfig(Section):

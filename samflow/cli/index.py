@@ -22,7 +22,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     add.add_argument("dst")
     add.add_argument("--kind", choices=["image", "mask"], default="image")
     add.add_argument("--retrain", action="store_true", help="retrain the index on all vectors")
+    add.add_argument("--max-segments", type=int, default=None,
+                     help="compact once the index has more segments than this (default: index.max_segments, 8)")
     options.add_embedding_model(add)
+    compact = index_commands.add_parser("compact", help="merge the index's segments into one")
+    compact.add_argument("dst")
+    compact.add_argument("--kind", choices=["image", "mask"], default="image")
+    options.add_embedding_model(compact)
 
     search = commands.add_parser("search", help="search the index by text or image")
     search.add_argument("dst")
@@ -53,13 +59,24 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_index(args: argparse.Namespace) -> int:
     from samflow.index.build import BuildParams, IndexBuildError
-    from samflow.index.commands import IndexUserError, add_to_index, build_index
+    from samflow.index.commands import IndexUserError
+    from samflow.index.updates import (
+        MAX_SEGMENTS,
+        add_to_index,
+        build_index,
+        compact_index,
+    )
 
     try:
         if args.action == "build":
             manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type), model=args.model)
+        elif args.action == "compact":
+            manifest = compact_index(args.dst, args.kind, model=args.model)
         else:
-            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain, model=args.model)
+            if args.max_segments is not None and args.max_segments < 1:
+                raise IndexUserError(f"--max-segments must be at least 1 (got {args.max_segments})")
+            manifest = add_to_index(args.dst, args.kind, retrain=args.retrain, model=args.model,
+                                    max_segments=args.max_segments or MAX_SEGMENTS)
     except (IndexUserError, IndexBuildError) as exc:
         print(f"samflow index {args.action}: {exc}", file=sys.stderr)
         return 2
@@ -105,7 +122,8 @@ def _print_notice(notice: str | None) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from samflow.index.commands import IndexUserError, write_preview
+    from samflow.index.commands import IndexUserError
+    from samflow.index.gallery import write_preview
 
     try:
         summary = write_preview(args.dst, args.out, queries=args.search, limit=args.limit)

@@ -2,8 +2,9 @@
 ``samflow index build|add``).
 
 The first run of a kind builds its index; later runs add only the vectors of shards committed
-since (an IVF-PQ index retrains itself once it has outgrown its training set, see
-samflow/index/commands.py). A run over a DST with nothing new republishes the same index.
+since, as a new segment (compacted past ``index.max_segments``; an IVF-PQ index retrains itself
+once it has outgrown its training set, see samflow/index/commands.py). A run over a DST with
+nothing new writes nothing.
 Deployed by ``samflow deploy`` and served by ``samflow schedule`` when ``index.schedule`` is set.
 """
 
@@ -16,7 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from samflow.config import RunConfig, config_from
-from samflow.index.commands import RunIndex, add_to_index, build_index
+from samflow.index.commands import RunIndex
+from samflow.index.updates import add_to_index, build_index
 from samflow.store.catalog import Catalog
 
 
@@ -28,7 +30,7 @@ def update_index(dst: str, kind: str, cfg: RunConfig) -> dict[str, Any]:
         manifest = build_index(dst, kind, storage=cfg.storage)
         manifest["added"] = manifest["count"]
     else:
-        manifest = add_to_index(dst, kind, storage=cfg.storage)
+        manifest = add_to_index(dst, kind, storage=cfg.storage, max_segments=cfg.index.max_segments)
     return {key: value for key, value in manifest.items() if key != "sources"}
 
 

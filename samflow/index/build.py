@@ -18,8 +18,10 @@ scan) and re-scores the best ``refine_factor`` x k candidates exactly from the f
 disk, so memory holds the codes alone. ``rerank="sq8"`` (earlier builds' default) adds 8-bit
 scalar-quantized copies in memory as a middle stage.
 
-``index add`` runs the same machine on a fetched build: new sources are collected, training is
-skipped (the trained index is kept), and adding starts at ``ntotal``.
+``index add`` runs the same machine in a fresh folder for a new segment: only the new sources are
+collected (their ids continue past the published ones: ``first_id``), training is skipped (the
+segment starts from the published ``trained.faiss``), and the segment's recall is measured on its
+own vectors. A compaction runs it over the gathered segments, from the trained index again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +46,7 @@ from samflow.index.source import VectorBatch, normalise
 from samflow.index.store import (
     INDEX,
     STATE,
+    TRAINED,
     VECTORS,
     VectorFile,
     drop_id_parts_from,
@@ -139,7 +143,7 @@ class Build:
             raise IndexBuildError(f"vectors of width {dim} do not fit an index of width {self.state['dim']}")
         self.state["dim"] = dim
         VectorFile(self.work / VECTORS, dim).append(normalise(batch.vectors))
-        write_id_part(self.work, start, batch.meta)
+        write_id_part(self.work, start, batch.meta, self.state.get("first_id", 0))
         return len(batch.vectors)
 
     def _cut_back(self) -> None:
@@ -174,6 +178,7 @@ class Build:
             index = self._trained_ivfpq(count, dim)
         self.state["trained_count"] = count
         self._checkpoint(index)
+        shutil.copyfile(self.work / INDEX, self.work / TRAINED)  # what later segments start from
         return index
 
     def _trained_ivfpq(self, count: int, dim: int) -> faiss.Index:

@@ -1,8 +1,9 @@
-"""Index, search and dedup commands over an annotate run's output (storage and models wiring).
+"""Search and dedup commands over an annotate run's output (storage and models wiring).
 
 The vector work lives in :mod:`samflow.index`; this module finds the committed Parquet files,
 hands them over as a pyarrow filesystem, picks the local work and cache folders, and loads the
-run's CLIP model for text and image queries.
+run's CLIP model for text and image queries. Building, adding to and compacting an index:
+:mod:`samflow.index.updates`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import logging
 import os
 import posixpath
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,25 +22,21 @@ import pyarrow.fs as pafs
 
 from samflow.config import StorageConfig
 from samflow.index import store
-from samflow.index.build import Build, BuildParams
 from samflow.index.search import IdMap, Searcher, results
-from samflow.index.source import KINDS, TABLE_OF_KIND, UriLookup, iter_vectors
+from samflow.index.source import KINDS
 from samflow.media.image import DecodeError
-from samflow.media.reread import Pictures, picture
+from samflow.media.reread import picture
 from samflow.schemas.tables import (
     EMBEDDING_MODELS,
-    LEGACY_EMBEDDING_TABLES,
-    embeddings_table,
 )
 from samflow.store.catalog import RUNS, Catalog
 from samflow.store.runs import input_sections
-from samflow.store.storage import StorageSource, read_bytes
+from samflow.store.storage import read_bytes
 
 if TYPE_CHECKING:
     from samflow.index.dedup import DedupParams
 
 INDEX_DIR = "_index"
-DRIFT_FACTOR = 4  # IVF-PQ retrains on `index add` once it holds this many times its training count
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +114,7 @@ def index_name(kind: str, model: str = "clip") -> str:
     return kind if model == "clip" else f"{kind}-{model}"
 
 
-def _check_kind(kind: str, model: str = "clip") -> None:
+def check_kind(kind: str, model: str = "clip") -> None:
     if kind not in KINDS:
         raise IndexUserError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if model not in EMBEDDING_MODELS:
@@ -127,82 +123,9 @@ def _check_kind(kind: str, model: str = "clip") -> None:
         raise IndexUserError(f"{model} vectors are per image only; mask vectors come from clip")
 
 
-def _tables(kind: str, model: str) -> list[str]:
-    """The tables holding ``kind`` vectors of ``model`` (for DINOv2 also its pre-partition folder)."""
-    if kind == "mask":
-        return [TABLE_OF_KIND[kind]]
-    legacy = LEGACY_EMBEDDING_TABLES.get(model)
-    return [embeddings_table(model), *([legacy] if legacy else [])]
-
-
-def _sources(run: RunIndex, kind: str, skip: set[str], model: str = "clip"):
-    # Source names are the shard file names: a shard's rows of one model sit in one file.
-    files = [f for table in _tables(kind, model) for f in run.committed_files(table)
-             if posixpath.basename(f) not in skip]
-    if not files:
-        return []
-    uris = UriLookup(run.fs, run.committed_files("images"))
-    return [
-        (posixpath.basename(path), lambda path=path: iter_vectors(run.fs, [path], kind, uris))
-        for path in files
-    ]
-
-
-def build_index(dst: str, kind: str = "image", params: BuildParams | None = None,
-                storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
-    """Build (or resume building) the ``kind`` index of DST's ``model`` vectors and publish it;
-    returns its manifest."""
-    _check_kind(kind, model)
-    run = RunIndex(dst, storage)
-    work = run.cache(kind, model) / "_work"
-    if not (work / store.STATE).exists() and run.manifest(kind, model) is not None:
-        log.info("replacing the existing %s index of %s", index_name(kind, model), dst)
-    build = Build(work, params or BuildParams(), kind, run.model(model))
-    manifest = build.run(_sources(run, kind, skip=set(), model=model))
-    return _publish(run, kind, work, manifest, model)
-
-
-def _no_index(dst: str, kind: str, model: str) -> IndexUserError:
+def no_index(dst: str, kind: str, model: str) -> IndexUserError:
     flags = f" --kind {kind}" + (f" --model {model}" if model != "clip" else "")
     return IndexUserError(f"no {index_name(kind, model)} index under {dst} yet; run `samflow index build {dst}{flags}`")
-
-
-def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
-                 storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
-    """Add the vectors of files committed since the last build, without retraining (unless
-    asked, or IVF-PQ has grown past DRIFT_FACTOR x its training count)."""
-    _check_kind(kind, model)
-    run = RunIndex(dst, storage)
-    manifest = run.manifest(kind, model)
-    if manifest is None:
-        raise _no_index(dst, kind, model)
-    new = _sources(run, kind, skip=set(manifest["sources"]), model=model)
-    work = run.cache(kind, model) / "_work"
-    if not (work / store.STATE).exists():  # else: resume an add that crashed
-        shutil.rmtree(work, ignore_errors=True)
-        store.copy_build(store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest), work)
-        store.split_ids_into_parts(work)
-        state = {key: manifest[key] for key in ("kind", "model", "sources", "count", "dim", "type",
-                                                "trained_count", "params")}
-        store.write_json(work / store.STATE, {**state, "build_s": 0.0})
-    params = BuildParams(**manifest["params"])
-    build = Build(work, params, kind, manifest.get("model"))
-    build.collect(new)
-    drift = manifest["type"] == "ivfpq" and build.state["count"] > DRIFT_FACTOR * manifest["trained_count"]
-    if drift:
-        log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
-    if retrain or drift:
-        params.nlist = params.pq_m = params.nprobe = params.refine_factor = 0  # sized and tuned again
-    updated = build.run([], retrain=retrain or drift)
-    updated["added"] = updated["count"] - manifest["count"]
-    return _publish(run, kind, work, updated, model)
-
-
-def _publish(run: RunIndex, kind: str, work: Path, manifest: dict[str, Any], model: str) -> dict[str, Any]:
-    manifest["embedding_model"] = model
-    store.publish(work, run.fs, run.root(kind, model), manifest)
-    shutil.rmtree(work, ignore_errors=True)
-    return manifest
 
 
 # --- search --------------------------------------------------------------------------------
@@ -213,17 +136,17 @@ class OpenIndex:
 
     def __init__(self, dst: str, kind: str = "image", storage: StorageConfig | None = None,
                  model: str = "clip") -> None:
-        _check_kind(kind, model)
+        check_kind(kind, model)
         self.run = RunIndex(dst, storage)
         self.kind = kind
         self.model_name = model
         manifest = self.run.manifest(kind, model)
         if manifest is None:
-            raise _no_index(dst, kind, model)
+            raise no_index(dst, kind, model)
         self.manifest = manifest
-        folder = store.fetch(self.run.fs, self.run.root(kind, model), self.run.cache(kind, model), manifest)
-        self.searcher = Searcher(folder, manifest)
-        self.ids = IdMap(folder / store.IDS)
+        folders = store.fetch(self.run.fs, self.run.root(kind, model), self.run.cache(kind, model), manifest)
+        self.searcher = Searcher.of_segments(folders, manifest)
+        self.ids = IdMap([folder / store.IDS for folder in folders])
         self._clip = None
 
     @property
@@ -344,24 +267,29 @@ def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
 
     if not 0.0 < threshold <= 1.0:
         raise IndexUserError(f"--threshold must be in (0, 1] (got {threshold})")
-    _check_kind(kind, model)
+    check_kind(kind, model)
     run = RunIndex(dst, storage)
     if run.manifest(kind, model) is None:
+        from samflow.index.updates import build_index
+
         build_index(dst, kind, storage=run.storage, model=model)
     manifest = run.manifest(kind, model)
-    folder = store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
+    folders = store.fetch(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
+    ids = [folder / store.IDS for folder in folders]
     params = params or DedupParams()
     params.threshold = threshold
     digests = None
     if kind == "image":
-        digests = content_digests(pq.read_table(folder / store.IDS, columns=["uri"]).column("uri"), run.storage)
-    result = semdedup(VectorFile(folder / store.VECTORS, manifest["dim"]), manifest["count"], digests, params)
+        uris = pa.chunked_array([c for p in ids for c in pq.read_table(p, columns=["uri"]).column("uri").chunks])
+        digests = content_digests(uris, run.storage)
+    vectors = store.SegmentVectors([VectorFile(folder / store.VECTORS, manifest["dim"]) for folder in folders])
+    result = semdedup(vectors, manifest["count"], digests, params)
     out_dir = run.catalog.path(DEDUP_DIR)
     run.fs.create_dir(out_dir, recursive=True)
     name = index_name(kind, model)
     out = f"{out_dir}/{name}.parquet"
     with run.fs.open_output_stream(out) as sink, pq.ParquetWriter(sink, SCHEMA) as writer:
-        for table in result_tables(folder / store.IDS, result):
+        for table in result_tables(ids, result):
             writer.write_table(table)
     return {
         "output": run.catalog.dst.rstrip("/") + f"/{DEDUP_DIR}/{name}.parquet",
@@ -373,80 +301,3 @@ def dedup(dst: str, threshold: float = 0.95, kind: str = "image",
         "clusters": result.clusters,
         "threshold": threshold,
     }
-
-
-# --- preview -------------------------------------------------------------------------------
-
-PREVIEW_COLUMNS = ["item_id", "segmentation", "bbox", "label", "label_score", "predicted_iou"]
-
-
-def _masks_by_item(run: RunIndex, item_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The annotations of just these items (a filtered dataset scan, not the whole table)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    files = run.committed_files("annotations")
-    by_item: dict[str, list[dict[str, Any]]] = {item: [] for item in item_ids}
-    if not files or not item_ids:
-        return by_item
-    dataset = ds.dataset(files, filesystem=run.fs, format="parquet")
-    columns = [c for c in PREVIEW_COLUMNS if c in dataset.schema.names]
-    table = dataset.to_table(columns=columns, filter=pc.field("item_id").isin(item_ids))
-    for row in table.to_pylist():
-        by_item[row["item_id"]].append(row)
-    return by_item
-
-
-PREVIEW_IMAGE_COLUMNS = ["item_id", "uri", "frame_index", "timestamp_s", "run_id"]
-
-
-def _cards(run: RunIndex, rows: list[dict[str, Any]], captions: list[str]) -> list:
-    """A card per images row whose picture reads again (the pipeline's decoder: EXIF rotation,
-    colour modes, a video's sampled frame), in the rows' order; the others are logged."""
-    from samflow.index.preview import Card
-
-    masks = _masks_by_item(run, [row["item_id"] for row in rows])
-    pictures = Pictures(StorageSource(run.storage), input_sections(run.dst, run.storage))
-    read = dict(pictures.rows(rows))
-    cards = []
-    for position, (row, caption) in enumerate(zip(rows, captions)):
-        pixels = read[position]
-        if isinstance(pixels, Exception):
-            log.warning("preview: skipping %s: %s", row["uri"], pixels)
-            continue
-        cards.append(Card(_title(row), pixels, masks[row["item_id"]], caption))
-    return cards
-
-
-def _title(row: dict[str, Any]) -> str:
-    name = row["uri"].rsplit("/", 1)[-1]
-    return name if row.get("timestamp_s") is None else f"{name} frame {row['frame_index']}"
-
-
-def write_preview(dst: str, out: str, queries: list[str] | None = None, limit: int = 500, k: int = 12,
-                  storage: StorageConfig | None = None) -> dict[str, Any]:
-    """A static HTML report of DST: the first ``limit`` images (by URI) with their masks, and
-    the top-``k`` images for each text query (needs the image index)."""
-    from samflow.index.preview import render
-    from samflow.store.storage import write_bytes
-
-    run = RunIndex(dst, storage)
-    images = run.catalog.read_table("images", columns=PREVIEW_IMAGE_COLUMNS)
-    if images is None:
-        raise IndexUserError(f"no committed images under {dst}")
-    rows = sorted(images.to_pylist(), key=lambda r: (r["uri"], r["frame_index"], r["item_id"]))
-    shown = rows[:limit]
-    gallery = _cards(run, shown, [""] * len(shown))
-    searches = {}
-    if queries:
-        index = OpenIndex(dst, "image", run.storage)
-        by_item = {row["item_id"]: row for row in rows}
-        for query in queries:
-            hits = [h for h in index.query(index.text_vector(query), k) if h["item_id"] in by_item]
-            searches[query] = _cards(run, [by_item[h["item_id"]] for h in hits],
-                                     [f"score {h['score']:.3f}" for h in hits])
-    summary = {"images": images.num_rows, "shown": len(gallery), "model": run.model()}
-    write_bytes(out, render(f"samflow preview: {dst}", gallery, searches, summary).encode(), run.storage)
-    if "://" not in out or out.startswith("file://"):
-        os.chmod(out.removeprefix("file://"), 0o644)  # a report to open and share, not a private temp file
-    return {"out": out, **summary, "searches": {q: len(c) for q, c in searches.items()}}

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from samflow.index.store import VectorFile
+from samflow.index.store import SegmentVectors, VectorFile
 
 SCHEMA = pa.schema([
     ("id", pa.int64()), ("uri", pa.string()), ("cluster", pa.int32()), ("max_sim", pa.float32()),
@@ -72,7 +72,7 @@ def byte_duplicates(digests: np.ndarray, result: DedupResult) -> np.ndarray:
     return alive
 
 
-def _kmeans(vectors: VectorFile, count: int, params: DedupParams) -> np.ndarray:
+def _kmeans(vectors: VectorFile | SegmentVectors, count: int, params: DedupParams) -> np.ndarray:
     k = max(1, min(count // max(params.cluster_size, 1), 50_000))
     rng = np.random.default_rng(params.seed)
     sample = vectors.take(np.sort(rng.choice(count, size=min(count, max(params.train_sample, 40 * k)), replace=False)))
@@ -84,7 +84,7 @@ def _kmeans(vectors: VectorFile, count: int, params: DedupParams) -> np.ndarray:
     return kmeans.centroids
 
 
-def _assign(vectors: VectorFile, count: int, centroids: np.ndarray, params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
+def _assign(vectors: VectorFile | SegmentVectors, count: int, centroids: np.ndarray, params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
     """(cluster (n,), similarity to its centroid (n,)), the vectors read chunk by chunk."""
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(centroids)
@@ -117,7 +117,7 @@ def _dedup_cluster(members: np.ndarray, vectors: np.ndarray, params: DedupParams
             kept[j] = True
 
 
-def semdedup(vectors: VectorFile, count: int, digests: np.ndarray | None, params: DedupParams) -> DedupResult:
+def semdedup(vectors: VectorFile | SegmentVectors, count: int, digests: np.ndarray | None, params: DedupParams) -> DedupResult:
     result = DedupResult.empty(count)
     alive = byte_duplicates(digests, result) if digests is not None else np.ones(count, bool)
     centroids = _kmeans(vectors, count, params)
@@ -134,10 +134,12 @@ def semdedup(vectors: VectorFile, count: int, digests: np.ndarray | None, params
     return result
 
 
-def result_tables(ids_path: Path, result: DedupResult) -> Iterator[pa.Table]:
-    """The output rows, one id-map row group at a time (ids and uris streamed from ids.parquet)."""
-    ids_file = pq.ParquetFile(ids_path)
-    for group in range(ids_file.metadata.num_row_groups):
+def result_tables(ids_paths: list[Path], result: DedupResult) -> Iterator[pa.Table]:
+    """The output rows, one id-map row group at a time (ids and uris streamed from the
+    segments' ids.parquet files)."""
+    groups = [(pq.ParquetFile(path), group) for path in ids_paths
+              for group in range(pq.ParquetFile(path).metadata.num_row_groups)]
+    for ids_file, group in groups:
         part = ids_file.read_row_group(group, columns=["id", "uri"])
         ids = part.column("id").to_numpy()
         nearest = result.nearest_kept[ids]

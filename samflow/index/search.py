@@ -6,6 +6,11 @@ pages read do not stay resident). Builds with the SQ8 stage (FAISS IndexRefine, 
 find ``2k x refine_factor`` candidates, re-rank them by their 8-bit scalar-quantized codes, and
 re-score the best 2k from the file. Flat and HNSW indexes hold the float vectors themselves, so
 their scores are already exact.
+
+An index of several segments (``index add``) is searched as FAISS ``IndexShards`` over the
+segments' indexes, with successive ids: each segment returns its own best candidates and FAISS
+keeps the best overall, which for the same trained quantizer and codes are the candidates one
+index of all the vectors would return; re-ranking reads each candidate from its segment's file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from samflow.index.source import normalise
-from samflow.index.store import IDS, INDEX, VECTORS, VectorFile
+from samflow.index.store import IDS, INDEX, VECTORS, SegmentVectors, VectorFile
 
 EXACT_FACTOR = 2  # SQ8-ranked results re-scored exactly per result asked
 
@@ -30,22 +35,46 @@ def auto_nprobe(nlist: int) -> int:
     return max(16, nlist // 32)
 
 
+def shards(index: faiss.Index) -> list[faiss.Index]:
+    """The segments' indexes behind an ``IndexShards`` (else the index itself)."""
+    if isinstance(index, faiss.IndexShards):
+        return [faiss.downcast_index(index.at(i)) for i in range(index.count())]
+    return [index]
+
+
 class Searcher:
-    def __init__(self, folder: Path, manifest: dict[str, Any], index: faiss.Index | None = None) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], index: faiss.Index | None = None,
+                 vectors: VectorFile | SegmentVectors | None = None) -> None:
         self.manifest = manifest
         self.type = manifest["type"]
         self.dim = int(manifest["dim"])
         params = manifest["params"]
         self.index = index if index is not None else faiss.read_index(str(folder / INDEX))
         self.refine_factor = int(params.get("refine_factor") or 10)
-        self.refined = isinstance(self.index, faiss.IndexRefine)
+        self.refined = isinstance(shards(self.index)[0], faiss.IndexRefine)
+        for part in shards(self.index):
+            self._configure(part, params)
+        self.vectors = vectors if vectors is not None else VectorFile(folder / VECTORS, self.dim)
+
+    @classmethod
+    def of_segments(cls, folders: list[Path], manifest: dict[str, Any]) -> "Searcher":
+        """One searcher over every segment (ids successive in the manifest's order)."""
+        if len(folders) == 1:
+            return cls(folders[0], manifest)
+        dim = int(manifest["dim"])
+        index = faiss.IndexShards(dim, False, True)  # not threaded: FAISS already uses the cores per query batch
+        for folder in folders:
+            index.add_shard(faiss.read_index(str(folder / INDEX)))  # faiss keeps a reference to each
+        vectors = SegmentVectors([VectorFile(folder / VECTORS, dim) for folder in folders])
+        return cls(folders[0], manifest, index=index, vectors=vectors)
+
+    def _configure(self, index: faiss.Index, params: dict[str, Any]) -> None:
         if self.type == "ivfpq":
-            faiss.extract_index_ivf(self.index).nprobe = int(params["nprobe"]) or auto_nprobe(int(params["nlist"]))
-        if self.refined:
-            self.index.k_factor = float(self.refine_factor)
+            faiss.extract_index_ivf(index).nprobe = int(params["nprobe"]) or auto_nprobe(int(params["nlist"]))
+        if isinstance(index, faiss.IndexRefine):
+            index.k_factor = float(self.refine_factor)
         if self.type == "hnsw":
-            self.index.hnsw.efSearch = int(params["ef_search"])
-        self.vectors = VectorFile(folder / VECTORS, self.dim)
+            index.hnsw.efSearch = int(params["ef_search"])
 
     @property
     def count(self) -> int:
@@ -78,14 +107,17 @@ class Searcher:
 
 
 class IdMap:
-    """Rows of ids.parquet by id, reading only the row groups that hold the asked ids."""
+    """Rows of the segments' ids.parquet files by global id (the files hold successive ids, in
+    order), reading only the row groups that hold the asked ids."""
 
-    def __init__(self, path: Path) -> None:
-        self.file = pq.ParquetFile(path)
-        meta = self.file.metadata
+    def __init__(self, paths: Path | list[Path]) -> None:
+        self.groups: list[tuple[pq.ParquetFile, int]] = []  # (file, row group) in id order
         self.starts = [0]
-        for group in range(meta.num_row_groups):
-            self.starts.append(self.starts[-1] + meta.row_group(group).num_rows)
+        for path in [paths] if isinstance(paths, Path) else paths:
+            file = pq.ParquetFile(path)
+            for group in range(file.metadata.num_row_groups):
+                self.groups.append((file, group))
+                self.starts.append(self.starts[-1] + file.metadata.row_group(group).num_rows)
 
     def rows(self, ids: list[int]) -> list[dict[str, Any]]:
         groups: dict[int, pa.Table] = {}
@@ -93,13 +125,14 @@ class IdMap:
         for id_ in ids:
             group = bisect.bisect_right(self.starts, id_) - 1
             if group not in groups:
-                groups[group] = self.file.read_row_group(group)
+                file, number = self.groups[group]
+                groups[group] = file.read_row_group(number)
             out.append(groups[group].slice(id_ - self.starts[group], 1).to_pylist()[0])
         return out
 
 
-def load(folder: Path, manifest: dict[str, Any]) -> tuple[Searcher, IdMap]:
-    return Searcher(folder, manifest), IdMap(folder / IDS)
+def load(folders: list[Path], manifest: dict[str, Any]) -> tuple[Searcher, IdMap]:
+    return Searcher.of_segments(folders, manifest), IdMap([folder / IDS for folder in folders])
 
 
 def results(searcher: Searcher, ids_map: IdMap, query: np.ndarray, k: int) -> list[dict[str, Any]]:

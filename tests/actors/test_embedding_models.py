@@ -12,8 +12,9 @@ import pytest
 
 from samflow.cli.main import main
 from samflow.config import StorageConfig
-from samflow.index.commands import build_index, dedup
+from samflow.index.commands import dedup
 from samflow.index.dedup import DedupParams
+from samflow.index.updates import build_index
 from samflow.schemas import tables
 from samflow.schemas.rows import build_tables
 from samflow.store.catalog import Catalog

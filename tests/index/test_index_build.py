@@ -11,7 +11,8 @@ import pytest
 
 from samflow.config import StorageConfig
 from samflow.index.build import BuildParams, IndexBuildError
-from samflow.index.commands import OpenIndex, add_to_index, build_index
+from samflow.index.commands import OpenIndex
+from samflow.index.updates import add_to_index, build_index
 from tests.helpers.index_data import clustered, write_image_shard, write_mask_shard
 
 DIM = 32
@@ -213,6 +214,6 @@ def test_build_and_search_on_s3(s3_bucket):
     root = f"{dst.removeprefix('s3://')}/_index/image"
     assert fs.exists(f"{root}/manifest.json")
     assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{manifest['build_id']}")} == {
-        "index.faiss", "vectors.f32", "ids.parquet"}
+        "index.faiss", "vectors.f32", "ids.parquet", "trained.faiss"}
     hit = OpenIndex(dst, storage=storage).query(vectors[321][None], k=1)[0]
     assert _item_index(hit["item_id"]) == 321
