@@ -9,8 +9,10 @@ their scores are already exact.
 
 An index of several segments (``index add``) is searched as FAISS ``IndexShards`` over the
 segments' indexes, with successive ids: each segment returns its own best candidates and FAISS
-keeps the best overall, which for the same trained quantizer and codes are the candidates one
-index of all the vectors would return; re-ranking reads each candidate from its segment's file.
+keeps the best overall. The segments share the trained quantizer and codebooks, so these are the
+candidates one index of all the vectors returns, but for ties in the quantized fast-scan
+distances at the cut (queries far from every vector); re-ranking reads each candidate from its
+segment's file.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ It forwards every request to the real (moto) server, except that it
 - cuts an upload short (``cut_rate``, PUT only): the server gets the headers and half the body,
   then both connections close.
 Faults are drawn from a seeded generator and counted, so a test can check that they happened.
+Every request is also logged (method, path without the query, body bytes), so a test can check
+what was uploaded.
 """
 
 from __future__ import annotations
@@ -35,9 +37,18 @@ class Faults:
     counts: dict[str, int] = field(
         default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0, "cut": 0})
     lock: threading.Lock = field(default_factory=threading.Lock)
+    log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, body bytes)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+
+    def uploaded(self) -> dict[str, int]:
+        """Body bytes sent by PUT and POST requests, by object path (multipart parts summed)."""
+        sizes: dict[str, int] = {}
+        for method, path, size in self.log:
+            if method in ("PUT", "POST"):
+                sizes[path] = sizes.get(path, 0) + size
+        return sizes
 
     def draw(self, bucket: str, method: str) -> str | None:
         with self.lock:
@@ -88,7 +99,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            bucket = urlsplit(self.path).path.lstrip("/").split("/", 1)[0]
+            path = urlsplit(self.path).path
+            bucket = path.lstrip("/").split("/", 1)[0]
+            with proxy.faults.lock:
+                proxy.faults.log.append((self.command, path, len(body)))
             fault = proxy.faults.draw(bucket, self.command)
             if fault == "cut":
                 self._forward_half(body)
