@@ -11,7 +11,15 @@ from the float32 file on disk (``--rerank sq8``: the earlier method, candidates 
 in-memory SQ8 codes, FAISS IndexRefine); nprobe and the refine factor tuned at build time on
 held-out queries (the manifest's ``method`` and ``tuning``).
 Targets on a 2-core CPU at 1M: build <= 4 min, peak RSS <= 1.5 GB and flat in N,
-recall@10 >= 0.95, p50 <= 2 ms. Prints figures; the last line is the JSON summary.
+recall@10 >= 0.95, p50 <= 2 ms.
+
+The ``add`` case goes through a local DST as ``samflow index build|add|compact`` do (committed
+Parquet shards, published segments): an IVF-PQ index of the base vectors, then ``index add`` of
+10k new ones. It reports the bytes that add wrote (files new or changed under ``_index/``: the
+new segment and the manifest, what it uploads to S3) against the bytes of the whole index as one
+segment after ``index compact`` (what every ``index add`` republished before segments), the add
+and compaction times, and recall@10 of the segmented index against exact search.
+Prints figures; the last line is the JSON summary.
 """
 
 from __future__ import annotations
@@ -100,9 +108,57 @@ def run_case(n: int, index_type: str, rerank: str) -> dict:
         }
 
 
+ADDED = 10_000
+
+
+def _files(root: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def _write_shards(dst: str, centres: np.ndarray, first: int, n: int) -> None:
+    from tests.helpers.index_data import write_image_shard
+
+    for start in range(first, first + n, FILE_ROWS):
+        rows = min(FILE_ROWS, first + n - start)
+        write_image_shard(dst, f"shard-{start}", _points(centres, rows, seed=1000 + start // FILE_ROWS), first=start)
+
+
+def run_add_case(base: int) -> dict:
+    """Build an IVF-PQ index of ``base`` vectors in a local DST, add ADDED more, compact."""
+    from samflow.index import store
+    from samflow.index.build import BuildParams, exact_top_k, overlap, peak_rss_mb
+    from samflow.index.commands import OpenIndex
+    from samflow.index.updates import add_to_index, build_index, compact_index
+
+    centres = _centres()
+    with tempfile.TemporaryDirectory(prefix="bench-index-add-") as tmp:
+        dst = f"{tmp}/run"
+        _write_shards(dst, centres, 0, base)
+        build_index(dst, "image", BuildParams(index="ivfpq"))
+        _write_shards(dst, centres, base, ADDED)
+        root = Path(dst) / "_index" / "image"
+        before = _files(root)
+        start = time.perf_counter()
+        added = add_to_index(dst, "image")
+        add_s = time.perf_counter() - start
+        written = sum(size for p, (size, mtime) in _files(root).items() if before.get(p) != (size, mtime))
+        index = OpenIndex(dst)
+        queries = _points(centres, QUERIES, seed=7)
+        truth = exact_top_k(index.searcher.vectors, base + ADDED, queries, 10, 65_536)
+        recall = overlap(truth, index.searcher.search(queries, 10)[1])
+        start = time.perf_counter()
+        compacted = compact_index(dst, "image")
+        compact_s = time.perf_counter() - start
+        whole = sum(p.stat().st_size for p in (root / compacted["build_id"]).iterdir())
+        whole += (root / store.MANIFEST).stat().st_size
+        return {"segments": len(added["segments"]), "add_bytes": written, "whole_index_bytes": whole,
+                "add_s": add_s, "compact_s": compact_s, "recall_at_10": recall, "peak_rss_mb": peak_rss_mb()}
+
+
 def _in_child(n: int, index_type: str, rerank: str) -> dict:
     # Sleeping, not spinning, OpenMP workers: on a shared CPU spinning threads slow FAISS ~5x.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
     out = subprocess.run([sys.executable, __file__, "--case", str(n), "--type", index_type,
                           "--rerank", rerank],
                          check=True, capture_output=True, text=True, env=env)
@@ -125,7 +181,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.case:
-        print(json.dumps(run_case(args.case, args.type, args.rerank)))
+        figures = run_add_case(args.case) if args.type == "add" else run_case(args.case, args.type, args.rerank)
+        print(json.dumps(figures))
         return
     cases = [(20_000, "ivfpq")] if args.smoke else [(100_000, "flat"), (100_000, "ivfpq")]
     if not (args.smoke or args.quick):
@@ -142,6 +199,18 @@ def main() -> None:
             result(case, "query_p99", figures["p99_ms"], "ms"),
             result(case, "queries_per_s", figures["qps"], "1/s"),
             result(case, "recall_at_10", figures["recall_at_10"], "fraction"),
+        ]
+    for base in [20_000] if args.smoke else [100_000] if args.quick else [100_000, 1_000_000]:
+        figures = _in_child(base, "add", args.rerank)
+        case = f"{_label(base)} ivfpq + index add {_label(ADDED)}"
+        print(f"{case}: {json.dumps(figures)}", flush=True)
+        results += [
+            result(case, "add_bytes_written", figures["add_bytes"], "bytes"),
+            result(case, "whole_index_bytes", figures["whole_index_bytes"], "bytes"),
+            result(case, "add_time", figures["add_s"], "s"),
+            result(case, "compact_time", figures["compact_s"], "s"),
+            result(case, "recall_at_10_segmented", figures["recall_at_10"], "fraction"),
+            result(case, "peak_rss", figures["peak_rss_mb"], "MB"),
         ]
     emit("index", results)
 
