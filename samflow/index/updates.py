@@ -58,6 +58,8 @@ def build_index(dst: str, kind: str = "image", params: BuildParams | None = None
     check_kind(kind, model)
     run = RunIndex(dst, storage)
     work = run.cache(kind, model) / "_work"
+    if "op" in (store.read_json(work / store.STATE) or {}):  # an add or compaction left behind
+        shutil.rmtree(work, ignore_errors=True)
     if not (work / store.STATE).exists() and run.manifest(kind, model) is not None:
         log.info("replacing the existing %s index of %s", index_name(kind, model), dst)
     build = Build(work, params or BuildParams(), kind, run.model(model))
@@ -95,30 +97,36 @@ def add_to_index(dst: str, kind: str = "image", retrain: bool = False,
                  max_segments: int = MAX_SEGMENTS) -> dict[str, Any]:
     """Add the vectors of files committed since the last build as a new segment: only that
     segment and the manifest are uploaded. Retrains (all vectors, one segment) when asked or
-    once IVF-PQ holds DRIFT_FACTOR x its training count; compacts past ``max_segments``."""
+    once IVF-PQ would hold DRIFT_FACTOR x its training count; compacts past ``max_segments``."""
     check_kind(kind, model)
     run = RunIndex(dst, storage)
     manifest = _published(run, kind, model)
     new = _sources(run, kind, skip=set(manifest["sources"]), model=model)
     if not new and not retrain:
         return {**manifest, "added": 0}
+    updated = None
+    if not retrain:
+        work, build = _collect_segment(run, kind, model, manifest, new)
+        total = manifest["count"] + build.state["count"]
+        retrain = manifest["type"] == "ivfpq" and total > DRIFT_FACTOR * manifest["trained_count"]
+        if retrain:  # decided before anything is uploaded: the segment would be replaced at once
+            log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            updated = _publish_segment(run, kind, model, manifest, work, build)
     if retrain:
         updated = compact_index(dst, kind, run.storage, model, retrain=True, new=new)
-    else:
-        updated = _add_segment(run, kind, model, manifest, new)
-        drift = updated["type"] == "ivfpq" and updated["count"] > DRIFT_FACTOR * updated["trained_count"]
-        if drift:
-            log.info("index grew past %dx its training set: retraining", DRIFT_FACTOR)
-            updated = compact_index(dst, kind, run.storage, model, retrain=True)
-        elif len(updated["segments"]) > max_segments:
-            log.info("%d segments, more than %d: compacting", len(updated["segments"]), max_segments)
-            updated = compact_index(dst, kind, run.storage, model)
+    elif len(store.segments(updated)) > max_segments:
+        log.info("%d segments, more than %d: compacting", len(store.segments(updated)), max_segments)
+        updated = compact_index(dst, kind, run.storage, model)
     updated["added"] = updated["count"] - manifest["count"]
     return updated
 
 
-def _add_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, Any], new: list) -> dict[str, Any]:
-    """``new`` sources as one more segment after the published ones; returns the new manifest."""
+def _collect_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, Any],
+                     new: list) -> tuple[Path, Build]:
+    """``new`` sources' vectors collected into the work folder of a segment after the published
+    ones (ids from ``manifest["count"]``), starting from the trained index."""
     work, resumed = _fresh_work(run, kind, model, "add", manifest)
     if not resumed:
         index = store.trained_index(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
@@ -126,6 +134,12 @@ def _add_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, Any],
         store.write_json(work / store.STATE, _segment_state(manifest, "add", first_id=manifest["count"]))
     build = Build(work, BuildParams(**manifest["params"]), kind, manifest.get("model"))
     build.collect(new)
+    return work, build
+
+
+def _publish_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, Any], work: Path,
+                     build: Build) -> dict[str, Any]:
+    """The collected segment encoded, uploaded, then listed in a new manifest; returns it."""
     root = run.root(kind, model)
     if not build.state["count"]:  # new files without vectors: recorded, so they are not read again
         updated = {**manifest, "sources": manifest["sources"] + build.state["sources"]}
