@@ -17,6 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("dst", help="output URI of an annotate run")
     build.add_argument("--kind", choices=["image", "mask"], default="image")
     build.add_argument("--index", choices=["auto", "flat", "ivfpq", "hnsw"], default="auto", dest="index_type")
+    build.add_argument("--ray-tasks", type=int, default=0, metavar="N",
+                       help="encode the vectors with up to N Ray tasks across the cluster (RAY_ADDRESS, else a local Ray)")
     options.add_embedding_model(build)
     add = index_commands.add_parser("add", help="add vectors of runs committed since the last build")
     add.add_argument("dst")
@@ -58,18 +60,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from samflow.index.build import BuildParams, IndexBuildError
+    from samflow.index.build import IndexBuildError
     from samflow.index.commands import IndexUserError
     from samflow.index.updates import (
         MAX_SEGMENTS,
         add_to_index,
-        build_index,
         compact_index,
     )
 
     try:
         if args.action == "build":
-            manifest = build_index(args.dst, args.kind, BuildParams(index=args.index_type), model=args.model)
+            manifest = _build(args)
         elif args.action == "compact":
             manifest = compact_index(args.dst, args.kind, model=args.model)
         else:
@@ -82,6 +83,25 @@ def run_index(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({k: v for k, v in manifest.items() if k != "sources"}, indent=1))
     return 0
+
+
+def _build(args: argparse.Namespace) -> dict:
+    from samflow.cli.session import stopping_ray_started_here
+    from samflow.config import RayConfig
+    from samflow.index.build import BuildParams
+    from samflow.index.commands import IndexUserError
+    from samflow.index.updates import build_index
+
+    if args.ray_tasks < 0:
+        raise IndexUserError(f"--ray-tasks must be 0 or more (got {args.ray_tasks})")
+    params = BuildParams(index=args.index_type, ray_tasks=args.ray_tasks)
+    if not args.ray_tasks:
+        return build_index(args.dst, args.kind, params, model=args.model)
+    from samflow.pipeline.graph import ensure_ray
+
+    with stopping_ray_started_here():
+        ensure_ray(RayConfig())
+        return build_index(args.dst, args.kind, params, model=args.model)
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from samflow.index.distributed import can_merge, encode_on_ray
 from samflow.index.search import Searcher
 from samflow.index.source import VectorBatch, normalise
 from samflow.index.store import (
@@ -91,6 +92,9 @@ class BuildParams:
     chunk_rows: int = 32_768
     recall_queries: int = 200
     seed: int = 0
+    # Encode vectors with up to this many Ray tasks at a time, across the cluster's nodes, and
+    # merge their parts (samflow.index.distributed); 0: in this process. Flat and IVF only.
+    ray_tasks: int = 0
 
 
 # A source: a name recorded in the state (the Parquet file) and a function streaming its batches.
@@ -199,8 +203,14 @@ class Build:
         return index
 
     def add(self, index: faiss.Index) -> faiss.Index:
-        """Add vectors past ``index.ntotal`` from the file, chunk by chunk, with checkpoints."""
+        """Add vectors past ``index.ntotal`` from the file, chunk by chunk, with checkpoints
+        (or encoded by Ray tasks, ``params.ray_tasks``)."""
         vectors = VectorFile(self.work / VECTORS, self.state["dim"])
+        if self.params.ray_tasks and can_merge(index):
+            index, nodes = encode_on_ray(index, vectors, self.state["count"], self.params.chunk_rows, self.params.ray_tasks)
+            self.state["encode_nodes"] = len(nodes) or self.state.get("encode_nodes", 0)
+            self._checkpoint(index)
+            return index
         chunks = vectors.chunks(int(index.ntotal), self.state["count"], self.params.chunk_rows)
         last = time.monotonic()
         for _, chunk in chunks:
@@ -264,6 +274,8 @@ class Build:
             "build_s": round(self.state["build_s"], 3),
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
+        if self.state.get("encode_nodes"):
+            manifest["encode_nodes"] = self.state["encode_nodes"]  # Ray nodes that encoded the vectors
         if self.state["type"] == "ivfpq":
             manifest["method"] = METHODS[self.params.rerank].format(**manifest["params"])
             manifest["tuning"] = self.state.get("tuning", [])
