@@ -67,6 +67,12 @@ def build_index(dst: str, kind: str = "image", params: BuildParams | None = None
     return _publish(run, kind, work, manifest, model)
 
 
+def _params(saved: dict[str, Any]) -> BuildParams:
+    """A published index's parameters for adding to it here: Ray tasks were how that build ran,
+    not a property of the index (an add encodes its few vectors in this process)."""
+    return BuildParams(**{**saved, "ray_tasks": 0})
+
+
 def _published(run: RunIndex, kind: str, model: str) -> dict[str, Any]:
     manifest = run.manifest(kind, model)
     if manifest is None:
@@ -132,7 +138,7 @@ def _collect_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, A
         index = store.trained_index(run.fs, run.root(kind, model), run.cache(kind, model), manifest)
         faiss.write_index(index, str(work / store.INDEX))
         store.write_json(work / store.STATE, _segment_state(manifest, "add", first_id=manifest["count"]))
-    build = Build(work, BuildParams(**manifest["params"]), kind, manifest.get("model"))
+    build = Build(work, _params(manifest["params"]), kind, manifest.get("model"))
     build.collect(new)
     return work, build
 
@@ -180,7 +186,7 @@ def compact_index(dst: str, kind: str = "image", storage: StorageConfig | None =
             faiss.write_index(index, str(work / store.INDEX))
             faiss.write_index(index, str(work / store.TRAINED))
         store.write_json(work / store.STATE, state)
-    build = Build(work, BuildParams(**store.read_json(work / store.STATE)["params"]), kind, manifest.get("model"))
+    build = Build(work, _params(store.read_json(work / store.STATE)["params"]), kind, manifest.get("model"))
     updated = build.run(new or [], retrain=retrain)
     updated["compacted"] = len(store.segments(manifest))
     return _publish(run, kind, work, updated, model)
