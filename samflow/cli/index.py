@@ -94,14 +94,15 @@ def _build(args: argparse.Namespace) -> dict:
 
     if args.ray_tasks < 0:
         raise IndexUserError(f"--ray-tasks must be 0 or more (got {args.ray_tasks})")
-    params = BuildParams(index=args.index_type, ray_tasks=args.ray_tasks)
+    params = BuildParams(index=args.index_type)
     if not args.ray_tasks:
         return build_index(args.dst, args.kind, params, model=args.model)
+    from samflow.flows.index_ray import ray_parallel
     from samflow.pipeline.graph import ensure_ray
 
     with stopping_ray_started_here():
         ensure_ray(RayConfig())
-        return build_index(args.dst, args.kind, params, model=args.model)
+        return build_index(args.dst, args.kind, params, model=args.model, parallel=ray_parallel(args.ray_tasks))
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from samflow.index.distributed import can_merge, encode_on_ray
+from samflow.index.distributed import Parallel, can_merge, encode_in_parts
 from samflow.index.search import Searcher
 from samflow.index.source import VectorBatch, normalise
 from samflow.index.store import (
@@ -92,9 +92,6 @@ class BuildParams:
     chunk_rows: int = 32_768
     recall_queries: int = 200
     seed: int = 0
-    # Encode vectors with up to this many Ray tasks at a time, across the cluster's nodes, and
-    # merge their parts (samflow.index.distributed); 0: in this process. Flat and IVF only.
-    ray_tasks: int = 0
 
 
 # A source: a name recorded in the state (the Parquet file) and a function streaming its batches.
@@ -106,13 +103,15 @@ def peak_rss_mb() -> float:
 
 
 class Build:
-    def __init__(self, work: Path, params: BuildParams, kind: str, model: str | None) -> None:
+    def __init__(self, work: Path, params: BuildParams, kind: str, model: str | None,
+                 parallel: Parallel | None = None) -> None:
         if params.index not in TYPES:
             raise IndexBuildError(f"unknown index type {params.index!r}; expected one of {', '.join(TYPES)}")
         if params.rerank not in RERANKS:
             raise IndexBuildError(f"unknown re-ranking {params.rerank!r}; expected one of {', '.join(RERANKS)}")
         self.work = work
         self.params = params
+        self.parallel = parallel  # encode in parts elsewhere (samflow.index.distributed); None: here
         work.mkdir(parents=True, exist_ok=True)
         self.state = read_json(work / STATE) or {
             "kind": kind, "model": model, "sources": [], "count": 0, "dim": 0, "type": None,
@@ -204,11 +203,11 @@ class Build:
 
     def add(self, index: faiss.Index) -> faiss.Index:
         """Add vectors past ``index.ntotal`` from the file, chunk by chunk, with checkpoints
-        (or encoded by Ray tasks, ``params.ray_tasks``)."""
+        (or in parts by ``self.parallel``)."""
         vectors = VectorFile(self.work / VECTORS, self.state["dim"])
-        if self.params.ray_tasks and can_merge(index):
-            index, nodes = encode_on_ray(index, vectors, self.state["count"], self.params.chunk_rows, self.params.ray_tasks)
-            self.state["encode_nodes"] = len(nodes) or self.state.get("encode_nodes", 0)
+        if self.parallel and can_merge(index):
+            index, workers = encode_in_parts(index, vectors, self.state["count"], self.params.chunk_rows, self.parallel)
+            self.state["encode_nodes"] = len(workers) or self.state.get("encode_nodes", 0)
             self._checkpoint(index)
             return index
         chunks = vectors.chunks(int(index.ntotal), self.state["count"], self.params.chunk_rows)
@@ -275,7 +274,7 @@ class Build:
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
         if self.state.get("encode_nodes"):
-            manifest["encode_nodes"] = self.state["encode_nodes"]  # Ray nodes that encoded the vectors
+            manifest["encode_nodes"] = self.state["encode_nodes"]  # workers (Ray nodes) that encoded the vectors
         if self.state["type"] == "ivfpq":
             manifest["method"] = METHODS[self.params.rerank].format(**manifest["params"])
             manifest["tuning"] = self.state.get("tuning", [])

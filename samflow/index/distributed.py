@@ -1,31 +1,43 @@
-"""Encode an index's vectors with Ray tasks, across the nodes of a cluster.
+"""Encode an index's vectors in parts, on other processes or nodes, and merge the parts.
 
-The coarse quantizer and PQ codebooks are trained once, on a sample, by the driver
-(:meth:`samflow.index.build.Build.train`). Each task gets that trained, empty index and one
-range of rows, encodes them (``index.add``) and returns its part as a serialized FAISS index; the
-driver merges the parts in row order (FAISS ``merge_from``, ids offset by the range's start). A
-vector's codes depend only on the trained index and the vector, so the merged index holds what
-adding every vector in one process gives, and searches the same.
+The coarse quantizer and PQ codebooks are trained once, on a sample, by the build
+(:meth:`samflow.index.build.Build.train`). Each part is one range of rows encoded (``index.add``)
+into a copy of that trained, empty index and returned serialized; the parts are merged in row
+order (FAISS ``merge_from``, ids offset by the range's start). A vector's codes depend only on
+the trained index and the vector, so the merged index is the one adding every vector in one
+process gives, and searches the same.
 
 IVF-PQ fast scan keeps its codes in packed blocks, and FAISS's merge of those corrupts memory
 after the first part; the parts are therefore plain IVF-PQ twins (same quantizer, same
 codebooks, ArrayInvertedLists), merged, then packed once into the fast-scan layout, which gives
-the index adding every vector in one process gives, byte for byte.
+the index one process builds, byte for byte.
 
 Flat and IVF indexes merge; HNSW (a graph built by insertion) and the SQ8 ``IndexRefine`` do not,
-and are added in the driver as before.
+and are added in the build's process as before. Nothing here starts work elsewhere: a
+:data:`PartRunner` does (``samflow.flows.index_ray``: Ray tasks across a cluster's nodes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from samflow.index.store import SegmentVectors, VectorFile
 
-IN_FLIGHT_PER_TASK = 2  # ranges queued per task slot: the object store holds a few chunks, not all rows
+# (trained empty index, serialized; (first row, rows) ranges) -> (first row, encoded part
+# serialized, the worker that encoded it) for every range, in the ranges' order.
+PartRunner = Callable[[bytes, Iterator[tuple[int, np.ndarray]]], Iterator[tuple[int, bytes, str]]]
+
+
+@dataclass
+class Parallel:
+    """How a build encodes in parts: the runner and how many parts it runs at a time."""
+
+    runner: PartRunner
+    workers: int
 
 
 def can_merge(index: faiss.Index) -> bool:
@@ -34,6 +46,13 @@ def can_merge(index: faiss.Index) -> bool:
     if isinstance(index, faiss.IndexIVFPQFastScan):
         return index.ntotal == 0
     return isinstance(index, (faiss.IndexFlat, faiss.IndexIVF))
+
+
+def encode_part(trained: bytes, rows: np.ndarray) -> bytes:
+    """One range of rows encoded into a copy of the trained, empty index, serialized."""
+    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    index.add(rows)
+    return faiss.serialize_index(index).tobytes()
 
 
 def _plain_twin(index: faiss.IndexIVFPQFastScan) -> faiss.IndexIVFPQ:
@@ -46,53 +65,28 @@ def _plain_twin(index: faiss.IndexIVFPQFastScan) -> faiss.IndexIVFPQ:
     return twin
 
 
-def _encode(trained: bytes, rows: np.ndarray) -> tuple[bytes, str]:
-    """One range: (its part as a serialized index, the node that encoded it)."""
-    import ray
-
-    index = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    index.add(rows)
-    return faiss.serialize_index(index).tobytes(), ray.get_runtime_context().get_node_id()
-
-
-def _ranges(start: int, stop: int, rows: int) -> Iterator[tuple[int, int]]:
+def _ranges(vectors: VectorFile | SegmentVectors, start: int, stop: int, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     for begin in range(start, stop, rows):
-        yield begin, min(begin + rows, stop)
+        yield begin, vectors.read(begin, min(begin + rows, stop))
 
 
-def encode_on_ray(index: faiss.Index, vectors: VectorFile | SegmentVectors, stop: int, rows: int,
-                  tasks: int) -> tuple[faiss.Index, set[str]]:
-    """Rows ``index.ntotal..stop`` of ``vectors`` encoded by up to ``tasks`` Ray tasks at a time
-    (spread over the cluster's nodes) and merged in order. Returns the index holding them all
-    (``index`` itself, or for fast scan a new one) and the ids of the nodes that encoded them."""
-    import ray
-
-    encode = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_encode)
+def encode_in_parts(index: faiss.Index, vectors: VectorFile | SegmentVectors, stop: int, rows: int,
+                    parallel: Parallel) -> tuple[faiss.Index, set[str]]:
+    """Rows ``index.ntotal..stop`` of ``vectors`` encoded in parts by ``parallel`` and merged in
+    order. Returns the index holding them all (``index`` itself, or for fast scan a new one) and
+    the workers that encoded them."""
     fast_scan = isinstance(index, faiss.IndexIVFPQFastScan)
     target = _plain_twin(index) if fast_scan else index
     empty = faiss.clone_index(target)
     empty.reset()
-    trained = ray.put(faiss.serialize_index(empty).tobytes())
-    pending: list[tuple[int, ray.ObjectRef]] = []
-    nodes: set[str] = set()
     start = int(target.ntotal)
-    rows = min(rows, max(1, -(-(stop - start) // tasks)))  # every task gets a range, even when few rows
-    ranges = _ranges(start, stop, rows)
-
-    def submit() -> None:
-        for begin, end in ranges:
-            pending.append((begin, encode.remote(trained, vectors.read(begin, end))))
-            if len(pending) >= tasks * IN_FLIGHT_PER_TASK:
-                return
-
-    submit()
-    while pending:
-        begin, ref = pending.pop(0)  # in row order: flat indexes number rows by arrival
-        part_bytes, node = ray.get(ref)
+    rows = min(rows, max(1, -(-(stop - start) // parallel.workers)))  # every worker gets a range, even when few rows
+    workers: set[str] = set()
+    for begin, part_bytes, worker in parallel.runner(faiss.serialize_index(empty).tobytes(),
+                                                      _ranges(vectors, start, stop, rows)):
         part = faiss.deserialize_index(np.frombuffer(part_bytes, dtype=np.uint8))
         target.merge_from(part, begin if isinstance(target, faiss.IndexIVF) else 0)
-        nodes.add(node)
-        submit()
+        workers.add(worker)
     if fast_scan:  # packed once; cloned so the result owns its quantizer and codes
-        return faiss.clone_index(faiss.IndexIVFPQFastScan(target)), nodes
-    return index, nodes
+        return faiss.clone_index(faiss.IndexIVFPQFastScan(target)), workers
+    return index, workers

@@ -21,6 +21,7 @@ from samflow.config import IndexConfig, StorageConfig
 from samflow.index import store
 from samflow.index.build import Build, BuildParams
 from samflow.index.commands import RunIndex, check_kind, index_name, no_index
+from samflow.index.distributed import Parallel
 from samflow.index.source import TABLE_OF_KIND, UriLookup, iter_vectors
 from samflow.schemas.tables import LEGACY_EMBEDDING_TABLES, embeddings_table
 
@@ -52,9 +53,10 @@ def _sources(run: RunIndex, kind: str, skip: set[str], model: str = "clip"):
 
 
 def build_index(dst: str, kind: str = "image", params: BuildParams | None = None,
-                storage: StorageConfig | None = None, model: str = "clip") -> dict[str, Any]:
+                storage: StorageConfig | None = None, model: str = "clip",
+                parallel: Parallel | None = None) -> dict[str, Any]:
     """Build (or resume building) the ``kind`` index of DST's ``model`` vectors and publish it
-    as one segment; returns its manifest."""
+    as one segment (encoded in parts by ``parallel`` if given); returns its manifest."""
     check_kind(kind, model)
     run = RunIndex(dst, storage)
     work = run.cache(kind, model) / "_work"
@@ -62,15 +64,15 @@ def build_index(dst: str, kind: str = "image", params: BuildParams | None = None
         shutil.rmtree(work, ignore_errors=True)
     if not (work / store.STATE).exists() and run.manifest(kind, model) is not None:
         log.info("replacing the existing %s index of %s", index_name(kind, model), dst)
-    build = Build(work, params or BuildParams(), kind, run.model(model))
+    build = Build(work, params or BuildParams(), kind, run.model(model), parallel)
     manifest = build.run(_sources(run, kind, skip=set(), model=model))
     return _publish(run, kind, work, manifest, model)
 
 
 def _params(saved: dict[str, Any]) -> BuildParams:
-    """A published index's parameters for adding to it here: Ray tasks were how that build ran,
-    not a property of the index (an add encodes its few vectors in this process)."""
-    return BuildParams(**{**saved, "ray_tasks": 0})
+    """A published index's build parameters (keys this version does not know are dropped)."""
+    known = set(BuildParams.__dataclass_fields__)
+    return BuildParams(**{key: value for key, value in saved.items() if key in known})
 
 
 def _published(run: RunIndex, kind: str, model: str) -> dict[str, Any]:

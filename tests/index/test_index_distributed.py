@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from samflow.flows.index_ray import ray_parallel
 from samflow.index.build import Build, BuildParams
 from samflow.index.search import Searcher
 from samflow.index.source import VectorBatch
@@ -42,7 +43,7 @@ def test_a_two_node_encode_searches_as_a_one_process_one(two_nodes, tmp_path, in
     trained = build.train()  # once, on a sample: both encodings start from it
     one = build.add(faiss.clone_index(trained))
     assert "encode_nodes" not in build.state
-    build.params.ray_tasks = 4
+    build.parallel = ray_parallel(4)
     two = build.add(faiss.clone_index(trained))
     assert build.state["encode_nodes"] == 2  # ranges were encoded on both nodes
     assert one.ntotal == two.ntotal == len(vectors)
