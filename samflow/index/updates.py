@@ -157,7 +157,8 @@ def _publish_segment(run: RunIndex, kind: str, model: str, manifest: dict[str, A
     segment = build.run([])
     entry = {"id": segment["build_id"], "start": manifest["count"], "count": segment["count"],
              "recall_at_10": segment["recall_at_10"], "added_at": segment["built_at"]}
-    updated = {**manifest, "build_id": segment["build_id"], "count": manifest["count"] + segment["count"],
+    kept = {key: value for key, value in manifest.items() if key not in ("compacted", "added")}  # of that run only
+    updated = {**kept, "build_id": segment["build_id"], "count": manifest["count"] + segment["count"],
                "sources": manifest["sources"] + segment["sources"],
                "segments": store.segments(manifest) + [entry], "peak_rss_mb": segment["peak_rss_mb"]}
     store.publish_segment(work, run.fs, root, entry["id"])

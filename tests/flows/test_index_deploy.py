@@ -80,8 +80,13 @@ def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluste
     updated = _manifest(dst)
     assert updated["count"] == images + 3
     assert "zz-later-run.parquet" in updated["sources"] and set(built["sources"]) < set(updated["sources"])
-    ids = pq.read_table(Path(dst, "_index", "image", updated["build_id"], "ids.parquet")).column("item_id").to_pylist()
-    assert set(new_items) <= set(ids) and len(ids) == len(set(ids)) == images + 3
+    # The add is a new segment holding exactly the new images; every segment together, each image once.
+    def items(segment: dict) -> list[str]:
+        return pq.read_table(Path(dst, "_index", "image", segment["id"], "ids.parquet")).column("item_id").to_pylist()
+
+    assert sorted(items(updated["segments"][-1])) == sorted(new_items)
+    ids = [item for segment in updated["segments"] for item in items(segment)]
+    assert len(ids) == len(set(ids)) == images + 3
 
 
 def test_index_flow_builds_then_adds_only_new_shards(prefect_server, tmp_path):
