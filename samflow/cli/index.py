@@ -97,7 +97,7 @@ def _build(args: argparse.Namespace) -> dict:
     params = BuildParams(index=args.index_type)
     if not args.ray_tasks:
         return build_index(args.dst, args.kind, params, model=args.model)
-    from samflow.flows.index_ray import ray_parallel
+    from samflow.pipeline.index_parts import ray_parallel
     from samflow.pipeline.graph import ensure_ray
 
     with stopping_ray_started_here():

@@ -14,7 +14,7 @@ the index one process builds, byte for byte.
 
 Flat and IVF indexes merge; HNSW (a graph built by insertion) and the SQ8 ``IndexRefine`` do not,
 and are added in the build's process as before. Nothing here starts work elsewhere: a
-:data:`PartRunner` does (``samflow.flows.index_ray``: Ray tasks across a cluster's nodes).
+:data:`PartRunner` does (``samflow.pipeline.index_parts``: Ray tasks across a cluster's nodes).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from samflow.flows.index_ray import ray_parallel
+from samflow.pipeline.index_parts import ray_parallel
 from samflow.index.build import Build, BuildParams
 from samflow.index.search import Searcher
 from samflow.index.source import VectorBatch
