@@ -62,10 +62,10 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     ray_started = time.perf_counter()
     ensure_ray(cfg.ray)
     ray_start_s = time.perf_counter() - ray_started
-    # Read-only either way: a plan never rewrites DST's done-set (the run compacts it at its end).
-    # A run's plan also shapes what is to do into the blocks the run streams.
+    # A plan writes nothing to DST (the run compacts the done-set at its end). A run's plan
+    # also shapes what is to do into the blocks the run streams.
     shape = None if read_only else (lambda todo, listed: todo_blocks(todo, source.format, listed))
-    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, read_only=True, shape=shape)
+    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, shape=shape)
     # A read-only plan is only looked at (samflow plan): its keys are not shaped into items.
     items = items_from_keys(result.todo, source.format, cfg.storage) if result.new and not read_only else []
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,

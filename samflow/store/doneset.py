@@ -4,19 +4,17 @@ anti-join against it, both in Ray (the driver never holds every key).
     DST/_done/<shard>.parquet          keys a shard committed (written with the shard, moved
                                        into place before its marker: committed with it)
     DST/_done/bucket=<b>/*.parquet     the same keys compacted, partitioned by bucket
-    DST/_plan/<tag>/bucket=<b>/...     one plan's input keys, partitioned the same way (deleted
-                                       when the plan is done)
 
 A key's bucket is a stable hash of its container (tar or Parquet file) or, for a loose item, of
 the key itself, so every member of a container lands in one bucket and the pipeline reads each
 container once. The anti-join runs one Ray task per bucket: that bucket's input keys against that
-bucket's done keys (both a fraction of the whole), with Arrow's ``is_in``.
+bucket's done keys (both a fraction of the whole), with Arrow's ``is_in``. A plan writes nothing:
+the keys meet their bucket in Ray's object store (``samflow plan`` is a dry run).
 """
 
 from __future__ import annotations
 
 import posixpath
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,12 +29,11 @@ import pyarrow.parquet as pq
 import ray
 
 from samflow.config import StorageConfig
-from samflow.inputs.formats import container_of
+from samflow.inputs.formats import KEY_SCHEMA, container_of
 from samflow.store.catalog import Catalog
 from samflow.store.storage import filesystem
 
 DONE = "_done"
-PLAN = "_plan"
 BUCKETS = 32
 _HASH_KEY = "samflow-doneset1"  # 16 bytes: pandas' stable SipHash key (never change it)
 
@@ -68,38 +65,56 @@ class PlanResult:
 
 
 def plan(
-    keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str], read_only: bool = False,
+    keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str],
     shape: Callable[[ray.data.Dataset, int], ray.data.Dataset] | None = None,
 ) -> PlanResult:
-    """Anti-join ``keys`` against the committed done keys. The per-shard done files are first
-    compacted into the bucketed table, or, ``read_only`` (``samflow plan``), bucketed into the
-    plan's own temporary folder, leaving DST's table as it is. ``shape(todo, listed)`` turns the
-    keys still to do into what the run streams before they are materialized."""
+    """Anti-join ``keys`` against the committed done keys, writing nothing to DST: the input keys
+    and the done keys not yet compacted meet per bucket in Ray's object store (a groupby), where
+    each bucket's task also reads that bucket of DST's compacted done table. ``shape(todo,
+    listed)`` turns the keys still to do into what the run streams before they are materialized."""
     start = time.perf_counter()
     catalog = Catalog(dst, storage)
-    arrow_fs = _arrow_fs(dst, storage)
-    tag = f"{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
-    staged = catalog.path(PLAN, tag, "keys")
-    done_roots = [catalog.path(DONE)]
-    try:
-        if read_only:
-            done_roots.append(catalog.path(PLAN, tag, "done"))
-        adopt_markers(catalog, arrow_fs, committed, into=done_roots[-1])
-        compact(catalog, arrow_fs, committed, into=done_roots[-1], delete=not read_only)
-        keys.map_batches(with_bucket, batch_format="pyarrow", zero_copy_batch=True).write_parquet(
-            staged, partition_cols=["bucket"], filesystem=arrow_fs
-        )
-        buckets = _buckets(catalog, staged)
-        listed = _count_rows(arrow_fs, staged) if buckets else 0
-        tasks = ray.data.from_items([{"bucket": b} for b in buckets], override_num_blocks=max(1, len(buckets)))
-        todo = tasks.map_batches(AntiJoin(done_roots, staged, dst, storage), batch_size=1, batch_format="pyarrow")
-        todo = (shape(todo, listed) if shape is not None else todo).materialize()
-        new = todo.count()
-    finally:
-        if catalog.fs.exists(catalog.path(PLAN, tag)):
-            catalog.fs.rm(catalog.path(PLAN, tag), recursive=True)
-        _remove_if_empty(catalog, catalog.path(PLAN))
-    return PlanResult(todo=todo, listed=listed, new=new, seconds=time.perf_counter() - start)
+    bucketed = keys.map_batches(with_bucket, batch_format="pyarrow", zero_copy_batch=True).materialize()
+    listed = bucketed.count()
+    todo = bucketed.map_batches(_without_bucket, batch_format="pyarrow")
+    if listed:
+        sides = [bucketed.map_batches(_side, fn_kwargs={"done": False}, batch_format="pyarrow")]
+        pending = _pending_done(catalog, storage, committed)
+        if pending is not None:
+            sides.append(pending.map_batches(_side, fn_kwargs={"done": True}, batch_format="pyarrow"))
+        joined = sides[0].union(*sides[1:]) if len(sides) > 1 else sides[0]
+        todo = joined.groupby("bucket").map_groups(
+            anti_join, fn_kwargs={"done_root": catalog.path(DONE), "dst": dst, "storage": storage},
+            batch_format="pyarrow")
+    todo = (shape(todo, listed) if shape is not None else todo).materialize()
+    return PlanResult(todo=todo, listed=listed, new=todo.count(), seconds=time.perf_counter() - start)
+
+
+def _pending_done(catalog: Catalog, storage: StorageConfig, committed: set[str]) -> ray.data.Dataset | None:
+    """Done keys DST has committed outside its compacted table, bucketed: per-shard done files
+    not yet folded in, or, for output written before the done table existed, the markers' URIs."""
+    if committed and not catalog.fs.exists(catalog.path(DONE)):
+        keys = sorted(catalog.done_uris(catalog.committed_shards()))
+        return ray.data.from_arrow(with_bucket(done_table(keys, [container_of(key) for key in keys])))
+    shard_files = _committed_shard_files(catalog, committed)
+    if not shard_files:
+        return None
+    done = ray.data.read_parquet(shard_files, filesystem=_arrow_fs(catalog.dst, storage))
+    return done.select_columns(["key", "container"]).map_batches(with_bucket, batch_format="pyarrow")
+
+
+def _side(batch: pa.Table, done: bool) -> pa.Table:
+    """Input key rows (``done`` false) and done key rows in one schema, told apart by ``_done``."""
+    n = batch.num_rows
+    columns = {name: batch.column(name) if name in batch.column_names else pa.nulls(n, field.type)
+               for name, field in zip(KEY_SCHEMA.names, KEY_SCHEMA, strict=True)}
+    columns["bucket"] = batch.column("bucket")
+    columns["_done"] = pa.array([done] * n, pa.bool_())
+    return pa.table(columns)
+
+
+def _without_bucket(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([c for c in ("bucket", "_done") if c in batch.column_names])
 
 
 def compact_done(dst: str, storage: StorageConfig) -> int:
@@ -115,11 +130,7 @@ def compact(
     """Copy committed per-shard done files, bucketed, under ``into`` (and ``delete`` them);
     returns how many. A kill between writing and deleting leaves keys twice, which the
     anti-join does not mind."""
-    folder = catalog.path(DONE)
-    shard_files = [
-        path for path in catalog._ls(folder, suffix=".parquet")
-        if posixpath.basename(path)[: -len(".parquet")] in committed
-    ]
+    shard_files = _committed_shard_files(catalog, committed)
     if not shard_files:
         return 0
     ds = ray.data.read_parquet(shard_files, filesystem=arrow_fs).select_columns(["key", "container"])
@@ -131,36 +142,29 @@ def compact(
     return len(shard_files)
 
 
-def adopt_markers(catalog: Catalog, arrow_fs: pafs.FileSystem, committed: set[str], into: str) -> int:
-    """Output written before the done table existed: its keys from the commit markers, once
-    (on the driver: older outputs are small). Returns how many keys."""
-    if not committed or catalog.fs.exists(catalog.path(DONE)):
-        return 0
-    keys = sorted(catalog.done_uris(catalog.committed_shards()))
-    table = with_bucket(done_table(keys, [container_of(key) for key in keys]))
-    pq.write_to_dataset(table, into, partition_cols=["bucket"], filesystem=arrow_fs,
-                        basename_template="markers-{i}.parquet")
-    return len(keys)
+def _committed_shard_files(catalog: Catalog, committed: set[str]) -> list[str]:
+    """Per-shard done files (``_done/<shard>.parquet``) of committed shards."""
+    return [
+        path for path in catalog._ls(catalog.path(DONE), suffix=".parquet")
+        if posixpath.basename(path)[: -len(".parquet")] in committed
+    ]
 
 
-class AntiJoin:
-    """One bucket: its input keys (duplicates dropped) that are not in its done keys."""
-
-    def __init__(self, done_roots: list[str], plan_root: str, dst: str, storage: StorageConfig) -> None:
-        self.done_roots, self.plan_root = done_roots, plan_root
-        self.dst, self.storage = dst, storage
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        fs = _arrow_fs(self.dst, self.storage)
-        bucket = int(batch.column("bucket")[0].as_py())
-        keys = _read(fs, posixpath.join(self.plan_root, f"bucket={bucket}"))
-        keys = keys.drop_columns([c for c in ("bucket",) if c in keys.column_names])
-        keys = _first_of_each(keys)
-        for root in self.done_roots:
-            done = _read(fs, posixpath.join(root, f"bucket={bucket}"), ["key"])
-            if done is not None and done.num_rows:
-                keys = keys.filter(pc.invert(pc.is_in(keys.column("key"), value_set=done.column("key"))))
-        return keys
+def anti_join(group: pa.Table, done_root: str, dst: str, storage: StorageConfig) -> pa.Table:
+    """One bucket's group: its input keys (duplicates dropped) that are neither among the group's
+    done rows nor in the bucket's part of the compacted done table under ``done_root``."""
+    is_done = group.column("_done")
+    keys = _first_of_each(_without_bucket(group.filter(pc.invert(is_done))))
+    done = [group.filter(is_done).column("key")]
+    if keys.num_rows:
+        bucket = int(group.column("bucket")[0].as_py())
+        compacted = _read(_arrow_fs(dst, storage), posixpath.join(done_root, f"bucket={bucket}"), ["key"])
+        if compacted is not None:
+            done.append(compacted.column("key"))
+    for column in done:
+        if len(column) and keys.num_rows:
+            keys = keys.filter(pc.invert(pc.is_in(keys.column("key"), value_set=column)))
+    return keys
 
 
 def _first_of_each(table: pa.Table) -> pa.Table:
@@ -174,23 +178,6 @@ def _read(fs: pafs.FileSystem, folder: str, columns: list[str] | None = None) ->
     if info.type != pafs.FileType.Directory:
         return None
     return pads.dataset(folder, filesystem=fs, format="parquet").to_table(columns=columns)
-
-
-def _buckets(catalog: Catalog, staged: str) -> list[int]:
-    catalog.fs.invalidate_cache(staged)
-    if not catalog.fs.exists(staged):
-        return []
-    names = [posixpath.basename(p.rstrip("/")) for p in catalog.fs.ls(staged, detail=False)]
-    return sorted(int(n.split("=", 1)[1]) for n in names if n.startswith("bucket="))
-
-
-def _count_rows(fs: pafs.FileSystem, folder: str) -> int:
-    return pads.dataset(folder, filesystem=fs, format="parquet", partitioning="hive").count_rows()
-
-
-def _remove_if_empty(catalog: Catalog, folder: str) -> None:
-    if catalog.fs.exists(folder) and not catalog.fs.ls(folder, detail=False):
-        catalog.fs.rmdir(folder)
 
 
 def _arrow_fs(uri: str, storage: StorageConfig) -> pafs.FileSystem:

@@ -9,6 +9,9 @@ It forwards every request to the real (moto) server, except that it
 Faults are drawn from a seeded generator and counted, so a test can check that they happened.
 Every request is also logged (method, path without the query, body bytes), so a test can check
 what was uploaded.
+With no faults it is a request counter: ``Faults.kinds`` counts what reached it by kind (``LIST``,
+``GET``, ``HEAD``, ``PUT``, ``DELETE``, ``POST``), so tests and benches can bound what a command
+asks of storage (``StorageConfig(endpoint_url=proxy.url)`` or ``--set storage.endpoint_url=...``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import http.client
 import random
 import socket
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 _ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
@@ -36,6 +40,7 @@ class Faults:
     seed: int = 0
     counts: dict[str, int] = field(
         default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0, "cut": 0})
+    kinds: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, body bytes)
 
@@ -50,9 +55,10 @@ class Faults:
                 sizes[path] = sizes.get(path, 0) + size
         return sizes
 
-    def draw(self, bucket: str, method: str) -> str | None:
+    def draw(self, bucket: str, method: str, kind: str = "") -> str | None:
         with self.lock:
             self.counts["requests"] += 1
+            self.kinds[kind or method] += 1
             if bucket in self.denied:
                 self.counts["denied"] += 1
                 return "denied"
@@ -89,6 +95,15 @@ class FaultProxy:
         self.server.server_close()
 
 
+def request_kind(method: str, path: str) -> str:
+    """``LIST`` for a GET of a bucket's listing (no key, or ``list-type`` asked), else the method."""
+    parts = urlsplit(path)
+    has_key = "/" in parts.path.lstrip("/")
+    if method == "GET" and (not has_key or "list-type" in parse_qs(parts.query)):
+        return "LIST"
+    return method
+
+
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -103,7 +118,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             bucket = path.lstrip("/").split("/", 1)[0]
             with proxy.faults.lock:
                 proxy.faults.log.append((self.command, path, len(body)))
-            fault = proxy.faults.draw(bucket, self.command)
+            fault = proxy.faults.draw(bucket, self.command, request_kind(self.command, self.path))
             if fault == "cut":
                 self._forward_half(body)
             if fault in ("reset", "cut"):
