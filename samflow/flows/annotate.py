@@ -27,7 +27,7 @@ from samflow.inputs.plan import (
 )
 from samflow.pipeline.graph import CommitHook, PipelineStats, ensure_ray, run_pipeline
 from samflow.store import doneset
-from samflow.store.catalog import RUNS, Catalog
+from samflow.store.catalog import CHECKPOINT_EVERY, RUNS, Catalog
 from samflow.store.lease import Lease
 from samflow.store.runs import build_report, error_kinds, record_id, report_markdown
 from samflow.store.storage import absolute
@@ -206,6 +206,7 @@ def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any, lease: Lease) -
     stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed, lease.check)
     lease.check()
     doneset.compact_done(dst, cfg.storage)
+    Catalog(dst, cfg.storage).checkpoint(min_markers=CHECKPOINT_EVERY)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
     lease.check()
     manifest["path"] = commit_run(manifest, cfg, dst)

@@ -2,6 +2,7 @@
 
     DST/<table>/<shard>.parquet          committed shards (images, annotations, embeddings, errors)
     DST/_commits/<shard>.json            one marker per committed shard: its source URIs and rows
+    DST/_commits/_checkpoint/<seq>.parquet  markers compacted (see samflow/store/checkpoint.py)
     DST/_staging/<run_id>/<table>/...    shards written by the pipeline, not yet committed
     DST/_runs/<run_id>.json              run manifest
     DST/_eval/<eval_id>.json             quality figures (samflow eval)
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 from samflow.config import StorageConfig
 from samflow.schemas.ids import shard_id
 from samflow.schemas.tables import TABLES
+from samflow.store import checkpoint
 from samflow.store.storage import filesystem, put_whole
 
 COMMITS = "_commits"
@@ -45,6 +47,8 @@ STAGING = "_staging"
 RUNS = "_runs"
 EVALS = "_eval"  # one JSON per `samflow eval`: figures, ground truth, the runs it covered
 ROUNDS = "_rounds"  # one JSON per `samflow engine-round`: models, data, held-out figures before and after
+# A run compacts the markers into a checkpoint once this many are listed (one LIST page's worth).
+CHECKPOINT_EVERY = 1000
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +86,24 @@ class Catalog:
         self.fs.pipe_file(path, data)
 
     def committed_shards(self, markers: list[str] | None = None) -> dict[str, dict]:
-        """Marker contents by shard name (markers that do not parse count as absent)."""
-        if markers is None:
-            markers = self._ls(self.path(COMMITS), suffix=".json")
+        """Marker contents by shard name: the latest checkpoint's and the markers listed after it,
+        or only ``markers`` when given (markers that do not parse count as absent)."""
+        if markers is not None:
+            return self._parse_markers(markers)
+        listed, _, rows = checkpoint.read_history(
+            self.fs, self.path(COMMITS), lambda: self._parse_markers(self._markers()), full=True)
+        shards = checkpoint.contents(rows) if rows is not None else {}
+        shards.update(listed)
+        return shards
+
+    def _parse_markers(self, markers: list[str]) -> dict[str, dict]:
         if not markers:
             return {}
-        blobs = self.fs.cat(markers)
+        blobs = self.fs.cat(markers, on_error="return")
         shards = {}
         for path in markers:
+            if isinstance(blobs[path], FileNotFoundError):
+                continue  # compacted into a checkpoint since it was listed
             try:
                 marker = json.loads(blobs[path])
                 marker["uris"]  # noqa: B018 - a marker without its URIs commits nothing
@@ -100,12 +114,38 @@ class Catalog:
         return shards
 
     def committed_names(self) -> set[str]:
-        """Names of the committed shards, from the marker names alone (only group markers,
-        written for videos, are read): cheap with millions of markers."""
-        markers = self._ls(self.path(COMMITS), suffix=".json")
+        """Names of the committed shards, from the checkpoint's names column and the marker names
+        alone (only group markers, written for videos, are read): cheap with millions of markers."""
+        listed, _, rows = checkpoint.read_history(self.fs, self.path(COMMITS), self._listed_names, full=False)
+        return listed | (checkpoint.names(rows) if rows is not None else set())
+
+    def _listed_names(self) -> set[str]:
+        markers = self._markers()
         groups = [p for p in markers if posixpath.basename(p).startswith("group-")]
-        plain = {posixpath.basename(p)[: -len(".json")] for p in markers if p not in set(groups)}
-        return plain | self.shard_names(self.committed_shards(groups)) if groups else plain
+        plain = {posixpath.basename(p)[: -len(".json")] for p in set(markers) - set(groups)}
+        return plain | self.shard_names(self._parse_markers(groups)) if groups else plain
+
+    def checkpoint(self, min_markers: int = 1) -> int:
+        """Compact the listed markers into a new checkpoint once there are ``min_markers`` of them:
+        write it, then delete them, then older checkpoints (each step safe to cut short; see
+        samflow/store/checkpoint.py). Returns how many markers it compacted."""
+        commits = self.path(COMMITS)
+        listed, seq, previous = checkpoint.read_history(self.fs, commits, self._markers, full=True)
+        if len(listed) < max(1, min_markers):
+            return 0
+        markers = self._parse_markers(listed)
+        if not markers:
+            return 0
+        rows = checkpoint.merged(previous, checkpoint.to_rows(markers))
+        checkpoint.write_checkpoint(self.fs, commits, seq + 1, rows)
+        self.fs.rm([self.path(COMMITS, f"{name}.json") for name in markers])
+        older = [path for number, path in checkpoint.checkpoints(self.fs, commits) if number <= seq]
+        if older:
+            self.fs.rm(older)
+        return len(markers)
+
+    def _markers(self) -> list[str]:
+        return self._ls(self.path(COMMITS), suffix=".json")
 
     def done_uris(self, shards: dict[str, dict]) -> set[str]:
         return {uri for marker in shards.values() for uri in marker["uris"]}

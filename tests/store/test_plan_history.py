@@ -48,3 +48,87 @@ def _storage(endpoint: str):
 
     return StorageConfig(endpoint_url=endpoint)
 
+
+def _history(count: int, prefix: str = "s") -> dict[str, list[str]]:
+    return {f"{prefix}{n:06d}": [f"s3://elsewhere/{prefix}/{n:06d}.jpg"] for n in range(count)}
+
+
+def _state(catalog) -> tuple[dict, set]:
+    return catalog.committed_shards(), catalog.committed_names()
+
+
+def test_checkpoints_keep_the_history_in_every_state_a_kill_can_leave(s3_server, s3_bucket):
+    from samflow.store import checkpoint
+    from samflow.store.catalog import Catalog
+
+    dst = f"{s3_bucket}/ckpt/out"
+    storage = _storage(s3_server)
+    catalog = Catalog(dst, storage)
+    commit_shards(dst, storage, _history(30), compacted=True)
+    catalog.commit_group("run", [])  # a group marker (videos): its shards list is part of history
+    expected = _state(catalog)
+    commits = catalog.path("_commits")
+
+    # Cut after the checkpoint is written, before any marker is deleted: both hold the markers.
+    markers = catalog.committed_shards(catalog._markers())
+    checkpoint.write_checkpoint(catalog.fs, commits, 1, checkpoint.to_rows(markers))
+    assert _state(catalog) == expected
+    # Cut halfway through the deletes.
+    catalog.fs.rm(catalog._markers()[:10])
+    assert _state(catalog) == expected
+    # Compaction run again: one checkpoint, no markers, the same history.
+    assert catalog.checkpoint() == 21
+    assert _state(catalog) == expected and catalog._markers() == []
+    assert [seq for seq, _ in checkpoint.checkpoints(catalog.fs, commits)] == [2]
+
+    # New commits after it, then a cut before the older checkpoint is deleted.
+    commit_shards(dst, storage, _history(5, prefix="t"), compacted=True)
+    expected = _state(catalog)
+    assert len(expected[1]) == 35 and len(expected[0]) == 36
+    rows = checkpoint.merged(checkpoint.read_history(catalog.fs, commits, list, full=True)[2],
+                             checkpoint.to_rows(catalog.committed_shards(catalog._markers())))
+    checkpoint.write_checkpoint(catalog.fs, commits, 3, rows)
+    assert _state(catalog) == expected
+    assert catalog.checkpoint(min_markers=6) == 0  # under the threshold: left as it is
+    assert catalog.checkpoint() == 5
+    assert _state(catalog) == expected
+    assert [seq for seq, _ in checkpoint.checkpoints(catalog.fs, commits)] == [4]
+
+
+_COMPACT = """
+import sys
+from samflow.config import StorageConfig
+from samflow.store.catalog import Catalog
+Catalog(sys.argv[1], StorageConfig(endpoint_url=sys.argv[2])).checkpoint()
+"""
+
+
+@pytest.mark.slow
+def test_a_compaction_killed_midway_then_run_again_keeps_exactly_the_history(s3_server, s3_bucket, s3_fs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from samflow.store import checkpoint
+    from samflow.store.catalog import Catalog
+    from tests.helpers.cli_process import ROOT
+
+    dst = f"{s3_bucket}/killed/out"
+    storage = _storage(s3_server)
+    catalog = Catalog(dst, storage)
+    commit_shards(dst, storage, _history(1500), compacted=True)
+    expected = _state(catalog)
+    child = subprocess.Popen([sys.executable, "-c", _COMPACT, dst, s3_server], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    written = checkpoint.checkpoint_path(catalog.path("_commits"), 1)
+    deadline = time.monotonic() + 120
+    while not s3_fs.exists(written) and child.poll() is None and time.monotonic() < deadline:
+        s3_fs.invalidate_cache()
+    child.send_signal(signal.SIGKILL)  # right after the checkpoint is written: mid-deletes, or just after
+    child.wait()
+    assert _state(catalog) == expected
+    left = len(catalog._markers())
+    assert catalog.checkpoint() == left
+    assert _state(catalog) == expected and catalog._markers() == []
+
