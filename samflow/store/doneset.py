@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
@@ -83,7 +82,7 @@ def plan(
         if pending is not None:
             sides.append(pending.map_batches(_side, fn_kwargs={"done": True}, batch_format="pyarrow"))
         joined = sides[0].union(*sides[1:]) if len(sides) > 1 else sides[0]
-        todo = joined.groupby("bucket").map_groups(
+        todo = joined.groupby("bucket", num_partitions=BUCKETS).map_groups(
             anti_join, fn_kwargs={"done_root": catalog.path(DONE), "dst": dst, "storage": storage},
             batch_format="pyarrow")
     todo = (shape(todo, listed) if shape is not None else todo).materialize()
@@ -158,9 +157,7 @@ def anti_join(group: pa.Table, done_root: str, dst: str, storage: StorageConfig)
     done = [group.filter(is_done).column("key")]
     if keys.num_rows:
         bucket = int(group.column("bucket")[0].as_py())
-        compacted = _read(_arrow_fs(dst, storage), posixpath.join(done_root, f"bucket={bucket}"), ["key"])
-        if compacted is not None:
-            done.append(compacted.column("key"))
+        done.extend(_bucket_keys(dst, storage, posixpath.join(done_root, f"bucket={bucket}")))
     for column in done:
         if len(column) and keys.num_rows:
             keys = keys.filter(pc.invert(pc.is_in(keys.column("key"), value_set=column)))
@@ -173,11 +170,19 @@ def _first_of_each(table: pa.Table) -> pa.Table:
     return table.take(pa.array(np.sort(first)))
 
 
-def _read(fs: pafs.FileSystem, folder: str, columns: list[str] | None = None) -> pa.Table | None:
-    info = fs.get_file_info(folder)
-    if info.type != pafs.FileType.Directory:
-        return None
-    return pads.dataset(folder, filesystem=fs, format="parquet").to_table(columns=columns)
+def _bucket_keys(dst: str, storage: StorageConfig, folder: str) -> list[pa.ChunkedArray]:
+    """The ``key`` column of each file of one bucket of the compacted done table: one listing and
+    one whole-object read per file (a dataset scan would ask for each file's size and footer
+    first)."""
+    fs, _ = filesystem(dst, storage)
+    try:
+        paths = [p for p in fs.ls(folder, detail=False) if p.endswith(".parquet")]
+    except FileNotFoundError:
+        return []
+    if not paths:
+        return []
+    blobs = fs.cat(paths)
+    return [pq.read_table(pa.BufferReader(blobs[p]), columns=["key"]).column("key") for p in paths]
 
 
 def _arrow_fs(uri: str, storage: StorageConfig) -> pafs.FileSystem:

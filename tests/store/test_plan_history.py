@@ -132,3 +132,31 @@ def test_a_compaction_killed_midway_then_run_again_keeps_exactly_the_history(s3_
     assert catalog.checkpoint() == left
     assert _state(catalog) == expected and catalog._markers() == []
 
+
+def _plan_requests(src: str, dst: str, endpoint: str) -> tuple[dict, dict]:
+    from samflow.config import load_config
+    from samflow.flows.annotate import make_plan
+
+    with FaultProxy(endpoint, Faults()) as proxy:
+        plan = make_plan(src, dst, load_config(overrides=[f"storage.endpoint_url={proxy.url}"]), read_only=True)
+    return {"new": plan.new, "done": plan.already_done}, dict(proxy.faults.kinds)
+
+
+@pytest.mark.slow
+def test_a_plan_after_compaction_asks_the_same_whatever_the_history(s3_server, s3_bucket, s3_fs, ray_cluster):
+    from samflow.store.catalog import Catalog
+
+    storage = _storage(s3_server)
+    src = f"{s3_bucket}/bounded/src"
+    new = _loose_source(s3_fs, src, 20)
+    asked = {}
+    for count in (300, 1500):  # both fill every bucket of the done table
+        dst = f"{s3_bucket}/bounded/out{count}"
+        commit_shards(dst, storage, _history(count), compacted=True)
+        assert Catalog(dst, storage).checkpoint() == count
+        plan, asked[count] = _plan_requests(src, dst, s3_server)
+        assert plan == {"new": len(new), "done": 0}
+    small, large = (sum(asked[n].values()) for n in (300, 1500))
+    assert large == small, asked
+    assert large <= 100, asked
+    assert not any(asked[1500].get(kind) for kind in WRITES), asked
