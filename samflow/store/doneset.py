@@ -30,7 +30,7 @@ import ray
 from samflow.config import StorageConfig
 from samflow.inputs.formats import KEY_SCHEMA, container_of
 from samflow.store.catalog import Catalog
-from samflow.store.storage import filesystem
+from samflow.store.storage import cat_whole, filesystem
 
 DONE = "_done"
 BUCKETS = 32
@@ -98,8 +98,18 @@ def _pending_done(catalog: Catalog, storage: StorageConfig, committed: set[str])
     shard_files = _committed_shard_files(catalog, committed)
     if not shard_files:
         return None
-    done = ray.data.read_parquet(shard_files, filesystem=_arrow_fs(catalog.dst, storage))
-    return done.select_columns(["key", "container"]).map_batches(with_bucket, batch_format="pyarrow")
+    # One GET a file (cat_whole): Ray's Parquet reader would first ask for each file's size and footer.
+    paths = ray.data.from_items([{"path": p} for p in shard_files], override_num_blocks=min(len(shard_files), BUCKETS))
+    done = paths.map_batches(_read_done_files, fn_kwargs={"dst": catalog.dst, "storage": storage},
+                             batch_format="pyarrow")
+    return done.map_batches(with_bucket, batch_format="pyarrow")
+
+
+def _read_done_files(batch: pa.Table, dst: str, storage: StorageConfig) -> pa.Table:
+    fs, _ = filesystem(dst, storage)
+    columns = ["key", "container"]
+    tables = [pq.read_table(pa.BufferReader(cat_whole(fs, p)), columns=columns) for p in batch.column("path").to_pylist()]
+    return pa.concat_tables(tables) if tables else done_table([], [])
 
 
 def _side(batch: pa.Table, done: bool) -> pa.Table:
@@ -172,8 +182,7 @@ def _first_of_each(table: pa.Table) -> pa.Table:
 
 def _bucket_keys(dst: str, storage: StorageConfig, folder: str) -> list[pa.ChunkedArray]:
     """The ``key`` column of each file of one bucket of the compacted done table: one listing and
-    one whole-object read per file (a dataset scan would ask for each file's size and footer
-    first)."""
+    one GET per file (a dataset scan would ask for each file's size and footer first)."""
     fs, _ = filesystem(dst, storage)
     try:
         paths = [p for p in fs.ls(folder, detail=False) if p.endswith(".parquet")]
@@ -181,8 +190,7 @@ def _bucket_keys(dst: str, storage: StorageConfig, folder: str) -> list[pa.Chunk
         return []
     if not paths:
         return []
-    blobs = fs.cat(paths)
-    return [pq.read_table(pa.BufferReader(blobs[p]), columns=["key"]).column("key") for p in paths]
+    return [pq.read_table(pa.BufferReader(cat_whole(fs, p)), columns=["key"]).column("key") for p in paths]
 
 
 def _arrow_fs(uri: str, storage: StorageConfig) -> pafs.FileSystem:

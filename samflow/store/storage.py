@@ -161,6 +161,12 @@ def read_bytes(uri: str, storage: StorageConfig) -> bytes:
     return fs.cat_file(path)
 
 
+def cat_whole(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """A whole object in one GET: a read from byte 0 spares s3fs its size request (asked to
+    split large reads into parallel ranges)."""
+    return fs.cat_file(path, start=0)
+
+
 def open_file(uri: str, storage: StorageConfig) -> IO[bytes]:
     """A seekable binary file object (ranged reads on object stores) for streaming readers."""
     fs, path = filesystem(uri, storage)
