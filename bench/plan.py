@@ -1,4 +1,11 @@
-"""Plan time and driver peak memory for synthetic manifests of 10k, 100k and 1M items.
+"""Plan time and storage requests against committed history of 1k, 10k and 100k shards; plan time
+and driver peak memory for synthetic manifests of 10k, 100k and 1M items.
+
+History: on a local S3 server (moto), an output whose shards were committed and compacted (one
+marker checkpoint, the done keys in the bucketed table) plus the markers of a last run not yet
+compacted, and a manifest of 10k new items; `samflow plan`'s code plans it through a proxy that
+counts every request (tests/helpers/s3_proxy.py), workers' included. Neither the seconds nor the
+requests may grow with the history, and the plan stays within a few hundred requests.
 
 Each case writes a manifest (Parquet, synthetic s3:// URIs) and a done-set holding half of its
 keys, then runs `samflow plan`'s code (make_plan, read-only) in a fresh driver process on a local
@@ -8,13 +15,14 @@ stay flat as the item count grows (the listing and the done-set live in Ray, not
 the bench prints the growth from 100k to 1M (target: under 20 %), and each plan's own increment
 over the driver's RSS before it (imports and Ray's start-up are most of the peak).
 
-    python bench/plan.py [--smoke | --quick]
+    PYTHONPATH=. python bench/plan.py [--smoke | --quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -32,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROWS_PER_FILE = 100_000
 DONE_FILES = 4
+KEYS_PER_SHARD = 4  # done keys (and marker URIs) per committed shard of the history
+TAIL_MARKERS = 100  # shards the last run committed and has not compacted yet
+REQUEST_LIMIT = 300  # "a few hundred"
 
 
 def _uris(start: int, stop: int) -> pa.Array:
@@ -100,6 +111,85 @@ def _child(items: int) -> dict[str, float]:
     return figures
 
 
+def history_cases(sizes: list[int], new_items: int) -> list[dict]:
+    """Each history size planned against one manifest of ``new_items`` new URIs, on a local S3
+    server, requests counted at a proxy in front of it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.helpers.s3_proxy import FaultProxy, Faults
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        os.environ[name] = value  # before Ray starts: its workers inherit them
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+    try:
+        return _plan_histories(endpoint, sizes, new_items, FaultProxy, Faults)
+    finally:
+        server.stop()
+
+
+def _plan_histories(endpoint: str, sizes: list[int], new_items: int, proxy_class, faults_class) -> list[dict]:
+    from samflow.config import StorageConfig, load_config
+    from samflow.flows.annotate import make_plan
+    from samflow.pipeline.graph import ensure_ray
+    from samflow.store.storage import write_bytes
+    from tests.helpers.history import checkpointed_history
+
+    storage = StorageConfig(endpoint_url=endpoint)
+    src = "s3://bench/src/manifest.parquet"
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.table({"uri": [f"s3://bench/new/{n:09d}.jpg" for n in range(new_items)]}), buffer)
+    write_bytes(src, buffer.getvalue().to_pybytes(), storage)
+    cfg = load_config()
+    ensure_ray(cfg.ray)
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    figures = []
+    for index, shards in enumerate([sizes[0], *sizes]):  # the first, a warm-up, is not reported
+        dst = f"s3://bench/out-{index}-{shards}"
+        checkpointed_history(dst, storage, shards, KEYS_PER_SHARD, TAIL_MARKERS)
+        with proxy_class(endpoint, faults_class()) as proxy:
+            counted = load_config(overrides=[f"storage.endpoint_url={proxy.url}"])
+            start = time.perf_counter()
+            plan = make_plan(src, dst, counted, read_only=True)
+            seconds = time.perf_counter() - start
+        if plan.new != new_items:
+            raise SystemExit(f"history {shards}: planned {plan.new} new items, not {new_items}")
+        if index:
+            figures.append({"shards": shards, "seconds": seconds, "requests": sum(proxy.faults.kinds.values()),
+                            "kinds": dict(proxy.faults.kinds)})
+    return figures
+
+
+def _label(count: int) -> str:
+    return f"{count // 1000}k" if count >= 1000 else str(count)
+
+
+def report_histories(figures: list[dict], new_items: int) -> list[dict]:
+    results = []
+    for case in figures:
+        label = f"{_label(case['shards'])} shards"
+        print(f"{label:>12} committed: plan of {new_items} new items {case['seconds']:.1f} s, "
+              f"{case['requests']} storage requests {case['kinds']}")
+        results.append(result(label, "history_plan_s", case["seconds"], "s"))
+        results.append(result(label, "history_plan_requests", case["requests"], "requests"))
+    requests = [case["requests"] for case in figures]
+    if max(requests) > REQUEST_LIMIT:
+        raise SystemExit(f"a plan made {max(requests)} storage requests (limit {REQUEST_LIMIT})")
+    growth = requests[-1] - requests[0]
+    print(f"requests, smallest to largest history: {growth:+d}")
+    results.append(result(f"{_label(figures[0]['shards'])}->{_label(figures[-1]['shards'])}",
+                          "history_requests_growth", growth, "requests"))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
@@ -109,8 +199,11 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(*args.case)))
         return
+    histories = [100, 1000] if args.smoke else [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
+    new_items = 1000 if args.smoke else 10_000
+    results = report_histories(history_cases(histories, new_items), new_items)
     sizes = [10_000] if args.smoke else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
-    results, peaks, run_peaks = [], {}, {}
+    peaks, run_peaks = {}, {}
     for items in sizes:
         figures = _child(items)
         label = f"{items // 1000}k" if items < 1_000_000 else f"{items // 1_000_000}M"

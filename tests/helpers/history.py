@@ -37,3 +37,23 @@ def commit_shards(dst: str, storage: StorageConfig, shards: dict[str, list[str]]
     catalog.fs.makedirs(catalog.path(COMMITS), exist_ok=True)
     catalog.fs.pipe({catalog.path(COMMITS, f"{shard}.json"): json.dumps(marker(shard, uris)).encode()
                      for shard, uris in shards.items()})
+
+
+def checkpointed_history(dst: str, storage: StorageConfig, shards: int, keys_per_shard: int, tail: int) -> None:
+    """An output with ``shards`` committed shards as compaction leaves them (one checkpoint, the
+    done keys in the bucketed table), plus ``tail`` shards committed since (markers and per-shard
+    done files, as a run leaves them before it compacts)."""
+    from samflow.store import checkpoint
+
+    def keys(n: int) -> list[str]:
+        return [f"s3://history-bucket/{n // 1000:06d}/{n:09d}-{k}.jpg" for k in range(keys_per_shard)]
+
+    old = {f"h{n:09d}": keys(n) for n in range(shards)}
+    catalog = Catalog(dst, storage)
+    checkpoint.write_checkpoint(catalog.fs, catalog.path(COMMITS), 1,
+                                checkpoint.to_rows({name: marker(name, uris) for name, uris in old.items()}))
+    everything = [key for uris in old.values() for key in uris]
+    table = with_bucket(done_table(everything, [""] * len(everything)))
+    pq.write_to_dataset(table, catalog.path(DONE), partition_cols=["bucket"],
+                        filesystem=_arrow_fs(dst, storage), basename_template="history-{i}.parquet")
+    commit_shards(dst, storage, {f"t{n:09d}": keys(shards + n) for n in range(tail)}, compacted=False)
