@@ -24,7 +24,7 @@ from samflow.eval.matching import ImageMatcher, RunImage
 from samflow.reviews import coco, labelstudio
 from samflow.reviews.labelstudio import Parsed, ReviewFileError
 from samflow.schemas import tables
-from samflow.store.catalog import COMMITS, Catalog, ShardResult
+from samflow.store.catalog import Catalog, ShardResult
 from samflow.store.storage import read_bytes
 
 FORMATS = (labelstudio.FORMAT, coco.FORMAT)
@@ -40,7 +40,7 @@ def import_reviews(dst: str, file: str, fmt: str | None = None, storage: Storage
     digest = hashlib.sha256(data).hexdigest()
     import_id = f"review-{digest[:24]}"
     summary: dict[str, Any] = {"import_id": import_id, "file": file, "sha256": digest}
-    if catalog.fs.exists(catalog.path(COMMITS, f"{import_id}.json")):
+    if catalog.is_committed(import_id):
         return {**summary, "written": False, "note": "this file was imported before: nothing written"}
     try:
         content = json.loads(data)

@@ -125,6 +125,10 @@ class Catalog:
         plain = {posixpath.basename(p)[: -len(".json")] for p in set(markers) - set(groups)}
         return plain | self.shard_names(self._parse_markers(groups)) if groups else plain
 
+    def is_committed(self, name: str) -> bool:
+        """Whether a marker named ``name`` was written: still in ``_commits/``, or compacted."""
+        return self.fs.exists(self.path(COMMITS, f"{name}.json")) or name in self.committed_names()
+
     def checkpoint(self, min_markers: int = 1) -> int:
         """Compact the listed markers into a new checkpoint once there are ``min_markers`` of them:
         write it, then delete them, then older checkpoints (each step safe to cut short; see

@@ -80,6 +80,8 @@ def test_checkpoints_keep_the_history_in_every_state_a_kill_can_leave(s3_server,
     assert catalog.checkpoint() == 21
     assert _state(catalog) == expected and catalog._markers() == []
     assert [seq for seq, _ in checkpoint.checkpoints(catalog.fs, commits)] == [2]
+    # A marker looked up by name (a review import's once-only check) is found in the checkpoint.
+    assert catalog.is_committed("s000007") and not catalog.is_committed("s999999")
 
     # New commits after it, then a cut before the older checkpoint is deleted.
     commit_shards(dst, storage, _history(5, prefix="t"), compacted=True)
