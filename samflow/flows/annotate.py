@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -18,6 +18,7 @@ import samflow
 from samflow.config import RunConfig, config_from
 from samflow.errors import retry_unless_permanent
 from samflow.flows.progress import LoggedProgress
+from samflow.inputs.formats import LOOSE_FORMATS
 from samflow.inputs.plan import (
     ContainerKeys,
     items_from_keys,
@@ -26,7 +27,7 @@ from samflow.inputs.plan import (
     todo_blocks,
 )
 from samflow.pipeline.graph import CommitHook, PipelineStats, ensure_ray, run_pipeline
-from samflow.store import doneset
+from samflow.store import containers, doneset
 from samflow.store.catalog import CHECKPOINT_EVERY, RUNS, Catalog
 from samflow.store.lease import Lease
 from samflow.store.runs import build_report, error_kinds, record_id, report_markdown
@@ -44,6 +45,10 @@ class Plan:
     excluded: int = 0
     format: str = "files"
     may_hold_videos: bool = True  # False: the track stage is not started
+    # Containers the plan found with nothing left to do, and those already recorded so (a run
+    # records the former at its end: a re-run with nothing new writes nothing).
+    whole: dict[str, tuple[int, int]] = field(default_factory=dict)
+    known_whole: dict[str, tuple[int, int]] = field(default_factory=dict)
     ray_start_s: float = 0.0  # of ``seconds``: joining or starting Ray
 
 
@@ -59,18 +64,35 @@ def make_plan(src: str, dst: str, cfg: RunConfig, read_only: bool = False) -> Pl
     committed = catalog.committed_names()
     removed = [] if read_only else catalog.remove_uncommitted(committed)
     source = resolve_source(src, cfg, dst)
+    in_containers = source.format not in LOOSE_FORMATS
+    whole = containers.whole_containers(catalog) if in_containers else {}
+    files, skipped = containers.skip_whole(source.files, whole)
     ray_started = time.perf_counter()
     ensure_ray(cfg.ray)
     ray_start_s = time.perf_counter() - ray_started
     # A plan writes nothing to DST (the run compacts the done-set at its end). A run's plan
     # also shapes what is to do into the blocks the run streams.
     shape = None if read_only else (lambda todo, listed: todo_blocks(todo, source.format, listed))
-    result = doneset.plan(key_dataset(source, cfg), dst, cfg.storage, committed, shape=shape)
+    result = doneset.plan(key_dataset(replace(source, files=files), cfg), dst, cfg.storage, committed, shape=shape,
+                          members=in_containers and not read_only)
+    found = _found_whole(result, dict(files)) if result.members else {}
     # A read-only plan is only looked at (samflow plan): its keys are not shaped into items.
     items = items_from_keys(result.todo, source.format, cfg.storage) if result.new and not read_only else []
+    result.listed += skipped
     return Plan(items, result.listed, result.done, len(removed), time.perf_counter() - start,
                 new=result.new, excluded=source.excluded, format=source.format,
-                may_hold_videos=source.may_hold_videos, ray_start_s=ray_start_s)
+                may_hold_videos=source.may_hold_videos, ray_start_s=ray_start_s, whole=found, known_whole=whole)
+
+
+def _found_whole(result: doneset.PlanResult, sizes: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """``uri: (size, members)`` of the listed containers with no member left to do."""
+    todo = set(result.todo.unique("container")) if result.new else set()
+    return {uri: (sizes[uri], count) for uri, count in result.members.items() if uri not in todo and uri in sizes}
+
+
+def record_whole(dst: str, cfg: RunConfig, plan: Plan) -> int:
+    """Record the containers ``plan`` found done whole, so later plans do not open them."""
+    return containers.record_whole(Catalog(dst, cfg.storage), plan.known_whole, plan.whole)
 
 
 # Permanent errors (missing source, denied bucket, ...) are not retried: they cannot succeed.
@@ -206,6 +228,7 @@ def _annotate(src: str, dst: str, cfg: RunConfig, observer: Any, lease: Lease) -
     stats = run_pipeline_task(plan, cfg, dst, run_id, observer.committed, lease.check)
     lease.check()
     doneset.compact_done(dst, cfg.storage)
+    record_whole(dst, cfg, plan)
     Catalog(dst, cfg.storage).checkpoint(min_markers=CHECKPOINT_EVERY)
     manifest = _manifest(src, dst, run_id, cfg, plan, stats, started, time.perf_counter() - pipeline_start)
     lease.check()

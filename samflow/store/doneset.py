@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,7 @@ class PlanResult:
     listed: int  # key rows the input has
     new: int
     seconds: float
+    members: dict[str, int] = field(default_factory=dict)  # key rows listed per container, when asked
 
     @property
     def done(self) -> int:
@@ -65,12 +66,13 @@ class PlanResult:
 
 def plan(
     keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str],
-    shape: Callable[[ray.data.Dataset, int], ray.data.Dataset] | None = None,
+    shape: Callable[[ray.data.Dataset, int], ray.data.Dataset] | None = None, members: bool = False,
 ) -> PlanResult:
     """Anti-join ``keys`` against the committed done keys, writing nothing to DST: the input keys
     and the done keys not yet compacted meet per bucket in Ray's object store (a groupby), where
     each bucket's task also reads that bucket of DST's compacted done table. ``shape(todo,
-    listed)`` turns the keys still to do into what the run streams before they are materialized."""
+    listed)`` turns the keys still to do into what the run streams before they are materialized;
+    ``members``: also count the key rows listed per container."""
     start = time.perf_counter()
     catalog = Catalog(dst, storage)
     bucketed = keys.map_batches(with_bucket, batch_format="pyarrow", zero_copy_batch=True).materialize()
@@ -86,7 +88,13 @@ def plan(
             anti_join, fn_kwargs={"done_root": catalog.path(DONE), "dst": dst, "storage": storage},
             batch_format="pyarrow")
     todo = (shape(todo, listed) if shape is not None else todo).materialize()
-    return PlanResult(todo=todo, listed=listed, new=todo.count(), seconds=time.perf_counter() - start)
+    counts = _members(bucketed) if members and listed else {}
+    return PlanResult(todo=todo, listed=listed, new=todo.count(), seconds=time.perf_counter() - start, members=counts)
+
+
+def _members(bucketed: ray.data.Dataset) -> dict[str, int]:
+    rows = bucketed.select_columns(["container"]).groupby("container").count().take_all()
+    return {row["container"]: int(row["count()"]) for row in rows if row["container"]}
 
 
 def _pending_done(catalog: Catalog, storage: StorageConfig, committed: set[str]) -> ray.data.Dataset | None:

@@ -41,6 +41,7 @@ class Faults:
     counts: dict[str, int] = field(
         default_factory=lambda: {"requests": 0, "slowdown": 0, "reset": 0, "denied": 0, "cut": 0})
     kinds: Counter[str] = field(default_factory=Counter)
+    paths: Counter[str] = field(default_factory=Counter)  # "/bucket/key" of every request
     lock: threading.Lock = field(default_factory=threading.Lock)
     log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, body bytes)
 
@@ -55,10 +56,11 @@ class Faults:
                 sizes[path] = sizes.get(path, 0) + size
         return sizes
 
-    def draw(self, bucket: str, method: str, kind: str = "") -> str | None:
+    def draw(self, bucket: str, method: str, kind: str = "", path: str = "") -> str | None:
         with self.lock:
             self.counts["requests"] += 1
             self.kinds[kind or method] += 1
+            self.paths[path] += 1
             if bucket in self.denied:
                 self.counts["denied"] += 1
                 return "denied"
@@ -118,7 +120,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             bucket = path.lstrip("/").split("/", 1)[0]
             with proxy.faults.lock:
                 proxy.faults.log.append((self.command, path, len(body)))
-            fault = proxy.faults.draw(bucket, self.command, request_kind(self.command, self.path))
+            fault = proxy.faults.draw(bucket, self.command, request_kind(self.command, self.path), path)
             if fault == "cut":
                 self._forward_half(body)
             if fault in ("reset", "cut"):

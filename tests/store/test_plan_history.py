@@ -162,3 +162,43 @@ def test_a_plan_after_compaction_asks_the_same_whatever_the_history(s3_server, s
     assert large == small, asked
     assert large <= 100, asked
     assert not any(asked[1500].get(kind) for kind in WRITES), asked
+
+
+def _tar(names: list[str]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            data = name.encode() * (4000 if "new" in name else 1)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_a_tar_done_whole_is_not_opened_again_until_it_changes(s3_server, s3_bucket, s3_fs, ray_cluster):
+    from samflow.config import load_config
+    from samflow.flows.annotate import make_plan, record_whole
+
+    src, dst = f"{s3_bucket}/whole/src", f"{s3_bucket}/whole/out"
+    members = {name: [f"{name}-{n}.jpg" for n in range(4)] for name in ("a", "b")}
+    for name, files in members.items():
+        s3_fs.pipe_file(f"{src}/{name}.tar", _tar(files))
+    keys = {name: [f"{src}/{name}.tar#{f}" for f in files] for name, files in members.items()}
+    commit_shards(dst, _storage(s3_server), {"h0": keys["a"] + keys["b"][:1]}, compacted=True)
+    cfg = load_config(overrides=[f"storage.endpoint_url={s3_server}"])
+
+    first = make_plan(src, dst, cfg)  # a run's plan finds a.tar done whole; the run records it
+    assert (first.new, first.already_done) == (3, 5)
+    assert list(first.whole) == [f"{src}/a.tar"] and record_whole(dst, cfg, first) == 1
+    with FaultProxy(s3_server, Faults()) as proxy:
+        again = make_plan(src, dst, load_config(overrides=[f"storage.endpoint_url={proxy.url}"]), read_only=True)
+    assert (again.new, again.already_done, again.listed) == (3, 5, 8)
+    assert proxy.faults.paths[f"/{src[5:]}/b.tar"] and not proxy.faults.paths[f"/{src[5:]}/a.tar"]
+
+    s3_fs.pipe_file(f"{src}/a.tar", _tar([*members["a"], "a-new.jpg"]))  # rewritten, another size: opened again
+    changed = make_plan(src, dst, cfg, read_only=True)
+    assert (changed.new, changed.already_done) == (4, 5)
