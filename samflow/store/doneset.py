@@ -123,8 +123,8 @@ def _read_done_files(batch: pa.Table, dst: str, storage: StorageConfig) -> pa.Ta
 def _side(batch: pa.Table, done: bool) -> pa.Table:
     """Input key rows (``done`` false) and done key rows in one schema, told apart by ``_done``."""
     n = batch.num_rows
-    columns = {name: batch.column(name) if name in batch.column_names else pa.nulls(n, field.type)
-               for name, field in zip(KEY_SCHEMA.names, KEY_SCHEMA, strict=True)}
+    columns = {column.name: batch.column(column.name) if column.name in batch.column_names else pa.nulls(n, column.type)
+               for column in KEY_SCHEMA}
     columns["bucket"] = batch.column("bucket")
     columns["_done"] = pa.array([done] * n, pa.bool_())
     return pa.table(columns)
