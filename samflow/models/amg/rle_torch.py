@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pycocotools import mask as coco_mask
 
 # Values are below 2**31 (pixel counts) and deltas are above -2**31: 7 groups of 5 bits suffice.
 _GROUPS = 7
@@ -26,6 +25,8 @@ def encode(masks: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     if masks.device.type != "cpu":
         runs, lengths = masks_to_runs(masks)
         return runs_to_strings(runs, lengths), areas(runs, lengths)
+    from pycocotools import mask as coco_mask  # the CPU path only: a GPU machine may lack it
+
     m, h, w = masks.shape
     if m == 0:
         return [], torch.zeros(0, dtype=torch.int64)
@@ -37,6 +38,8 @@ def encode(masks: torch.Tensor) -> tuple[list[str], torch.Tensor]:
 
 def decode(counts: list[str], h: int, w: int, device: torch.device | str) -> torch.Tensor:
     """Inverse of :func:`encode`: (M, H, W) bool on ``device`` (column-major in memory)."""
+    from pycocotools import mask as coco_mask
+
     if not counts:
         return torch.zeros(0, h, w, dtype=torch.bool, device=device)
     pixels = coco_mask.decode([{"size": [h, w], "counts": c.encode("ascii")} for c in counts])  # (H, W, M)

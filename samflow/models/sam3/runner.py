@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ from samflow.models.loading.hf import (
 from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.common.preprocess import HALF, Normalisation, resize_square
 from samflow.models.sam3.masks import FactoredMaskDecoder, ImageTerms
-from samflow.schemas import rle
+
+if TYPE_CHECKING:
+    from samflow.schemas import rle
 
 TEXT_MAX_LENGTH = 32  # Sam3Processor pads every text prompt to 32 tokens
 GATED_HINT = (
@@ -70,6 +73,8 @@ class ConceptInstances:
 
     def masks(self) -> np.ndarray:
         """(N, H, W) bool, decoded (tests and small images; the pipeline keeps RLE)."""
+        from samflow.schemas import rle  # pycocotools: only where masks are decoded on the host
+
         return np.stack([rle.decode(s) for s in self.segmentations]) if len(self) else np.zeros((0, 0, 0), bool)
 
 
