@@ -38,7 +38,6 @@ from samflow.models.amg import AmgParams, MaskGenerator
 from samflow.models.loading.hf import build_in_code
 from samflow.models.common.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalisation
 from samflow.models.sam.runner import SamRunner
-from samflow.scenes.sample import synthetic_scene
 
 # SAM image encoders (Kirillov et al. 2023): width, depth, heads, global-attention blocks.
 VIT = {
@@ -76,6 +75,8 @@ def build_runner(name: str, device: torch.device, dtype: torch.dtype) -> SamRunn
 
 
 def make_images(n: int, height: int, width: int) -> list[np.ndarray]:
+    from samflow.scenes.sample import synthetic_scene  # PIL and scikit-image: not on a bare GPU machine
+
     rng = np.random.default_rng(0)
     return [synthetic_scene(rng, height, width, 6)[0] for _ in range(n)]
 

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
@@ -23,7 +21,7 @@ def device_name() -> str:
             return torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    return f"cpu ({psutil.cpu_count()} cores, {platform.machine()})"
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
 
 
 def emit(bench: str, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -57,6 +55,8 @@ class TreeMemory:
     once over the tree, not once per process as summed RSS would."""
 
     def __init__(self, pid: int, interval_s: float = 0.3) -> None:
+        import psutil  # here, not at the top: bench/gpu.py runs where only torch and transformers are
+
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak_bytes = 0
@@ -77,6 +77,8 @@ class TreeMemory:
             time.sleep(self.interval_s)
 
     def _sample(self) -> int:
+        import psutil
+
         try:
             processes = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
