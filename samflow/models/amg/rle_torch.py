@@ -1,16 +1,18 @@
 """COCO RLE of many masks at once: ``encode`` (masks -> compressed counts strings and areas)
 and ``decode``, on the masks' own device.
 
-On a CPU, pycocotools' C encoder does it (one pass over the pixels; 13x faster than the tensor
-code below on noisy 384 x 512 masks, and the reference format itself). On a GPU the masks stay
-there: they become *ragged run lengths*, ``runs`` (R,) int32 (a run is shorter than 2**31
-pixels; int32 halves the memory of noisy masks), the COCO counts of every mask one after the
-other, and ``lengths`` (M,) int64, how many counts each mask has; the strings are built from
-them on the device too, and only their bytes move to the host.
+On a CPU, pycocotools' C encoder does it where installed (one pass over the pixels; 13x faster
+than the tensor code below on noisy 384 x 512 masks, and the reference format itself). On a GPU
+the masks stay there: they become *ragged run lengths*, ``runs`` (R,) int32 (a run is shorter
+than 2**31 pixels; int32 halves the memory of noisy masks), the COCO counts of every mask one
+after the other, and ``lengths`` (M,) int64, how many counts each mask has; the strings are built
+from them on the device too, and only their bytes move to the host.
 Counts follow pycocotools: column-major order, starting with a (possibly empty) run of zeros.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -22,11 +24,10 @@ _GROUPS = 7
 def encode(masks: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     """(M, H, W) bool -> (COCO compressed counts of each mask, (M,) int64 areas on the masks'
     device). Column-major masks (as the upsampler returns them) are encoded without a copy."""
-    if masks.device.type != "cpu":
+    coco_mask = _pycocotools() if masks.device.type == "cpu" else None
+    if coco_mask is None:
         runs, lengths = masks_to_runs(masks)
         return runs_to_strings(runs, lengths), areas(runs, lengths)
-    from pycocotools import mask as coco_mask  # the CPU path only: a GPU machine may lack it
-
     m, h, w = masks.shape
     if m == 0:
         return [], torch.zeros(0, dtype=torch.int64)
@@ -34,6 +35,17 @@ def encode(masks: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     pixels = np.asfortranarray(masks.permute(1, 2, 0).numpy().view(np.uint8))
     encoded = coco_mask.encode(pixels)
     return [e["counts"].decode("ascii") for e in encoded], torch.from_numpy(coco_mask.area(encoded).astype(np.int64))
+
+
+@functools.cache
+def _pycocotools():
+    """pycocotools' mask module, or None where it is not installed (a bare GPU machine: the
+    tensor encoder below, the same strings, then runs on a CPU too)."""
+    try:
+        from pycocotools import mask
+    except ImportError:
+        return None
+    return mask
 
 
 def decode(counts: list[str], h: int, w: int, device: torch.device | str) -> torch.Tensor:

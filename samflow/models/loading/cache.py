@@ -27,13 +27,15 @@ import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from samflow.config import StorageConfig
 from samflow.models.loading.checkpoint import sha256_pin
 from samflow.models.loading.registry import REMOTE_SCHEMES, ModelLoadError, parse_uri
+
+if TYPE_CHECKING:  # the run config (pydantic, every stage's section): only a remote fetch needs it
+    from samflow.config import StorageConfig
 
 CACHE_ENV = "SAMFLOW_MODEL_CACHE"
 _MARKER = ".samflow-fetched.json"
@@ -80,8 +82,12 @@ def fetch_model(
     root = Path(cache_dir) if cache_dir else cache_root()
     root.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(base.encode()).hexdigest()[:24]
+    if storage is None:
+        from samflow.config import StorageConfig
+
+        storage = StorageConfig()
     with FileLock(str(root / f"{key}.lock")):
-        return str(_cached_or_fetched(base, expected, root / key, storage or StorageConfig()))
+        return str(_cached_or_fetched(base, expected, root / key, storage))
 
 
 def split_pin(uri: str, sha256: str | None = None) -> tuple[str, str | None]:

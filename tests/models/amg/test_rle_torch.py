@@ -79,3 +79,12 @@ def test_no_masks() -> None:
     counts, areas = rle_torch.encode(torch.zeros(0, 5, 6, dtype=torch.bool))
     assert counts == [] and areas.tolist() == []
     assert rle_torch.decode([], 5, 6, "cpu").shape == (0, 5, 6)
+
+
+def test_without_pycocotools_the_cpu_encoder_gives_the_same_strings_and_areas(monkeypatch) -> None:
+    masks = torch.from_numpy(random_masks(np.random.default_rng(3), 4, 31, 47))
+    expected = rle_torch.encode(masks)
+    monkeypatch.setattr(rle_torch, "_pycocotools", lambda: None)  # a bare GPU machine's CPU
+    strings, areas = rle_torch.encode(masks)
+    assert strings == expected[0] and torch.equal(areas, expected[1])
+    assert rle_torch.encode(masks[:0])[0] == []
