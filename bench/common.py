@@ -24,9 +24,10 @@ def device_name() -> str:
     return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
 
 
-def emit(bench: str, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write bench/results/<bench>.json and print the one-line JSON summary last."""
-    payload = {"bench": bench, "device": device_name(), "results": results}
+def emit(bench: str, results: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write bench/results/<bench>.json and print the one-line JSON summary last; ``extra``: more
+    top-level keys (a bench's run details)."""
+    payload = {"bench": bench, "device": device_name(), "results": results, **(extra or {})}
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{bench}.json").write_text(json.dumps(payload, indent=1))
     print(json.dumps(payload))

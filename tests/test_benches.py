@@ -47,3 +47,34 @@ def test_bench_smoke_ends_with_its_result_line(name: str):
     for row in payload["results"]:
         assert set(row) >= {"case", "metric", "value", "unit"}, row
         assert isinstance(row["case"], str) and isinstance(row["metric"], str) and isinstance(row["unit"], str)
+
+
+def test_gpu_bench_command_is_the_one_documented():
+    command = "PYTHONPATH=. python bench/gpu.py"
+    source = (REPO / "bench" / "gpu.py").read_text()
+    assert f'GPU_COMMAND = "{command}"' in source and f"    {command}  " in source
+    assert f"`{command}`" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_runs_with_torch_and_transformers_alone():
+    """bench/gpu.py is for a machine with only torch, transformers and pyarrow: run where nothing
+    else imports (tests/helpers/bare_env.py), every section but Meta's comparison (its packages are
+    missing there: skipped, with the reason) succeeds, and neither Ray nor Prefect is imported."""
+    script = (
+        "import runpy, sys\n"
+        "import tests.helpers.bare_env\n"
+        f"sys.path.insert(0, {str(REPO / 'bench')!r})\n"
+        f"sys.argv = [{str(REPO / 'bench' / 'gpu.py')!r}, '--smoke']\n"
+        f"runpy.run_path({str(REPO / 'bench' / 'gpu.py')!r}, run_name='__main__')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads([line for line in proc.stdout.splitlines() if line.strip()][-1])
+    assert payload["forbidden_modules_imported"] == []
+    statuses = {name: section["status"] for name, section in payload["sections"].items()}
+    assert statuses == {"peak": "ok", "encoders": "ok", "engine": "ok", "peers": "skipped", "concepts": "ok",
+                        "tracker": "ok", "clip": "ok"}, payload["sections"]
+    assert "segment_anything" in payload["sections"]["peers"]["reason"]
