@@ -38,6 +38,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ class Bench:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
-    def window(self, section: "Section", fraction: float) -> float:
+    def window(self, section: Section, fraction: float) -> float:
         """Seconds a timing loop runs: none in --smoke (its minimum steps only)."""
         return 0.0 if self.smoke else section.share(fraction)
 
@@ -219,6 +220,11 @@ ENCODERS = [
 ]
 
 
+def encoder_step(forward: Callable[[Any, torch.Tensor], Any], model: torch.nn.Module, pixels: torch.Tensor) -> None:
+    with torch.inference_mode():
+        forward(model, pixels)
+
+
 def encoder_flops(model: torch.nn.Module, forward: Callable[..., Any], pixels: torch.Tensor) -> int:
     """FLOPs of one image through the encoder, counted with attention in torch's math backend
     (FlopCounterMode has no formula for some fused CPU attention kernels)."""
@@ -236,15 +242,11 @@ def section_encoders(bench: Bench, section: Section) -> None:
         size = runner.image_size
         pixels = torch.randn(batch, 3, size, size, device=bench.device, dtype=bench.dtype)
         per_image = encoder_flops(runner.model, encoder.forward, pixels)
-
-        def step() -> None:
-            with torch.inference_mode():
-                encoder.forward(runner.model, pixels)
-
+        step = partial(encoder_step, encoder.forward, runner.model, pixels)
         seconds = time_step(step, bench.device, bench.window(section, 0.05), min_steps=1 if bench.smoke else 3)
         achieved = per_image * batch / seconds
-        label = f"{bench.label(encoder.label)} encoder ({runner.num_parameters / 1e6:.0f} M parameters, {dtype_name(bench.dtype)}, " \
-                f"batch {batch}, {size}x{size})"
+        label = (f"{bench.label(encoder.label)} encoder ({runner.num_parameters / 1e6:.0f} M parameters, "
+                 f"{dtype_name(bench.dtype)}, batch {batch}, {size}x{size})")
         print(f"  {label}: {batch / seconds:.1f} images/s, {per_image / scale:.3f} {unit.split('/')[0]}/image, "
               f"{achieved / scale:.1f} {unit}{peak_share(bench, achieved)}")
         section.rows += [result(label, "throughput", batch / seconds, "images/s"),
@@ -274,8 +276,8 @@ def section_engine(bench: Bench, section: Section) -> None:
         runner = runner_of(bench)
         for case, thresholds in THRESHOLDS.items():
             f = run_engine(runner, AmgParams(points_per_side=grid, **thresholds), images, batch)
-            name = f"engine {bench.label(label)} {case} ({dtype_name(bench.dtype)}, {len(images)} images {w}x{h}, grid {grid}^2, " \
-                   f"batch {batch})"
+            name = (f"engine {bench.label(label)} {case} ({dtype_name(bench.dtype)}, {len(images)} images {w}x{h}, "
+                    f"grid {grid}^2, batch {batch})")
             print(f"  {name}: {f['images_per_s']:.2f} images/s, encode {f['encode_s_per_image']:.4f}s  decode "
                   f"{f['decode_s_per_image']:.4f}s  post {f['postprocess_s_per_image']:.4f}s per image, "
                   f"{f['masks_per_image']:.0f} masks/image")
@@ -322,7 +324,8 @@ def compare_with_meta(bench: Bench, section: Section, model: str, images: list[n
     sam = peers.meta_model(model).to(bench.device)
     runner = meta_twin(sam, model, bench)
     meta_run = peers.run_meta_sam2 if peers.is_sam2(model) else peers.run_meta
-    runs = {"samflow": lambda ims: peers.run_samflow(runner, params, ims), "meta": lambda ims: meta_run(sam, params, ims)}
+    runs = {"samflow": lambda ims: peers.run_samflow(runner, params, ims),
+            "meta": lambda ims: meta_run(sam, params, ims)}
     figures, records = {}, {}
     h, w = images[0].shape[:2]
     prefix = f"peers {model} fp32 {w}x{h} grid {params.points_per_side}^2"
@@ -396,7 +399,8 @@ def section_tracker(bench: Bench, section: Section) -> None:
     for label, runner in tracker_runners(bench):
         track_seconds(runner, frames[:2], objects)  # warm-up
         seconds = track_seconds(runner, frames, objects)
-        name = f"tracker {bench.label(label)} ({dtype_name(bench.dtype)}, {n} frames {hw[1]}x{hw[0]}, {objects} objects)"
+        name = (f"tracker {bench.label(label)} ({dtype_name(bench.dtype)}, {n} frames {hw[1]}x{hw[0]}, "
+                f"{objects} objects)")
         print(f"  {name}: {n / seconds:.1f} frames/s")
         section.rows.append(result(name, "tracked_frames_per_s", n / seconds, "frames/s"))
         del runner
@@ -411,14 +415,17 @@ def section_clip(bench: Bench, section: Section) -> None:
                         dtype=bench.dtype)
     batch = 4 if bench.smoke else 256
     images = noise_images(batch, (96, 128) if bench.smoke else (480, 640))
-    step = lambda: runner.embed_images(images)  # noqa: E731
+    def step() -> None:
+        runner.embed_images(images)
+
     seconds = time_step(step, bench.device, bench.window(section, 0.5), min_steps=1 if bench.smoke else 3)
     unit, scale = flop_unit(bench.device)
     achieved = count_flops(step) / seconds
     name = f"CLIP {runner.uri} embed_images ({dtype_name(bench.dtype)}, batch {batch}, " \
            f"{images[0].shape[1]}x{images[0].shape[0]} images)"
     print(f"  {name}: {batch / seconds:.1f} images/s, {achieved / scale:.1f} {unit}{peak_share(bench, achieved)}")
-    section.rows += [result(name, "throughput", batch / seconds, "images/s"), result(name, "achieved", achieved / scale, unit)]
+    section.rows += [result(name, "throughput", batch / seconds, "images/s"),
+                     result(name, "achieved", achieved / scale, unit)]
 
 
 # -- the driver ------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ not installed (Ray, Prefect, pycocotools, torchvision, PIL, segment_anything, ..
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 PROVIDED = ("torch", "transformers", "pyarrow")

@@ -73,7 +73,8 @@ class ConceptInstances:
 
     def masks(self) -> np.ndarray:
         """(N, H, W) bool, decoded (tests and small images; the pipeline keeps RLE)."""
-        from samflow.schemas import rle  # pycocotools: only where masks are decoded on the host
+        # pycocotools: imported only where masks are decoded on the host
+        from samflow.schemas import rle
 
         return np.stack([rle.decode(s) for s in self.segmentations]) if len(self) else np.zeros((0, 0, 0), bool)
 
