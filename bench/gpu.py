@@ -3,9 +3,11 @@ Prefect, no network, no model weights), within 8 minutes on an H200. From the re
 
     PYTHONPATH=. python bench/gpu.py            # the GPU machine (CUDA, bf16)
     PYTHONPATH=. python bench/gpu.py --smoke    # every section on the CPU, tiny configs (CI)
+    PYTHONPATH=. python bench/gpu.py --sections engine tracker     # only these (a rerun)
 
 Sections, each guarded (a failure is recorded with its error and the next section runs) and each
-with a time budget (SECTION_BUDGET_S; a section past it is stopped and recorded as failed):
+with a time budget (SECTION_BUDGET_S; a section past it is stopped and recorded as failed), the
+whole run within TOTAL_BUDGET_S (a later section gets what is left, or is skipped):
 
   peak      the measured bf16 matmul peak: large square matmuls timed with CUDA events
   encoders  image encoders of SAM ViT-H, SAM 2.1 Hiera-L and SAM 3, built from transformers
