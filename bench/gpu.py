@@ -1,4 +1,4 @@
-"""The GPU bench: one command, on a machine with only torch, transformers and pyarrow (no Ray, no
+"""The GPU bench: one command, on a machine with only torch, torchvision, transformers and pyarrow (no Ray, no
 Prefect, no network, no model weights), within 8 minutes on an H200. From the repository root:
 
     PYTHONPATH=. python bench/gpu.py            # the GPU machine (CUDA, bf16)

@@ -57,7 +57,7 @@ def test_gpu_bench_command_is_the_one_documented():
 
 
 @pytest.mark.slow
-def test_gpu_bench_smoke_runs_with_torch_and_transformers_alone():
+def test_gpu_bench_smoke_runs_with_the_gpu_machines_packages_alone():
     """bench/gpu.py is for a machine with only torch, transformers and pyarrow: run where nothing
     else imports (tests/helpers/bare_env.py), every section but Meta's comparison (its packages are
     missing there: skipped, with the reason) succeeds, and neither Ray nor Prefect is imported."""

@@ -1,7 +1,8 @@
 """Importing this makes the interpreter behave like the bare GPU machine bench/gpu.py is for: any
-top-level module outside the standard library, the distributions torch, transformers and pyarrow
-need (their requirements, followed), samflow, tests and the bench scripts fails to import, as if
-not installed (Ray, Prefect, pycocotools, torchvision, PIL, segment_anything, ...)."""
+top-level module outside the standard library, the distributions torch, torchvision, transformers
+and pyarrow need (their requirements, followed; the GPU machine's image has all four), samflow,
+tests and the bench scripts fails to import, as if not installed (Ray, Prefect, pycocotools,
+segment_anything, ...)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PROVIDED = ("torch", "transformers", "pyarrow")
+PROVIDED = ("torch", "torchvision", "transformers", "pyarrow")
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 

@@ -3,23 +3,17 @@
 torchvision.ops does the standard work (``box_iou``, ``box_area``, ``nms``: SAM's own generator
 calls the same kernels, so results match it exactly, ties included). What torchvision lacks is
 kept here: NMS with *protected* boxes (box-prompt masks survive the small-region NMS) and the
-crop-edge test. Without torchvision (a machine with torch alone, as bench/gpu.py expects) the
-same operations run in plain torch, NMS by the exact greedy path below. ``masks_to_boxes`` stays
-ours: it returns SAM's integer boxes and reads the masks as bytes, several times faster on CPU
-than torchvision's float version (same values). SAM's boxes end on the mask's last pixel (NMS and
-filters use them so, as SAM does); records carry :func:`coco_xywh`, pycocotools' ``toBbox`` of
-the mask.
+crop-edge test. ``masks_to_boxes`` stays ours: it returns SAM's integer boxes and reads the masks
+as bytes, several times faster on CPU than torchvision's float version (same values). SAM's boxes
+end on the mask's last pixel (NMS and filters use them so, as SAM does); records carry
+:func:`coco_xywh`, pycocotools' ``toBbox`` of the mask.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-try:
-    import torchvision.ops as tvops
-except ImportError:
-    tvops = None
+import torchvision.ops as tvops
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -43,12 +37,7 @@ def coco_xywh(boxes: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
     the area tells an empty mask from one pixel at the origin)."""
     nonempty = (areas > 0).unsqueeze(1).to(boxes.device)
     one_past = boxes.double() + torch.tensor([0, 0, 1, 1], dtype=torch.float64, device=boxes.device) * nonempty
-    return xyxy_to_xywh(one_past)
-
-
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(N, 4) xyxy -> (N, 4) xywh (torchvision's ``box_convert``)."""
-    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+    return tvops.box_convert(one_past, "xyxy", "xywh")
 
 
 def _first_last(present: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,20 +48,13 @@ def _first_last(present: torch.Tensor, length: int) -> tuple[torch.Tensor, torch
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    if tvops is not None:
-        return tvops.box_area(boxes)
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return tvops.box_area(boxes)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, 4) x (M, 4) float xyxy -> (N, M) IoU (torchvision's; 0/0 gives NaN, which never
     suppresses, as in torchvision's NMS kernel)."""
-    if tvops is not None:
-        return tvops.box_iou(a, b)
-    top_left = torch.max(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    return inter / (box_area(a)[:, None] + box_area(b)[None, :] - inter)
+    return tvops.box_iou(a, b)
 
 
 def nms(
@@ -92,7 +74,7 @@ def nms(
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    if tvops is not None and (protected is None or not bool(protected.any())):
+    if protected is None or not bool(protected.any()):
         return tvops.nms(boxes.float(), scores.float(), iou_threshold)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order].float()

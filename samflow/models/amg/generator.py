@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert
 
 from samflow.models.amg import rle_torch
-from samflow.models.amg.boxes import box_area, box_iou, coco_xywh, masks_to_boxes, nms, xyxy_to_xywh
+from samflow.models.amg.boxes import box_area, box_iou, coco_xywh, masks_to_boxes, nms
 from samflow.models.amg.filters import remove_small_regions
 from samflow.models.amg.grid import crop_boxes, layer_point_grids
 from samflow.models.amg.maskset import MaskSet
@@ -306,7 +307,7 @@ def _records(masks: MaskSet, hw: tuple[int, int]) -> list[dict[str, Any]]:
     counts = masks.counts
     area = masks.areas.tolist()
     xywh = coco_xywh(masks.boxes, masks.areas).tolist()
-    crop_xywh = xyxy_to_xywh(masks.crop_boxes.double()).tolist()
+    crop_xywh = box_convert(masks.crop_boxes.double(), "xyxy", "xywh").tolist()
     iou = masks.iou_preds.tolist()
     stability = masks.stability.tolist()
     points = masks.points.tolist()

@@ -8,8 +8,9 @@ format conversion, clipping to the image, and NMS within groups (per image / per
 from __future__ import annotations
 
 import torch
+import torchvision.ops as tvops
 
-from samflow.models.amg.boxes import box_area, box_iou, nms, tvops
+from samflow.models.amg.boxes import box_area, box_iou, nms
 
 __all__ = ["box_area", "box_iou", "nms", "cxcywh_to_xyxy", "clip_xyxy", "batched_nms"]
 
@@ -30,7 +31,4 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     indices by score descending."""
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    if tvops is None:  # torchvision's own trick: each group's boxes offset past every other group's
-        offsets = groups.to(torch.float32) * (boxes.float().max() + 1)
-        return nms(boxes.float() + offsets[:, None], scores.float(), iou_threshold)
     return tvops.batched_nms(boxes.float(), scores.float(), groups, iou_threshold)

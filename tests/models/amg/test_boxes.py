@@ -81,24 +81,3 @@ def test_near_crop_edge() -> None:
     ])
     assert near_crop_edge(boxes, crop, (300, 250)).tolist() == [False, True, True, False]
 
-
-def test_without_torchvision_the_plain_torch_ops_give_torchvision_results(monkeypatch) -> None:
-    import torchvision.ops as tvops
-
-    from samflow.models.amg import boxes as amg_boxes
-    from samflow.models.common import boxes as common_boxes
-
-    rng = np.random.default_rng(5)
-    xy = rng.integers(0, 40, (300, 2))
-    boxes = torch.tensor(np.concatenate([xy, xy + rng.integers(1, 20, (300, 2))], axis=1), dtype=torch.float32)
-    scores = torch.tensor(rng.permutation(300), dtype=torch.float32)  # distinct: no ties to order
-    groups = torch.tensor(rng.integers(0, 3, 300))
-    monkeypatch.setattr(amg_boxes, "tvops", None)
-    monkeypatch.setattr(common_boxes, "tvops", None)
-    assert torch.allclose(amg_boxes.box_iou(boxes, boxes[:50]), tvops.box_iou(boxes, boxes[:50]))
-    assert torch.equal(amg_boxes.box_area(boxes), tvops.box_area(boxes))
-    assert torch.equal(amg_boxes.xyxy_to_xywh(boxes), tvops.box_convert(boxes, "xyxy", "xywh"))
-    for thresh in (0.3, 0.7):
-        assert amg_boxes.nms(boxes, scores, thresh).tolist() == tvops.nms(boxes, scores, thresh).tolist()
-        assert (common_boxes.batched_nms(boxes, scores, groups, thresh).tolist()
-                == tvops.batched_nms(boxes, scores, groups, thresh).tolist())
