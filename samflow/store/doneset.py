@@ -14,6 +14,7 @@ the keys meet their bucket in Ray's object store (``samflow plan`` is a dry run)
 
 from __future__ import annotations
 
+import math
 import posixpath
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from samflow.store.storage import cat_whole, filesystem
 
 DONE = "_done"
 BUCKETS = 32
+# Up to this many input keys the plan joins them in this process (a nightly increment: a shuffle's
+# start costs more than the join); beyond it, in Ray, one reducer per this many keys.
+KEYS_JOINED_HERE = 50_000
 _HASH_KEY = "samflow-doneset1"  # 16 bytes: pandas' stable SipHash key (never change it)
 
 
@@ -84,9 +88,14 @@ def plan(
         if pending is not None:
             sides.append(pending.map_batches(_side, fn_kwargs={"done": True}, batch_format="pyarrow"))
         joined = sides[0].union(*sides[1:]) if len(sides) > 1 else sides[0]
-        todo = joined.groupby("bucket", num_partitions=BUCKETS).map_groups(
-            anti_join, fn_kwargs={"done_root": catalog.path(DONE), "dst": dst, "storage": storage},
-            batch_format="pyarrow")
+        join_kwargs = {"done_root": catalog.path(DONE), "dst": dst, "storage": storage}
+        if listed <= KEYS_JOINED_HERE:
+            todo = ray.data.from_arrow(_join_here(joined, join_kwargs))
+        else:
+            # a group is one bucket whatever the partition count
+            partitions = max(1, min(BUCKETS, math.ceil(listed / KEYS_JOINED_HERE)))
+            todo = joined.groupby("bucket", num_partitions=partitions).map_groups(
+                anti_join, fn_kwargs=join_kwargs, batch_format="pyarrow")
     todo = (shape(todo, listed) if shape is not None else todo).materialize()
     counts = _members(bucketed) if members and listed else {}
     return PlanResult(todo=todo, listed=listed, new=todo.count(), seconds=time.perf_counter() - start, members=counts)
@@ -180,6 +189,15 @@ def anti_join(group: pa.Table, done_root: str, dst: str, storage: StorageConfig)
         if len(column) and keys.num_rows:
             keys = keys.filter(pc.invert(pc.is_in(keys.column("key"), value_set=column)))
     return keys
+
+
+def _join_here(joined: ray.data.Dataset, join_kwargs: dict) -> pa.Table:
+    """:func:`anti_join` of every bucket, in this process."""
+    rows = pa.concat_tables(ray.get(joined.to_arrow_refs()))
+    buckets = rows.column("bucket")
+    parts = [anti_join(rows.filter(pc.equal(buckets, bucket)), **join_kwargs)
+             for bucket in pc.unique(buckets).to_pylist()]
+    return pa.concat_tables(parts) if parts else _without_bucket(rows.slice(0, 0))
 
 
 def _first_of_each(table: pa.Table) -> pa.Table:
