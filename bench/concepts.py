@@ -82,22 +82,21 @@ def architecture_flops() -> list[dict]:
     encoder_tf, _ = counted(lambda: meta.get_vision_features(pixel_values=torch.zeros(1, 3, 1008, 1008, device="meta")))
     runner = load_model("sam3", "random://sam3", device="cpu")
     levels = [torch.randn(1, 256, s, s) for s in (288, 144, 72)]
-    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+    from samflow.models.sam3.runner import VisionFeatures
 
     neck = runner.model.vision_encoder.neck.position_encoding
     positions = [neck(level.shape, level.device, level.dtype) for level in levels]
-    pairs = Sam3VisionEncoderOutput(fpn_hidden_states=(*levels, levels[-1]), fpn_position_encoding=(*positions, positions[-1]))
+    pairs = VisionFeatures(tuple(levels), tuple(positions)).pairs([0])
     text = runner.encode_texts(["a concept"])
     detection = {}
     detect_tf, _ = counted(lambda: detection.update(runner._detect(pairs, text.features, text.mask)))
     from samflow.models.sam3.masks import ImageTerms
 
     image_terms = ImageTerms(runner._mask_head, levels)
-    image_tf, _ = counted(lambda: image_terms.for_pairs(torch.zeros(1, dtype=torch.long)))
+    image_tf, _ = counted(image_terms.per_image)
     encoder_tf += image_tf  # the mask head's lateral convolutions run once per image
     kept = [torch.arange(KEPT_PER_PAIR)]  # a mask for each instance kept, not for every query
-    masks_tf, _ = counted(lambda: runner._mask_logits(detection, image_terms, torch.zeros(1, dtype=torch.long),
-                                                      text.features, text.mask, [0], kept))
+    masks_tf, _ = counted(lambda: runner._mask_logits(detection, image_terms, [0], text.features, text.mask, [0], kept))
     one = encoder_tf + detect_tf + masks_tf
     print(f"random://sam3 FLOPs: encoder {encoder_tf:.3f} TF/image, detection {detect_tf:.3f} TF/pair, "
           f"mask decoder {masks_tf:.3f} TF/pair")

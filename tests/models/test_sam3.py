@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision
 
 from samflow.models.amg.boxes import box_iou
 from samflow.models.loading.registry import ModelLoadError, load_model
@@ -157,20 +159,34 @@ def test_exemplar_boxes_prompt_only_their_concept(images):
         runner.set_exemplars({"dog": [(images[0], np.zeros((0, 4)))]})
 
 
+def _every_level(vision, image_index: torch.Tensor):
+    """transformers' vision input for pairs: every FPN level copied to every pair (what the
+    runner avoids), the last level a placeholder the detector drops."""
+    from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
+
+    hidden = tuple(h.index_select(0, image_index) for h in vision.hidden)
+    positions = tuple(p[:1].expand(len(image_index), *p.shape[1:]) for p in vision.positions)
+    return Sam3VisionEncoderOutput(fpn_hidden_states=(*hidden, hidden[-1]), fpn_position_encoding=(*positions, positions[-1]))
+
+
+def _forward(sam3, vision, image_index: torch.Tensor, features: torch.Tensor, mask: torch.Tensor):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    with torch.inference_mode():
+        return sam3.model(vision_embeds=_every_level(vision, image_index),
+                          text_embeds=BaseModelOutputWithPooling(pooler_output=features), attention_mask=mask)
+
+
 def test_split_heads_match_transformers_forward(sam3, images):
     """The runner's detect / mask steps give what Sam3Model.forward gives for the same pairs."""
     vision = sam3.encode_images(images[:2])
     text = sam3.encode_texts(PROMPTS[:2])
-    image_index = torch.tensor([0, 0, 1, 1])
+    image_index = [0, 0, 1, 1]
     prompt_index = torch.tensor([0, 1, 0, 1])
-    pairs = vision.pairs(image_index)
     features, mask = text.features[prompt_index], text.mask[prompt_index]
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
+    reference = _forward(sam3, vision, torch.tensor(image_index), features, mask)
     with torch.inference_mode():
-        reference = sam3.model(vision_embeds=pairs, text_embeds=BaseModelOutputWithPooling(pooler_output=features),
-                               attention_mask=mask)
-        detection = sam3._detect(pairs, features, mask)
+        detection = sam3._detect(vision.pairs(image_index), features, mask)
         every_query = [torch.arange(reference.pred_masks.shape[1])] * 4
         logits = sam3._mask_logits(detection, ImageTerms(sam3._mask_head, vision.hidden), image_index, features, mask,
                                    [0, 1, 2, 3], every_query)
@@ -183,6 +199,54 @@ def test_split_heads_match_transformers_forward(sam3, images):
     torch.testing.assert_close(torch.stack(logits), reference.pred_masks, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(some[0], reference.pred_masks[1, [2, 0]], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(some[1], reference.pred_masks[3, [5]], rtol=1e-4, atol=1e-4)
+
+
+def test_pairs_get_the_coarsest_level_only_and_share_it_within_an_image(sam3, images):
+    vision = sam3.encode_images(images[:2])
+    one_image = vision.pairs([1, 1, 1])
+    assert one_image.coarse.shape == (3, *vision.hidden[-1].shape[1:])
+    assert one_image.coarse.stride(0) == 0  # a view of image 1's row, not three copies
+    torch.testing.assert_close(one_image.coarse[2], vision.hidden[-1][1])
+    mixed = vision.pairs([0, 1, 1])
+    torch.testing.assert_close(mixed.coarse, vision.hidden[-1][[0, 1, 1]])
+    assert mixed.position.stride(0) == 0
+
+
+@pytest.mark.parametrize("pairs_per_decode", [4, 16])
+def test_segment_equals_transformers_forward_pair_by_pair(images, pairs_per_decode):
+    """segment's shared features (coarsest level per pair, mask-head terms per image) give the
+    instances that transformers' forward gives on fully copied features, one pair at a time, for
+    chunks within one image (16) and across images (4 pairs: 3 prompts do not divide them)."""
+    runner = load_model("sam3", "tiny://sam3", device="cpu")
+    runner.pairs_per_decode = pairs_per_decode
+    score_thresh, mask_thresh, cap, nms_iou = 0.0, 0.5, 5, 0.5  # tiny weights score low: keep all
+    found = runner.segment(images[:3], PROMPTS, score_thresh=score_thresh, mask_thresh=mask_thresh,
+                           max_instances=cap, nms_iou=nms_iou)
+    vision = runner.encode_images(images[:3])
+    text = runner.encode_texts(PROMPTS)
+    compared = 0
+    for i, image in enumerate(images[:3]):
+        h, w = image.shape[:2]
+        for p in range(len(PROMPTS)):
+            out = _forward(runner, vision, torch.tensor([i]), text.features[p:p + 1], text.mask[p:p + 1])
+            scores = (out.pred_logits.sigmoid() * out.presence_logits.sigmoid())[0]
+            boxes = (out.pred_boxes[0] * torch.tensor([w, h, w, h])).clamp(min=0)
+            boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=boxes.dtype))
+            above = (scores > score_thresh).nonzero().squeeze(1)
+            order = above[torchvision.ops.nms(boxes[above], scores[above], nms_iou)][:cap]
+            masks = F.interpolate(out.pred_masks[0, order][None], size=(h, w), mode="bilinear",
+                                  align_corners=False)[0].sigmoid() > mask_thresh
+            nonempty = masks.flatten(1).any(dim=1)
+            got = found[i][p]
+            assert len(got) == int(nonempty.sum())
+            np.testing.assert_allclose(got.scores, scores[order][nonempty].numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got.boxes, boxes[order][nonempty].numpy(), atol=1e-2)
+            expected = masks[nonempty].numpy()
+            if len(got):
+                disagree = (got.masks() != expected).sum(axis=(1, 2)) / np.maximum((got.masks() | expected).sum(axis=(1, 2)), 1)
+                assert disagree.max() < 0.01  # bilinear borders may flip a pixel under float reordering
+            compared += len(got)
+    assert compared >= 2 * 9  # instances in every pair: the comparison is not vacuous
 
 
 def test_mask_decoder_runs_only_for_pairs_with_instances(images):

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+ImageRun = tuple[int, int, int]  # (first pair, end pair, image index)
+
 
 def phase_kernels(weight: torch.Tensor) -> list[list[torch.Tensor]]:
     """The four 2x2 kernels [row parity][column parity] equal to ``weight`` (3x3) applied to a 2x
@@ -74,16 +76,21 @@ class FactoredMaskDecoder:
         return [F.conv2d(lateral, conv.weight, conv.bias, padding=1) for conv, lateral in zip(convs, laterals)]
 
     def pixel_embeddings(self, encoder_hidden_states: torch.Tensor, prompt_features: torch.Tensor,
-                         prompt_mask: torch.Tensor, terms: Sequence[torch.Tensor],
+                         prompt_mask: torch.Tensor, terms: Sequence[torch.Tensor], runs: Sequence[ImageRun],
                          coarse_size: tuple[int, int]) -> torch.Tensor:
-        """(P, C, H, W) per pair: the prompt cross-attention, then the FPN from ``terms`` (the
-        pairs' rows of `image_terms`)."""
+        """(P, C, H, W) per pair: the prompt cross-attention, then the FPN from ``terms`` (`image_terms`,
+        one row per image) added to the pairs of each of ``runs``."""
         encoded = self._attend_prompt(encoder_hidden_states, prompt_features, prompt_mask)
         h, w = coarse_size
         x = encoded[:, : h * w].transpose(1, 2).reshape(len(encoded), -1, h, w)
         pixel = self.decoder.pixel_decoder
         for kernels, conv, norm, term in zip(self._kernels, pixel.conv_layers, pixel.norms, terms):
-            x = F.relu(norm(upsampled_conv(x, kernels, conv.weight, term.shape[-2:]) + term))
+            x = upsampled_conv(x, kernels, conv.weight, term.shape[-2:])
+            for start, end, image in runs:
+                # broadcast over the image's pairs, in place: a per-pair copy of the term would cost
+                # as much memory traffic as the add itself
+                x[start:end] += term[image]
+            x = F.relu_(norm(x))
         return x
 
     def mask_logits(self, queries: torch.Tensor, kept: Sequence[torch.Tensor],
@@ -122,7 +129,21 @@ class ImageTerms:
         self._head, self._levels = head, levels
         self._terms: list[torch.Tensor] | None = None
 
-    def for_pairs(self, image_index: torch.Tensor) -> list[torch.Tensor]:
+    def per_image(self) -> list[torch.Tensor]:
+        """Each FPN stage's term, one row per image of the batch."""
         if self._terms is None:
             self._terms = self._head.image_terms(self._levels)
-        return [term.index_select(0, image_index) for term in self._terms]
+        return self._terms
+
+
+def image_runs(image_index: Sequence[int]) -> list[ImageRun]:
+    """(start, end, image) of each run of consecutive pairs of one image. Pairs are image-major, so
+    a chunk of pairs holds one run per image it touches, and per-image tensors can be broadcast
+    over a run instead of copied to every pair."""
+    runs: list[ImageRun] = []
+    for k, image in enumerate(image_index):
+        if runs and runs[-1][2] == image:
+            runs[-1] = (runs[-1][0], k + 1, image)
+        else:
+            runs.append((k, k + 1, image))
+    return runs

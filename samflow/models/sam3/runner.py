@@ -5,9 +5,10 @@
     found[i][p].scores, .boxes, .segmentations                       # image i, prompt p
 
 transformers pairs images and texts one to one. Here the vision encoder (the ViT, most of the
-cost) runs ONCE per image, and its FPN features are expanded to every (image, prompt) pair; the
-prompt-conditioned heads (DETR encoder / decoder, mask decoder) then run on the pairs, a chunk
-at a time. Text features are computed once per prompt and cached on the runner, so a vocabulary
+cost) runs ONCE per image, and the prompt-conditioned heads (DETR encoder / decoder, mask decoder)
+run on (image, prompt) pairs, a chunk at a time. A pair gets only the coarsest FPN level (the one
+the DETR encoder reads), broadcast when the chunk's pairs share an image; the finer levels enter
+the mask head as per-image terms, broadcast over the image's pairs (`masks.ImageTerms`). Text features are computed once per prompt and cached on the runner, so a vocabulary
 is encoded once per actor.
 
 Exemplars (visual prompts, for concepts words describe badly): ``runner.set_exemplars({"gear":
@@ -44,7 +45,7 @@ from samflow.models.loading.hf import (
 )
 from samflow.models.loading.registry import ModelLoadError, ModelSource
 from samflow.models.common.preprocess import HALF, Normalisation, resize_square
-from samflow.models.sam3.masks import FactoredMaskDecoder, ImageTerms
+from samflow.models.sam3.masks import FactoredMaskDecoder, ImageTerms, image_runs
 
 if TYPE_CHECKING:
     from samflow.schemas import rle
@@ -80,22 +81,35 @@ class ConceptInstances:
 
 
 @dataclass
+class PairFeatures:
+    """What the DETR encoder reads of (image, prompt) pairs: the coarsest FPN level and its
+    position encoding, (N, C, h, w) each. The finer levels reach the mask head as per-image terms
+    (`ImageTerms`), never per pair."""
+
+    coarse: torch.Tensor
+    position: torch.Tensor
+
+
+@dataclass
 class VisionFeatures:
-    """The FPN levels the detector reads, for a batch of images (on the device)."""
+    """The FPN levels the detector reads, fine to coarse, for a batch of images (on the device)."""
 
     hidden: tuple[torch.Tensor, ...]
     positions: tuple[torch.Tensor, ...]
 
-    def pairs(self, image_index: torch.Tensor):
-        """The features expanded to pairs: image ``image_index[k]`` for pair k."""
-        from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
-
-        hidden = tuple(h.index_select(0, image_index) for h in self.hidden)
-        # position encodings do not depend on the image: broadcast, never copied
-        positions = tuple(p[:1].expand(len(image_index), *p.shape[1:]) for p in self.positions)
-        # the detector drops the last FPN level; keep a placeholder so its [:-1] slicing holds
-        return Sam3VisionEncoderOutput(fpn_hidden_states=(*hidden, hidden[-1]),
-                                       fpn_position_encoding=(*positions, positions[-1]))
+    def pairs(self, image_index: Sequence[int]) -> PairFeatures:
+        """The coarsest level for pairs whose image is ``image_index[k]``: a broadcast view when
+        they are all of one image (the DETR encoder's flattening copies it once anyway), else one
+        row per pair. Position encodings do not depend on the image: always broadcast."""
+        coarse, position = self.hidden[-1], self.positions[-1]
+        n = len(image_index)
+        runs = image_runs(image_index)
+        if len(runs) == 1:
+            image = runs[0][2]
+            rows = coarse[image:image + 1].expand(n, *coarse.shape[1:])
+        else:
+            rows = coarse.index_select(0, torch.as_tensor(image_index, device=coarse.device))
+        return PairFeatures(rows, position[:1].expand(n, *position.shape[1:]))
 
 
 @dataclass
@@ -215,19 +229,26 @@ class Sam3Runner(HfRunner):
         results: list[list[ConceptInstances]] = [[] for _ in images]
         total = len(images) * n_prompts
         for start in range(0, total, self.pairs_per_decode):
-            pair = torch.arange(start, min(start + self.pairs_per_decode, total), device=self.device)
-            image_index, prompt_index = pair // n_prompts, pair % n_prompts
-            found = self._pairs(vision.pairs(image_index), image_terms, image_index,
-                                text.features.index_select(0, prompt_index), text.mask.index_select(0, prompt_index),
-                                [sizes[i] for i in image_index.tolist()], score_thresh, mask_thresh, max_instances,
-                                nms_iou)
-            for i, instances in zip(image_index.tolist(), found):
+            pairs = range(start, min(start + self.pairs_per_decode, total))
+            image_index = [k // n_prompts for k in pairs]
+            found = self._chunk(vision, image_terms, text, image_index, [k % n_prompts for k in pairs],
+                                [sizes[i] for i in image_index], score_thresh, mask_thresh, max_instances, nms_iou)
+            for i, instances in zip(image_index, found):
                 results[i].append(instances)
         return results
 
-    def _pairs(self, vision, image_terms: ImageTerms, image_index: torch.Tensor, text_features: torch.Tensor,
-               text_mask: torch.Tensor, sizes: list[tuple[int, int]], score_thresh: float, mask_thresh: float,
+    def _chunk(self, vision: VisionFeatures, image_terms: ImageTerms, text: _Text, image_index: list[int],
+               prompt_index: list[int], sizes: list[tuple[int, int]], score_thresh: float, mask_thresh: float,
                max_instances: int, nms_iou: float) -> list[ConceptInstances]:
+        """One chunk of pairs, pair k of image ``image_index[k]`` and prompt ``prompt_index[k]``:
+        all the memory a chunk holds is allocated and freed here (bench/concepts.py measures it)."""
+        prompts = torch.tensor(prompt_index, device=self.device)
+        return self._pairs(vision.pairs(image_index), image_terms, image_index, text.features.index_select(0, prompts),
+                           text.mask.index_select(0, prompts), sizes, score_thresh, mask_thresh, max_instances, nms_iou)
+
+    def _pairs(self, vision: PairFeatures, image_terms: ImageTerms, image_index: list[int],
+               text_features: torch.Tensor, text_mask: torch.Tensor, sizes: list[tuple[int, int]],
+               score_thresh: float, mask_thresh: float, max_instances: int, nms_iou: float) -> list[ConceptInstances]:
         """Sam3Model.forward's steps, split: detect every pair, select instances, then run the
         mask decoder (over half of the heads' cost) only for pairs where something was found, and
         only for the queries kept. Pair k is of image ``image_index[k]``."""
@@ -245,7 +266,8 @@ class Sam3Runner(HfRunner):
             kept.append((masks[nonempty], scores[nonempty], boxes[nonempty]))
         return _encode(kept, sizes)
 
-    def _detect(self, vision, text_features: torch.Tensor, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _detect(self, vision: PairFeatures, text_features: torch.Tensor,
+                text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """DETR encoder and decoder, boxes and scores of the last decoder layer (as forward does)."""
         from transformers.models.sam3.modeling_sam3 import (
             box_cxcywh_to_xyxy,
@@ -253,10 +275,9 @@ class Sam3Runner(HfRunner):
         )
 
         model = self.model
-        levels, positions = vision.fpn_hidden_states[:-1], vision.fpn_position_encoding[:-1]
         mask = text_mask.bool()
-        encoded = model.detr_encoder(vision_features=[levels[-1]], text_features=text_features,
-                                     vision_pos_embeds=[positions[-1]], text_mask=mask)
+        encoded = model.detr_encoder(vision_features=[vision.coarse], text_features=text_features,
+                                     vision_pos_embeds=[vision.position], text_mask=mask)
         decoded = model.detr_decoder(vision_features=encoded.last_hidden_state, text_features=encoded.text_features,
                                      vision_pos_encoding=encoded.pos_embeds_flattened, text_mask=mask,
                                      spatial_shapes=encoded.spatial_shapes)
@@ -267,9 +288,9 @@ class Sam3Runner(HfRunner):
                                            text_mask=mask).squeeze(-1)[-1]
         scores = logits.float().sigmoid() * decoded.presence_logits[-1].float().sigmoid()
         return {"scores": scores, "boxes": boxes.float(), "queries": hidden[-1], "encoded": encoded.last_hidden_state,
-                "coarse_size": tuple(levels[-1].shape[-2:])}
+                "coarse_size": tuple(vision.coarse.shape[-2:])}
 
-    def _mask_logits(self, detection: dict, image_terms: ImageTerms, image_index: torch.Tensor,
+    def _mask_logits(self, detection: dict, image_terms: ImageTerms, image_index: list[int],
                      text_features: torch.Tensor, text_mask: torch.Tensor, pairs: list[int],
                      queries: list[torch.Tensor]) -> list[torch.Tensor]:
         """Low-res mask logits (n, h, w) of the listed pairs' listed queries only (sam3_masks)."""
@@ -277,9 +298,10 @@ class Sam3Runner(HfRunner):
             return []
         index = torch.as_tensor(pairs, device=self.device)
         head = self._mask_head
-        terms = image_terms.for_pairs(image_index.index_select(0, index))
+        runs = image_runs([image_index[k] for k in pairs])
         pixels = head.pixel_embeddings(detection["encoded"].index_select(0, index), text_features.index_select(0, index),
-                                       text_mask.bool().index_select(0, index), terms, detection["coarse_size"])
+                                       text_mask.bool().index_select(0, index), image_terms.per_image(), runs,
+                                       detection["coarse_size"])
         return head.mask_logits(detection["queries"].index_select(0, index), queries, pixels)
 
     @staticmethod
