@@ -91,3 +91,53 @@ class TreeMemory:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return total
+
+
+class PeakGrowth:
+    """How far this process's memory rose above where it stood when the block began: on CUDA the
+    allocator's peak, on Linux the kernel's resident high-water mark (VmHWM, reset through
+    /proc/self/clear_refs, so a spike between two samples still counts). Freed heap memory is
+    handed back first (malloc_trim) so that reusing it cannot hide growth. ``None`` elsewhere."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.grew_bytes: int | None = None
+        self._start = 0
+
+    def __enter__(self) -> "PeakGrowth":
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        elif _LINUX_STATUS.exists():
+            _libc().malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the high-water mark to the current RSS
+            self._start = _status_kb("VmRSS") * 1024
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.grew_bytes = torch.cuda.max_memory_allocated() - self._start
+        elif _LINUX_STATUS.exists():
+            self.grew_bytes = _status_kb("VmHWM") * 1024 - self._start
+
+
+_LINUX_STATUS = Path("/proc/self/status")
+
+
+def _status_kb(field: str) -> int:
+    for line in _LINUX_STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6")

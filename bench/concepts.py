@@ -17,18 +17,23 @@ the heads, not the encoder, most of the cost, so the ratio is a pessimistic boun
 runs random://sam3, the published architecture (ViT 1008 px, 840 M parameters) in bf16.
 ``--published`` times that architecture on a CPU too (one 640x480 image, 1 and 32 prompts,
 all found: minutes). ``--flops`` also counts that architecture's FLOPs (encoder per image, detection heads and mask
-decoder per pair) and the 32-vs-1-prompt ratio they imply, all found and four of 32 found.
-Also reported: the encoder alone and the heads per (image, prompt).
+decoder per pair) and the 32-vs-1-prompt ratio they imply, all found and four of 32 found; with
+``--published`` too, the timed ratio over that arithmetic one (target: at most 1.2).
+Also reported: the encoder alone, the heads per (image, prompt), and the peak memory a chunk of
+pairs adds (`Sam3Runner._chunk`: the allocator's peak on CUDA, the resident high-water mark on a
+Linux CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-from common import emit, result
+from common import PeakGrowth, emit, result
 
 from samflow.models.loading.registry import load_model
 
@@ -53,6 +58,28 @@ def timed(step, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+@contextmanager
+def chunk_growth(runner, device: torch.device) -> Iterator[list[int]]:
+    """Bytes by which each chunk of pairs (`Sam3Runner._chunk`) run inside the block raised the
+    process's memory (on Linux or CUDA; empty elsewhere). The first chunk of a call also holds the
+    mask head's per-image terms, which outlive it."""
+    grew: list[int] = []
+    chunk = runner._chunk
+
+    def measured(*args, **kwargs):
+        with PeakGrowth(device.type) as peak:
+            found = chunk(*args, **kwargs)
+        if peak.grew_bytes is not None:
+            grew.append(peak.grew_bytes)
+        return found
+
+    runner._chunk = measured  # this runner only, undone on leaving
+    try:
+        yield grew
+    finally:
+        del runner._chunk
 
 
 # score_thresh per regime: 0 keeps every instance (every prompt "found": the mask decoder runs
@@ -132,7 +159,22 @@ def main() -> None:
     results = timed_prompts(runner, device, published, smoke=args.smoke, quick=args.quick)
     if args.flops:
         results += architecture_flops()
+    results += timed_against_arithmetic(results)
     emit("concepts", results)
+
+
+def timed_against_arithmetic(results: list[dict]) -> list[dict]:
+    """The published architecture's timed 32-vs-1-prompt cost ratio over the one its FLOPs imply
+    (both all found, KEPT_PER_PAIR masks per pair): 1 when the heads run as efficiently per FLOP
+    as the encoder; the target is at most 1.2. Needs --published (or CUDA) and --flops."""
+    ratio = {row["case"]: row["value"] for row in results if row["metric"] == "cost ratio"}
+    timed, arithmetic = ratio.get("published, 32 vs 1 prompts, all found"), \
+        ratio.get("architecture, 32 vs 1 prompts, all found")
+    if timed is None or arithmetic is None:
+        return []
+    print(f"32 vs 1 prompts, all found: timed {timed:.2f}x, arithmetic {arithmetic:.2f}x: "
+          f"{timed / arithmetic:.2f} of the arithmetic (target <= 1.2)")
+    return [result("published, 32 vs 1 prompts, all found, timed / arithmetic", "cost ratio", timed / arithmetic, "x")]
 
 
 def timed_prompts(runner, device: torch.device, published: bool, smoke: bool, quick: bool) -> list[dict]:
@@ -161,12 +203,19 @@ def timed_prompts(runner, device: torch.device, published: bool, smoke: bool, qu
     for regime, thresh in regimes.items():
         per_image: dict[int, float] = {}
         for n in counts:
-            seconds = timed(lambda: runner.segment(batch_images, PROMPTS[:n], score_thresh=thresh,
-                                                   max_instances=KEPT_PER_PAIR), repeats, device)
+            with chunk_growth(runner, device) as grew:
+                seconds = timed(lambda: runner.segment(batch_images, PROMPTS[:n], score_thresh=thresh,
+                                                       max_instances=KEPT_PER_PAIR), repeats, device)
             per_image[n] = seconds / batch
             case = f"{n} prompts per image, {regime}"
-            print(f"{case:34s} {batch / seconds:8.2f} images/s  {1000 * per_image[n]:8.1f} ms/image")
+            print(f"{case:34s} {batch / seconds:8.2f} images/s  {1000 * per_image[n]:8.1f} ms/image", end="")
             results.append(result(f"{model}, {case}", "throughput", batch / seconds, "images/s"))
+            if grew:
+                print(f"  peak memory per chunk of {min(n * batch, runner.pairs_per_decode)} pairs "
+                      f"{max(grew) / 2**20:.0f} MB", end="")
+                results.append(result(f"{model}, {case}, chunk of {min(n * batch, runner.pairs_per_decode)} pairs",
+                                      "peak memory", max(grew) / 2**20, "MB"))
+            print()
         top = max(counts)
         ratio = per_image[top] / per_image[1]
         heads = (per_image[top] - encode_s) / top
