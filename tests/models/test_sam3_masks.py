@@ -6,17 +6,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samflow.models.sam3.masks import phase_kernels, upsampled_conv
+from samflow.models.sam3.masks import image_runs, phase_kernels, stacked_phase_kernels, upsampled_conv
 
 
 @pytest.mark.parametrize("coarse, size", [((5, 7), (10, 14)), ((4, 4), (8, 8)), ((5, 7), (9, 13))])
-def test_upsampled_conv_equals_conv_of_nearest_upsampling(coarse, size):
+def test_upsampled_conv_equals_conv_of_nearest_upsampling_plus_each_images_term(coarse, size):
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 6, *coarse, generator=generator)
+    x = torch.randn(3, 6, *coarse, generator=generator)
     weight = torch.randn(4, 6, 3, 3, generator=generator)
-    expected = F.conv2d(F.interpolate(x, size=size, mode="nearest"), weight, padding=1)
-    got = upsampled_conv(x, phase_kernels(weight), weight, size)
+    term = torch.randn(2, 4, *size, generator=generator)  # two images: pairs 0, 1 of image 1, pair 2 of image 0
+    expected = F.conv2d(F.interpolate(x, size=size, mode="nearest"), weight, padding=1) + term[[1, 1, 0]]
+    got = upsampled_conv(x, stacked_phase_kernels(weight), weight, term, image_runs([1, 1, 0]))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_image_runs_group_consecutive_pairs_of_one_image():
+    assert image_runs([0, 0, 1, 1, 1, 2]) == [(0, 2, 0), (2, 5, 1), (5, 6, 2)]
+    assert image_runs([3]) == [(0, 1, 3)]
 
 
 def test_phase_kernels_sum_to_the_kernel_and_refuse_other_shapes():

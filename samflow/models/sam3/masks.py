@@ -14,6 +14,10 @@ Three exact rewrites (the same maths, float rounding aside) cut the per-pair wor
   2x2 convolution of the coarse map: 4 instead of 9 multiply-adds per output value;
 - the 1x1 projection folds into the kept queries (``e . (P x + b) = (P^T e) . x + e . b``), so
   only instances that were kept pay for a mask, not all 200 queries.
+
+Per pair, only the prompt-conditioned maps are materialised: the four phases come from one
+convolution, and interleaving them into the output adds the image's term in the same pass, the
+term broadcast over that image's pairs rather than copied to each.
 """
 
 from __future__ import annotations
@@ -41,17 +45,37 @@ def phase_kernels(weight: torch.Tensor) -> list[list[torch.Tensor]]:
     return [[fold(fold(weight, 2, a), 3, b).contiguous() for b in (0, 1)] for a in (0, 1)]
 
 
-def upsampled_conv(coarse: torch.Tensor, kernels: list[list[torch.Tensor]], weight: torch.Tensor,
-                   size: tuple[int, int]) -> torch.Tensor:
-    """``conv3x3(nearest_upsample(coarse, size))`` without bias (padding 1): by phases when
-    ``size`` is exactly twice the coarse size, else by upsampling first."""
+def stacked_phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """`phase_kernels` as one (4 x C_out, C_in, 2, 2) kernel, phases (0, 0), (0, 1), (1, 0), (1, 1)."""
+    return torch.cat([kernel for row in phase_kernels(weight) for kernel in row])
+
+
+def upsampled_conv(coarse: torch.Tensor, kernels: torch.Tensor, weight: torch.Tensor, term: torch.Tensor,
+                   runs: Sequence[ImageRun]) -> torch.Tensor:
+    """``conv3x3(nearest_upsample(coarse)) + term[image]`` (padding 1, no bias) for each run's pairs
+    at the term's size: by phases (``kernels`` from `stacked_phase_kernels`) when that size is
+    exactly twice the coarse size, else by upsampling first."""
     n, _, h, w = coarse.shape
-    if tuple(size) != (2 * h, 2 * w):
-        return F.conv2d(F.interpolate(coarse, size=size, mode="nearest"), weight, padding=1)
-    # phase (a, b) reads coarse rows i-1..i (a=0) or i..i+1 (a=1): pad the side it reaches past
-    phases = [[F.conv2d(F.pad(coarse, (1 - b, b, 1 - a, a)), kernels[a][b]) for b in (0, 1)] for a in (0, 1)]
-    rows = [torch.stack(row, dim=-1) for row in phases]  # (n, c, h, w, 2) per row parity
-    return torch.stack(rows, dim=3).reshape(n, -1, 2 * h, 2 * w)  # [.., i, a, j, b] -> [2i+a, 2j+b]
+    size = tuple(term.shape[-2:])
+    if size != (2 * h, 2 * w):
+        out = F.conv2d(F.interpolate(coarse, size=size, mode="nearest"), weight, padding=1)
+        for start, end, image in runs:
+            out[start:end] += term[image]  # broadcast over the image's pairs, never copied per pair
+        return out
+    # One convolution gives all four phases (one GEMM with 4x the output channels instead of four
+    # small ones, and one padded copy of the input instead of four): on the coarse map padded by
+    # one all round, phase (a, b) at (i, j) is output (i + a, j + b); each phase leaves one row and
+    # one column of that output unread.
+    channels = weight.shape[0]
+    phases = F.conv2d(F.pad(coarse, (1, 1, 1, 1)), kernels)
+    out = coarse.new_empty(n, channels, h, 2, w, 2)  # [.., i, a, j, b] is output pixel [2i + a, 2j + b]
+    for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        phase = phases[:, k * channels:(k + 1) * channels, a:a + h, b:b + w]
+        for start, end, image in runs:
+            # interleaving and adding the image's term in one pass over the output
+            torch.add(phase[start:end], term[image].view(channels, h, 2, w, 2)[:, :, a, :, b],
+                      out=out[start:end, :, :, a, :, b])
+    return out.view(n, channels, 2 * h, 2 * w)
 
 
 class FactoredMaskDecoder:
@@ -64,8 +88,7 @@ class FactoredMaskDecoder:
             if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.stride != (1, 1):
                 raise ValueError("the factored SAM 3 mask decoder expects 3x3 convolutions, stride 1, padding 1")
         # folded in float32: sums of bf16 weights would round twice
-        self._kernels = [[[k.to(conv.weight.dtype) for k in row] for row in phase_kernels(conv.weight.float())]
-                         for conv in pixel.conv_layers]
+        self._kernels = [stacked_phase_kernels(conv.weight.float()).to(conv.weight.dtype) for conv in pixel.conv_layers]
 
     def image_terms(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each FPN stage's convolution of its lateral (backbone) level, bias included, for a batch
@@ -85,12 +108,7 @@ class FactoredMaskDecoder:
         x = encoded[:, : h * w].transpose(1, 2).reshape(len(encoded), -1, h, w)
         pixel = self.decoder.pixel_decoder
         for kernels, conv, norm, term in zip(self._kernels, pixel.conv_layers, pixel.norms, terms):
-            x = upsampled_conv(x, kernels, conv.weight, term.shape[-2:])
-            for start, end, image in runs:
-                # broadcast over the image's pairs, in place: a per-pair copy of the term would cost
-                # as much memory traffic as the add itself
-                x[start:end] += term[image]
-            x = F.relu_(norm(x))
+            x = F.relu_(norm(upsampled_conv(x, kernels, conv.weight, term, runs)))
         return x
 
     def mask_logits(self, queries: torch.Tensor, kept: Sequence[torch.Tensor],
