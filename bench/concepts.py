@@ -155,7 +155,8 @@ def main() -> None:
     published = args.published or device.type == "cuda"
     runner = load_model("sam3", "random://sam3" if published else "tiny://sam3", device=device)
     if published:
-        runner.pairs_per_decode = 32 if device.type == "cuda" else 4  # 4 pairs: ~2 GB of FPN maps on a CPU
+        # 4 pairs on a CPU bound what a chunk's activations add to memory (the bench prints it)
+        runner.pairs_per_decode = 32 if device.type == "cuda" else 4
     results = timed_prompts(runner, device, published, smoke=args.smoke, quick=args.quick)
     if args.flops:
         results += architecture_flops()
