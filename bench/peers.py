@@ -1,6 +1,6 @@
 """samflow's mask engine against the real peers, side by side, in one process.
 
-    python bench/peers.py [--smoke | --quick] [--threads N] [--grid N] [--size HxW] [--cases NAME ...]
+    python bench/peers.py [--smoke | --quick] [--threads N] [--model NAME] [--grid N] [--size HxW] [--cases NAME ...]
 
 One model for all three: Meta's SAM built from segment-anything's own registry with a seeded
 random init, its state dict saved in Meta's layout and loaded by samflow's registry (the
@@ -365,9 +365,12 @@ def _comparisons(prefix: str, figures: dict[str, dict], records: dict[str, list]
 
 
 def _narrowed(chosen: list[Setting], args: argparse.Namespace) -> list[Setting]:
-    """The mode's settings with --grid / --size / --cases applied (one setting per grid and size)."""
+    """The mode's settings with --model / --grid / --size / --cases applied (one setting per grid
+    and size)."""
     out: list[Setting] = []
     for setting in chosen:
+        if args.model and setting.model != args.model:
+            continue
         grid = args.grid or setting.grid
         hw = tuple(int(v) for v in args.size.lower().split("x")) if args.size else setting.hw
         cases = tuple(args.cases) if args.cases else setting.cases
@@ -383,6 +386,7 @@ def main() -> None:
     mode.add_argument("--smoke", action="store_true", help="seconds: small ViT, 4x4 grid, one small image")
     mode.add_argument("--quick", action="store_true", help="ViT-B, 16/32 grids, 384x512 and 768x1024 (about 50 min)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--model", default=None, help="only this model's settings (vit_b, small, sam2.1_hiera_t)")
     parser.add_argument("--grid", type=int, default=None, help="only this points-per-side grid")
     parser.add_argument("--size", default=None, help="only this image size, HxW (e.g. 384x512)")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None, help="only these cases")
