@@ -71,13 +71,9 @@ def test_the_readmes_commands_run_on_the_sample(tmp_path):
     # The setup script installs into .venv; the test's environment is that install already.
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-<<<<<<< HEAD
     env.pop("PREFECT_API_URL", None)  # a fresh machine has no Prefect server configured
-    names = {"export coco", "models check", "plan", "runs", "index build", "index add", "search", "dedup", "preview",
-             "synth"}
-=======
-    names = {"export coco", "models check", "plan", "runs", "index build", "index add", "index compact", "search", "dedup", "preview"}
->>>>>>> 3d1bcbc (README and architecture: the segmented index layout, index compact, index.max_segments; the README test runs index compact as written)
+    names = {"export coco", "models check", "plan", "runs", "index build", "index add", "index compact", "search",
+             "dedup", "preview", "synth"}
     ran = set()
     for command in [setup.removeprefix("./scripts/setup.sh && "), *rest]:
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
