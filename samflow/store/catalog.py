@@ -3,13 +3,19 @@
     DST/<table>/<shard>.parquet          committed shards (images, annotations, embeddings, errors)
     DST/_commits/<shard>.json            one marker per committed shard: its source URIs and rows
     DST/_commits/_checkpoint/<seq>.parquet  markers compacted (see samflow/store/checkpoint.py)
+    DST/_commits/_pending/<run_id>/<name>.json  intent: the files a commit is about to move into place
+    DST/_commits/_pending/_format.json   this output's leftovers are all named by intents
     DST/_staging/<run_id>/<table>/...    shards written by the pipeline, not yet committed
     DST/_runs/<run_id>.json              run manifest
     DST/_eval/<eval_id>.json             quality figures (samflow eval)
 
-A shard is committed by moving its staged files into place and then writing its marker; the marker
-is the commit point. Table files without a marker (a run killed between the two) are removed before
-the next run plans, so their items are simply processed again. Shards holding video frames are
+A shard is committed by recording its intent (the table files it is about to move into place), moving
+its staged files into place and then writing its marker; the marker is the commit point. Table files
+without a marker (a run killed before it) are removed before the next run plans, so their items are
+simply processed again. That cleanup reads the intents alone, not the tables: its cost follows the
+killed runs' shards, not the output's history. A run drops its intents once all its shards are
+committed. An output written before intents (no ``_format.json``) is swept once by listing its
+tables, then marked. Shards holding video frames are
 committed together at the end of the run under one group marker (``"shards": [...]``), so a video
 is committed whole or not at all. Shard names hash the rows they hold: a retried write task
 overwrites its own staged files.
@@ -34,6 +40,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from samflow.config import StorageConfig
 from samflow.schemas.ids import shard_id
@@ -47,10 +54,16 @@ STAGING = "_staging"
 RUNS = "_runs"
 EVALS = "_eval"  # one JSON per `samflow eval`: figures, ground truth, the runs it covered
 ROUNDS = "_rounds"  # one JSON per `samflow engine-round`: models, data, held-out figures before and after
+PENDING = "_pending"  # under _commits/: intents of commits under way
+INTENTS_FORMAT = "_format.json"  # under _pending/: written once the output's pre-intent leftovers are swept
 # A run compacts the markers into a checkpoint once this many are listed (one LIST page's worth).
 CHECKPOINT_EVERY = 1000
 
 log = logging.getLogger(__name__)
+
+# (folder, suffix) of the files a shard commits: what the one-time sweep of an output written before
+# intents lists.
+TABLE_FILES: tuple[tuple[str, str], ...] = tuple((table, ".parquet") for table in (*TABLES, DONE))
 
 
 @dataclass
@@ -154,26 +167,75 @@ class Catalog:
     def done_uris(self, shards: dict[str, dict]) -> set[str]:
         return {uri for marker in shards.values() for uri in marker["uris"]}
 
-    def remove_uncommitted(self, shards: dict[str, dict] | set[str]) -> list[str]:
-        """Delete table files of shards that never got a marker, and stale staging folders.
-        ``shards``: markers, or the committed shard names."""
-        removed = []
+    def remove_uncommitted(
+        self, shards: dict[str, dict] | set[str], sweep: tuple[tuple[str, str], ...] = TABLE_FILES,
+    ) -> list[str]:
+        """Delete the files of shards that never got a marker, and stale staging folders.
+        ``shards``: markers, or the committed shard names. Reads only the intents of commits under
+        way (one LIST), so a run's start costs what killed runs left, not the output's history.
+        An output with no intents format marker is swept once over ``sweep`` ((folder, suffix))."""
         committed = shards if isinstance(shards, set) else self.shard_names(shards)
-        for table in (*TABLES, DONE):
-            for path in self._ls(self.path(table), suffix=".parquet"):
-                if posixpath.basename(path)[: -len(".parquet")] not in committed:
-                    self.fs.rm(path)
-                    removed.append(path)
-        for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
-            self.fs.rm(temporary)  # a marker write cut short (local disks; see put_whole)
+        pending = self.path(COMMITS, PENDING)
+        self.fs.invalidate_cache(pending)
+        entries = self.fs.find(pending)
+        removed = self._remove_intended([p for p in entries if p != self.path(COMMITS, PENDING, INTENTS_FORMAT)],
+                                        committed)
+        if self.path(COMMITS, PENDING, INTENTS_FORMAT) not in entries:
+            removed += self._sweep(sweep, committed)
+            self.write_json(self.path(COMMITS, PENDING, INTENTS_FORMAT), {"intents": 1})
+        if isinstance(self.fs, LocalFileSystem):  # put_whole's temporaries exist on local disks only
+            for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
+                self.fs.rm(temporary)  # a marker write cut short
         if self.fs.exists(self.path(STAGING)):
             self.fs.rm(self.path(STAGING), recursive=True)
         return removed
 
+    def _remove_intended(self, intents: list[str], committed: set[str]) -> list[str]:
+        """Delete the files that ``intents`` name for shards not in ``committed``, then the intents."""
+        if not intents:
+            return []
+        removed = []
+        named = [p for p in intents if not posixpath.basename(p).startswith(".")]  # not a cut-short write
+        blobs = self.fs.cat(named, on_error="return") if named else {}
+        for path in named:
+            try:
+                files = json.loads(blobs[path])["files"]
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring unreadable commit intent %s", path)
+                continue
+            for shard, relative in files.items():
+                if shard in committed:
+                    continue
+                for name in relative:
+                    target = self.path(name)
+                    self.fs.invalidate_cache(target)
+                    if self.fs.exists(target):
+                        self.fs.rm(target)
+                        removed.append(target)
+        pending = self.path(COMMITS, PENDING)
+        runs = sorted({posixpath.dirname(p) for p in intents} - {pending})  # their folders go too
+        self.fs.rm(runs + [p for p in intents if posixpath.dirname(p) == pending], recursive=True)
+        return removed
+
+    def _sweep(self, sweep: tuple[tuple[str, str], ...], committed: set[str]) -> list[str]:
+        """Delete every file under ``sweep`` whose name no marker commits (lists whole folders)."""
+        removed = []
+        for folder, suffix in sweep:
+            for path in self._ls(self.path(folder) if folder else self.root, suffix=suffix):
+                if posixpath.basename(path)[: -len(suffix)] not in committed:
+                    self.fs.rm(path)
+                    removed.append(path)
+        return removed
+
+    def intend(self, run_id: str, name: str, files: dict[str, list[str]]) -> None:
+        """Record that commit ``name`` is about to move ``files`` (by shard, relative to DST) into
+        place: if no marker follows, the next run's cleanup deletes them without listing tables."""
+        self.write_json(self.path(COMMITS, PENDING, run_id, f"{name}.json"), {"name": name, "files": files})
+
     def commit(self, run_id: str, result: ShardResult) -> None:
-        """Move the shard's staged files into place, then write its marker. Safe to repeat: a
-        file already moved by an interrupted attempt is left where it is."""
-        self._move_into_place(run_id, result)
+        """Record the intent, move the shard's staged files into place, then write its marker.
+        Safe to repeat: a file already moved by an interrupted attempt is left where it is."""
+        self.place(run_id, result.shard, [result])
         marker = {"shard": result.shard, "run_id": run_id, "uris": result.uris, "rows": result.rows}
         self.write_json(self.path(COMMITS, f"{result.shard}.json"), marker)
 
@@ -182,35 +244,52 @@ class Catalog:
         a video spread over shards become visible together or not at all. Returns its name."""
         shards = sorted(result.shard for result in results)
         name = f"group-{shard_id(shards)}"
+        self.place(run_id, name, results)
         rows: Counter[str] = Counter()
         for result in results:
-            self._move_into_place(run_id, result)
             rows.update(result.rows)
         uris = sorted({uri for result in results for uri in result.uris})
         marker = {"shard": name, "shards": shards, "run_id": run_id, "uris": uris, "rows": dict(rows)}
         self.write_json(self.path(COMMITS, f"{name}.json"), marker)
         return name
 
+    def place(self, run_id: str, name: str, results: list[ShardResult]) -> None:
+        """What a commit does before its marker: record the intent, then move the staged files
+        into place. A kill after this leaves files that the next run's cleanup finds by the intent."""
+        self.intend(run_id, name, {r.shard: [posixpath.join(t, f"{r.shard}.parquet") for t in self._tables(r)]
+                                   for r in results})
+        for result in results:
+            self._move_into_place(run_id, result)
+
     @staticmethod
     def shard_names(markers: dict[str, dict]) -> set[str]:
         """Names of the table files that ``markers`` commit (a group marker commits several)."""
         return {shard for name, marker in markers.items() for shard in marker.get("shards", [name])}
 
+    @staticmethod
+    def _tables(result: ShardResult) -> list[str]:
+        """The tables ``result`` has rows in: it has a file in each."""
+        return [table for table, count in result.rows.items() if count]
+
     def _move_into_place(self, run_id: str, result: ShardResult) -> None:
-        for table, count in result.rows.items():
-            if count:
-                staged = self.staged_path(run_id, table, result.shard)
-                final = self.path(table, f"{result.shard}.parquet")
-                self.fs.makedirs(self.path(table), exist_ok=True)
-                if self.fs.exists(staged) or not self.fs.exists(final):
-                    self.fs.mv(staged, final)
+        for table in self._tables(result):
+            staged = self.staged_path(run_id, table, result.shard)
+            final = self.path(table, f"{result.shard}.parquet")
+            self.fs.makedirs(self.path(table), exist_ok=True)
+            if self.fs.exists(staged) or not self.fs.exists(final):
+                self.fs.mv(staged, final)
 
     def write_json(self, path: str, payload: dict) -> None:
         """Write ``payload`` at ``path`` whole or not at all."""
         put_whole(self.fs, path, json.dumps(payload, indent=1, sort_keys=True).encode())
 
     def finish_run(self, run_id: str) -> None:
-        """Drop the run's staging folder, and the staging root once no other run uses it."""
+        """Drop the run's intents (its shards are all committed now) and staging folder, and the
+        staging root once no other run uses it."""
+        try:
+            self.fs.rm(self.path(COMMITS, PENDING, run_id), recursive=True)
+        except FileNotFoundError:
+            pass  # the run committed nothing
         staging = self.path(STAGING, run_id)
         if self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)

@@ -10,7 +10,8 @@
 Underscore folders are not inputs to ``samflow annotate SYN`` (its default excludes), so SYN
 reads back as tars alone. A marker lists dropped candidates too: a re-run does not try them
 again. Tars and candidate files without a marker (a run killed between the move and the marker)
-are removed before the next run plans.
+are removed before the next run plans, found by the intent the commit records before its moves
+(samflow/store/catalog.py), so that costs what killed runs left, not the output's history.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import posixpath
 
 from samflow.config import StorageConfig
-from samflow.store.catalog import Catalog
+from samflow.store.catalog import COMMITS, TABLE_FILES, Catalog
 
 CANDIDATES = "_candidates"
 CONDITIONS = "_conditions"
@@ -48,25 +49,22 @@ class SynthStore:
 
     def clean(self) -> list[str]:
         """Remove what no marker commits (and staging); returns the removed paths."""
-        committed = self.catalog.committed_names()
-        removed = self.catalog.remove_uncommitted(committed)
-        for folder, suffix in (("", TAR), (CANDIDATES, ".parquet")):
-            for path in self.catalog._ls(self.catalog.path(folder) if folder else self.catalog.root, suffix):
-                if posixpath.basename(path)[: -len(suffix)] not in committed:
-                    self.fs.rm(path)
-                    removed.append(path)
-        return removed
+        # An output written before intents is swept once, its tars and candidates with the tables.
+        sweep = (*TABLE_FILES, ("", TAR), (CANDIDATES, ".parquet"))
+        return self.catalog.remove_uncommitted(self.catalog.committed_names(), sweep=sweep)
 
     def commit(self, run_id: str, shard: str, keys: list[str], counts: dict[str, int]) -> None:
-        """Move the shard's staged tar and candidates into place, then write its marker."""
-        for staged_name, final in ((f"{shard}{TAR}", self.catalog.path(f"{shard}{TAR}")),
-                                   (f"{CANDIDATES}/{shard}.parquet", self.catalog.path(CANDIDATES, f"{shard}.parquet"))):
-            staged = self.staged(run_id, staged_name)
+        """Record the intent, move the shard's staged tar and candidates into place, then write
+        its marker."""
+        names = [f"{shard}{TAR}", f"{CANDIDATES}/{shard}.parquet"]
+        self.catalog.intend(run_id, shard, {shard: names})
+        for name in names:
+            staged, final = self.staged(run_id, name), self.catalog.path(name)
             if self.fs.exists(staged):
                 self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
                 self.fs.mv(staged, final)
         marker = {"shard": shard, "run_id": run_id, "uris": keys, "rows": counts}
-        self.catalog.write_json(self.catalog.path("_commits", f"{shard}.json"), marker)
+        self.catalog.write_json(self.catalog.path(COMMITS, f"{shard}.json"), marker)
 
     def finish(self, run_id: str) -> None:
         self.catalog.finish_run(run_id)

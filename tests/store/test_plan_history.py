@@ -202,3 +202,61 @@ def test_a_tar_done_whole_is_not_opened_again_until_it_changes(s3_server, s3_buc
     s3_fs.pipe_file(f"{src}/a.tar", _tar([*members["a"], "a-new.jpg"]))  # rewritten, another size: opened again
     changed = make_plan(src, dst, cfg, read_only=True)
     assert (changed.new, changed.already_done) == (4, 5)
+
+
+def _stage_shard(catalog, run_id: str, shard: str, uris: list[str]):
+    """Stage a shard's images file and done keys as a write task does; its ShardResult."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from samflow.store.catalog import DONE, ShardResult
+    from samflow.store.doneset import done_table
+
+    buffer = io.BytesIO()
+    pq.write_table(done_table(uris, [""] * len(uris)), buffer)
+    catalog.put_staged(run_id, DONE, shard, buffer.getvalue())
+    catalog.put_staged(run_id, "images", shard, b"images rows (not read here)")
+    return ShardResult(shard, uris, {"images": len(uris), DONE: len(uris)})
+
+
+@pytest.mark.slow
+def test_a_runs_cleanup_reads_what_killed_runs_left_not_the_history(s3_server, s3_bucket, s3_fs, ray_cluster):
+    from samflow.config import load_config
+    from samflow.flows.annotate import make_plan
+    from samflow.store.catalog import Catalog
+
+    storage = _storage(s3_server)
+    src = f"{s3_bucket}/cleanup/src"
+    uris = _loose_source(s3_fs, src, 6)
+    asked = {}
+    for count in (50, 1500):  # 1500 table files in a folder: two LIST pages to list them
+        dst = f"{s3_bucket}/cleanup/out{count}"
+        catalog = Catalog(dst, storage)
+        history = _history(count)
+        commit_shards(dst, storage, history, compacted=True)
+        catalog.fs.pipe({catalog.path("images", f"{shard}.parquet"): b"rows" for shard in history})
+        assert catalog.checkpoint() == count
+        # Left by a run killed before intents existed: the output's first cleanup sweeps it.
+        stray = catalog.path("images", "before-intents.parquet")
+        s3_fs.pipe_file(stray, b"rows")
+        assert catalog.remove_uncommitted(catalog.committed_names()) == [stray]
+
+        catalog.commit("run-1", _stage_shard(catalog, "run-1", "kept", uris[2:]))
+        # Killed after its intent and moves, before its marker: files in place, none committed.
+        catalog.place("run-1", "killed", [_stage_shard(catalog, "run-1", "killed", uris[:2])])
+        assert s3_fs.exists(catalog.path("images", "killed.parquet"))
+        committed = catalog.committed_names()
+        with FaultProxy(s3_server, Faults()) as proxy:
+            removed = Catalog(dst, _storage(proxy.url)).remove_uncommitted(committed)
+        asked[count] = dict(proxy.faults.kinds)
+        assert sorted(removed) == [catalog.path(table, "killed.parquet") for table in ("_done", "images")]
+        # What the killed run committed stays; its intents are gone, the format marker stays.
+        assert s3_fs.exists(catalog.path("images", "kept.parquet"))
+        s3_fs.invalidate_cache()
+        assert s3_fs.find(catalog.path("_commits", "_pending")) == [catalog.path("_commits", "_pending", "_format.json")]
+        plan = make_plan(src, dst, load_config(overrides=[f"storage.endpoint_url={s3_server}"]))
+        assert (plan.new, plan.already_done, plan.removed_uncommitted) == (2, 4, 0)  # the killed shard's items again
+        assert sorted(item["uri"] for item in plan.items.take_all()) == sorted(uris[:2])
+    assert asked[50] == asked[1500], asked
+    assert asked[1500]["LIST"] <= 3, asked
