@@ -58,6 +58,7 @@ from samflow.index.store import (
 )
 
 TYPES = ("auto", "flat", "ivfpq", "hnsw")
+FAISS_SEED = 1234  # FAISS's own default k-means seed: params.seed 0 trains what FAISS does unseeded
 MIN_IVFPQ_VECTORS = 10_000  # below this, IVF lists are too small to train and flat search is fast anyway
 RECALL_K = 10
 CHECKPOINT_S = 30.0  # seconds of adding between index checkpoints (an IVF-PQ index is ~d bytes/vector)
@@ -193,6 +194,10 @@ class Build:
         # path. Candidates are re-ranked by (near) exact inner product anyway.
         base = faiss.IndexIVFPQFastScan(faiss.IndexFlatL2(dim), dim, nlist, pq_m, 4)
         base.cp.niter = 10  # coarse k-means: more iterations cost minutes at 1M, recall nothing
+        # Both k-means (coarse lists, PQ codebooks) seeded from params.seed, like the sample: two
+        # builds of the same vectors train the same index (whatever FAISS's thread count; see
+        # tests/index/test_index_distributed.py), so they answer the same.
+        base.cp.seed = base.pq.cp.seed = FAISS_SEED + self.params.seed
         index = base
         if self.params.rerank == "sq8":
             index = faiss.IndexRefine(base, faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit))
