@@ -5,7 +5,9 @@ History: on a local S3 server (moto), an output whose shards were committed and 
 marker checkpoint, the done keys in the bucketed table) plus the markers of a last run not yet
 compacted, and a manifest of 10k new items; `samflow plan`'s code plans it through a proxy that
 counts every request (tests/helpers/s3_proxy.py), workers' included. Neither the seconds nor the
-requests may grow with the history, and the plan stays within a few hundred requests.
+requests may grow with the history, and the plan stays within a few hundred requests. A run's
+start-up cleanup (what killed runs left) is counted too: once sweeping an output written before
+commit intents, then as every later run does.
 
 Each case writes a manifest (Parquet, synthetic s3:// URIs) and a done-set holding half of its
 keys, then runs `samflow plan`'s code (make_plan, read-only) in a fresh driver process on a local
@@ -162,10 +164,23 @@ def _plan_histories(endpoint: str, sizes: list[int], new_items: int, proxy_class
             seconds = time.perf_counter() - start
         if plan.new != new_items:
             raise SystemExit(f"history {shards}: planned {plan.new} new items, not {new_items}")
+        first, cleanup = (_cleanup_requests(dst, endpoint, proxy_class, faults_class) for _ in range(2))
         if index:
             figures.append({"shards": shards, "seconds": seconds, "requests": sum(proxy.faults.kinds.values()),
-                            "kinds": dict(proxy.faults.kinds)})
+                            "kinds": dict(proxy.faults.kinds), "first_cleanup": first, "cleanup": cleanup})
     return figures
+
+
+def _cleanup_requests(dst: str, endpoint: str, proxy_class, faults_class) -> dict[str, int]:
+    """Requests of a run's start-up cleanup (Catalog.remove_uncommitted) given the committed names:
+    the first on an output written without intents sweeps its tables once, later ones read intents."""
+    from samflow.config import StorageConfig
+    from samflow.store.catalog import Catalog
+
+    committed = Catalog(dst, StorageConfig(endpoint_url=endpoint)).committed_names()
+    with proxy_class(endpoint, faults_class()) as proxy:
+        Catalog(dst, StorageConfig(endpoint_url=proxy.url)).remove_uncommitted(committed)
+    return dict(proxy.faults.kinds)
 
 
 def _label(count: int) -> str:
@@ -180,6 +195,10 @@ def report_histories(figures: list[dict], new_items: int) -> list[dict]:
               f"{case['requests']} storage requests {case['kinds']}")
         results.append(result(label, "history_plan_s", case["seconds"], "s"))
         results.append(result(label, "history_plan_requests", case["requests"], "requests"))
+        print(f"{'':>12} a run's start-up cleanup: {sum(case['cleanup'].values())} requests {case['cleanup']} "
+              f"(the first on this output, sweeping its tables once: {sum(case['first_cleanup'].values())})")
+        results.append(result(label, "run_cleanup_requests", sum(case["cleanup"].values()), "requests"))
+        results.append(result(label, "first_run_cleanup_requests", sum(case["first_cleanup"].values()), "requests"))
     requests = [case["requests"] for case in figures]
     if max(requests) > REQUEST_LIMIT:
         raise SystemExit(f"a plan made {max(requests)} storage requests (limit {REQUEST_LIMIT})")
@@ -187,6 +206,9 @@ def report_histories(figures: list[dict], new_items: int) -> list[dict]:
     print(f"requests, smallest to largest history: {growth:+d}")
     results.append(result(f"{_label(figures[0]['shards'])}->{_label(figures[-1]['shards'])}",
                           "history_requests_growth", growth, "requests"))
+    cleanups = [sum(case["cleanup"].values()) for case in figures]
+    if cleanups[-1] != cleanups[0]:
+        raise SystemExit(f"a run's start-up cleanup grew with the history: {cleanups}")
     return results
 
 
