@@ -175,14 +175,13 @@ class Catalog:
         way (one LIST), so a run's start costs what killed runs left, not the output's history.
         An output with no intents format marker is swept once over ``sweep`` ((folder, suffix))."""
         committed = shards if isinstance(shards, set) else self.shard_names(shards)
-        pending = self.path(COMMITS, PENDING)
+        pending, marked = self.path(COMMITS, PENDING), self.path(COMMITS, PENDING, INTENTS_FORMAT)
         self.fs.invalidate_cache(pending)
         entries = self.fs.find(pending)
-        removed = self._remove_intended([p for p in entries if p != self.path(COMMITS, PENDING, INTENTS_FORMAT)],
-                                        committed)
-        if self.path(COMMITS, PENDING, INTENTS_FORMAT) not in entries:
+        removed = self._remove_intended([p for p in entries if p != marked], committed)
+        if marked not in entries:
             removed += self._sweep(sweep, committed)
-            self.write_json(self.path(COMMITS, PENDING, INTENTS_FORMAT), {"intents": 1})
+            self.write_json(marked, {"intents": 1})
         if isinstance(self.fs, LocalFileSystem):  # put_whole's temporaries exist on local disks only
             for temporary in self._ls(self.path(COMMITS), suffix=".tmp", hidden=True):
                 self.fs.rm(temporary)  # a marker write cut short
