@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import Field
-from scipy import ndimage
 
 from samflow.actors.batch import (
     Batch,
@@ -112,5 +111,8 @@ class SemanticStage:
     def _regions(self, mask: np.ndarray) -> list[np.ndarray]:
         if not self.connected_components:
             return [mask]
+        # Imported here: every process that reads the run config imports this module.
+        from scipy import ndimage
+
         components, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
         return [components == k for k in range(1, count + 1)]

@@ -14,8 +14,6 @@ import math
 import os
 from typing import Any
 
-import torch
-
 
 def torch_threads(requested: int | None, num_cpus: float, node_cpus: int | None = None) -> int:
     """Threads for one actor: ``requested`` when given, else the stage's configured ``num_cpus``
@@ -37,6 +35,8 @@ def with_torch_threads(stage_cls: type, requested: int | None, num_cpus: float) 
     on the node where the actor runs; the class name (Ray Data's operator name) is kept."""
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        import torch  # in the actor: the driver builds the graph without loading torch
+
         threads = torch_threads(requested, num_cpus)
         torch.set_num_threads(threads)
         stage_cls.__init__(self, *args, **kwargs)

@@ -104,6 +104,12 @@ def _set_ray_worker_logs(enabled: bool) -> None:
         setattr(module, _RAY_WORKER_LOGS_FLAG, enabled)
 
 
+def quiet_warnings(verbose: int) -> None:
+    """Quiet mode: libraries' deprecation and future warnings stay off the terminal."""
+    if not verbose:
+        _ignore_library_warnings()
+
+
 def quiet_ray_data(verbose: int) -> None:
     """After Ray Data is imported: no progress bars or periodic operator dumps on the terminal
     (the progress display replaces them), no "(raylet)" / "(pid=...)" lines printed by the

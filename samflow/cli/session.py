@@ -24,8 +24,10 @@ def pipeline_session(name: str, verbose: int, lease: Any, wait: bool, ray_config
 
     lease.acquire(wait=wait)
     try:
-        logs.quiet_ray_data(verbose)
+        # The server first: its process starts up while this one imports Ray Data and the flow.
+        logs.quiet_warnings(verbose)
         prefect_ready = start_temporary_server_early()
+        logs.quiet_ray_data(verbose)
         # Ray stops inside the log redirect, so its C++ shutdown lines go to the log file.
         with logs.native_stderr_to_file(verbose, name), RunProgress() as progress, stopping_ray_started_here():
             if flow_module is not None:

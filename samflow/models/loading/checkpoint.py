@@ -17,8 +17,10 @@ import hashlib
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used: the CLI's preflight hashes files and needs no torch
+    import torch
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -64,6 +66,8 @@ def sha256_pin(path: str | Path) -> str:
 
 def sha256_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     """Hash of tensor names, dtypes, shapes and bytes (used for in-code `tiny://` models)."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().to("cpu").contiguous()
@@ -85,6 +89,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    import torch
+
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

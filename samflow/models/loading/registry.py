@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from samflow.config import StorageConfig
 
 
@@ -133,6 +133,8 @@ def check_task(family: str, task: str, uri: str) -> str:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch  # here: the CLI's preflight parses URIs with this module and needs no torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -142,6 +144,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(family: str, device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    import torch
+
     if dtype is not None:
         return dtype
     if device.type != "cuda":
