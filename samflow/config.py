@@ -213,7 +213,11 @@ class TrainConfig(Section):
     correction_rounds: int = Field(
         2, ge=0, description="Corrective rounds after the first prompt: each adds a click from the previous "
         "prediction's error (positive where missed, negative where spilled).")
-    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (the peak, after warm-up).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="The learning rate after warm-up: constant, or a cosine decay to zero over the "
+        "planned steps (epochs) or the max_minutes budget, whichever ends first.")
+    warmup_steps: int = Field(10, ge=0, description="Steps of linear warm-up to learning_rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     image_encoder: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="The image encoder: frozen (features computed without gradients), lora "

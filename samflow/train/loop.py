@@ -27,6 +27,7 @@ from samflow.train.checkpoints import (
     read_progress,
     save_checkpoint,
 )
+from samflow.train.schedule import LrSchedule
 from samflow.train.step import SamTrainStep, StepParams
 from samflow.train.targets import unpack
 from samflow.train.trainable import (
@@ -48,7 +49,7 @@ class WorkerSpec:
     step: StepParams
     epochs: int
     batch_size: int
-    learning_rate: float
+    schedule: LrSchedule
     weight_decay: float
     low_res: int
     seed: int
@@ -61,7 +62,8 @@ class WorkerSpec:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> WorkerSpec:
-        return cls(**{**config, "parts": Parts(**config["parts"]), "step": StepParams(**config["step"])})
+        return cls(**{**config, "parts": Parts(**config["parts"]), "step": StepParams(**config["step"]),
+                      "schedule": LrSchedule(**config["schedule"])})
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -75,13 +77,14 @@ def train_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     model = _trainable_model(spec)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=spec.schedule.base, weight_decay=spec.weight_decay)
     progress = _restore(model, optimizer)
     if progress.epochs_done and rank == 0:
         say(f"resuming after epoch {progress.epochs_done} (from the last checkpoint)")
     step = prepare_model(SamTrainStep(sam_of(model), spec.step), parallel_strategy_kwargs={"find_unused_parameters": True})
     device = next(sam_of(model).parameters()).device
-    budget = _Budget(spec.max_seconds)
+    # an epoch record counts every worker's steps
+    budget = _Budget(spec.max_seconds, sum(e["steps"] for e in progress.history) // context.get_world_size())
     for epoch in range(progress.epochs_done, spec.epochs):
         started = time.time()
         generator = torch.Generator(device=device).manual_seed(spec.seed * 100_003 + epoch * 1_009 + rank)
@@ -147,14 +150,18 @@ def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: in
                  budget: _Budget, say: Callable[[str], None]) -> dict[str, Any]:
     losses, images, stopped, started = [], 0, False, time.time()
     for index, batch in enumerate(_batches("train", spec, shuffle=True)):
-        if _all_agree(budget.spent()):
+        spent, share = _largest_over_workers(budget.spent(), budget.progress(spec.schedule))
+        if spent:
             stopped = True
             break
         pixels, masks = _tensors(batch, spec.low_res, device)
         loss = step(pixels, masks, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in optimizer.param_groups:
+            group["lr"] = spec.schedule.rate(budget.steps_done, share)
         optimizer.step()
+        budget.steps_done += 1
         losses.append(float(loss.detach()))
         images += len(pixels)
         if rank == 0 and (index + 1) % 10 == 0:
@@ -192,25 +199,34 @@ def _report(model, optimizer, progress: Progress, rank: int) -> None:
 
 
 class _Budget:
-    """The training-time budget, counted from the first batch (not the cluster's start-up)."""
+    """The training-time budget, counted from the first batch (not the cluster's start-up), and
+    the steps taken (over resumes; a resumed run gets a new time budget)."""
 
-    def __init__(self, seconds: float | None) -> None:
+    def __init__(self, seconds: float | None, steps_done: int = 0) -> None:
         self.seconds = seconds
         self.started: float | None = None
+        self.steps_done = steps_done
 
-    def spent(self) -> bool:
+    def elapsed(self) -> float:
         if self.started is None:
             self.started = time.time()
-        return self.seconds is not None and time.time() - self.started > self.seconds
+        return time.time() - self.started
+
+    def spent(self) -> bool:
+        return self.seconds is not None and self.elapsed() > self.seconds
+
+    def progress(self, schedule: LrSchedule) -> float:
+        return schedule.progress(self.steps_done, self.elapsed(), self.seconds)
 
 
-def _all_agree(flag: bool) -> bool:
-    """True on every worker when any worker says so (DDP steps must stay in lockstep)."""
+def _largest_over_workers(flag: bool, share: float) -> tuple[bool, float]:
+    """The budget flag (true when any worker's is: DDP steps stay in lockstep) and the largest
+    schedule share (every replica steps at the same rate), in one collective."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+        return flag, share
+    value = torch.tensor([1.0 if flag else 0.0, share], dtype=torch.float64)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(value[0].item()), float(value[1].item())
 
 
 def _sum_over_workers(values: torch.Tensor) -> torch.Tensor:

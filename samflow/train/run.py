@@ -43,6 +43,7 @@ from samflow.train.samples import (
     read_reviews,
     sample_datasets,
 )
+from samflow.train.schedule import LrSchedule, planned_steps
 from samflow.train.step import StepParams
 from samflow.train.trainable import Parts, merged, prepare
 
@@ -69,7 +70,7 @@ def train_model(dst: str, out_uri: str, cfg: RunConfig, base: str | None = None)
     from samflow.pipeline.graph import ensure_ray
 
     ensure_ray(cfg.ray)
-    spec = _worker_spec(cfg, base_model)
+    spec = _worker_spec(cfg, base_model, data["train_items"])
     result = _fit(dst, out_uri, cfg, spec, base_model.frame, reviews)
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
@@ -94,14 +95,16 @@ def _load_base(uri: str, storage: StorageConfig) -> BaseModel:
     return BaseModel(uri, local, runner.checkpoint_sha256, frame)
 
 
-def _worker_spec(cfg: RunConfig, base: BaseModel) -> WorkerSpec:
+def _worker_spec(cfg: RunConfig, base: BaseModel, train_items: int) -> WorkerSpec:
     t = cfg.train
+    steps = planned_steps(train_items, t.batch_size, t.num_workers, t.epochs)
     return WorkerSpec(
         base_model=base.uri, storage=cfg.storage.model_dump(mode="json"),
         parts=Parts(t.image_encoder, t.prompt_encoder, t.mask_decoder, t.lora_rank, t.lora_alpha),
         step=StepParams(t.masks_per_image, t.box_fraction, t.box_jitter, t.correction_rounds,
                         t.loss.focal_weight, t.loss.dice_weight, t.loss.iou_weight),
-        epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        epochs=t.epochs, batch_size=t.batch_size, weight_decay=t.weight_decay,
+        schedule=LrSchedule(t.learning_rate, t.lr_schedule, t.warmup_steps, steps),
         low_res=base.frame.low_res, seed=t.seed, shuffle_buffer=t.shuffle_buffer,
         threads=max(1, math.ceil(t.cpus_per_worker)),
         max_seconds=60 * t.max_minutes if t.max_minutes else None,
