@@ -32,7 +32,7 @@ Modes (grids and image sizes; ViT-B unless noted):
            pipeline post-processes thousands of kept masks for tens of minutes per image there;
            the full run has it). About 50 minutes on 2 cores.
   (full)   the same grids and sizes, all three cases for all three
-Every mode also runs SAM 2.1 Hiera-T (16x16 grid, 384x512; in --smoke a 4x4 grid, 96x128).
+Every mode also runs SAM 2.1 Hiera-T (the same grids and sizes; in --smoke a 4x4 grid, 96x128).
 
 Random weights give random IoU predictions, so the thresholded case keeps few masks; the
 no-threshold cases are the ones that load the decoder and post-processing.
@@ -84,10 +84,11 @@ def settings(mode: str) -> list[Setting]:
         return [Setting("small", 4, (96, 128), tuple(CASES)),
                 dataclasses.replace(sam2, grid=4, hw=(96, 128), cases=("no_thresholds_nms_off",))]
     grids_and_sizes = [(g, hw) for hw in ((384, 512), (768, 1024)) for g in (16, 32)]
+    sam2s = [dataclasses.replace(sam2, grid=g, hw=hw) for g, hw in grids_and_sizes]
     if mode == "quick":
         return [Setting("vit_b", g, hw, ("no_thresholds", "no_thresholds_nms_off"),
-                        skipped=(("no_thresholds_nms_off", "hf"),)) for g, hw in grids_and_sizes] + [sam2]
-    return [Setting("vit_b", g, hw, tuple(CASES)) for g, hw in grids_and_sizes] + [sam2]
+                        skipped=(("no_thresholds_nms_off", "hf"),)) for g, hw in grids_and_sizes] + sam2s
+    return [Setting("vit_b", g, hw, tuple(CASES)) for g, hw in grids_and_sizes] + sam2s
 
 
 def is_sam2(model: str) -> bool:
