@@ -206,6 +206,9 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel, DDP: gloo on CPU, NCCL on GPU).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads, rounded up).")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="Torch threads per worker; null: cpus_per_worker rounded up. More than it reserves "
+        "lets a worker use cores the light sample preparation leaves idle (a 2-core machine: 1 reserved, 2 threads).")
     batch_size: int = Field(4, ge=1, description="Images per step per worker (the image encoder runs once per image).")
     masks_per_image: int = Field(8, ge=1, description="Masks trained per image per step (drawn again when it has fewer).")
     box_fraction: float = Field(0.5, ge=0, le=1, description="Share of a step's masks prompted by a box; the rest by a point.")
@@ -215,9 +218,9 @@ class TrainConfig(Section):
         "prediction's error (positive where missed, negative where spilled).")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate (the peak, after warm-up).")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "cosine", description="The learning rate after warm-up: constant, or a cosine decay to zero over the "
+        "constant", description="The learning rate after warm-up: constant, or a cosine decay to zero over the "
         "planned steps (epochs) or the max_minutes budget, whichever ends first.")
-    warmup_steps: int = Field(10, ge=0, description="Steps of linear warm-up to learning_rate.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warm-up to learning_rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     image_encoder: Literal["frozen", "lora", "full"] = Field(
         "frozen", description="The image encoder: frozen (features computed without gradients), lora "

@@ -106,7 +106,7 @@ def _worker_spec(cfg: RunConfig, base: BaseModel, train_items: int) -> WorkerSpe
         epochs=t.epochs, batch_size=t.batch_size, weight_decay=t.weight_decay,
         schedule=LrSchedule(t.learning_rate, t.lr_schedule, t.warmup_steps, steps),
         low_res=base.frame.low_res, seed=t.seed, shuffle_buffer=t.shuffle_buffer,
-        threads=max(1, math.ceil(t.cpus_per_worker)),
+        threads=t.threads_per_worker or max(1, math.ceil(t.cpus_per_worker)),
         max_seconds=60 * t.max_minutes if t.max_minutes else None,
     )
 
