@@ -1,6 +1,11 @@
 """Vector index builds and queries (samflow.index): clustered unit vectors, d=512.
 
-    python bench/index.py [--smoke | --quick] [--rerank file|sq8]   smoke: 20k; quick: 100k; full: 100k and 1M
+    python bench/index.py [--smoke | --quick] [--rerank file|sq8] [--workers 1 2] [--sizes 1M 4M]
+    smoke: 20k; quick: 100k; full: 100k, 1M and 4M
+
+``--workers``: IVF-PQ builds are also run with their encoding in N Ray tasks (a local Ray of N
+CPUs; ``samflow index build --ray-tasks N``): build time and the peak RSS of each Ray worker
+process (its high-water mark), beside the driver's. ``--sizes`` narrows the IVF-PQ sizes.
 
 Per case (each in its own process, so peak RSS is that case's alone): build time (collect,
 train, add, recall check), peak RSS, single-query latency p50/p99, batched queries/s, and
@@ -71,19 +76,50 @@ def _sources(n: int, centres: np.ndarray):
     return [(f"file-{start}", lambda s=start: one_file(s, min(FILE_ROWS, n - s))) for start in range(0, n, FILE_ROWS)]
 
 
-def run_case(n: int, index_type: str, rerank: str) -> dict:
-    """One case in this process: build, then query; returns the figures."""
+def _ray_workers_peak_rss_mb() -> list[float]:
+    """The high-water RSS of each worker process of the Ray this process started (its raylet's
+    children; Linux /proc)."""
+    import psutil
+
+    peaks = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "default_worker.py" not in cmdline and not cmdline.startswith("ray::"):
+            continue
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            continue
+        peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+    return sorted(peaks, reverse=True)
+
+
+def run_case(n: int, index_type: str, rerank: str, workers: int = 0) -> dict:
+    """One case in this process: build (encoding in ``workers`` Ray tasks; 0: here), then
+    query; returns the figures."""
     from samflow.index.build import Build, BuildParams, exact_top_k, peak_rss_mb
     from samflow.index.search import Searcher
     from samflow.index.store import VECTORS, VectorFile
 
     centres = _centres()
+    parallel = None
+    if workers:
+        import ray
+
+        from samflow.pipeline.index_parts import ray_parallel
+
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        parallel = ray_parallel(workers)
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         work = Path(tmp)
-        build = Build(work, BuildParams(index=index_type, rerank=rerank), "image", "bench")
+        build = Build(work, BuildParams(index=index_type, rerank=rerank), "image", "bench", parallel=parallel)
         start = time.perf_counter()
         manifest = build.run(_sources(n, centres))
         build_s = time.perf_counter() - start
+        worker_peaks = _ray_workers_peak_rss_mb() if workers else []
         searcher = Searcher(work, manifest)
         queries = _points(centres, QUERIES, seed=7)
         truth = exact_top_k(VectorFile(work / VECTORS, DIM), n, queries, 10, 65_536)
@@ -105,6 +141,8 @@ def run_case(n: int, index_type: str, rerank: str) -> dict:
             "p99_ms": 1000 * float(np.percentile(latencies, 99)), "qps": qps, "recall_at_10": recall,
             "manifest_recall_at_10": manifest["recall_at_10"],
             "tuning": manifest.get("tuning", []),
+            "encode_nodes": build.state.get("encode_nodes", 0),
+            "worker_peak_rss_mb": worker_peaks[:workers],
         }
 
 
@@ -155,18 +193,23 @@ def run_add_case(base: int) -> dict:
                 "add_s": add_s, "compact_s": compact_s, "recall_at_10": recall, "peak_rss_mb": peak_rss_mb()}
 
 
-def _in_child(n: int, index_type: str, rerank: str) -> dict:
+def _in_child(n: int, index_type: str, rerank: str, workers: int = 0) -> dict:
     # Sleeping, not spinning, OpenMP workers: on a shared CPU spinning threads slow FAISS ~5x.
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
     out = subprocess.run([sys.executable, __file__, "--case", str(n), "--type", index_type,
-                          "--rerank", rerank],
+                          "--rerank", rerank, "--workers", str(workers)],
                          check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _label(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def _size(label: str) -> int:
+    number, unit = label[:-1], label[-1].lower()
+    return int(float(number) * {"k": 1_000, "m": 1_000_000}[unit])
 
 
 def main() -> None:
@@ -178,29 +221,40 @@ def main() -> None:
     parser.add_argument("--type", default="ivfpq", help=argparse.SUPPRESS)
     parser.add_argument("--rerank", default="file", choices=("file", "sq8"),
                         help="IVF-PQ re-ranking: file (exact, from disk; default) or sq8 (in-memory codes first)")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="also build IVF-PQ with its encoding in N Ray tasks, for each N (default: 1 2; smoke: 2)")
+    parser.add_argument("--sizes", nargs="+", default=None, help="IVF-PQ sizes to build, e.g. 1M 4M")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}", flush=True)
     if args.case:
-        figures = run_add_case(args.case) if args.type == "add" else run_case(args.case, args.type, args.rerank)
+        workers = args.workers[0] if args.workers else 0
+        figures = (run_add_case(args.case) if args.type == "add"
+                   else run_case(args.case, args.type, args.rerank, workers))
         print(json.dumps(figures))
         return
-    cases = [(20_000, "ivfpq")] if args.smoke else [(100_000, "flat"), (100_000, "ivfpq")]
-    if not (args.smoke or args.quick):
-        cases.append((1_000_000, "ivfpq"))
+    sizes = [20_000] if args.smoke else [100_000] if args.quick else [100_000, 1_000_000, 4_000_000]
+    sizes = [_size(label) for label in args.sizes] if args.sizes else sizes
+    cases = [(n, "ivfpq", 0) for n in sizes]
+    if not args.sizes:
+        cases.insert(0, (sizes[0], "flat", 0))
+    for workers in args.workers or ([2] if args.smoke else [1, 2]):
+        cases += [(n, "ivfpq", workers) for n in sizes]
     results = []
-    for n, index_type in cases:
-        figures = _in_child(n, index_type, args.rerank)
+    for n, index_type, workers in cases:
+        figures = _in_child(n, index_type, args.rerank, workers)
         case = f"{_label(n)} {figures['type']}" + (f" {args.rerank}" if figures["type"] == "ivfpq" else "")
+        case += f" ray_tasks={workers}" if workers else ""
         print(f"{case}: {json.dumps(figures)}", flush=True)
         results += [
             result(case, "build_time", figures["build_s"], "s"),
             result(case, "peak_rss", figures["peak_rss_mb"], "MB"),
+            *[result(case, f"worker_{i}_peak_rss", mb, "MB") for i, mb in enumerate(figures["worker_peak_rss_mb"])],
             result(case, "query_p50", figures["p50_ms"], "ms"),
             result(case, "query_p99", figures["p99_ms"], "ms"),
             result(case, "queries_per_s", figures["qps"], "1/s"),
             result(case, "recall_at_10", figures["recall_at_10"], "fraction"),
         ]
-    for base in [20_000] if args.smoke else [100_000] if args.quick else [100_000, 1_000_000]:
+    for base in [20_000] if args.smoke else [100_000] if args.quick else [100_000, 1_000_000, 4_000_000]:
         figures = _in_child(base, "add", args.rerank)
         case = f"{_label(base)} ivfpq + index add {_label(ADDED)}"
         print(f"{case}: {json.dumps(figures)}", flush=True)
