@@ -124,7 +124,7 @@ def test_killed_holder_on_this_machine_is_taken_over_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
+def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path, ray_cluster):
     src = tmp_path / "in"
     written = write_sample_dataset(src, n_synthetic=2, seed=2, include_skimage=False)
     dst = str(tmp_path / "out")
@@ -139,7 +139,7 @@ def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
                                     "--profile", "tiny", "--wait", "--set", "stages.embed.enabled=false",
                                     "--set", "output.lease_ttl_s=60"],
                                    stdout=subprocess.PIPE, stderr=err, text=True,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                   env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_cluster.address})
         deadline = time.monotonic() + 600
         while "waiting: output" not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
