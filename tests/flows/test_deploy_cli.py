@@ -54,9 +54,11 @@ def test_malformed_cron_is_a_user_error(prefect_server, capsys):
 
 
 @pytest.mark.slow
-def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_server, s3_bucket, s3_fs, tmp_path):
+def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_server, s3_bucket, s3_fs, tmp_path,
+                                                                     ray_cluster):
     """The deployment as a scheduler would start it: a flow run created from the deployment and
-    executed by Prefect's own `prefect flow-run execute` (what a worker or `serve` runs)."""
+    executed by Prefect's own `prefect flow-run execute` (what a worker or `serve` runs), on a
+    worker machine that joins the Ray cluster (the session's)."""
     written = write_sample_dataset(tmp_path / "in", n_synthetic=3, seed=9, include_skimage=False)
     src, dst = f"{s3_bucket}/nightly/in", f"{s3_bucket}/nightly/out"
     for path in written:
@@ -64,7 +66,8 @@ def test_a_triggered_deployment_run_processes_exactly_the_new_objects(prefect_se
     assert main(["deploy", src, "--out", dst, "--profile", "tiny", "--cron", "0 2 * * *", "--name", "trigger-test",
                  "--set", "stages.embed.enabled=false"]) == 0
 
-    flow_run_id = trigger_deployment("annotate-dataset/trigger-test", env={"PREFECT_LOGGING_LEVEL": "INFO"})
+    flow_run_id = trigger_deployment("annotate-dataset/trigger-test",
+                                     env={"PREFECT_LOGGING_LEVEL": "INFO", "RAY_ADDRESS": ray_cluster.address})
     catalog = Catalog(dst, StorageConfig())
     assert sorted(catalog.done_uris(catalog.committed_shards())) == sorted(f"{src}/{p.name}" for p in written)
     manifests = s3_fs.ls(f"{dst}/_runs")

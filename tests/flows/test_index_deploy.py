@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from samflow.cli.main import main
-from tests.helpers.index_data import clustered, tiny_annotate_run, write_image_shard
+from tests.helpers.index_data import clustered, copy_of_run, write_image_shard
 from tests.helpers.prefect_runs import trigger_deployment
 
 
@@ -61,10 +61,11 @@ def _manifest(dst: str) -> dict:
 
 
 @pytest.mark.slow
-def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluster, prefect_server, tmp_path):
+def test_triggered_index_runs_build_then_add_what_was_committed_since(ray_cluster, prefect_server, tmp_path,
+                                                                      tiny_run_template):
     import pyarrow.parquet as pq
 
-    dst = tiny_annotate_run(tmp_path)
+    dst = copy_of_run(tiny_run_template, tmp_path)
     images = pq.read_table(f"{dst}/images").num_rows
     assert main(["deploy", str(tmp_path / "src"), "--out", dst, "--index-cron", "0 5 * * *",
                  "--name", "idx-trigger-test"]) == 0

@@ -11,16 +11,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
-    """``python -m MODULE ARGS`` in ``cwd``, importing this checkout's samflow."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 1200,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in ``cwd``, importing this checkout's samflow (``env``: more
+    environment, e.g. RAY_ADDRESS to join the session's cluster)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], check=False, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def samflow(*args: str, cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
+def samflow(*args: str, cwd: Path, timeout: float = 1200, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``samflow ARGS`` in ``cwd``; fails the test with its stderr when it exits non-zero."""
-    done = run_module("samflow.cli.main", *args, cwd=cwd, timeout=timeout)
+    done = run_module("samflow.cli.main", *args, cwd=cwd, timeout=timeout, env=env)
     assert done.returncode == 0, f"samflow {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done
 

@@ -69,3 +69,14 @@ def s3_fs(quiet_s3_server):
     import s3fs
 
     return s3fs.S3FileSystem(endpoint_url=quiet_s3_server, use_listings_cache=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_template(tmp_path_factory, ray_cluster, prefect_server):
+    """One ``tiny_annotate_run`` (no overrides) for the session: the folder holding its src and
+    out. Tests read it through ``copy_of_run`` (tests/helpers/index_data.py), never in place."""
+    from tests.helpers.index_data import tiny_annotate_run
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    tiny_annotate_run(root)
+    return root

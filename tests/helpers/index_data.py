@@ -4,6 +4,7 @@ shards written with the catalog's own marker, so the index reads them as it read
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -107,6 +108,15 @@ def write_scenes(folder, n: int = 4, seed: int = 3) -> list:
         paths.append(path)
     (folder / "copy.png").write_bytes(paths[0].read_bytes())
     return paths + [folder / "copy.png"]
+
+
+def copy_of_run(template: Path, root: Path) -> str:
+    """A copy of the folder a ``tiny_annotate_run(template)`` filled (its src and out) in ``root``,
+    for a test that adds to the run's output; returns the copy's DST."""
+    import shutil
+
+    shutil.copytree(template, root, dirs_exist_ok=True)
+    return str(Path(root) / "out")
 
 
 def tiny_annotate_run(root, overrides: tuple[str, ...] = ()) -> str:

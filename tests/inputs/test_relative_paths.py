@@ -36,8 +36,11 @@ def _coco(path: Path, root: Path) -> list:
 
 
 @pytest.mark.slow
-def test_relative_and_absolute_paths_give_the_same_run(tmp_path: Path) -> None:
+def test_relative_and_absolute_paths_give_the_same_run(tmp_path: Path, ray_cluster) -> None:
     relative, absolute = tmp_path / "rel", tmp_path / "abs"
+    # The session's cluster, joined as a user joins theirs: its workers run in another folder than
+    # the command, so relative paths must reach them made absolute.
+    joined = {"RAY_ADDRESS": ray_cluster.address}
     for root in (relative, absolute):
         root.mkdir()
         made = run_module("samflow.scenes.sample", "data/sample", "--synthetic", "2", "--no-skimage", cwd=root)
@@ -46,9 +49,9 @@ def test_relative_and_absolute_paths_give_the_same_run(tmp_path: Path) -> None:
 
     # DST inside SRC, as relative and as absolute paths (the second from an unrelated cwd).
     runs = {
-        "rel": samflow("annotate", "data/sample", "--out", "data/sample/out", *RUN, cwd=relative),
+        "rel": samflow("annotate", "data/sample", "--out", "data/sample/out", *RUN, cwd=relative, env=joined),
         "abs": samflow("annotate", str(absolute / "data/sample"), "--out", str(absolute / "data/sample/out"),
-                       *RUN, cwd=tmp_path),
+                       *RUN, cwd=tmp_path, env=joined),
     }
     counts = {name: summary_of(done.stdout)["counts"] for name, done in runs.items()}
     assert counts["rel"]["inputs"] == counts["abs"]["inputs"] == 2
@@ -59,14 +62,14 @@ def test_relative_and_absolute_paths_give_the_same_run(tmp_path: Path) -> None:
     assert [uri for uri, _, _ in tables["images"]] == sorted(p.name for p in (relative / "data/sample").glob("scene_*"))
 
     # A second look finds nothing new either way: neither DST's own files nor the ground truth.
-    plans = [json.loads(samflow("plan", "sample", "--out", "sample/out", cwd=relative / "data").stdout),
+    plans = [json.loads(samflow("plan", "sample", "--out", "sample/out", cwd=relative / "data", env=joined).stdout),
              json.loads(samflow("plan", str(absolute / "data/sample"), "--out", str(absolute / "data/sample/out"),
-                                cwd=tmp_path).stdout)]
+                                cwd=tmp_path, env=joined).stdout)]
     for plan in plans:
         assert plan["new"] == 0 and plan["done"] == 2
     assert plans[0]["excluded"] == plans[1]["excluded"]
 
-    samflow("export", "coco", "data/sample/out", "coco.json", cwd=relative)
-    samflow("export", "coco", str(absolute / "data/sample/out"), str(absolute / "coco.json"), cwd=tmp_path)
+    samflow("export", "coco", "data/sample/out", "coco.json", cwd=relative, env=joined)
+    samflow("export", "coco", str(absolute / "data/sample/out"), str(absolute / "coco.json"), cwd=tmp_path, env=joined)
     exported = _coco(relative / "coco.json", relative / "data/sample")
     assert exported and exported == _coco(absolute / "coco.json", absolute / "data/sample")

@@ -13,7 +13,7 @@ from PIL import Image
 from samflow.cli.main import main
 from samflow.schemas import rle
 from samflow.serve.app import Limits, build_app
-from tests.helpers.index_data import tiny_annotate_run
+from tests.helpers.index_data import copy_of_run
 from tests.helpers.ports import free_port
 
 TOKEN = "test-token-0123456789"
@@ -22,11 +22,11 @@ TOKEN = "test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, ray_cluster, prefect_server):
+def served(tmp_path_factory, ray_cluster, prefect_server, tiny_run_template):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-run")
-    dst = tiny_annotate_run(root)
+    dst = copy_of_run(tiny_run_template, root)
     assert main(["index", "build", dst]) == 0
     assert main(["index", "build", dst, "--kind", "mask"]) == 0
     port = free_port()

@@ -94,13 +94,22 @@ time.sleep(600)
 """
 
 
-def killed_holder(dst: str, ttl_s: float, owner: str = "") -> None:
-    """A process that takes DST's lease, renews it, and is SIGKILLed (no goodbye)."""
+def start_holder(dst: str, ttl_s: float, owner: str = "") -> subprocess.Popen:
+    """A process that takes DST's lease and renews it until the test kills it."""
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, dst, str(ttl_s), owner], stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert holder.stdout.readline().strip() == "held"
-    os.kill(holder.pid, signal.SIGKILL)
+    return holder
+
+
+def kill(holder: subprocess.Popen) -> None:
+    os.kill(holder.pid, signal.SIGKILL)  # no goodbye
     holder.wait()
+
+
+def killed_holder(dst: str, ttl_s: float, owner: str = "") -> None:
+    """A process that takes DST's lease, renews it, and is SIGKILLed (no goodbye)."""
+    kill(start_holder(dst, ttl_s, owner))
 
 
 def test_killed_holder_on_this_machine_is_taken_over_at_once(tmp_path):
@@ -115,22 +124,38 @@ def test_killed_holder_on_this_machine_is_taken_over_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path):
+def test_killed_run_lease_expires_and_next_run_takes_over(tmp_path, ray_cluster):
     src = tmp_path / "in"
     written = write_sample_dataset(src, n_synthetic=2, seed=2, include_skimage=False)
     dst = str(tmp_path / "out")
-    ttl = 60.0
-    # A run on another machine (its owner names another host): only the expiry can free DST.
-    killed_holder(dst, ttl, owner="node-b:4242:feedbeef")
+    ttl = 10.0  # the holder's: the run waits this long after the kill, at most (it renews every ttl/3)
+    # A run on another machine (its owner names another host): only the expiry can free DST. It
+    # holds the lease, renewing it, until the next run is waiting for it; then it is killed.
+    holder = start_holder(dst, ttl, owner="node-b:4242:feedbeef")
+    log = tmp_path / "annotate.err"
+    try:
+        with open(log, "w") as err:
+            run = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", "annotate", str(src), "--out", dst,
+                                    "--profile", "tiny", "--wait", "--set", "stages.embed.enabled=false",
+                                    "--set", "output.lease_ttl_s=60"],
+                                   stdout=subprocess.PIPE, stderr=err, text=True,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_cluster.address})
+        deadline = time.monotonic() + 600
+        while "waiting: output" not in log.read_text() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        kill(holder)
+    if "waiting: output" not in log.read_text():  # it must be refused while the holder lives
+        run.kill()
+        run.wait()
+        raise AssertionError(f"the run never waited for the lease:\n{log.read_text()[-3000:]}")
     killed = Lease(dst, StorageConfig()).read()
     assert killed is not None and killed.owner == "node-b:4242:feedbeef"  # no goodbye: still there
-    assert killed.live  # (refusing a live lease: test_second_cli_run_refuses_clearly)
-
-    done = samflow("annotate", str(src), "--out", dst, "--profile", "tiny", "--wait",
-                   "--set", "stages.embed.enabled=false", "--set", f"output.lease_ttl_s={ttl}")
-    assert done.returncode == 0, done.stderr
-    assert "waiting: output" in done.stderr and "node-b:4242:feedbeef" in done.stderr  # it waited for expiry
-    counts = summary_of(done.stdout)["counts"]
+    stdout, _ = run.communicate(timeout=600)
+    stderr = log.read_text()
+    assert run.returncode == 0, stderr[-3000:]
+    assert "node-b:4242:feedbeef" in stderr  # it waited for that run's lease to expire
+    counts = summary_of(stdout)["counts"]
     assert counts["inputs"] == len(written) == counts["images"] + counts["errors"]
     assert Lease(dst, StorageConfig()).read() is None  # released at the end
 
