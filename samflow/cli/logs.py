@@ -104,11 +104,6 @@ def _set_ray_worker_logs(enabled: bool) -> None:
         setattr(module, _RAY_WORKER_LOGS_FLAG, enabled)
 
 
-def quiet_ray_worker_logs() -> None:
-    """No "(raylet)" / "(pid=...)" lines printed by the driver (Ray core imported)."""
-    _set_ray_worker_logs(False)
-
-
 def quiet_warnings(verbose: int) -> None:
     """Quiet mode: libraries' deprecation and future warnings stay off the terminal."""
     if not verbose:

@@ -3,8 +3,9 @@ each one by its URI."""
 
 from __future__ import annotations
 
-import pyarrow as pa
 import ray
+
+import pyarrow as pa
 
 from samflow.inputs.formats import key_row, keys_table
 

@@ -26,7 +26,6 @@ from samflow.config import RayConfig, RunConfig
 from samflow.inputs.plan import ContainerKeys
 from samflow.media.decode import DecodeStage
 from samflow.models.loading.cache import with_model_cache
-from samflow.pipeline.ray_start import ensure_ray
 from samflow.pipeline.resources import (
     GraphFit,
     StagePlacement,
@@ -147,6 +146,19 @@ def track_videos(cfg: RunConfig) -> bool:
     """Whether videos go to the track stage; otherwise decode samples their frames and they are
     annotated like images."""
     return cfg.stages.track.runs(cfg)
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    runtime_env = cfg.runtime_env or None
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=cfg.address, runtime_env=runtime_env)
+    else:
+        # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
+        # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, runtime_env=runtime_env, include_dashboard=False)
 
 
 def cpu_fallback(cfg: RayConfig) -> bool:
