@@ -30,6 +30,7 @@ from samflow.inputs.formats import (
     suffix,
 )
 from samflow.inputs.layouts import metadata_files
+from samflow.store.doneset import KEYS_JOINED_HERE
 from samflow.store.storage import absolute_uri, list_files, selected
 
 ITEMS_PER_BATCH = 8  # items a container reader hands to decode at a time
@@ -103,10 +104,13 @@ def check_format(fmt: str, uris: list[str], storage: StorageConfig) -> None:
         parquet.check(uris, storage)
 
 
-def key_dataset(source: Source, cfg: RunConfig) -> ray.data.Dataset:
-    """The key rows of every item of ``source``, built on the workers."""
+def key_dataset(source: Source, cfg: RunConfig) -> ray.data.Dataset | pa.Table:
+    """The key rows of every item of ``source``, built on the workers; loose files' (listed here)
+    as a table held here when there are few enough to plan here (``doneset.KEYS_JOINED_HERE``)."""
     uris = [uri for uri, _ in source.files]
     if source.format == "files":
+        if len(source.files) <= KEYS_JOINED_HERE:
+            return files.key_table(source.files)
         return files.key_dataset(source.files)
     if source.format == "manifest":
         return manifest.key_dataset(uris, cfg.storage)
@@ -118,7 +122,7 @@ def key_dataset(source: Source, cfg: RunConfig) -> ray.data.Dataset:
 # ------------------------------------------------------------------------ items (the pipeline)
 
 
-def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Dataset:
+def todo_blocks(todo: ray.data.Dataset | pa.Table, fmt: str, listed: int) -> ray.data.Dataset:
     """The key rows still to do, shaped for the run before the plan materializes them.
 
     Loose files and manifest entries become decode's item rows, exactly ITEMS_PER_BATCH to a block
@@ -128,11 +132,17 @@ def todo_blocks(todo: ray.data.Dataset, fmt: str, listed: int) -> ray.data.Datas
     batch. Ray Data's repartition asks Ray for a whole CPU per task and takes no resource
     arguments, so it runs here, before any model actor holds a CPU: inside the stream it could
     never be placed beside them on a 1-CPU cluster. Members of a container stay in their bucket's
-    block, so the run reads each container once (``ContainerKeys``).
+    block, so the run reads each container once (``ContainerKeys``). A table (a plan made in this
+    process) is cut into the same blocks here, without Ray tasks.
     """
+    rows = max(ITEMS_PER_BATCH, math.ceil(listed / MAX_ITEM_BLOCKS))
+    if isinstance(todo, pa.Table):
+        if fmt not in LOOSE_FORMATS:
+            return ray.data.from_arrow(todo)
+        items = _loose_items(todo)
+        return ray.data.from_arrow([items.slice(i, rows) for i in range(0, items.num_rows, rows)] or [items])
     if fmt not in LOOSE_FORMATS:
         return todo
-    rows = max(ITEMS_PER_BATCH, math.ceil(listed / MAX_ITEM_BLOCKS))
     loose = todo.map_batches(_loose_items, batch_format="pyarrow")
     return loose.repartition(target_num_rows_per_block=rows, strict=True)
 

@@ -69,16 +69,25 @@ class PlanResult:
 
 
 def plan(
-    keys: ray.data.Dataset, dst: str, storage: StorageConfig, committed: set[str],
-    shape: Callable[[ray.data.Dataset, int], ray.data.Dataset] | None = None, members: bool = False,
+    keys: ray.data.Dataset | pa.Table, dst: str, storage: StorageConfig, committed: set[str],
+    shape: Callable[[ray.data.Dataset | pa.Table, int], ray.data.Dataset] | None = None, members: bool = False,
 ) -> PlanResult:
     """Anti-join ``keys`` against the committed done keys, writing nothing to DST: the input keys
     and the done keys not yet compacted meet per bucket in Ray's object store (a groupby), where
     each bucket's task also reads that bucket of DST's compacted done table. ``shape(todo,
     listed)`` turns the keys still to do into what the run streams before they are materialized;
-    ``members``: also count the key rows listed per container."""
+    ``members``: also count the key rows listed per container.
+
+    ``keys`` held here (a table, the driver's listing) of at most ``KEYS_JOINED_HERE`` rows are
+    joined here without Ray tasks (``shape`` then gets a table): the same rows in the same order
+    as the tasks would give, without their worker processes' start (several seconds on a small
+    machine, before the run's first model batch)."""
     start = time.perf_counter()
     catalog = Catalog(dst, storage)
+    if isinstance(keys, pa.Table):
+        if keys.num_rows <= KEYS_JOINED_HERE:
+            return _plan_here(keys, dst, storage, committed, catalog, shape, members, start)
+        keys = ray.data.from_arrow(keys)
     bucketed = keys.map_batches(with_bucket, batch_format="pyarrow", zero_copy_batch=True).materialize()
     listed = bucketed.count()
     todo = bucketed.map_batches(_without_bucket, batch_format="pyarrow")
@@ -99,6 +108,35 @@ def plan(
     todo = (shape(todo, listed) if shape is not None else todo).materialize()
     counts = _members(bucketed) if members and listed else {}
     return PlanResult(todo=todo, listed=listed, new=todo.count(), seconds=time.perf_counter() - start, members=counts)
+
+
+def _plan_here(
+    keys: pa.Table, dst: str, storage: StorageConfig, committed: set[str], catalog: Catalog,
+    shape: Callable[[ray.data.Dataset | pa.Table, int], ray.data.Dataset] | None, members: bool, start: float,
+) -> PlanResult:
+    """:func:`plan` of a key table held here: the same steps on the table, in this process (done
+    keys not yet compacted are still read by Ray tasks, as in the join in Ray)."""
+    bucketed = with_bucket(keys)
+    listed = bucketed.num_rows
+    todo: pa.Table = _without_bucket(bucketed)
+    if listed:
+        sides = [_side(bucketed, done=False)]
+        pending = _pending_done(catalog, storage, committed)
+        if pending is not None:
+            done = pending.map_batches(_side, fn_kwargs={"done": True}, batch_format="pyarrow")
+            sides.extend(ray.get(done.to_arrow_refs()))
+        rows = pa.concat_tables(sides)
+        todo = _join_rows(rows, {"done_root": catalog.path(DONE), "dst": dst, "storage": storage})
+    shaped = shape(todo, listed) if shape is not None else ray.data.from_arrow(todo)
+    counts = _members_here(bucketed) if members and listed else {}
+    return PlanResult(todo=shaped.materialize(), listed=listed, new=shaped.count(),
+                      seconds=time.perf_counter() - start, members=counts)
+
+
+def _members_here(bucketed: pa.Table) -> dict[str, int]:
+    counts = bucketed.select(["container"]).group_by("container").aggregate([([], "count_all")])
+    return {c: int(n) for c, n in zip(counts.column("container").to_pylist(), counts.column("count_all").to_pylist())
+            if c}
 
 
 def _members(bucketed: ray.data.Dataset) -> dict[str, int]:
@@ -193,7 +231,11 @@ def anti_join(group: pa.Table, done_root: str, dst: str, storage: StorageConfig)
 
 def _join_here(joined: ray.data.Dataset, join_kwargs: dict) -> pa.Table:
     """:func:`anti_join` of every bucket, in this process."""
-    rows = pa.concat_tables(ray.get(joined.to_arrow_refs()))
+    return _join_rows(pa.concat_tables(ray.get(joined.to_arrow_refs())), join_kwargs)
+
+
+def _join_rows(rows: pa.Table, join_kwargs: dict) -> pa.Table:
+    """:func:`anti_join` of every bucket of ``rows`` (input and done key rows, ``_side``)."""
     buckets = rows.column("bucket")
     parts = [anti_join(rows.filter(pc.equal(buckets, bucket)), **join_kwargs)
              for bucket in pc.unique(buckets).to_pylist()]
