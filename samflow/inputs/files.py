@@ -3,9 +3,8 @@ each one by its URI."""
 
 from __future__ import annotations
 
-import ray
-
 import pyarrow as pa
+import ray
 
 from samflow.inputs.formats import key_row, keys_table
 
