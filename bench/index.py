@@ -254,7 +254,7 @@ def main() -> None:
             result(case, "queries_per_s", figures["qps"], "1/s"),
             result(case, "recall_at_10", figures["recall_at_10"], "fraction"),
         ]
-    for base in [20_000] if args.smoke else [100_000] if args.quick else [100_000, 1_000_000, 4_000_000]:
+    for base in sizes:
         figures = _in_child(base, "add", args.rerank)
         case = f"{_label(base)} ivfpq + index add {_label(ADDED)}"
         print(f"{case}: {json.dumps(figures)}", flush=True)
