@@ -207,8 +207,8 @@ class TrainConfig(Section):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads, rounded up).")
     threads_per_worker: int | None = Field(
-        None, ge=1, description="Torch threads per worker; null: cpus_per_worker rounded up. More than it reserves "
-        "lets a worker use cores the light sample preparation leaves idle (a 2-core machine: 1 reserved, 2 threads).")
+        None, ge=1, description="Torch threads per worker; null: cpus_per_worker rounded up. More threads than "
+        "reserved CPUs compete with the sample preparation (2-core CPU, 1 reserved: 33 images/s with 1 thread, 20 with 2).")
     batch_size: int = Field(4, ge=1, description="Images per step per worker (the image encoder runs once per image).")
     masks_per_image: int = Field(8, ge=1, description="Masks trained per image per step (drawn again when it has fewer).")
     box_fraction: float = Field(0.5, ge=0, le=1, description="Share of a step's masks prompted by a box; the rest by a point.")

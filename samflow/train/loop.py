@@ -130,13 +130,16 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progre
     return progress
 
 
-def _batches(name: str, spec: WorkerSpec, shuffle: bool):
+def _batches(name: str, spec: WorkerSpec, shuffle_epoch: int | None = None):
+    """The worker's shard of a split; shuffled (a new order each epoch, the same on a re-run)
+    when ``shuffle_epoch`` is given."""
     import ray.train
 
     shard = ray.train.get_dataset_shard(name)
-    buffer = spec.shuffle_buffer if shuffle and spec.shuffle_buffer else None
+    buffer = spec.shuffle_buffer if shuffle_epoch is not None and spec.shuffle_buffer else None
+    seed = spec.seed * 100_003 + shuffle_epoch if buffer else None
     yield from shard.iter_batches(batch_size=spec.batch_size, batch_format="numpy",
-                                  local_shuffle_buffer_size=buffer, local_shuffle_seed=spec.seed if buffer else None)
+                                  local_shuffle_buffer_size=buffer, local_shuffle_seed=seed)
 
 
 def _tensors(batch: dict[str, np.ndarray], low_res: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -149,7 +152,7 @@ def _tensors(batch: dict[str, np.ndarray], low_res: int, device: torch.device) -
 def _train_epoch(step, optimizer, spec: WorkerSpec, device, generator, epoch: int, rank: int,
                  budget: _Budget, say: Callable[[str], None]) -> dict[str, Any]:
     losses, images, stopped, started = [], 0, False, time.time()
-    for index, batch in enumerate(_batches("train", spec, shuffle=True)):
+    for index, batch in enumerate(_batches("train", spec, shuffle_epoch=epoch)):
         spent, share = _largest_over_workers(budget.spent(), budget.progress(spec.schedule))
         if spent:
             stopped = True
@@ -179,7 +182,7 @@ def _score(step, spec: WorkerSpec, device) -> float | None:
     module = step.module if hasattr(step, "module") else step
     module.eval()
     total = torch.zeros(2, dtype=torch.float64)
-    for batch in _batches("holdout", spec, shuffle=False):
+    for batch in _batches("holdout", spec):
         total += module.score(*_tensors(batch, spec.low_res, device))
     module.train()
     total = _sum_over_workers(total)

@@ -85,7 +85,7 @@ def read_reviews(dst: str, storage: StorageConfig) -> Reviews:
 
 
 class ShardItems:
-    """Ray Data ``flat_map``: one committed shard's name -> one row per item with masks."""
+    """One committed shard's name -> one row per item with masks."""
 
     def __init__(self, dst: str, storage: StorageConfig, reviews: dict[str, list[str]]) -> None:
         self.catalog = Catalog(dst, storage)
@@ -117,7 +117,7 @@ class ShardItems:
 
 
 class PrepareSamples:
-    """Ray Data ``map_batches``: item rows -> the model's input pixels and the masks in the
+    """Item rows -> the model's input pixels and the masks in the
     decoder's frame. Members of one tar or Parquet file are read in one pass over it."""
 
     def __init__(self, storage: StorageConfig, frame: ModelFrame) -> None:
@@ -189,14 +189,24 @@ def sample_datasets(dst: str, storage: StorageConfig, frame: ModelFrame, reviews
     shards = committed_shards(dst, storage)
     if not shards:
         return {}
+    # Tasks, not actors: every epoch executes the datasets again, and a new actor pool would
+    # import torch and samflow each time, while task workers stay warm between executions.
     items = ray.data.from_items([{"shard": s} for s in shards]).flat_map(
-        ShardItems, fn_constructor_args=(dst, storage, reviews.by_item), concurrency=1)
-    prepare = {"fn_constructor_args": (storage, frame), "concurrency": 1, "batch_size": None,
-               "batch_format": "numpy"}
+        _shard_items, fn_args=(dst, storage, reviews.by_item), concurrency=1)
+    prepare = {"fn_args": (storage, frame), "concurrency": 1, "batch_size": None, "batch_format": "numpy"}
     train = items.filter(lambda r: not is_held_out(r["item_id"], holdout_fraction))
     holdout = items.filter(lambda r: is_held_out(r["item_id"], holdout_fraction))
-    return {"train": train.map_batches(PrepareSamples, **prepare),
-            "holdout": holdout.map_batches(PrepareSamples, **prepare)}
+    return {"train": train.map_batches(_prepare_samples, **prepare),
+            "holdout": holdout.map_batches(_prepare_samples, **prepare)}
+
+
+def _shard_items(row: dict[str, Any], dst: str, storage: StorageConfig,
+                 reviews: dict[str, list[str]]) -> list[dict[str, Any]]:
+    return ShardItems(dst, storage, reviews)(row)
+
+
+def _prepare_samples(batch: dict[str, np.ndarray], storage: StorageConfig, frame: ModelFrame) -> dict[str, np.ndarray]:
+    return PrepareSamples(storage, frame)(batch)
 
 
 def item_counts(dst: str, storage: StorageConfig, reviews: Reviews, holdout_fraction: float) -> dict[str, int]:
