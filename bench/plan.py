@@ -113,7 +113,7 @@ def _child(items: int) -> dict[str, float]:
     return figures
 
 
-def history_cases(sizes: list[int], new_items: int, warm_up: bool = True) -> list[dict]:
+def history_cases(sizes: list[int], new_items: int, warm_up: bool = True, tail: int = TAIL_MARKERS) -> list[dict]:
     """Each history size planned against one manifest of ``new_items`` new URIs, on a local S3
     server, requests counted at a proxy in front of it (``warm_up``: a first, unreported plan, so
     that the first reported seconds are not a cold start's)."""
@@ -132,13 +132,13 @@ def history_cases(sizes: list[int], new_items: int, warm_up: bool = True) -> lis
         os.environ[name] = value  # before Ray starts: its workers inherit them
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
     try:
-        return _plan_histories(endpoint, sizes, new_items, FaultProxy, Faults, warm_up)
+        return _plan_histories(endpoint, sizes, new_items, FaultProxy, Faults, warm_up, tail)
     finally:
         server.stop()
 
 
 def _plan_histories(endpoint: str, sizes: list[int], new_items: int, proxy_class, faults_class,
-                    warm_up: bool) -> list[dict]:
+                    warm_up: bool, tail: int) -> list[dict]:
     from samflow.config import StorageConfig, load_config
     from samflow.flows.annotate import make_plan
     from samflow.pipeline.graph import ensure_ray
@@ -161,7 +161,7 @@ def _plan_histories(endpoint: str, sizes: list[int], new_items: int, proxy_class
         if shards is None:
             continue
         dst = f"s3://bench/out-{index}-{shards}"
-        checkpointed_history(dst, storage, shards, KEYS_PER_SHARD, TAIL_MARKERS)
+        checkpointed_history(dst, storage, shards, KEYS_PER_SHARD, tail)
         with proxy_class(endpoint, faults_class()) as proxy:
             counted = load_config(overrides=[f"storage.endpoint_url={proxy.url}"])
             start = time.perf_counter()
@@ -226,11 +226,12 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(*args.case)))
         return
-    histories = [100, 1000] if args.smoke else [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
+    histories = [10, 100] if args.smoke else [1000, 10_000] if args.quick else [1000, 10_000, 100_000]
     new_items = 1000 if args.smoke else 10_000
     # --smoke: every path runs; its seconds mean nothing, so no warm-up plan before them.
-    results = report_histories(history_cases(histories, new_items, warm_up=not args.smoke), new_items)
-    sizes = [10_000] if args.smoke else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    results = report_histories(history_cases(histories, new_items, warm_up=not args.smoke,
+                                             tail=10 if args.smoke else TAIL_MARKERS), new_items)
+    sizes = [2000] if args.smoke else [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     peaks, run_peaks = {}, {}
     for items in sizes:
         figures = _child(items)
