@@ -11,6 +11,30 @@ import pytest
 
 pytest_plugins = ["tests.helpers.cluster_fixtures"]
 
+# The longest modules, longest first (from --durations). The suite runs in two processes, each
+# taking whole modules (pyproject: -n 2 --dist loadfile); started first, the long ones overlap
+# and the session ends on short modules instead of one long module running alone.
+LONGEST_MODULES = (
+    "tests/test_benches.py",
+    "tests/train/test_train_cli.py",
+    "tests/test_readme.py",
+    "tests/flows/test_engine_round_cli.py",
+    "tests/flows/test_schedule_cli.py",
+    "tests/pipeline/test_resources.py",
+    "tests/flows/test_deploy_cli.py",
+    "tests/flows/test_index_deploy.py",
+    "tests/inputs/test_inputs.py",
+    "tests/synth/test_synth.py",
+    "tests/store/test_plan_history.py",
+    "tests/pipeline/test_multinode.py",
+    "tests/pipeline/test_reliability.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {module: index for index, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: modules stay whole
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

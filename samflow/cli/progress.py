@@ -33,6 +33,8 @@ class RunProgress:
     def __init__(self, stream: IO[str] | None = None, *, interval_s: float = INTERVAL_S,
                  live: bool | None = None) -> None:
         self.console = Console(file=stream, stderr=stream is None)
+        if not self.console.is_terminal:  # piped or captured: room for whole paths in the summary
+            self.console = Console(file=stream, stderr=stream is None, width=200)
         self.live = self.console.is_terminal if live is None else live
         self.counts = RunCounts()
         self._bar: Progress | None = None
