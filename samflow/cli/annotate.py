@@ -82,14 +82,10 @@ def _print_run_summary(manifest: dict, cfg: object, progress: object) -> None:
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from samflow.store import runs
 
     cfg = options.user_config(args.config, args.overrides, None)
-    console = Console()
-    if not console.is_terminal:  # piped or captured: room for whole run ids and model names
-        console = Console(width=200)
+    console = logs.report_console()
     if args.run_id:
         report = runs.load_report(args.dst, args.run_id, cfg.storage)
         if args.json:

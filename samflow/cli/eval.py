@@ -41,12 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    from samflow.cli.logs import report_console
+
+    console = report_console()
     table = Table(title=f"eval {result['eval_id']} of {result['dst']} against {result['gt']}", show_header=False)
     table.add_column("figure")
     table.add_column("value", justify="right")

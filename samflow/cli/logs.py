@@ -21,6 +21,10 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Library loggers that speak once per request or per tick: WARNING unless -v.
 CHATTY_LOGGERS = ("httpx", "httpcore", "prefect", "ray", "ray.data", "botocore", "s3fs", "urllib3")
@@ -59,6 +63,15 @@ def console(verbose: int) -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
             root.setLevel(saved_levels[""])
             _set_ray_worker_logs(True if saved_worker_logs is None else saved_worker_logs)
+
+
+def report_console(file: IO[str] | None = None, stderr: bool = False) -> Console:
+    """A rich console for tables and summaries: the terminal's width, or, piped or captured, 200
+    columns (rich's 80 would wrap whole paths, run ids and model names)."""
+    from rich.console import Console
+
+    console = Console(file=file, stderr=stderr)
+    return console if console.is_terminal else Console(file=file, stderr=stderr, width=200)
 
 
 def _configure(verbose: int) -> None:

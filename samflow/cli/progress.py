@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import IO, Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from samflow.cli.logs import report_console
 from samflow.flows.progress import INTERVAL_S, RunCounts, StageLoad, Ticker
 from samflow.store.catalog import ShardResult
 
@@ -32,9 +32,7 @@ class RunProgress:
 
     def __init__(self, stream: IO[str] | None = None, *, interval_s: float = INTERVAL_S,
                  live: bool | None = None) -> None:
-        self.console = Console(file=stream, stderr=stream is None)
-        if not self.console.is_terminal:  # piped or captured: room for whole paths in the summary
-            self.console = Console(file=stream, stderr=stream is None, width=200)
+        self.console = report_console(stream, stderr=stream is None)
         self.live = self.console.is_terminal if live is None else live
         self.counts = RunCounts()
         self._bar: Progress | None = None
