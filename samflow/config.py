@@ -188,7 +188,7 @@ class IndexConfig(Section):
 class TrainLossConfig(Section):
     """SAM's loss: focal and dice on the masks (the paper's 20:1), MSE on the IoU head."""
 
-    focal_weight: float = Field(20.0, ge=0, description="Weight of the focal loss (alpha 0.25, gamma 2).")
+    focal_weight: float = Field(20.0, ge=0, description="Weight of the focal loss (alpha 0.25, gamma 2). 20 is SAM's, for fine-tuning a trained model; a random model learns faster at about 2 (bench/loop.py).")
     dice_weight: float = Field(1.0, ge=0, description="Weight of the dice loss.")
     iou_weight: float = Field(1.0, ge=0, description="Weight of the IoU head's mean squared error.")
 
