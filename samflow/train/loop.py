@@ -44,6 +44,7 @@ PROGRESS_KEY = "progress_lines"  # the train_loop_config entry holding the drive
 @dataclass(frozen=True)
 class WorkerSpec:
     base_model: str  # any model URI; s3:// and https:// ones are fetched into the node's cache
+    family: str  # sam or sam2
     storage: dict[str, Any]  # StorageConfig, for fetching the base model
     parts: Parts
     step: StepParams
@@ -108,7 +109,7 @@ def _trainable_model(spec: WorkerSpec) -> torch.nn.Module:
     from samflow.models.loading.registry import load_model
 
     local = fetch_model(spec.base_model, StorageConfig.model_validate(spec.storage))
-    runner = load_model("sam", local, device="cuda" if torch.cuda.is_available() else "cpu",
+    runner = load_model(spec.family, local, device="cuda" if torch.cuda.is_available() else "cpu",
                         dtype=torch.float32)
     model = prepare(runner.model, spec.parts)
     model.train()

@@ -44,16 +44,18 @@ from samflow.train.samples import (
     sample_datasets,
 )
 from samflow.train.schedule import LrSchedule, planned_steps
-from samflow.train.step import StepParams
+from samflow.train.step import StepParams, decoder_size
 from samflow.train.trainable import Parts, merged, prepare
 
 CHECKPOINTS = "_train"
+TRAINABLE = ("sam", "sam2")  # model families `samflow train` fine-tunes
 
 
 @dataclass
 class BaseModel:
     uri: str
     local: str
+    family: str  # sam or sam2
     sha256: str | None
     frame: ModelFrame
 
@@ -88,18 +90,19 @@ def _load_base(uri: str, storage: StorageConfig) -> BaseModel:
 
     local = fetch_model(uri, storage)
     family = infer_family(local)
-    if family != "sam":
-        raise UserError(f"train: {uri} is a {family} model; training supports sam models")
-    runner = load_model("sam", local, device="cpu", dtype=None)
-    frame = ModelFrame(runner.image_size, runner.low_res_size, tuple(runner.norm.mean), tuple(runner.norm.std))
-    return BaseModel(uri, local, runner.checkpoint_sha256, frame)
+    if family not in TRAINABLE:
+        raise UserError(f"train: {uri} is a {family} model; training supports {' and '.join(TRAINABLE)} models")
+    runner = load_model(family, local, device="cpu", dtype=None)
+    frame = ModelFrame(runner.image_size, decoder_size(runner.model), tuple(runner.norm.mean), tuple(runner.norm.std),
+                       square=family == "sam2")
+    return BaseModel(uri, local, family, runner.checkpoint_sha256, frame)
 
 
 def _worker_spec(cfg: RunConfig, base: BaseModel, train_items: int) -> WorkerSpec:
     t = cfg.train
     steps = planned_steps(train_items, t.batch_size, t.num_workers, t.epochs)
     return WorkerSpec(
-        base_model=base.uri, storage=cfg.storage.model_dump(mode="json"),
+        base_model=base.uri, family=base.family, storage=cfg.storage.model_dump(mode="json"),
         parts=Parts(t.image_encoder, t.prompt_encoder, t.mask_decoder, t.lora_rank, t.lora_alpha),
         step=StepParams(t.masks_per_image, t.box_fraction, t.box_jitter, t.correction_rounds,
                         t.loss.focal_weight, t.loss.dice_weight, t.loss.iou_weight),
@@ -184,7 +187,7 @@ def _printing(lines: Any) -> Iterator[None]:
 def _lineage(dst: str, out_uri: str, cfg: RunConfig, base: BaseModel, reviews: Reviews, data: dict[str, int],
              progress) -> dict[str, Any]:
     return {
-        "family": "sam",
+        "family": base.family,
         "model": out_uri,
         "base_model": base.uri,
         "base_sha256": base.sha256,
@@ -206,7 +209,7 @@ def _export(checkpoint: Path, spec: WorkerSpec, base: BaseModel, lineage: dict[s
             storage: StorageConfig) -> None:
     from samflow.models.loading.registry import load_model
 
-    model = prepare(load_model("sam", base.local, device="cpu", dtype=None).model, spec.parts)
+    model = prepare(load_model(base.family, base.local, device="cpu", dtype=None).model, spec.parts)
     load_trainable(checkpoint, model)
     local = staging_dir()
     write_model_dir(merged(model), Path(base.local) if Path(base.local).is_dir() else None, lineage, local)

@@ -4,8 +4,8 @@ A sample is one image with its masks: the ground-truth rows of ``annotations/`` 
 ``ground_truth``) and the masks people kept in ``reviews/`` (accepted, corrected, added). Each
 committed shard is read on its own (its ``images/`` and ``annotations/`` files share the shard's
 name), so a worker holds one shard's rows at a time. Images are read from their ``uri``, decoded
-and resized exactly as the segment stage does (`resize_longest_pad`); masks go to the decoder's
-low-resolution frame (`targets.masks_in_frame`) and travel bit-packed.
+and resized exactly as the segment stage does (`resize_longest_pad`; SAM 2: `resize_square`);
+masks go to the decoder's low-resolution frame (`targets.masks_in_frame`) and travel bit-packed.
 
 Items are split into training and held out by a hash of ``item_id``: the same split every run.
 An image that cannot be read or decoded (a video frame, a file gone since the run) is skipped.
@@ -26,7 +26,11 @@ import pyarrow.parquet as pq
 import torch
 
 from samflow.config import StorageConfig
-from samflow.models.common.preprocess import Normalisation, resize_longest_pad
+from samflow.models.common.preprocess import (
+    Normalisation,
+    resize_longest_pad,
+    resize_square,
+)
 from samflow.store.catalog import Catalog
 from samflow.store.storage import read_bytes
 from samflow.train.targets import decode_rles, masks_in_frame, pack
@@ -45,6 +49,7 @@ class ModelFrame:
     low_res: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    square: bool = False  # images resized to image_size x image_size (SAM 2), not padded (SAM)
 
 
 @dataclass
@@ -141,10 +146,9 @@ class PrepareSamples:
             if (height, width) != (int(batch["height"][row]), int(batch["width"][row])):
                 log.warning("skipping %s: it is not the size its masks were made on", uri)
                 continue
-            pixels, _, _ = resize_longest_pad([image], self.frame.image_size, self.norm, torch.device("cpu"),
-                                              torch.float32)
+            pixels = self._pixels(image)
             masks = masks_in_frame(decode_rles([str(c) for c in batch["counts"][row]], height, width),
-                                   self.frame.image_size, self.frame.low_res)
+                                   self.frame.image_size, self.frame.low_res, self.frame.square)
             out["item_id"].append(str(batch["item_id"][row]))
             out["pixels"].append(pixels[0].numpy())
             out["masks"].append(pack(masks))
@@ -153,6 +157,14 @@ class PrepareSamples:
         return {"item_id": np.array(out["item_id"], dtype=object),
                 "pixels": np.stack(out["pixels"]) if out["pixels"] else np.zeros((0, 3, side, side), np.float32),
                 "masks": np.array(out["masks"], dtype=object), "num_masks": np.array(out["num_masks"], dtype=np.int64)}
+
+
+    def _pixels(self, image: np.ndarray) -> torch.Tensor:
+        """The model's input, made as its segment stage makes it."""
+        side, cpu = self.frame.image_size, torch.device("cpu")
+        if self.frame.square:
+            return resize_square([image], (side, side), self.norm, cpu, torch.float32)
+        return resize_longest_pad([image], side, self.norm, cpu, torch.float32)[0]
 
 
 def item_bytes(uris: list[str], storage: StorageConfig) -> dict[str, bytes]:

@@ -5,6 +5,8 @@ interactive recipe on its masks: a first prompt (point or jittered box; a point 
 ambiguous, so three outputs and the best one trained), then ``correction_rounds`` rounds each
 adding one click from the previous prediction's error. It returns the mean loss over masks and
 rounds. The whole step is one forward, so DDP (`ray.train.torch.prepare_model`) wraps it as is.
+The same step trains SAM (`SamModel`: one image embedding) and SAM 2 (`Sam2Model`: a list of
+feature levels, the finer ones feeding its mask decoder's upscaling).
 """
 
 from __future__ import annotations
@@ -21,6 +23,35 @@ from samflow.train.prompts import (
     corrective_points,
     first_prompts,
 )
+
+# SAM's image embedding (B, C, h, w), or SAM 2's feature levels, finest first, coarsest last
+Embeddings = torch.Tensor | list[torch.Tensor]
+
+
+def input_size(model: nn.Module) -> int:
+    """Side of the model's square input (SAM pads to it, SAM 2 resizes to it)."""
+    if hasattr(model, "backbone_feature_sizes"):  # SAM 2
+        from samflow.models.sam2.runner import input_side
+
+        return input_side(model)
+    return int(model.config.vision_config.image_size)
+
+
+def decoder_size(model: nn.Module) -> int:
+    """Side of the decoder's low-resolution masks: four pixels per token of the coarsest
+    feature map (two 2x upscalings)."""
+    if hasattr(model, "backbone_feature_sizes"):  # SAM 2
+        return 4 * int(model.backbone_feature_sizes[-1][0])
+    return 4 * (input_size(model) // int(model.config.vision_config.patch_size))
+
+
+def _rows(embeddings: Embeddings, index) -> Embeddings:
+    """The embeddings of some images (every level's rows)."""
+    return [level[index] for level in embeddings] if isinstance(embeddings, list) else embeddings[index]
+
+
+def _count(embeddings: Embeddings) -> int:
+    return len(embeddings[-1]) if isinstance(embeddings, list) else len(embeddings)
 
 
 @dataclass(frozen=True)
@@ -39,18 +70,29 @@ class SamTrainStep(nn.Module):
         super().__init__()
         self.model = model
         self.params = params
-        self.image_size = int(model.config.vision_config.image_size)
+        self.image_size = input_size(model)
 
-    def _embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _embeddings(self, pixels: torch.Tensor) -> Embeddings:
+        # the encoder itself, not `get_image_embeddings`: transformers runs that under no_grad,
+        # which would leave a trained encoder (full or LoRA) without gradients
         if any(p.requires_grad for p in self.model.vision_encoder.parameters()):
-            return self.model.get_image_embeddings(pixels)
+            return self._encode(pixels)
         with torch.no_grad():  # a frozen encoder needs no activations kept for backward
-            return self.model.get_image_embeddings(pixels)
+            return self._encode(pixels)
 
-    def _decode(self, embeddings: torch.Tensor, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (B, C, h, w) and B x P prompts (flat, image-major) -> logits (B * P, K, L, L),
+    def _encode(self, pixels: torch.Tensor) -> Embeddings:
+        if not hasattr(self.model, "backbone_feature_sizes"):  # SAM
+            return self.model.vision_encoder(pixels)[0]
+        # SAM 2, as its get_image_embeddings: the last level gets the no-memory embedding
+        levels = list(self.model.get_image_features(pixels, return_dict=True).fpn_hidden_states)
+        levels[-1] = levels[-1] + self.model.no_memory_embedding
+        return [level.permute(1, 2, 0).view(len(pixels), -1, *size)
+                for level, size in zip(levels, self.model.backbone_feature_sizes)]
+
+    def _decode(self, embeddings: Embeddings, prompts: Prompts, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of B images and B x P prompts (flat, image-major) -> logits (B * P, K, L, L),
         iou (B * P, K): one decoder call for every image's prompts."""
-        b = len(embeddings)
+        b = _count(embeddings)
 
         def per_image(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.reshape(b, -1, *t.shape[1:])
@@ -71,7 +113,7 @@ class SamTrainStep(nn.Module):
         if not has_masks:  # nothing to learn from: a zero that still reaches every trainable weight
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         chosen = torch.stack([self._choose(masks[i], generator) for i in has_masks])  # (B, M, L, L)
-        embeddings = embeddings[has_masks]
+        embeddings = _rows(embeddings, has_masks)
         boxes = round(self.params.masks_per_image * self.params.box_fraction)
         losses = [self._interactive(embeddings, chosen[:, s].flatten(0, 1), kind, generator)
                   for s, kind in ((slice(0, boxes), True), (slice(boxes, None), False)) if chosen[:, s].shape[1]]
@@ -85,7 +127,7 @@ class SamTrainStep(nn.Module):
                            for _ in range(-(-want // len(keep)))])
         return keep[order[:want]]
 
-    def _interactive(self, embeddings: torch.Tensor, masks: torch.Tensor, box: bool,
+    def _interactive(self, embeddings: Embeddings, masks: torch.Tensor, box: bool,
                      generator: torch.Generator) -> torch.Tensor:
         """Losses (rounds x B x P,) of one prompt kind over the first prompt and the corrections."""
         p = self.params
@@ -105,15 +147,15 @@ class SamTrainStep(nn.Module):
     def score(self, pixels: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
         """IoU of each mask's prediction from one point at its centre (best output by the IoU
         head), in the low-res frame: the held-out figure. Returns (sum of IoUs, count)."""
-        embeddings = self.model.get_image_embeddings(pixels)
+        embeddings = self._encode(pixels)
         total, count = 0.0, 0
-        for embedding, image_masks in zip(embeddings, masks):
+        for index, image_masks in enumerate(masks):
             keep = image_masks[image_masks.flatten(1).any(1)]
             if not len(keep):
                 continue
             labels = torch.ones(len(keep), 1, dtype=torch.long, device=keep.device)
             prompts = Prompts(centre_point(keep, self.image_size)[:, None], labels, None)
-            logits, iou = self._decode(embedding[None], prompts, multimask=True)
+            logits, iou = self._decode(_rows(embeddings, [index]), prompts, multimask=True)
             best = logits[torch.arange(len(keep)), iou.argmax(1)] > 0
             total += float(mask_iou(best, keep).double().sum())
             count += len(keep)

@@ -3,7 +3,8 @@
 SAM's decoder returns low-resolution logits (side ``low_res``) over the padded model input
 (side ``image_size``): an image of size (H, W) fills its top-left (h, w) after its longest side
 is scaled to ``image_size``. A mask goes there by the same scaling (antialiased, then
-thresholded at half cover), the rest is padding (never the object).
+thresholded at half cover), the rest is padding (never the object). SAM 2 resizes every image
+to a square, so there a mask fills the whole frame.
 """
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from pycocotools import mask as coco_mask
 from samflow.models.common.preprocess import longest_side_size
 
 
-def low_res_size(image_size: int, patch_size: int) -> int:
-    """Side of the decoder's masks: four pixels per image token (two 2x upscalings)."""
-    return 4 * (image_size // patch_size)
-
-
-def masks_in_frame(masks: np.ndarray, image_size: int, low_res: int) -> np.ndarray:
-    """(K, H, W) bool masks at the image's size -> (K, low_res, low_res) bool, padded."""
+def masks_in_frame(masks: np.ndarray, image_size: int, low_res: int, square: bool = False) -> np.ndarray:
+    """(K, H, W) bool masks at the image's size -> (K, low_res, low_res) bool: padded (SAM), or
+    stretched over the whole frame when the model resizes images to a square (``square``, SAM 2)."""
     k, height, width = masks.shape
-    h, w = longest_side_size(height, width, image_size)
+    h, w = (image_size, image_size) if square else longest_side_size(height, width, image_size)
     rows, cols = max(1, round(h * low_res / image_size)), max(1, round(w * low_res / image_size))
     out = np.zeros((k, low_res, low_res), dtype=bool)
     if k:

@@ -1,4 +1,4 @@
-"""Which parts of a SAM model train: prompt encoder and mask decoder by default, the image
+"""Which parts of a SAM or SAM 2 model train: prompt encoder and mask decoder by default, the image
 encoder frozen, fully trained, or through LoRA adapters (peft) on its attention projections.
 
 `prepare(model, parts)` sets ``requires_grad`` (and adds the adapters); `merged(model)` folds
@@ -13,8 +13,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-# The image encoder's attention projections (qkv and output) in every block.
-LORA_TARGETS = r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)"
+# The image encoder's attention projections (qkv and output) in every block: SAM's ViT layers,
+# SAM 2's Hiera blocks.
+LORA_TARGETS = r"vision_encoder\.(layers|backbone\.blocks)\.\d+\.attn\.(qkv|proj)"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def prepare(model: nn.Module, parts: Parts) -> nn.Module:
     for name, parameter in model.named_parameters():
         if "lora_" in name:
             continue
-        part = next((p for p in trains if f"{p}." in name), None)
+        # SAM 2's no-memory embedding is added to the image features: it belongs to the encoder
+        part = "vision_encoder" if "no_memory_embedding" in name else next((p for p in trains if f"{p}." in name), None)
         # the positional encoding shared by prompts and image tokens belongs to the prompt side
         parameter.requires_grad = trains[part] if part else parts.prompt_encoder
     if not any(p.requires_grad for p in model.parameters()):

@@ -73,4 +73,35 @@ def test_train_refuses_a_dst_without_ground_truth_and_a_base_that_is_not_sam(tmp
     assert empty.returncode == 2 and "no ground-truth or reviewed masks" in empty.stderr
     assert len(empty.stderr.strip().splitlines()) == 1 and not (tmp_path / "model").exists()
     clip = train("no-such-run", "--out", "model", "--base", "tiny://clip")
-    assert clip.returncode == 2 and "training supports sam models" in clip.stderr
+    assert clip.returncode == 2 and "training supports sam and sam2 models" in clip.stderr
+
+
+def _step_gradients(image_encoder: str) -> dict[str, bool]:
+    """Which parts of a small SAM get a gradient from one training step."""
+    from transformers import SamModel
+
+    from samflow.train.bases import small_sam_config
+    from samflow.train.step import SamTrainStep, StepParams
+    from samflow.train.trainable import Parts, prepare, sam_of
+
+    torch.manual_seed(0)
+    model = prepare(SamModel(small_sam_config(64, 16)), Parts(image_encoder=image_encoder))
+    step = SamTrainStep(sam_of(model), StepParams(masks_per_image=2, correction_rounds=1))
+    low_res = 32  # 4 per token of a 64-px input with 8-px patches
+    masks = [torch.zeros(2, low_res, low_res, dtype=torch.bool) for _ in range(2)]
+    for image in masks:
+        image[0, 4:12, 4:14] = True
+        image[1, 18:28, 10:30] = True
+    step(torch.randn(2, 3, 64, 64), masks, torch.Generator().manual_seed(0)).backward()
+    got: dict[str, bool] = {}
+    for name, parameter in model.named_parameters():
+        part = "lora" if "lora_" in name else next(
+            (p for p in ("vision_encoder", "mask_decoder") if f"{p}." in name), "prompt")
+        got[part] = got.get(part, False) or (parameter.grad is not None and bool(parameter.grad.abs().sum() > 0))
+    return got
+
+
+def test_a_trained_image_encoder_gets_gradients_and_a_frozen_one_none():
+    assert _step_gradients("full") == {"vision_encoder": True, "mask_decoder": True, "prompt": True}
+    assert _step_gradients("lora") == {"vision_encoder": False, "lora": True, "mask_decoder": True, "prompt": True}
+    assert _step_gradients("frozen") == {"vision_encoder": False, "mask_decoder": True, "prompt": True}

@@ -100,8 +100,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_epoch(scenes_dst, tmp_pat
     env = _env(ray_cluster)
     out = tmp_path / "model"
     checkpoints = tmp_path / "checkpoints"
+    # LoRA on the image encoder: its adapters are in the checkpoint, resumed and merged on export
     args = ["train", scenes_dst["dst"], "--out", str(out), "--profile", "tiny", "--epochs", "3",
-            "--set", f"train.checkpoint_uri={checkpoints}", *FAST]
+            "--set", f"train.checkpoint_uri={checkpoints}", "--set", "train.image_encoder=lora", *FAST]
     process = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", *args], env=env, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -117,3 +118,46 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_epoch(scenes_dst, tmp_pat
     assert lineage["epochs_done"] == 3 and [e["epoch"] for e in lineage["epochs"]] == [1, 2, 3]
     assert len(lineage["resumed_at"]) == 1 and 1 <= lineage["resumed_at"][0] < 3
     assert len(list((checkpoints / run_name(str(out))).glob("checkpoint_*"))) >= 1  # train.checkpoint_uri honoured
+    changed = _changed_parts(out)
+    assert changed["vision_encoder"] and changed["mask_decoder"], changed
+
+
+def _changed_parts(model_dir: Path) -> dict[str, bool]:
+    """Which parts of a trained model's weights differ from its base's (tiny://sam)."""
+    from safetensors.torch import load_file
+
+    from samflow.models.loading.registry import load_model
+
+    base = load_model("sam", "tiny://sam", device="cpu", dtype=None).model.state_dict()
+    trained = load_file(str(model_dir / "model.safetensors"))
+    assert set(trained) <= set(base), set(trained) - set(base)  # LoRA merged: plain SamModel names
+    changed: dict[str, bool] = {}
+    for name, tensor in trained.items():
+        part = name.split(".")[0]
+        changed[part] = changed.get(part, False) or not bool((tensor.float() == base[name].float()).all())
+    return changed
+
+
+@pytest.mark.slow
+def test_sam2_fine_tunes_with_lora_and_its_model_annotates(scenes_dst, tmp_path, ray_cluster):
+    """SAM 2 is the second family: the same command, recipe and lineage; the model it writes is
+    a SAM 2 model the segment stage loads by path."""
+    env = _env(ray_cluster)
+    out = tmp_path / "sam2-tuned"
+    trained = samflow(env, "train", scenes_dst["dst"], "--out", str(out), "--base", "tiny://sam2", "--profile", "tiny",
+                      "--epochs", "1", "--set", "train.image_encoder=lora", *FAST)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    lineage = json.loads((out / "samflow.json").read_text())
+    assert lineage["family"] == "sam2" and lineage["base_model"] == "tiny://sam2" and lineage["epochs_done"] == 1
+    assert 0.0 <= lineage["epochs"][0]["holdout_miou"] <= 1.0
+
+    checked = samflow(env, "models", "check", str(out))
+    assert checked.returncode == 0, checked.stderr
+    base_sha = json.loads(samflow(env, "models", "check", "tiny://sam2").stdout)["checkpoint_sha256"]
+    facts = json.loads(checked.stdout)
+    assert facts["family"] == "sam2" and facts["checkpoint_sha256"] != base_sha
+
+    annotated = samflow(env, "annotate", scenes_dst["src"], "--out", str(tmp_path / "by-sam2"), "--profile", "tiny",
+                        "--set", f"stages.segment.model={out}", "--set", "stages.embed.enabled=false")
+    assert annotated.returncode == 0, annotated.stderr[-3000:]
+    assert _last_json(annotated.stdout, "run_id")["counts"]["images"] == 8

@@ -69,7 +69,8 @@ def _normalisation(loaded: LoadedModel) -> Normalisation:
     return Normalisation(tuple(config.get("image_mean", IMAGENET_MEAN)), tuple(config.get("image_std", IMAGENET_STD)))
 
 
-def _image_size(model) -> int:
+def input_side(model) -> int:
+    """Side of the square every image is resized to."""
     size = model.config.vision_config.backbone_config.image_size
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
@@ -82,7 +83,7 @@ class Sam2Runner(HfRunner):
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
         super().__init__(loaded, uri, device, dtype)
         self.norm = _normalisation(loaded)
-        self.image_size = _image_size(self.model)
+        self.image_size = input_side(self.model)
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> Sam2Encoding:
@@ -146,7 +147,7 @@ class Sam2VideoRunner(HfRunner):
     def __init__(self, loaded: LoadedModel, uri: str, device: torch.device, dtype: torch.dtype):
         super().__init__(loaded, uri, device, dtype)
         self.norm = _normalisation(loaded)
-        self.image_size = _image_size(self.model)
+        self.image_size = input_side(self.model)
 
     @staticmethod
     def session_class() -> type:
