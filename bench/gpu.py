@@ -22,6 +22,9 @@ whole run within TOTAL_BUDGET_S (a later section gets what is left, or is skippe
   concepts  SAM 3 concepts at 1, 8 and 32 prompts per image (bench/concepts.py)
   tracker   SAM 2 video tracker frames/s (Hiera-T, the default random://sam2, and Hiera-L)
   clip      CLIP ViT-B/32 image embeddings/s
+  train     fine-tuning SAM ViT-B (random://sam): samflow's training step (SamTrainStep, SAM's
+            recipe: 8 masks per image, 2 corrective rounds; AdamW; bf16 autocast) in images/s and
+            masks/s, with the image encoder frozen and with LoRA (needs peft: carry its wheel)
 
 --smoke runs every section on the CPU in fp32 with the tiny:// configs (Meta's SAM 2 comparison
 is left out there: Meta's package has no small SAM 2). Prints figures; the last line is the JSON
@@ -59,7 +62,7 @@ from samflow.models.amg import AmgParams
 # Hard limit per section (seconds, on the GPU), model building included; the sections' own timing
 # loops stop well before it. TOTAL_BUDGET_S caps the run: a section gets at most what is left.
 SECTION_BUDGET_S = {"peak": 20, "encoders": 120, "engine": 90, "peers": 90, "concepts": 90, "tracker": 45,
-                    "clip": 25}
+                    "clip": 25, "train": 60}
 TOTAL_BUDGET_S = 450
 SMOKE_BUDGET_S = 240  # per section: a guard on a loaded 2-core CPU, where a section takes seconds
 MIN_SECTION_S = 5
@@ -430,11 +433,72 @@ def section_clip(bench: Bench, section: Section) -> None:
                      result(name, "achieved", achieved / scale, unit)]
 
 
+# -- 8. fine-tuning --------------------------------------------------------------------------------
+
+def section_train(bench: Bench, section: Section) -> None:
+    from samflow.train.step import StepParams
+
+    uri, batch = ("tiny://sam", 2) if bench.smoke else ("random://sam", 4)
+    params = StepParams()  # the config's defaults: SAM's recipe
+    for encoder in ("frozen", "lora"):
+        if encoder == "lora":
+            try:
+                import peft  # noqa: F401
+            except ImportError:
+                section.rows.append({"case": "train lora", "metric": "skipped", "value": None, "unit": "",
+                                     "note": "peft is not installed"})
+                continue
+        seconds = train_step_seconds(bench, section, uri, encoder, batch, params)
+        name = (f"train {bench.label('SAM ViT-B')} encoder {encoder} ({dtype_name(bench.dtype)} autocast, "
+                f"batch {batch}, {params.masks_per_image} masks x {1 + params.correction_rounds} rounds)")
+        print(f"  {name}: {batch / seconds:.1f} images/s, {batch * params.masks_per_image / seconds:.1f} masks/s")
+        section.rows += [result(name, "train_images_per_s", batch / seconds, "images/s"),
+                         result(name, "train_masks_per_s", batch * params.masks_per_image / seconds, "masks/s")]
+        if bench.cuda:
+            torch.cuda.empty_cache()
+
+
+def train_step_seconds(bench: Bench, section: Section, uri: str, encoder: str, batch: int, params: Any) -> float:
+    """Seconds per training step (forward, backward, AdamW) of ``uri`` with its encoder ``encoder``."""
+    from samflow.train.step import SamTrainStep, decoder_size, input_size
+    from samflow.train.trainable import Parts, prepare, sam_of, trainable_parameters
+
+    model = prepare(load_model("sam", uri, device=bench.device, dtype=torch.float32).model, Parts(encoder))
+    model.train()
+    sam = sam_of(model)
+    train_step = SamTrainStep(sam, params)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
+    side, low_res = input_size(sam), decoder_size(sam)
+    pixels = torch.randn(batch, 3, side, side, device=bench.device)
+    masks = [_boxes_of_masks(low_res, params.masks_per_image, bench.device, seed) for seed in range(batch)]
+    generator = torch.Generator(device=bench.device).manual_seed(0)
+
+    def step() -> None:
+        with torch.autocast(bench.device.type, dtype=bench.dtype, enabled=bench.cuda):
+            loss = train_step(pixels, masks, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return time_step(step, bench.device, bench.window(section, 0.2), min_steps=1 if bench.smoke else 3)
+
+
+def _boxes_of_masks(side: int, count: int, device: torch.device, seed: int) -> torch.Tensor:
+    """``count`` random rectangles as (count, side, side) bool masks: an image's ground truth."""
+    rng = np.random.default_rng(seed)
+    masks = torch.zeros(count, side, side, dtype=torch.bool)
+    for mask in masks:
+        y0, x0 = rng.integers(0, side // 2, size=2)
+        h, w = rng.integers(2, side // 2, size=2)
+        mask[y0 : y0 + h, x0 : x0 + w] = True
+    return masks.to(device)
+
+
 # -- the driver ------------------------------------------------------------------------------------
 
 SECTIONS: dict[str, Callable[[Bench, Section], None]] = {
     "peak": section_peak, "encoders": section_encoders, "engine": section_engine, "peers": section_peers,
-    "concepts": section_concepts, "tracker": section_tracker, "clip": section_clip,
+    "concepts": section_concepts, "tracker": section_tracker, "clip": section_clip, "train": section_train,
 }
 
 

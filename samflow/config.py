@@ -194,7 +194,7 @@ class TrainLossConfig(Section):
 
 
 class TrainConfig(Section):
-    """``samflow train`` / the engine round: fine-tuning the segment model (SAM) on DST's
+    """``samflow train`` / the engine round: fine-tuning the segment model (SAM, SAM 2) on DST's
     ground-truth masks (annotations with source ground_truth) and reviewed masks (reviews/)."""
 
     base_model: str | None = Field(
@@ -205,6 +205,12 @@ class TrainConfig(Section):
         "current step ends, the held-out split is scored and a checkpoint written); null: no limit.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel, DDP: gloo on CPU, NCCL on GPU).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
+    placement: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="Where the workers go: PACK fills a node first (Ray's default), SPREAD puts them on "
+        "different nodes.")
+    max_failures: int = Field(
+        3, ge=-1, description="Failures of a worker or its node the run recovers from (Ray Train restarts the "
+        "workers from the last checkpoint; the time budget starts again); -1: no limit, 0: the run fails.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (also its torch threads, rounded up).")
     threads_per_worker: int | None = Field(
         None, ge=1, description="Torch threads per worker; null: cpus_per_worker rounded up. More threads than "

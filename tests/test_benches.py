@@ -76,5 +76,5 @@ def test_gpu_bench_smoke_runs_with_the_gpu_machines_packages_alone():
     assert payload["forbidden_modules_imported"] == []
     statuses = {name: section["status"] for name, section in payload["sections"].items()}
     assert statuses == {"peak": "ok", "encoders": "ok", "engine": "ok", "peers": "skipped", "concepts": "ok",
-                        "tracker": "ok", "clip": "ok"}, payload["sections"]
+                        "tracker": "ok", "clip": "ok", "train": "ok"}, payload["sections"]
     assert "segment_anything" in payload["sections"]["peers"]["reason"]

@@ -144,9 +144,11 @@ def _fit(dst: str, out_uri: str, cfg: RunConfig, spec: WorkerSpec, frame: ModelF
         train_loop_config={**spec.to_config(), PROGRESS_KEY: lines},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker}),
+                                               resources_per_worker={"CPU": t.cpus_per_worker},
+                                               placement_strategy=t.placement),
         run_config=ray.train.RunConfig(name=run_name(out_uri), storage_path=storage_path,
                                        storage_filesystem=storage_fs,
+                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
     )

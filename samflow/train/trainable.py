@@ -7,6 +7,7 @@ the adapters back into plain weights, so the saved model is an ordinary `SamMode
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,16 +55,19 @@ def prepare(model: nn.Module, parts: Parts) -> nn.Module:
 
 def sam_of(model: nn.Module) -> nn.Module:
     """The SamModel inside (peft wraps it in a PeftModel and a LoraModel)."""
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if _is_peft(model) else model
 
 
 def merged(model: nn.Module) -> nn.Module:
     """A plain SamModel: LoRA adapters folded into the weights they adapt."""
-    from peft import PeftModel
+    return model.merge_and_unload() if _is_peft(model) else model
 
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+def _is_peft(model: nn.Module) -> bool:
+    # only `prepare` wraps a model in peft, after importing it: without the import, none is
+    # wrapped (and a machine without peft can still train without LoRA)
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

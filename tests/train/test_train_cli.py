@@ -161,3 +161,47 @@ def test_sam2_fine_tunes_with_lora_and_its_model_annotates(scenes_dst, tmp_path,
                         "--set", f"stages.segment.model={out}", "--set", "stages.embed.enabled=false")
     assert annotated.returncode == 0, annotated.stderr[-3000:]
     assert _last_json(annotated.stdout, "run_id")["counts"]["images"] == 8
+
+
+@pytest.fixture
+def second_node(ray_cluster):
+    node = ray_cluster.add_node(num_cpus=2)
+    ray_cluster.wait_for_nodes()
+    yield ray_cluster
+    ray_cluster.remove_node(node)
+
+
+def _train_worker_processes() -> list:
+    """The live Ray Train worker processes (Ray titles them after the actor class)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_training_on_two_nodes_recovers_when_a_worker_is_killed(scenes_dst, tmp_path, second_node):
+    env = _env(second_node)
+    out, checkpoints = tmp_path / "model", tmp_path / "checkpoints"
+    args = ["train", scenes_dst["dst"], "--out", str(out), "--profile", "tiny", "--epochs", "8",
+            "--num-workers", "2", "--set", "train.placement=SPREAD", "--set", f"train.checkpoint_uri={checkpoints}",
+            *FAST]
+    with (tmp_path / "stderr").open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "samflow.cli.main", *args], env=env, cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            _wait_for_checkpoint(checkpoints / run_name(str(out)), process)
+            workers = _train_worker_processes()
+            # one worker on each node: each node's raylet starts its own workers
+            assert len(workers) == 2 and len({w.ppid() for w in workers}) == 2, workers
+            workers[1].kill()
+            assert process.wait(timeout=600) == 0, (tmp_path / "stderr").read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    lineage = json.loads((out / "samflow.json").read_text())
+    assert lineage["epochs_done"] == 8 and [e["epoch"] for e in lineage["epochs"]] == list(range(1, 9))
+    assert len(lineage["resumed_at"]) == 1 and 1 <= lineage["resumed_at"][0] < 8, lineage["resumed_at"]
