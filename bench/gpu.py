@@ -460,15 +460,15 @@ def section_train(bench: Bench, section: Section) -> None:
 
 def train_step_seconds(bench: Bench, section: Section, uri: str, encoder: str, batch: int, params: Any) -> float:
     """Seconds per training step (forward, backward, AdamW) of ``uri`` with its encoder ``encoder``."""
-    from samflow.train.step import SamTrainStep, decoder_size, input_size
+    from samflow.train.step import SamTrainStep
     from samflow.train.trainable import Parts, prepare, sam_of, trainable_parameters
 
-    model = prepare(load_model("sam", uri, device=bench.device, dtype=torch.float32).model, Parts(encoder))
+    runner = load_model("sam", uri, device=bench.device, dtype=torch.float32)
+    model = prepare(runner.model, Parts(encoder))
     model.train()
-    sam = sam_of(model)
-    train_step = SamTrainStep(sam, params)
+    train_step = SamTrainStep(sam_of(model), params)
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-5)
-    side, low_res = input_size(sam), decoder_size(sam)
+    side, low_res = runner.image_size, runner.low_res_size
     pixels = torch.randn(batch, 3, side, side, device=bench.device)
     masks = [_boxes_of_masks(low_res, params.masks_per_image, bench.device, seed) for seed in range(batch)]
     generator = torch.Generator(device=bench.device).manual_seed(0)

@@ -44,7 +44,7 @@ from samflow.train.samples import (
     sample_datasets,
 )
 from samflow.train.schedule import LrSchedule, planned_steps
-from samflow.train.step import StepParams, decoder_size
+from samflow.train.step import StepParams
 from samflow.train.trainable import Parts, merged, prepare
 
 CHECKPOINTS = "_train"
@@ -93,7 +93,7 @@ def _load_base(uri: str, storage: StorageConfig) -> BaseModel:
     if family not in TRAINABLE:
         raise UserError(f"train: {uri} is a {family} model; training supports {' and '.join(TRAINABLE)} models")
     runner = load_model(family, local, device="cpu", dtype=None)
-    frame = ModelFrame(runner.image_size, decoder_size(runner.model), tuple(runner.norm.mean), tuple(runner.norm.std),
+    frame = ModelFrame(runner.image_size, runner.low_res_size, tuple(runner.norm.mean), tuple(runner.norm.std),
                        square=family == "sam2")
     return BaseModel(uri, local, family, runner.checkpoint_sha256, frame)
 

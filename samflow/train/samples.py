@@ -158,7 +158,6 @@ class PrepareSamples:
                 "pixels": np.stack(out["pixels"]) if out["pixels"] else np.zeros((0, 3, side, side), np.float32),
                 "masks": np.array(out["masks"], dtype=object), "num_masks": np.array(out["num_masks"], dtype=np.int64)}
 
-
     def _pixels(self, image: np.ndarray) -> torch.Tensor:
         """The model's input, made as its segment stage makes it."""
         side, cpu = self.frame.image_size, torch.device("cpu")

@@ -37,14 +37,6 @@ def input_size(model: nn.Module) -> int:
     return int(model.config.vision_config.image_size)
 
 
-def decoder_size(model: nn.Module) -> int:
-    """Side of the decoder's low-resolution masks: four pixels per token of the coarsest
-    feature map (two 2x upscalings)."""
-    if hasattr(model, "backbone_feature_sizes"):  # SAM 2
-        return 4 * int(model.backbone_feature_sizes[-1][0])
-    return 4 * (input_size(model) // int(model.config.vision_config.patch_size))
-
-
 def _rows(embeddings: Embeddings, index) -> Embeddings:
     """The embeddings of some images (every level's rows)."""
     return [level[index] for level in embeddings] if isinstance(embeddings, list) else embeddings[index]

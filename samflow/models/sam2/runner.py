@@ -84,6 +84,8 @@ class Sam2Runner(HfRunner):
         super().__init__(loaded, uri, device, dtype)
         self.norm = _normalisation(loaded)
         self.image_size = input_side(self.model)
+        # side of the decoder's masks: four per token of the coarsest feature map
+        self.low_res_size: int = 4 * int(self.model.backbone_feature_sizes[-1][0])
 
     @torch.inference_mode()
     def encode(self, images: Sequence[np.ndarray]) -> Sam2Encoding:
