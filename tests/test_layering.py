@@ -77,5 +77,38 @@ def test_decode_and_writer_tasks_do_not_import_torch():
 
     code = ("import sys, samflow.media.decode, samflow.store.storage, samflow.pipeline.writer, samflow.config; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # as on a fresh machine
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_commands_driver_imports_neither_torch_nor_prefects_server(tmp_path):
+    """The command's own process plans and orchestrates; models load in the actors. Its preflight
+    of a local model reads config.json (torch would cost the driver 1.2 s of start-up), and
+    Prefect's temporary server starts as a process without its package imported here (2 s)."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "clip"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "clip"}')
+    (tmp_path / "src").mkdir()
+    code = (
+        "import sys, samflow.cli.main, samflow.cli.session, samflow.flows.annotate, samflow.flows.local_server\n"
+        "from samflow.cli.preflight import check_run\n"
+        "from samflow.config import load_config\n"
+        f"cfg = load_config(overrides=['stages.segment.enabled=false', 'stages.embed.model={model}'])\n"
+        f"check_run('{tmp_path / 'src'}', '{tmp_path / 'out'}', cfg)\n"
+        "from prefect import flow\n"
+        "from samflow.flows.local_server import temporary_server\n"
+        "with temporary_server() as ready:\n"
+        "    ready()\n"
+        "    assert flow(lambda: 41)() == 41\n"  # the flow runs against that server, starts none
+        "print(sorted(m for m in ('torch', 'transformers', 'prefect.server.api.server') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # as on a fresh machine
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip().splitlines()[-1] == "[]"

@@ -20,24 +20,24 @@ def pipeline_session(name: str, verbose: int, lease: Any, wait: bool, ray_config
     server (when none is configured) starts, ``flow_module`` is imported and Ray started
     (``ray_config``), so that the three overlap."""
     from samflow.cli.progress import RunProgress
-    from samflow.flows.local_server import start_temporary_server_early
+    from samflow.flows.local_server import temporary_server
 
     lease.acquire(wait=wait)
     try:
         # The server first: its process starts up while this one imports Ray Data and the flow.
         logs.quiet_warnings(verbose)
-        prefect_ready = start_temporary_server_early()
-        logs.quiet_ray_data(verbose)
-        # Ray stops inside the log redirect, so its C++ shutdown lines go to the log file.
-        with logs.native_stderr_to_file(verbose, name), RunProgress() as progress, stopping_ray_started_here():
-            if flow_module is not None:
-                importlib.import_module(flow_module)
-            if ray_config is not None:
-                from samflow.pipeline.graph import ensure_ray
+        with temporary_server() as prefect_ready:
+            logs.quiet_ray_data(verbose)
+            # Ray stops inside the log redirect, so its C++ shutdown lines go to the log file.
+            with logs.native_stderr_to_file(verbose, name), RunProgress() as progress, stopping_ray_started_here():
+                if flow_module is not None:
+                    importlib.import_module(flow_module)
+                if ray_config is not None:
+                    from samflow.pipeline.graph import ensure_ray
 
-                ensure_ray(ray_config)
-            prefect_ready()
-            yield progress
+                    ensure_ray(ray_config)
+                prefect_ready()
+                yield progress
     finally:
         lease.release()
 

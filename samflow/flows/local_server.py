@@ -1,7 +1,7 @@
 """The Prefect servers samflow's commands run against when no server is configured.
 
 ``samflow annotate`` and ``synth`` start Prefect's temporary server early, alongside Ray's start
-(:func:`start_temporary_server_early`). ``samflow schedule`` serves against the configured server
+(:func:`temporary_server`). ``samflow schedule`` serves against the configured server
 (``PREFECT_API_URL``) or, without one, a server of its own with the scheduler on.
 
 A Prefect client with no API URL starts a temporary server that runs no scheduler service
@@ -15,13 +15,13 @@ the run history outlives a restart.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,38 +38,122 @@ def scheduling_server(timeout_s: float = START_TIMEOUT_S) -> Iterator[tuple[str,
     """``(api_url, started_here)``: the configured server, or one started here until the block ends.
     Inside the block Prefect's settings (and this process's environment, which flow runs inherit)
     name that server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
     configured = PREFECT_API_URL.value()
     if configured:
         yield configured, False
         return
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log_path = Path(tempfile.gettempdir()) / f"samflow-prefect-server-{port}.log"
-    with open(log_path, "wb") as log:
-        # Its own session: a Ctrl-C meant for `samflow schedule` must not stop the server before
-        # the runner has said goodbye to it.
-        server = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-             "--no-ui", "--scheduler", "--late-runs"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+    # Its own session: a Ctrl-C meant for `samflow schedule` must not stop the server before
+    # the runner has said goodbye to it.
+    server = _LocalServer(["prefect", "server", "start", "--no-ui", "--scheduler", "--late-runs"],
+                          "the Prefect server for the schedule", new_session=True)
     try:
-        _wait_healthy(url, server, log_path, timeout_s)
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url, True
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = previous
+        server.wait_healthy(timeout_s)
+        with _pointing_at(server.url):
+            yield server.url, True
     finally:
-        _stop(server)
-    log_path.unlink(missing_ok=True)
+        server.stop()
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[Callable[[], None]]:
+    """Prefect's temporary server, started now in a process of its own when no server is
+    configured; yields the call that waits until it answers and points this process's Prefect
+    settings at it, until the block ends. Without a server configured a Prefect client starts
+    the same server (uvicorn on Prefect's app, UI off, marked ephemeral) once a flow begins; started
+    here it comes up while this process imports Ray Data and the flow and starts Ray, and this
+    process never imports Prefect's server package (2 s of CPU) to start it."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield lambda: None
+        return
+    # --app-dir: Prefect's own package wins over a folder of that name where the command runs.
+    site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
+    server = _LocalServer(["uvicorn", "--app-dir", str(site_packages), "--factory", "prefect.server.api.server:create_app", "--log-level", "error",
+                           "--lifespan", "on"], "Prefect's temporary server",
+                          env={"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    with contextlib.ExitStack() as pointing:
+
+        def ready() -> None:
+            server.wait_healthy(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+            pointing.enter_context(_pointing_at(server.url))
+
+        try:
+            yield ready
+        finally:
+            pointing.close()
+            server.stop()
+
+
+@contextlib.contextmanager
+def _pointing_at(url: str) -> Iterator[None]:
+    """Prefect's settings, and this process's environment (which flow runs inherit), name ``url``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+class _LocalServer:
+    """A Prefect API server process on a free local port, its output in a log file."""
+
+    def __init__(self, module_args: list[str], name: str, env: dict[str, str] | None = None,
+                 new_session: bool = False) -> None:
+        self.name = name
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.log_path = Path(tempfile.gettempdir()) / f"samflow-prefect-server-{port}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=new_session,
+                env={**os.environ, **(env or {})},
+            )
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise UserError(f"{self.name} exited at start: {_last_line(self.log_path)}; "
+                                "set PREFECT_API_URL to a running Prefect server instead")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise UserError(f"{self.name} did not answer within {timeout_s:.0f} s "
+                        f"(its log: {self.log_path}); set PREFECT_API_URL to a running Prefect server instead")
+
+    def stop(self) -> None:
+        """Stop the server and whatever it started (in its own session it leads a process group)."""
+        for signal_number, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, None)):
+            if self.process.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                if self.process.pid == os.getpgid(self.process.pid):
+                    os.killpg(self.process.pid, signal_number)
+                else:
+                    self.process.send_signal(signal_number)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=wait_s)
+        self.log_path.unlink(missing_ok=True)
 
 
 def _free_port() -> int:
@@ -78,65 +162,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_healthy(url: str, server: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise UserError(f"the Prefect server for the schedule exited at start: {_last_line(log_path)}; "
-                            "set PREFECT_API_URL to a running Prefect server instead")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    _stop(server)
-    raise UserError(f"the Prefect server for the schedule did not answer within {timeout_s:.0f} s "
-                    f"(its log: {log_path}); set PREFECT_API_URL to a running Prefect server instead")
-
-
 def _last_line(path: Path) -> str:
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """Stop the server and whatever it started (it leads its own process group)."""
-    for signal_number, wait_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, None)):
-        if server.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal_number)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=wait_s)
-
-
-def start_temporary_server_early() -> Callable[[], None]:
-    """Start Prefect's temporary server in a thread now, if no server is configured, and return
-    the call that waits for it. The server is a process of its own, so its start-up overlaps with
-    the caller's (imports, Ray's start) instead of coming after them; the flow then finds it
-    running and uses it, as it would have started it itself."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return lambda: None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    failure: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            SubprocessASGIServer().start()
-        except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failure.append(exc)
-
-    starting = threading.Thread(target=start, name="prefect-server-start", daemon=True)
-    starting.start()
-
-    def wait() -> None:
-        starting.join()
-        if failure:
-            raise failure[0]
-
-    return wait

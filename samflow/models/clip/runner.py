@@ -146,9 +146,10 @@ def _tokenizer(loaded: LoadedModel):
 
 
 def build(family: str, source: ModelSource, device: torch.device, dtype: torch.dtype) -> ClipRunner:
-    from transformers import CLIPModel, SiglipModel
+    import transformers
 
-    model_cls = SiglipModel if family == "siglip" else CLIPModel
+    # One family's modules only: naming both classes would import SigLIP's for a CLIP run.
+    model_cls = transformers.SiglipModel if family == "siglip" else transformers.CLIPModel
     if source.in_code:
         from samflow.models.clip.tiny import in_code_config, settle_in_code_clip
 

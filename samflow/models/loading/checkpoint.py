@@ -5,7 +5,9 @@ Rules (docs/architecture.md, "Layout"):
 - anything else is read with `torch.load(weights_only=True)`, so a pickle that needs code
   (a `__reduce__` that imports or calls anything outside plain tensors/containers) is refused
   before any of its code runs;
-- every checkpoint's sha256 is computed so it can go into the run manifest.
+- every checkpoint's sha256 is computed so it can go into the run manifest; a large file's hash is
+  kept in the model cache under its path, size, modification time and inode, so a run does not
+  read a multi-GB checkpoint twice to hash it (``sha256_file``).
 
 Public: `sha256_file`, `sha256_files`, `sha256_state_dict`, `read_state_dict`,
 `UnsafeCheckpointError`, `WEIGHT_SUFFIXES`.
@@ -14,6 +16,7 @@ Public: `sha256_file`, `sha256_files`, `sha256_state_dict`, `read_state_dict`,
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,6 +29,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 _CHUNK = 1 << 22
+_REMEMBERED_FROM_BYTES = 64 << 20  # smaller files hash in well under a tenth of a second
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -33,11 +37,44 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256; for a large file, the one remembered for it while its size,
+    modification time and inode are unchanged (as git's index trusts a file's stat)."""
+    path = Path(path)
+    stat = path.stat()
+    if stat.st_size < _REMEMBERED_FROM_BYTES:
+        return _hash(path)
+    stamp = f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ino}"
+    note = _hash_note(path)
+    try:
+        remembered_stamp, _, remembered = note.read_text().rpartition(" ")
+        if remembered_stamp == stamp and len(remembered) == 64:
+            return remembered
+    except (OSError, ValueError):
+        pass
+    digest = _hash(path)
+    try:  # a read-only home only costs the next run the hashing
+        note.parent.mkdir(parents=True, exist_ok=True)
+        partial = note.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(f"{stamp} {digest}")
+        os.replace(partial, note)
+    except OSError:
+        pass
+    return digest
+
+
+def _hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _hash_note(path: Path) -> Path:
+    from samflow.models.loading.cache import cache_root
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return cache_root() / "sha256" / key
 
 
 def sha256_files(paths: Iterable[str | Path]) -> str | None:

@@ -15,9 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from samflow.models.loading.checkpoint import (
     SAFETENSORS_SUFFIX,
@@ -28,6 +26,9 @@ from samflow.models.loading.checkpoint import (
     weight_files,
 )
 from samflow.models.loading.registry import OFFLINE_HINT, ModelLoadError, ModelSource
+
+if TYPE_CHECKING:  # imported where used: the CLI's preflight reads config.json and needs no torch
+    import torch
 
 TINY_SEED = 0
 # Config, tokenizer and processor files a runner needs, plus safetensors weights; pickled .bin
@@ -153,6 +154,8 @@ def build_in_code(
 ) -> LoadedModel:
     """Instantiate `model_cls` from an in-code config with a fixed seed (same class as real);
     `settle` adjusts a family's random weights before the checkpoint hash is taken."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = _with_sdpa(model_cls._from_config, config=config)

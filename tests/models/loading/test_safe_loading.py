@@ -111,3 +111,39 @@ def test_check_model_errors_are_user_facing(tmp_path):
         check_model(str(tmp_path))
     with pytest.raises(ModelLoadError, match="unknown"):
         check_model("tiny://bert")
+
+
+def test_a_large_checkpoints_hash_is_remembered_while_its_stat_is_unchanged(tmp_path, monkeypatch):
+    """A multi-GB checkpoint is read once to hash it, not on every run; a rewrite (new
+    modification time) is hashed again."""
+    import hashlib
+    import os
+
+    monkeypatch.setenv("SAMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "model.safetensors"
+    first = os.urandom(1 << 20) * 65  # 65 MiB: above the size whose hash is remembered
+    path.write_bytes(first)
+    assert sha256_file(path) == hashlib.sha256(first).hexdigest()
+
+    stat = path.stat()
+    with open(path, "r+b") as handle:  # same size, same inode, modification time put back
+        handle.write(b"\0" * 16)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sha256_file(path) == hashlib.sha256(first).hexdigest(), "the remembered hash was not used"
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_small_files_hash_is_always_computed(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    monkeypatch.setenv("SAMFLOW_MODEL_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "config.bin"
+    path.write_bytes(b"a" * 1000)
+    stat = path.stat()
+    assert sha256_file(path) == hashlib.sha256(b"a" * 1000).hexdigest()
+    path.write_bytes(b"b" * 1000)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sha256_file(path) == hashlib.sha256(b"b" * 1000).hexdigest()
