@@ -1,6 +1,10 @@
 """Pipeline overhead on the CLIP path: the model alone vs `samflow annotate`, in one run.
 
-    python bench/overhead.py [--smoke|--quick] [--images N] [--model random://clip] [--threads 2]
+    python bench/overhead.py [--smoke|--quick] [--images N] [--model random://clip] [--threads 2] [--in-code]
+
+The model is read from a local checkpoint folder, as a user's downloaded model is: an in-code
+model (random://, tiny://) is first written to one with save_pretrained (``--in-code`` runs the
+in-code model itself, whose random initialisation adds seconds no user pays).
 
 1. model only: this process decodes the JPEGs (untimed), then embeds them with the registry's
    CLIP in batches of ``--batch`` on ``--threads`` torch threads: images/s (model load excluded).
@@ -21,11 +25,15 @@ Also the embed actor's busy seconds and Ray Data's per-operator figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +55,18 @@ def write_jpegs(folder: Path, n: int, height: int, width: int) -> list[Path]:
     return paths
 
 
+def as_checkpoint(model: str, folder: Path) -> str:
+    """An in-code model written as a Hugging Face folder (config, safetensors, tokenizer)."""
+    from samflow.models.loading.registry import load_model, parse_uri
+
+    if not parse_uri(model).in_code:
+        return model
+    runner = load_model("clip", model, device="cpu")
+    runner.model.save_pretrained(str(folder), safe_serialization=True)
+    runner.tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
 def model_only(paths: list[Path], model: str, batch: int, threads: int) -> dict[str, float]:
     import torch
 
@@ -65,7 +85,37 @@ def model_only(paths: list[Path], model: str, batch: int, threads: int) -> dict[
     return {"images_per_s": len(images) / seconds, "seconds": seconds, "load_s": load_s}
 
 
-def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: list[str]) -> dict:
+@contextlib.contextmanager
+def services_running() -> Iterator[dict[str, str]]:
+    """A Ray cluster and a Prefect server already up when the command starts, as on a machine that
+    runs scheduled jobs: yields the environment that joins both. Ray runs in a helper process of
+    its own (stopping it stops that cluster alone, not another Ray on this machine); the Prefect
+    server is the one `samflow schedule` starts."""
+    from samflow.flows.local_server import scheduling_server
+
+    env = annotate_env()
+    env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    env["RAY_AUTH_MODE"] = "token"  # the command joining the cluster presents the same token
+    head = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys, time, ray\n"
+         "ray.init(address='local', num_cpus=os.cpu_count(), include_dashboard=False)\n"
+         "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        address = head.stdout.readline().strip()
+        if not address:
+            raise SystemExit("the Ray head for the services case did not start")
+        with scheduling_server() as (url, _):
+            yield dict(env, RAY_ADDRESS=address, PREFECT_API_URL=url)
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
+
+
+def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: list[str],
+             env: dict[str, str] | None = None) -> dict:
     settings = [
         "stages.segment.enabled=false",
         f"stages.embed.model={model}",
@@ -76,7 +126,9 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
     command = [sys.executable, "-m", "samflow.cli.main", "annotate", str(src), "--out", str(dst)]
     for setting in settings:
         command += ["--set", setting]
-    proc = subprocess.run(command, capture_output=True, text=True, env=annotate_env())
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env or annotate_env())
+    command_s = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"annotate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     manifest = json.loads(next((dst / "_runs").glob("*.json")).read_text())
@@ -86,6 +138,7 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
         "images": manifest["counts"]["images"],
         "images_per_s": manifest["counts"]["images"] / timings["pipeline"],
         "pipeline_s": timings["pipeline"],
+        "command_s": command_s,
         "phases": phases,
         "startup": timings.get("startup") or {},
         "embed_busy_s": timings["stage_busy"].get("embed", 0.0),
@@ -98,10 +151,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="8 small images, tiny://clip (seconds + Ray start)")
     parser.add_argument("--quick", action="store_true", help="64 images (< 2 min on 2 cores)")
-    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model", default="random://clip")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--in-code", action="store_true", help="run the in-code model, not a checkpoint of it")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra annotate --set KEY=VALUE")
     args = parser.parse_args()
     n, (h, w), model = args.images, (480, 640), args.model
@@ -111,11 +165,21 @@ def main() -> None:
         n = 64
     with tempfile.TemporaryDirectory(prefix="samflow-overhead-") as tmp:
         paths = write_jpegs(Path(tmp) / "src", n, h, w)
+        label = f"{model} ({'in code' if args.in_code else 'checkpoint folder'})"
+        if not args.in_code:
+            model = as_checkpoint(model, Path(tmp) / "model")
         before = model_only(paths, model, args.batch, args.threads)
         run = pipeline(Path(tmp) / "src", Path(tmp) / "out", model, args.batch, args.threads, args.extra)
         # Timed again after the pipeline; the faster of the two is the reference, so a machine
         # that got busier (or quieter) during the run does not flatter the pipeline's figure.
         after = model_only(paths, model, args.batch, args.threads)
+        # Start-up again with Ray and Prefect already running (a fresh output, a few images).
+        few = Path(tmp) / "few"
+        few.mkdir()
+        for path in paths[:64]:
+            shutil.copy(path, few / path.name)
+        with services_running() as env:
+            warm = pipeline(few, Path(tmp) / "out-warm", model, args.batch, args.threads, args.extra, env)
     alone = max(before, after, key=lambda figures: figures["images_per_s"])
     print(f"model only:  {alone['images_per_s']:8.2f} images/s ({n} images, {args.threads} threads, batches of "
           f"{args.batch}; before / after the pipeline: {before['images_per_s']:.2f} / {after['images_per_s']:.2f})")
@@ -130,12 +194,16 @@ def main() -> None:
           f"{100 * run['images_per_s'] / alone['images_per_s']:.0f} % of the model alone; fixed costs: "
           f"Ray start {phases.get('ray_start', 0):.1f} s, actor start + model load + first decode "
           f"{phases.get('to_first_batch', 0):.1f} s (model load here: {before['load_s']:.1f} s)")
-    startup = run["startup"]
+    print(f"command:     {run['images'] / run['command_s']:8.2f} images/s over the whole command "
+          f"({run['command_s']:.1f} s, {run['images']} images: start-up, stream, commit, Ray's and Prefect's stop)")
+    startup, warm_startup = run["startup"], warm["startup"]
     print(f"start-up:    {startup.get('total', 0):8.1f} s from the command's start to its first model batch: "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items() if name != "total"))
+    print(f"             {warm_startup.get('total', 0):8.1f} s with Ray and a Prefect server already running: "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warm_startup.items() if name != "total"))
     for name, figures in run["operators"].items():
         print(f"  {name:<48} task wall {figures['task_wall_s']:7.1f} s  span {figures['span_s']:7.1f} s")
-    case = f"{model}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
+    case = f"{label}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
     emit("overhead", [
         result(case, "model_only_throughput", alone["images_per_s"], "images/s"),
         result(case, "pipeline_throughput_streaming", streaming, "images/s"),
@@ -146,7 +214,10 @@ def main() -> None:
         result(case, "ray_start", phases.get("ray_start", 0.0), "s"),
         result(case, "to_first_batch", phases.get("to_first_batch", 0.0), "s"),
         result(case, "pipeline_time", run["pipeline_s"], "s"),
+        result(case, "command_throughput", run["images"] / run["command_s"], "images/s"),
+        result(case, "command_time", run["command_s"], "s"),
         *(result(case, f"startup_{name}", seconds, "s") for name, seconds in startup.items()),
+        *(result(case, f"startup_services_running_{name}", seconds, "s") for name, seconds in warm_startup.items()),
         result(case, "embed_busy", run["embed_busy_s"], "s"),
         result(case, "embed_actor_throughput", run["images"] / max(run["embed_busy_s"], 1e-9), "images/s"),
     ])
