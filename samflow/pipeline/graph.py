@@ -148,6 +148,13 @@ def track_videos(cfg: RunConfig) -> bool:
     return cfg.stages.track.runs(cfg)
 
 
+# Ray kills a task worker idle for 1 s once the node has more workers than CPUs, which the model
+# actors and Ray Data's own actors always make it have: decode tasks that pause under backpressure
+# then restart their worker (and its imports, about 1.5 CPU-seconds) every few seconds, taking
+# that CPU from the models. On a Ray of its own a run keeps idle workers for 10 s.
+LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 10_000}
+
+
 def ensure_ray(cfg: RayConfig) -> None:
     """Join the configured cluster (or the one a Ray Job runs in), else start a local Ray."""
     if ray.is_initialized():
@@ -158,7 +165,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     else:
         # "local": a new Ray of our own (ray.init() alone joins whatever cluster was started last
         # on this machine), with the machine's real CPUs: fit_to_cluster makes the graph fit.
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, runtime_env=runtime_env, include_dashboard=False)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, runtime_env=runtime_env, include_dashboard=False,
+                 _system_config=LOCAL_RAY_SYSTEM_CONFIG)
 
 
 def cpu_fallback(cfg: RayConfig) -> bool:
