@@ -31,6 +31,7 @@ from pathlib import Path
 from samflow.errors import UserError
 
 START_TIMEOUT_S = 180.0
+_UVICORN_PORT_TAKEN = 3  # uvicorn's exit status when it cannot bind its port
 
 
 @contextlib.contextmanager
@@ -114,20 +115,30 @@ class _LocalServer:
     def __init__(self, module_args: list[str], name: str, env: dict[str, str] | None = None,
                  new_session: bool = False) -> None:
         self.name = name
+        self._module_args, self._env, self._new_session = module_args, env or {}, new_session
+        self._spawn()
+
+    def _spawn(self) -> None:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}/api"
         self.log_path = Path(tempfile.gettempdir()) / f"samflow-prefect-server-{port}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", *module_args, "--host", "127.0.0.1", "--port", str(port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=new_session,
-                env={**os.environ, **(env or {})},
+                [sys.executable, "-m", *self._module_args, "--host", "127.0.0.1", "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=self._new_session,
+                env={**os.environ, **self._env},
             )
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        port_retries = 3
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if self.process.poll() == _UVICORN_PORT_TAKEN and port_retries:
+                # another process took the free port between our look and the server's bind
+                port_retries -= 1
+                self.log_path.unlink(missing_ok=True)
+                self._spawn()
+            elif self.process.poll() is not None:
                 raise UserError(f"{self.name} exited at start: {_last_line(self.log_path)}; "
                                 "set PREFECT_API_URL to a running Prefect server instead")
             try:
