@@ -27,8 +27,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -87,30 +90,34 @@ def model_only(paths: list[Path], model: str, batch: int, threads: int) -> dict[
 
 @contextlib.contextmanager
 def services_running() -> Iterator[dict[str, str]]:
-    """A Ray cluster and a Prefect server already up when the command starts, as on a machine that
-    runs scheduled jobs: yields the environment that joins both. Ray runs in a helper process of
-    its own (stopping it stops that cluster alone, not another Ray on this machine); the Prefect
-    server is the one `samflow schedule` starts."""
+    """A Ray head (`ray start --head`) and a Prefect server already up when the command starts, as
+    on a machine that runs scheduled jobs: yields the environment that joins both. `--block` keeps
+    the head's processes children of one command, so stopping it stops that head alone, never
+    another Ray on this machine; the Prefect server is the one `samflow schedule` starts."""
     from samflow.flows.local_server import scheduling_server
 
     env = annotate_env()
     env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     env["RAY_AUTH_MODE"] = "token"  # the command joining the cluster presents the same token
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys, time, ray\n"
-         "ray.init(address='local', num_cpus=os.cpu_count(), include_dashboard=False)\n"
-         "print(ray.get_runtime_context().gcs_address, flush=True)\n"
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={os.cpu_count() or 1}", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
-        address = head.stdout.readline().strip()
-        if not address:
+        for line in head.stdout:
+            if "Ray runtime started" in line:
+                break
+        else:
             raise SystemExit("the Ray head for the services case did not start")
         with scheduling_server() as (url, _):
-            yield dict(env, RAY_ADDRESS=address, PREFECT_API_URL=url)
+            yield dict(env, RAY_ADDRESS=f"127.0.0.1:{port}", PREFECT_API_URL=url)
     finally:
-        head.stdin.close()
+        head.send_signal(signal.SIGTERM)
         head.wait(timeout=60)
 
 
