@@ -77,10 +77,8 @@ def test_decode_and_writer_tasks_do_not_import_torch():
 
     code = ("import sys, samflow.media.decode, samflow.store.storage, samflow.pipeline.writer, samflow.config; "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # as on a fresh machine
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
-    assert out.strip().splitlines()[-1] == "[]"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_a_commands_driver_imports_neither_torch_nor_prefects_server(tmp_path):
@@ -110,5 +108,6 @@ def test_a_commands_driver_imports_neither_torch_nor_prefects_server(tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # as on a fresh machine
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"  # a loaded test machine
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip().splitlines()[-1] == "[]"

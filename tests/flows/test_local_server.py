@@ -27,6 +27,7 @@ with local_server.temporary_server() as ready:
 def test_the_temporary_server_moves_to_another_port_when_its_port_was_taken(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # as on a fresh machine
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"  # a loaded test machine
     proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "7 False"
