@@ -76,9 +76,12 @@ def temporary_server() -> Iterator[Callable[[], None]]:
         return
     # --app-dir: Prefect's own package wins over a folder of that name where the command runs.
     site_packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
-    server = _LocalServer(["uvicorn", "--app-dir", str(site_packages), "--factory", "prefect.server.api.server:create_app", "--log-level", "error",
-                           "--lifespan", "on"], "Prefect's temporary server",
-                          env={"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    server = _LocalServer(
+        ["uvicorn", "--app-dir", str(site_packages), "--factory", "prefect.server.api.server:create_app",
+         "--log-level", "error", "--lifespan", "on"],
+        "Prefect's temporary server",
+        env={"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+    )
     with contextlib.ExitStack() as pointing:
 
         def ready() -> None:
@@ -135,12 +138,13 @@ class _LocalServer:
         deadline = time.monotonic() + timeout_s
         port_retries = 3
         while time.monotonic() < deadline:
-            if self.process.poll() == _UVICORN_PORT_TAKEN and port_retries:
+            status = self.process.poll()
+            if status == _UVICORN_PORT_TAKEN and port_retries:
                 # another process took the free port between our look and the server's bind
                 port_retries -= 1
                 self.log_path.unlink(missing_ok=True)
                 self._spawn()
-            elif self.process.poll() is not None:
+            elif status is not None:
                 raise UserError(f"{self.name} exited at start: {_last_line(self.log_path)}; "
                                 "set PREFECT_API_URL to a running Prefect server instead")
             try:
@@ -160,7 +164,7 @@ class _LocalServer:
             if self.process.poll() is not None:
                 break
             with contextlib.suppress(ProcessLookupError):
-                if self.process.pid == os.getpgid(self.process.pid):
+                if self._new_session:
                     os.killpg(self.process.pid, signal_number)
                 else:
                     self.process.send_signal(signal_number)
