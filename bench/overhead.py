@@ -94,7 +94,7 @@ def services_running() -> Iterator[dict[str, str]]:
     on a machine that runs scheduled jobs: yields the environment that joins both. `--block` keeps
     the head's processes children of one command, so stopping it stops that head alone, never
     another Ray on this machine; the Prefect server is the one `samflow schedule` starts."""
-    from samflow.flows.local_server import scheduling_server
+    from samflow.cli.prefect_server import scheduling_server
 
     env = annotate_env()
     env.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))

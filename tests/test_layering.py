@@ -94,13 +94,13 @@ def test_a_commands_driver_imports_neither_torch_nor_prefects_server(tmp_path):
     (model / "config.json").write_text('{"model_type": "clip"}')
     (tmp_path / "src").mkdir()
     code = (
-        "import sys, samflow.cli.main, samflow.cli.session, samflow.flows.annotate, samflow.flows.local_server\n"
+        "import sys, samflow.cli.main, samflow.cli.session, samflow.flows.annotate\n"
         "from samflow.cli.preflight import check_run\n"
         "from samflow.config import load_config\n"
         f"cfg = load_config(overrides=['stages.segment.enabled=false', 'stages.embed.model={model}'])\n"
         f"check_run('{tmp_path / 'src'}', '{tmp_path / 'out'}', cfg)\n"
         "from prefect import flow\n"
-        "from samflow.flows.local_server import temporary_server\n"
+        "from samflow.cli.prefect_server import temporary_server\n"
         "with temporary_server() as ready:\n"
         "    ready()\n"
         "    assert flow(lambda: 41)() == 41\n"  # the flow runs against that server, starts none

@@ -72,7 +72,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 def run_schedule(args: argparse.Namespace) -> int:
     from prefect import serve
 
-    from samflow.flows.local_server import scheduling_server
+    from samflow.cli.prefect_server import scheduling_server
 
     deployments, cfg = _scheduled_deployments(args)
     if not cfg.schedule and not cfg.index.schedule:

@@ -20,7 +20,7 @@ def pipeline_session(name: str, verbose: int, lease: Any, wait: bool, ray_config
     server (when none is configured) starts, ``flow_module`` is imported and Ray started
     (``ray_config``), so that the three overlap."""
     from samflow.cli.progress import RunProgress
-    from samflow.flows.local_server import temporary_server
+    from samflow.cli.prefect_server import temporary_server
 
     lease.acquire(wait=wait)
     try:

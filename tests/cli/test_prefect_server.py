@@ -8,19 +8,19 @@ import sys
 
 CODE = """
 import socket
-from samflow.flows import local_server
+from samflow.cli import prefect_server
 
 taken = socket.socket()
 taken.bind(("127.0.0.1", 0))
 taken.listen()
 ports = iter([taken.getsockname()[1]])
-free = local_server._free_port
-local_server._free_port = lambda: next(ports, None) or free()  # the first port is taken meanwhile
+free = prefect_server._free_port
+prefect_server._free_port = lambda: next(ports, None) or free()  # the first port is taken meanwhile
 
 from prefect import flow
-with local_server.temporary_server() as ready:
+with prefect_server.temporary_server() as ready:
     ready()
-    print(flow(lambda: 7)(), local_server.os.environ["PREFECT_API_URL"].endswith(f":{taken.getsockname()[1]}/api"))
+    print(flow(lambda: 7)(), prefect_server.os.environ["PREFECT_API_URL"].endswith(f":{taken.getsockname()[1]}/api"))
 """
 
 
