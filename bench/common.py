@@ -93,6 +93,89 @@ class TreeMemory:
         return total
 
 
+class TreeCpu:
+    """CPU seconds (user + system) of a process and all its descendants, sampled over time, so that
+    a window of a run (its start-up, its stream) splits by process group: which share of the
+    machine went where. Times count from the root process's start, as a run manifest's do."""
+
+    GROUPS = ("model", "command", "prefect server", "ray system", "ray workers", "other")
+
+    def __init__(self, pid: int, model_marker: str, interval_s: float = 0.2) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.origin = self.root.create_time()
+        self.model_marker = model_marker
+        self.interval_s = interval_s
+        self.groups: dict[int, str] = {}
+        self.series: dict[int, list[tuple[float, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeCpu":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def window(self, start_s: float, end_s: float) -> dict[str, float]:
+        """CPU seconds per group between two times (seconds since the root's start)."""
+        totals = dict.fromkeys(self.GROUPS, 0.0)
+        for pid, points in self.series.items():
+            totals[self.groups[pid]] += _cpu_at(points, end_s) - _cpu_at(points, start_s)
+        return totals
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            time.sleep(self.interval_s)
+
+    def _sample(self) -> None:
+        import psutil
+
+        try:
+            processes = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        for proc in processes:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    title = " ".join(proc.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            now = time.time() - self.origin
+            self.series.setdefault(proc.pid, []).append((now, times.user + times.system))
+            if self.groups.get(proc.pid) != "model":  # a worker is renamed when it becomes an actor
+                self.groups[proc.pid] = self._group(proc.pid, title)
+
+    def _group(self, pid: int, title: str) -> str:
+        if pid == self.root.pid:
+            return "command"
+        if self.model_marker in title:
+            return "model"
+        if "uvicorn" in title and "prefect" in title:
+            return "prefect server"
+        if title.startswith("ray::") and not title.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
+            return "ray workers"
+        if "ray" in title:
+            return "ray system"
+        return "other"
+
+
+def _cpu_at(points: list[tuple[float, float]], at_s: float) -> float:
+    """A process's CPU seconds at a time, from its samples: linear between two, 0 before its first
+    (it started after the last sample without it), its last value after its end."""
+    if at_s <= points[0][0]:
+        return 0.0 if at_s < points[0][0] else points[0][1]
+    for (t0, c0), (t1, c1) in zip(points, points[1:]):
+        if at_s <= t1:
+            return c0 + (c1 - c0) * (at_s - t0) / max(t1 - t0, 1e-9)
+    return points[-1][1]
+
+
 class PeakGrowth:
     """How far this process's memory rose above where it stood when the block began: on CUDA the
     allocator's peak, on Linux the kernel's resident high-water mark (VmHWM, reset through

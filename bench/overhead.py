@@ -13,12 +13,18 @@ in-code model itself, whose random initialisation adds seconds no user pays).
    whatever share of a CPU the graph fit reserves for it). From the run manifest's phases:
    - per-image rate: images / ``streaming`` (first model batch to the last shard's commit:
      decode, Arrow hand-offs, the model, Parquet writes and commits): the figure compared with
-     the model alone, which also leaves out its model load. Goal: >= 80 %.
+     the model alone, which also leaves out its model load. Goal: >= 90 %.
    - end to end: images / the pipeline phase, which adds Ray's start and the actor's start and
      model load (``ray_start``, ``to_first_batch``): fixed costs per run, printed apart.
    - start-up: the command's start to its first model batch, by phase (the manifest's
      ``timings_s.startup``: process = interpreter, imports and Prefect's server; ray_start; plan;
      actors = actor starts, model loads, the first decode).
+3. start-up floor: what must happen one after another before any model batch, each timed alone
+   in a fresh process before the runs: the command's ``import ray``, Ray's start, the model
+   worker's imports and model load. No reordering of the rest (Prefect, the plan) goes below it.
+4. CPU by process group (the model's actor, the command, Prefect's server, Ray's own processes,
+   Ray's other workers: decode, writes, Ray Data's actors), sampled from /proc over the start-up
+   and the stream; the streaming ceiling is the share of the machine the others left the model.
 Also the embed actor's busy seconds and Ray Data's per-operator figures.
 """
 
@@ -40,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from common import annotate_env, emit, result
+from common import TreeCpu, annotate_env, emit, result
 from PIL import Image
 
 
@@ -134,14 +140,20 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
     for setting in settings:
         command += ["--set", setting]
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env or annotate_env())
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env or annotate_env())
+    with TreeCpu(proc.pid, model_marker="EmbedStage") as cpu:
+        _, stderr = proc.communicate()
     command_s = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"annotate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise SystemExit(f"annotate failed ({proc.returncode}):\n{stderr[-4000:]}")
     manifest = json.loads(next((dst / "_runs").glob("*.json")).read_text())
     timings = manifest["timings_s"]
     phases = timings.get("pipeline_phases") or {}
+    first_batch_s = (timings.get("startup") or {}).get("total", 0.0)
     return {
+        "cpu_startup": cpu.window(0.0, first_batch_s),
+        "cpu_streaming": cpu.window(first_batch_s, first_batch_s + phases.get("streaming", 0.0)),
         "images": manifest["counts"]["images"],
         "images_per_s": manifest["counts"]["images"] / timings["pipeline"],
         "pipeline_s": timings["pipeline"],
@@ -152,6 +164,51 @@ def pipeline(src: Path, dst: Path, model: str, batch: int, threads: int, extra: 
         "embed_threads": manifest["models"].get("embed", {}).get("torch_threads"),
         "operators": timings.get("ray_operators", {}),
     }
+
+
+RAY_START_ALONE = """
+import json, time, psutil
+import ray
+imported_s = time.time() - psutil.Process().create_time()
+from samflow.config import RayConfig
+from samflow.pipeline.graph import ensure_ray
+began = time.perf_counter()
+ensure_ray(RayConfig())
+print(json.dumps({"import_ray_s": imported_s, "ray_init_s": time.perf_counter() - began}))
+ray.shutdown()
+"""
+
+MODEL_WORKER_ALONE = """
+import json, sys, time, psutil
+import ray.data
+from samflow.actors.embed import EmbedConfig, EmbedStage
+EmbedStage(EmbedConfig(model=sys.argv[1], num_cpus=int(sys.argv[2])))
+print(json.dumps({"model_worker_s": time.time() - psutil.Process().create_time()}))
+"""
+
+
+def startup_floor(model: str, threads: int) -> dict[str, float]:
+    """What must happen one after another before any model batch, each timed alone in a fresh
+    process on the quiet machine: the command imports Ray and starts it (`ray.init`, as samflow
+    starts a local Ray), and only then can Ray start the model's worker, which imports Ray Data,
+    the stage, torch and the model's family and loads the model. A run adds everything else
+    (Prefect, the plan, Ray Data's own actors) and the contention of doing it all at once."""
+    figures: dict[str, float] = {}
+    for code, argv in ((RAY_START_ALONE, []), (MODEL_WORKER_ALONE, [model, str(threads)])):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                              env=annotate_env(), check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"start-up floor measurement failed:\n{proc.stderr[-3000:]}")
+        figures.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    figures["total_s"] = figures["import_ray_s"] + figures["ray_init_s"] + figures["model_worker_s"]
+    return figures
+
+
+def cpu_table(title: str, seconds: float, cpu: dict[str, float]) -> str:
+    """CPU seconds per process group over a window, each as a share of the machine's CPU time."""
+    capacity = max(seconds, 1e-9) * (os.cpu_count() or 1)
+    parts = [f"{group} {cpu_s:.1f} ({100 * cpu_s / capacity:.0f} %)" for group, cpu_s in cpu.items() if cpu_s >= 0.05]
+    return f"  CPU-s over {title} ({seconds:.1f} s x {os.cpu_count()} cores): " + ", ".join(parts)
 
 
 def main() -> None:
@@ -175,6 +232,7 @@ def main() -> None:
         label = f"{model} ({'in code' if args.in_code else 'checkpoint folder'})"
         if not args.in_code:
             model = as_checkpoint(model, Path(tmp) / "model")
+        floor = startup_floor(model, args.threads)
         before = model_only(paths, model, args.batch, args.threads)
         run = pipeline(Path(tmp) / "src", Path(tmp) / "out", model, args.batch, args.threads, args.extra)
         # Timed again after the pipeline; the faster of the two is the reference, so a machine
@@ -208,6 +266,16 @@ def main() -> None:
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in startup.items() if name != "total"))
     print(f"             {warm_startup.get('total', 0):8.1f} s with Ray and a Prefect server already running: "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warm_startup.items() if name != "total"))
+    print(f"             {floor['total_s']:8.1f} s floor: what must run one after another, each alone on this machine: "
+          f"the command's Python and `import ray` {floor['import_ray_s']:.1f} s, Ray's start {floor['ray_init_s']:.1f} s, "
+          f"the model worker (Python, Ray Data, the stage, torch, the model family, the load) {floor['model_worker_s']:.1f} s")
+    print(cpu_table("start-up", startup.get("total", 0.0), run["cpu_startup"]))
+    streaming_s = phases.get("streaming", 0.0)
+    others = sum(cpu_s for group, cpu_s in run["cpu_streaming"].items() if group != "model")
+    ceiling = 1 - others / max(streaming_s * (os.cpu_count() or 1), 1e-9)
+    print(cpu_table("the stream", streaming_s, run["cpu_streaming"]))
+    print(f"  streaming ceiling: {100 * ceiling:.0f} % of the model alone (the share of the machine the other "
+          f"processes left the model during the stream, the model alone using every core)")
     for name, figures in run["operators"].items():
         print(f"  {name:<48} task wall {figures['task_wall_s']:7.1f} s  span {figures['span_s']:7.1f} s")
     case = f"{label}, {n} JPEG {w}x{h}, batch {args.batch}, {args.threads} threads"
@@ -225,6 +293,10 @@ def main() -> None:
         result(case, "command_time", run["command_s"], "s"),
         *(result(case, f"startup_{name}", seconds, "s") for name, seconds in startup.items()),
         *(result(case, f"startup_services_running_{name}", seconds, "s") for name, seconds in warm_startup.items()),
+        *(result(case, f"startup_floor_{name.removesuffix('_s')}", seconds, "s") for name, seconds in floor.items()),
+        *(result(case, f"startup_cpu_{group.replace(' ', '_')}", cpu_s, "cpu-s") for group, cpu_s in run["cpu_startup"].items()),
+        *(result(case, f"streaming_cpu_{group.replace(' ', '_')}", cpu_s, "cpu-s") for group, cpu_s in run["cpu_streaming"].items()),
+        result(case, "streaming_ceiling", ceiling, "ratio"),
         result(case, "embed_busy", run["embed_busy_s"], "s"),
         result(case, "embed_actor_throughput", run["images"] / max(run["embed_busy_s"], 1e-9), "images/s"),
     ])

@@ -78,3 +78,21 @@ def test_gpu_bench_smoke_runs_with_the_gpu_machines_packages_alone():
     assert statuses == {"peak": "ok", "encoders": "ok", "engine": "ok", "peers": "skipped", "concepts": "ok",
                         "tracker": "ok", "clip": "ok", "train": "ok"}, payload["sections"]
     assert "segment_anything" in payload["sections"]["peers"]["reason"]
+
+
+def test_tree_cpu_splits_a_process_trees_cpu_by_group():
+    """The CPU figures bench/overhead.py derives its streaming ceiling from: a command that spins
+    0.6 CPU-s, then starts a child (marked as the model) that spins 1.0 CPU-s."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import TreeCpu
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+    child = spin.format(s=1.0)
+    parent = spin.format(s=0.6) + f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {child!r}, 'EmbedStage'])\n"
+    proc = subprocess.Popen([sys.executable, "-c", parent])
+    with TreeCpu(proc.pid, model_marker="EmbedStage", interval_s=0.05) as cpu:
+        proc.wait(timeout=60)
+    totals = cpu.window(0.0, 1e9)
+    assert 0.8 <= totals["model"] <= 1.3, totals
+    assert 0.5 <= totals["command"] <= 1.0, totals
+    assert cpu.window(0.0, 0.0)["model"] == 0.0  # the child did not exist yet
