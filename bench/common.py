@@ -8,7 +8,7 @@ import platform
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -50,21 +50,19 @@ def result(case: str, metric: str, value: float, unit: str) -> dict[str, Any]:
     return {"case": case, "metric": metric, "value": round(float(value), 4), "unit": unit}
 
 
-class TreeMemory:
-    """Peak proportional set size (PSS) of a process and all its descendants (Ray's raylet and
-    workers): shared pages (torch's libraries, Ray's plasma store mapped by every worker) count
-    once over the tree, not once per process as summed RSS would."""
+class _TreeSampler:
+    """Samples a process and all its descendants (Ray's raylet and workers, Prefect's server) on a
+    background thread while the ``with`` block runs; a subclass says what one sample records."""
 
-    def __init__(self, pid: int, interval_s: float = 0.3) -> None:
+    def __init__(self, pid: int, interval_s: float) -> None:
         import psutil  # here, not at the top: bench/gpu.py runs where only torch and transformers are
 
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
-        self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -74,26 +72,43 @@ class TreeMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._sample()
             time.sleep(self.interval_s)
 
-    def _sample(self) -> int:
+    def _processes(self) -> list[Any]:
         import psutil
 
         try:
-            processes = [self.root, *self.root.children(recursive=True)]
+            return [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0
+            return []
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+
+class TreeMemory(_TreeSampler):
+    """Peak proportional set size (PSS) of a process and all its descendants: shared pages (torch's
+    libraries, Ray's plasma store mapped by every worker) count once over the tree, not once per
+    process as summed RSS would."""
+
+    def __init__(self, pid: int, interval_s: float = 0.3) -> None:
+        super().__init__(pid, interval_s)
+        self.peak_bytes = 0
+
+    def _sample(self) -> None:
+        import psutil
+
         total = 0
-        for proc in processes:
+        for proc in self._processes():
             try:
                 total += proc.memory_full_info().pss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total
+        self.peak_bytes = max(self.peak_bytes, total)
 
 
-class TreeCpu:
+class TreeCpu(_TreeSampler):
     """CPU seconds (user + system) of a process and all its descendants, sampled over time, so that
     a window of a run (its start-up, its stream) splits by process group: which share of the
     machine went where. Times count from the root process's start, as a run manifest's do."""
@@ -101,24 +116,11 @@ class TreeCpu:
     GROUPS = ("model", "command", "prefect server", "ray system", "ray workers", "other")
 
     def __init__(self, pid: int, model_marker: str, interval_s: float = 0.2) -> None:
-        import psutil
-
-        self.root = psutil.Process(pid)
+        super().__init__(pid, interval_s)
         self.origin = self.root.create_time()
         self.model_marker = model_marker
-        self.interval_s = interval_s
         self.groups: dict[int, str] = {}
         self.series: dict[int, list[tuple[float, float]]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "TreeCpu":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def window(self, start_s: float, end_s: float) -> dict[str, float]:
         """CPU seconds per group between two times (seconds since the root's start)."""
@@ -127,19 +129,10 @@ class TreeCpu:
             totals[self.groups[pid]] += _cpu_at(points, end_s) - _cpu_at(points, start_s)
         return totals
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            time.sleep(self.interval_s)
-
     def _sample(self) -> None:
         import psutil
 
-        try:
-            processes = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        for proc in processes:
+        for proc in self._processes():
             try:
                 with proc.oneshot():
                     times = proc.cpu_times()
