@@ -161,8 +161,8 @@ class TreeCpu(_TreeSampler):
 def _cpu_at(points: list[tuple[float, float]], at_s: float) -> float:
     """A process's CPU seconds at a time, from its samples: linear between two, 0 before its first
     (it started after the last sample without it), its last value after its end."""
-    if at_s <= points[0][0]:
-        return 0.0 if at_s < points[0][0] else points[0][1]
+    if at_s < points[0][0]:
+        return 0.0
     for (t0, c0), (t1, c1) in zip(points, points[1:]):
         if at_s <= t1:
             return c0 + (c1 - c0) * (at_s - t0) / max(t1 - t0, 1e-9)

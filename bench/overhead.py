@@ -49,6 +49,8 @@ import numpy as np
 from common import TreeCpu, annotate_env, emit, result
 from PIL import Image
 
+CORES = os.cpu_count() or 1
+
 
 def write_jpegs(folder: Path, n: int, height: int, width: int) -> list[Path]:
     """Smooth random colour fields (compress like photos, unlike noise)."""
@@ -111,7 +113,7 @@ def services_running() -> Iterator[dict[str, str]]:
     ray_cli = str(Path(sys.executable).with_name("ray"))
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         f"--num-cpus={os.cpu_count() or 1}", "--include-dashboard=false", "--disable-usage-stats"],
+         f"--num-cpus={CORES}", "--include-dashboard=false", "--disable-usage-stats"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
@@ -182,19 +184,19 @@ MODEL_WORKER_ALONE = """
 import json, sys, time, psutil
 import ray.data
 from samflow.actors.embed import EmbedConfig, EmbedStage
-EmbedStage(EmbedConfig(model=sys.argv[1], num_cpus=int(sys.argv[2])))
+EmbedStage(EmbedConfig(model=sys.argv[1]))
 print(json.dumps({"model_worker_s": time.time() - psutil.Process().create_time()}))
 """
 
 
-def startup_floor(model: str, threads: int) -> dict[str, float]:
+def startup_floor(model: str) -> dict[str, float]:
     """What must happen one after another before any model batch, each timed alone in a fresh
     process on the quiet machine: the command imports Ray and starts it (`ray.init`, as samflow
     starts a local Ray), and only then can Ray start the model's worker, which imports Ray Data,
     the stage, torch and the model's family and loads the model. A run adds everything else
     (Prefect, the plan, Ray Data's own actors) and the contention of doing it all at once."""
     figures: dict[str, float] = {}
-    for code, argv in ((RAY_START_ALONE, []), (MODEL_WORKER_ALONE, [model, str(threads)])):
+    for code, argv in ((RAY_START_ALONE, []), (MODEL_WORKER_ALONE, [model])):
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
                               env=annotate_env(), check=False)
         if proc.returncode != 0:
@@ -206,9 +208,9 @@ def startup_floor(model: str, threads: int) -> dict[str, float]:
 
 def cpu_table(title: str, seconds: float, cpu: dict[str, float]) -> str:
     """CPU seconds per process group over a window, each as a share of the machine's CPU time."""
-    capacity = max(seconds, 1e-9) * (os.cpu_count() or 1)
+    capacity = max(seconds, 1e-9) * CORES
     parts = [f"{group} {cpu_s:.1f} ({100 * cpu_s / capacity:.0f} %)" for group, cpu_s in cpu.items() if cpu_s >= 0.05]
-    return f"  CPU-s over {title} ({seconds:.1f} s x {os.cpu_count()} cores): " + ", ".join(parts)
+    return f"  CPU-s over {title} ({seconds:.1f} s x {CORES} cores): " + ", ".join(parts)
 
 
 def main() -> None:
@@ -232,7 +234,7 @@ def main() -> None:
         label = f"{model} ({'in code' if args.in_code else 'checkpoint folder'})"
         if not args.in_code:
             model = as_checkpoint(model, Path(tmp) / "model")
-        floor = startup_floor(model, args.threads)
+        floor = startup_floor(model)
         before = model_only(paths, model, args.batch, args.threads)
         run = pipeline(Path(tmp) / "src", Path(tmp) / "out", model, args.batch, args.threads, args.extra)
         # Timed again after the pipeline; the faster of the two is the reference, so a machine
@@ -272,7 +274,7 @@ def main() -> None:
     print(cpu_table("start-up", startup.get("total", 0.0), run["cpu_startup"]))
     streaming_s = phases.get("streaming", 0.0)
     others = sum(cpu_s for group, cpu_s in run["cpu_streaming"].items() if group != "model")
-    ceiling = 1 - others / max(streaming_s * (os.cpu_count() or 1), 1e-9)
+    ceiling = 1 - others / max(streaming_s * CORES, 1e-9)
     print(cpu_table("the stream", streaming_s, run["cpu_streaming"]))
     print(f"  streaming ceiling: {100 * ceiling:.0f} % of the model alone (the share of the machine the other "
           f"processes left the model during the stream, the model alone using every core)")
